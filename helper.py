@@ -1,0 +1,439 @@
+"""Data, downloads and inference output for the FCN-8s road segmenter.
+
+Sections: bad-input errors and atomic writes; downloads (Udacity's VGG16 SavedModel, KITTI Road);
+the KITTI batch generator with its paired image+label transforms; overlays written to runs/.
+"""
+import contextlib
+import glob
+import hashlib
+import http.client
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+
+import imageio.v3 as iio
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+VGG_URL = 'https://s3-us-west-1.amazonaws.com/udacity-selfdrivingcar/vgg.zip'
+KITTI_URL = 'https://s3.eu-central-1.amazonaws.com/avg-kitti/data_road.zip'
+
+# KITTI Road ground-truth colours. Black marks pixels outside the valid area: void, ignored.
+KITTI_ROAD_RGB = (255, 0, 255)
+KITTI_NOT_ROAD_RGB = (255, 0, 0)
+KITTI_VOID_RGB = (0, 0, 0)
+VOID = 255  # class index stored for void pixels; one-hot rows of void pixels are all zero
+
+OVERLAY_RGB = (0, 255, 0)
+OVERLAY_ALPHA = 0.5
+
+
+class UserError(Exception):
+    """A bad input, file or flag: reported as one line naming it and what to do, no traceback."""
+
+
+def main_guard(fn, *args):
+    """Run `fn`, turning a UserError into one line on stderr and exit status 2."""
+    try:
+        fn(*args)
+    except UserError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('interrupted', file=sys.stderr)
+        return 130
+    return 0
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silence file descriptor 2 (C++ libraries' notices) inside the block; Python exceptions
+    raised in it still reach the user after the block."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, 'w') as null:
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class RunLog:
+    """Prints each message and appends it to a run's log file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __call__(self, message):
+        print(message)
+        with open(self.path, 'a') as f:
+            f.write(message + '\n')
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds.
+
+    Works for files and directories, so a reader never sees a half-written result.
+    """
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=parent)
+    target = os.path.join(tmp, os.path.basename(path))
+    try:
+        yield target
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        os.replace(target, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Downloads
+# ----------------------------------------------------------------------------------------------
+
+def download(url, dest, sha256=None, timeout=30):
+    """Download `url` to `dest` with a progress bar, via a temporary name renamed when complete.
+
+    The byte count is checked against Content-Length and, when given, the SHA-256 digest.
+    Returns the digest. Raises UserError when offline or when the file is truncated or wrong.
+    """
+    name = os.path.basename(dest)
+    digest = hashlib.sha256()
+    received = 0
+    with atomic_path(dest) as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, 'wb') as out:
+                expected = int(response.headers.get('Content-Length') or 0) or None
+                with tqdm(total=expected, unit='B', unit_scale=True, desc=name, leave=False,
+                          disable=None) as bar:
+                    while chunk := response.read(1 << 20):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        received += len(chunk)
+                        bar.update(len(chunk))
+        except http.client.IncompleteRead as e:
+            raise UserError(f'download of {url} was cut off after {received + len(e.partial)} '
+                            f'bytes; run again to retry') from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            reason = getattr(e, 'reason', e)
+            raise UserError(f'could not download {url} ({reason})') from None
+        if expected is not None and received != expected:
+            raise UserError(f'download of {url} is truncated: {received} of {expected} bytes; '
+                            f'run again to retry')
+        if sha256 is not None and digest.hexdigest() != sha256.lower():
+            raise UserError(f'download of {url} has SHA-256 {digest.hexdigest()}, expected '
+                            f'{sha256}; the file on the server changed or was corrupted')
+    return digest.hexdigest()
+
+
+def safe_extract(zip_path, target_dir):
+    """Extract a zip archive, refusing members whose path would land outside `target_dir`."""
+    root = os.path.realpath(target_dir)
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            for member in archive.namelist():
+                dest = os.path.realpath(os.path.join(root, member))
+                if dest != root and not dest.startswith(root + os.sep):
+                    raise UserError(f'{zip_path}: member {member!r} would be written outside '
+                                    f'{target_dir}; refusing to extract this archive')
+            bad = archive.testzip()
+            if bad is not None:
+                raise UserError(f'{zip_path}: member {bad!r} is corrupt; delete the file and '
+                                f'download it again')
+            archive.extractall(root)
+    except zipfile.BadZipFile as e:
+        raise UserError(f'{zip_path}: not a valid zip file ({e}); delete it and download again') \
+            from None
+
+
+def maybe_download_and_extract(url, data_dir, folder, sha256=None):
+    """Make `data_dir/folder` exist by downloading and extracting `url`, whose zip holds `folder/`.
+
+    The archive is extracted into a temporary folder and moved into place only when complete.
+    """
+    target = os.path.join(data_dir, folder)
+    if os.path.isdir(target):
+        return target
+    zip_path = os.path.join(data_dir, os.path.basename(url))
+    print(f'{target} not found; downloading {url}')
+    manual = (f'download {url} by hand and unzip it into {data_dir} so that {target}/ exists')
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+        download(url, zip_path, sha256=sha256)
+    except UserError as e:
+        raise UserError(f'{e}. To proceed offline, {manual}') from None
+    extract_dir = tempfile.mkdtemp(prefix='.extract-', dir=data_dir)
+    try:
+        safe_extract(zip_path, extract_dir)
+        if not os.path.isdir(os.path.join(extract_dir, folder)):
+            raise UserError(f'{zip_path} has no {folder}/ folder; {manual}')
+        os.replace(os.path.join(extract_dir, folder), target)
+    finally:
+        shutil.rmtree(extract_dir, ignore_errors=True)
+    os.remove(zip_path)
+    return target
+
+
+def maybe_download_pretrained_vgg(data_dir, url=VGG_URL, sha256=None):
+    """Make `data_dir/vgg` hold Udacity's VGG16 SavedModel, downloading vgg.zip if needed."""
+    return maybe_download_and_extract(url, data_dir, 'vgg', sha256)
+
+
+def maybe_download_kitti(data_dir, url=KITTI_URL, sha256=None):
+    """Make `data_dir/data_road` hold KITTI Road, downloading data_road.zip (0.5 GB) if needed."""
+    return maybe_download_and_extract(url, data_dir, 'data_road', sha256)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading and transforming images and labels
+# ----------------------------------------------------------------------------------------------
+
+def read_rgb(path):
+    """Read an 8-bit RGB image as uint8 HxWx3; any other kind of file is a UserError."""
+    try:
+        image = iio.imread(path, plugin='pillow')
+    except Exception as e:  # imageio raises many types for unreadable files
+        raise UserError(f'{path}: cannot read image ({e}); replace or remove the file') from None
+    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] != 3):
+        kind = 'grayscale' if image.ndim == 2 or image.shape[2] == 1 else \
+            f'{image.shape[2]}-channel (RGBA?)'
+        raise UserError(f'{path}: {kind} image, expected RGB; convert it to 3-channel RGB')
+    if image.dtype != np.uint8:
+        raise UserError(f'{path}: {image.dtype} pixels, expected 8-bit RGB; convert it')
+    return image
+
+
+def kitti_label_to_classes(rgb, path):
+    """Map KITTI ground-truth colours to class indices: 0 not-road, 1 road, VOID for black."""
+    classes = np.full(rgb.shape[:2], VOID, np.uint8)
+    known = np.zeros(rgb.shape[:2], bool)
+    for index, colour in ((0, KITTI_NOT_ROAD_RGB), (1, KITTI_ROAD_RGB), (VOID, KITTI_VOID_RGB)):
+        match = np.all(rgb == colour, axis=-1)
+        classes[match] = index
+        known |= match
+    if not known.all():
+        y, x = np.argwhere(~known)[0]
+        raise UserError(f'{path}: colour {tuple(int(c) for c in rgb[y, x])} at row {y}, column {x} '
+                        f'({int((~known).sum())} pixels) is not in the KITTI palette '
+                        f'(road {KITTI_ROAD_RGB}, not road {KITTI_NOT_ROAD_RGB}, void '
+                        f'{KITTI_VOID_RGB})')
+    return classes
+
+
+def resize_image(image, shape):
+    """Resize an RGB uint8 image to (height, width) with bilinear interpolation."""
+    if image.shape[:2] == tuple(shape):
+        return image
+    return np.asarray(Image.fromarray(image).resize(shape[::-1], Image.BILINEAR))
+
+
+def resize_label(classes, shape):
+    """Resize a class-index map to (height, width) with nearest neighbour: values never blend."""
+    if classes.shape[:2] == tuple(shape):
+        return classes
+    return np.asarray(Image.fromarray(classes).resize(shape[::-1], Image.NEAREST))
+
+
+def resize_probability(prob, shape):
+    """Resize a float probability map to (height, width) with bilinear interpolation."""
+    if prob.shape == tuple(shape):
+        return prob
+    return np.asarray(Image.fromarray(prob.astype(np.float32), 'F').resize(shape[::-1],
+                                                                          Image.BILINEAR))
+
+
+def random_flip(image, classes, rng):
+    """The paired training transform: a horizontal flip of image and label together, p = 0.5."""
+    if rng.random() < 0.5:
+        return image[:, ::-1], classes[:, ::-1]
+    return image, classes
+
+
+def one_hot(classes, num_classes):
+    """Class indices to float one-hot; VOID (or any index >= num_classes) gives an all-zero row."""
+    return (classes[..., None] == np.arange(num_classes)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# The KITTI Road training set
+# ----------------------------------------------------------------------------------------------
+
+def kitti_pairs(data_folder, label='road'):
+    """Pair `image_2/<cat>_<id>.png` with `gt_image_2/<cat>_<label>_<id>.png`.
+
+    KITTI has lane ground truth for the `um` category only, so an image is required to have a
+    label when its category has any label of that kind; images of other categories are left out.
+    """
+    image_dir = os.path.join(data_folder, 'image_2')
+    label_dir = os.path.join(data_folder, 'gt_image_2')
+    for folder in (image_dir, label_dir):
+        if not os.path.isdir(folder):
+            raise UserError(f'{folder}: folder not found; --data-dir must hold '
+                            f'data_road/training/image_2 and gt_image_2 (KITTI Road layout)')
+    images = {os.path.basename(p)[:-4]: p for p in glob.glob(os.path.join(image_dir, '*.png'))}
+    if not images:
+        raise UserError(f'{image_dir}: no .png images found')
+    pattern = re.compile(rf'^([a-z]+)_{label}_(\d+)\.png$')
+    labels = {}
+    for path in glob.glob(os.path.join(label_dir, '*.png')):
+        match = pattern.match(os.path.basename(path))
+        if match:
+            labels['_'.join(match.groups())] = path
+    if not labels:
+        raise UserError(f'{label_dir}: no *_{label}_*.png ground truth found; check --label')
+    orphans = sorted(set(labels) - set(images))
+    if orphans:
+        raise UserError(f'{labels[orphans[0]]}: label without an image '
+                        f'({len(orphans)} such labels); add the image or remove the label')
+    categories = {stem.split('_')[0] for stem in labels}
+    missing = sorted(s for s in images if s.split('_')[0] in categories and s not in labels)
+    if missing:
+        raise UserError(f'{images[missing[0]]}: image without a {label} label '
+                        f'({len(missing)} such images); add the label or remove the image')
+    return [(images[stem], labels[stem]) for stem in sorted(labels)]
+
+
+def load_pair(image_path, label_path, image_shape):
+    """Read, check and resize one image and its label to `image_shape`."""
+    image = read_rgb(image_path)
+    rgb = read_rgb(label_path)
+    if image.shape != rgb.shape:
+        raise UserError(f'{label_path}: size {rgb.shape[1]}x{rgb.shape[0]} differs from its image '
+                        f'{image_path} ({image.shape[1]}x{image.shape[0]})')
+    classes = kitti_label_to_classes(rgb, label_path)
+    return resize_image(image, image_shape), resize_label(classes, image_shape)
+
+
+class BatchGenerator:
+    """`get_batches_fn`: called with a batch size, yields shuffled, flipped (images, labels).
+
+    All pairs are read and checked once, at construction, so bad files are reported before any
+    training starts; `len()` is the number of pairs.
+    """
+
+    def __init__(self, pairs, image_shape, num_classes=2, seed=None, flip=True):
+        self.image_shape = tuple(image_shape)
+        self.num_classes = num_classes
+        self.flip = flip
+        self.rng = np.random.default_rng(seed)
+        with tqdm(pairs, desc='Reading data', leave=False, disable=None) as bar:
+            loaded = [load_pair(image, label, image_shape) for image, label in bar]
+        self.images = np.stack([image for image, _ in loaded])
+        self.labels = np.stack([classes for _, classes in loaded])
+
+    def __len__(self):
+        return len(self.images)
+
+    def __call__(self, batch_size):
+        order = self.rng.permutation(len(self))
+        for start in range(0, len(order), batch_size):
+            batch = [self.transform(self.images[i], self.labels[i])
+                     for i in order[start:start + batch_size]]
+            images, labels = zip(*batch)
+            yield np.stack(images).astype(np.float32), one_hot(np.stack(labels), self.num_classes)
+
+    def transform(self, image, classes):
+        """The paired image+label transforms applied to each training example."""
+        if self.flip:
+            image, classes = random_flip(image, classes, self.rng)
+        return image, classes
+
+
+def gen_batch_function(data_folder, image_shape, label='road', seed=None):
+    """Return `get_batches_fn(batch_size)` over the KITTI folder holding image_2/ and gt_image_2/.
+
+    Batches are float32 RGB images in 0..255 and one-hot [not-road, road] labels, void rows zero.
+    """
+    return BatchGenerator(kitti_pairs(data_folder, label), image_shape, seed=seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inference samples
+# ----------------------------------------------------------------------------------------------
+
+def overlay(image, mask):
+    """Blend OVERLAY_RGB into `image` where `mask` is true."""
+    out = image.astype(np.float32)
+    out[mask] = (1 - OVERLAY_ALPHA) * out[mask] + OVERLAY_ALPHA * np.array(OVERLAY_RGB)
+    return out.round().astype(np.uint8)
+
+
+def gen_test_output(sess, probabilities, keep_prob, image_pl, image_paths, image_shape,
+                    bad=None):
+    """Yield (file name, overlay at the original size) for each readable image.
+
+    `probabilities` is the softmax over the logits, built once by the caller. Unreadable images
+    are skipped and their error messages appended to `bad`.
+    """
+    for path in image_paths:
+        try:
+            image = read_rgb(path)
+        except UserError as e:
+            if bad is None:
+                raise
+            bad.append(str(e))
+            continue
+        prob = sess.run(probabilities, {keep_prob: 1.0,
+                                        image_pl: resize_image(image, image_shape)[None]})
+        road = resize_probability(prob[:, 1].reshape(image_shape), image.shape[:2]) > 0.5
+        yield os.path.basename(path), overlay(image, road)
+
+
+def sample_images(data_dir):
+    """The images to write overlays for: KITTI's testing set, else its training set (said so)."""
+    for split in ('testing', 'training'):
+        paths = sorted(glob.glob(os.path.join(data_dir, 'data_road', split, 'image_2', '*.png')))
+        if paths:
+            if split == 'training':
+                print(f'{data_dir}/data_road/testing has no images: writing overlays for the '
+                      f'training images instead')
+            return paths
+    raise UserError(f'{data_dir}/data_road: no testing or training images to run inference on')
+
+
+def save_inference_samples(runs_dir, data_dir, sess, image_shape, logits, keep_prob, input_image,
+                           output_dir=None):
+    """Write green road overlays for KITTI's test images to `output_dir` (default
+    `runs_dir/<timestamp>`), each at its original size under its original file name.
+
+    Returns the output folder. Unreadable images are skipped and listed at the end.
+    """
+    import tensorflow as tf  # here, not at the top: the data functions do not need it
+    output_dir = output_dir or new_run_dir(runs_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    probabilities = tf.nn.softmax(logits)
+    paths = sample_images(data_dir)
+    bad = []
+    print(f'Writing {len(paths)} overlays to {output_dir}')
+    overlays = gen_test_output(sess, probabilities, keep_prob, input_image, paths, image_shape, bad)
+    for name, image in tqdm(overlays, total=len(paths), desc='Inference', disable=None):
+        with atomic_path(os.path.join(output_dir, name)) as tmp:
+            iio.imwrite(tmp, image, extension='.png')
+    for message in bad:
+        print(f'skipped {message}', file=sys.stderr)
+    return output_dir
+
+
+def new_run_dir(runs_dir):
+    """Create and return a fresh `runs_dir/<YYYYmmdd-HHMMSS>[-N]` folder."""
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    for n in range(1000):
+        path = os.path.join(runs_dir, stamp if n == 0 else f'{stamp}-{n}')
+        try:
+            os.makedirs(path)
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f'{runs_dir}: could not create a new run folder')

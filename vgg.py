@@ -1,0 +1,152 @@
+"""The VGG16 FCN encoder, for when Udacity's vgg.zip cannot be had.
+
+Builds the encoder that Udacity's SavedModel holds (13 convolutions, fc6 as a 7x7 convolution,
+fc7 as a 1x1 convolution, dropout through `keep_prob`) with the same tensor names, initialised at
+random or from Keras's ImageNet file `vgg16_weights_tf_dim_ordering_tf_kernels[_notop].h5`, and
+saves it as a SavedModel with Udacity's tag, so `main.load_vgg` reads either.
+
+Every variant takes RGB images in 0..255 at `image_input:0` and does its own preprocessing:
+Keras weights were trained on Caffe-style input (BGR, ImageNet mean subtracted), random weights
+get per-channel standardisation.
+
+    python vgg.py data/vgg                                  # random initialisation
+    python vgg.py data/vgg --keras-h5 vgg16_weights_tf_dim_ordering_tf_kernels.h5
+"""
+import argparse
+import sys
+
+import numpy as np
+import tensorflow as tf
+
+import helper
+
+tf1 = tf.compat.v1
+
+TAG = 'vgg16'
+BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+FC_WIDTH = 4096
+IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
+IMAGENET_STD_RGB = (58.393, 57.12, 57.375)
+
+
+def preprocess(image_input, mode):
+    """RGB 0..255 to the encoder's input: 'caffe' (BGR minus mean) or 'standardize'."""
+    x = image_input - IMAGENET_MEAN_RGB
+    if mode == 'caffe':
+        return x[..., ::-1]
+    return x / IMAGENET_STD_RGB
+
+
+def conv_relu(x, filters, size, name):
+    """A SAME-padded convolution with bias and ReLU; variables `name/kernel`, `name/bias`."""
+    with tf1.variable_scope(name):
+        kernel = tf1.get_variable('kernel', [size, size, x.shape[-1], filters],
+                                  initializer=tf1.initializers.he_normal())
+        bias = tf1.get_variable('bias', [filters], initializer=tf1.zeros_initializer())
+        return tf.nn.relu(tf.nn.conv2d(x, kernel, 1, 'SAME') + bias)
+
+
+def build_encoder(image_input, keep_prob, blocks=BLOCKS, fc_width=FC_WIDTH,
+                  preprocessing='standardize'):
+    """Build the encoder on `image_input`; returns the pool3, pool4 and fc7 tensors, named
+    `layer3_out`, `layer4_out`, `layer7_out` as in Udacity's model."""
+    x = preprocess(image_input, preprocessing)
+    outputs = []
+    for b, widths in enumerate(blocks, 1):
+        for c, width in enumerate(widths, 1):
+            x = conv_relu(x, width, 3, f'block{b}_conv{c}')
+        x = tf.nn.max_pool2d(x, 2, 2, 'SAME', name=f'block{b}_pool')
+        outputs.append(x)
+    x = tf.nn.dropout(conv_relu(x, fc_width, 7, 'fc6'), rate=1 - keep_prob)
+    x = tf.nn.dropout(conv_relu(x, fc_width, 1, 'fc7'), rate=1 - keep_prob)
+    return (tf.identity(outputs[2], 'layer3_out'), tf.identity(outputs[3], 'layer4_out'),
+            tf.identity(x, 'layer7_out'))
+
+
+def read_keras_h5(path):
+    """Read Keras's VGG16 ImageNet weights: {layer name: [kernel, bias]} in this encoder's terms.
+
+    fc1/fc2 (present only in the full file) become the fc6/fc7 kernels, reshaped to 7x7 and 1x1.
+    """
+    import h5py
+    try:
+        with h5py.File(path, 'r') as f:
+            root = f['model_weights'] if 'model_weights' in f else f
+            weights = {}
+            for name in root:
+                group = root[name]
+                names = [n.decode() if isinstance(n, bytes) else n
+                         for n in group.attrs.get('weight_names', [])]
+                if names:
+                    weights[name] = [np.asarray(group[n]) for n in names]
+    except (OSError, KeyError) as e:
+        raise helper.UserError(f'{path}: not a readable Keras weights file ({e})') from None
+    convs = [f'block{b}_conv{c}' for b, widths in enumerate(BLOCKS, 1)
+             for c in range(1, len(widths) + 1)]
+    missing = [name for name in convs if name not in weights]
+    if missing:
+        raise helper.UserError(f'{path}: no weights for layer {missing[0]}; expected Keras\'s '
+                               f'vgg16_weights_tf_dim_ordering_tf_kernels[_notop].h5')
+    result = {name: weights[name] for name in convs}
+    if 'fc1' in weights and 'fc2' in weights:
+        fc1, fc2 = weights['fc1'], weights['fc2']
+        channels = result['block5_conv3'][0].shape[-1]
+        result['fc6'] = [fc1[0].reshape(7, 7, channels, -1), fc1[1]]
+        result['fc7'] = [fc2[0].reshape(1, 1, *fc2[0].shape), fc2[1]]
+    return result
+
+
+def encoder_shape(weights):
+    """(blocks, fc_width) of the encoder that `read_keras_h5`'s weights fit."""
+    blocks = tuple(tuple(weights[f'block{b}_conv{c}'][0].shape[-1] for c in range(1, len(w) + 1))
+                   for b, w in enumerate(BLOCKS, 1))
+    fc_width = weights['fc6'][0].shape[-1] if 'fc6' in weights else FC_WIDTH
+    return blocks, fc_width
+
+
+def assign_weights(sess, weights):
+    """Load `read_keras_h5`'s weights into the encoder variables of the session's graph."""
+    variables = {v.name: v for v in tf1.global_variables()}
+    for name, (kernel, bias) in weights.items():
+        variables[f'{name}/kernel:0'].load(kernel, sess)
+        variables[f'{name}/bias:0'].load(bias, sess)
+
+
+def save_vgg_saved_model(export_dir, keras_h5=None, blocks=BLOCKS, fc_width=FC_WIDTH, seed=0):
+    """Write the encoder as a SavedModel with Udacity's tag and tensor names, atomically.
+
+    With `keras_h5`, the weights (and the channel counts) come from that file; otherwise the
+    encoder of `blocks`/`fc_width` is initialised at random.
+    """
+    weights = read_keras_h5(keras_h5) if keras_h5 else None
+    if weights:
+        blocks, fc_width = encoder_shape(weights)
+    with tf.Graph().as_default() as graph, tf1.Session(graph=graph) as sess:
+        tf1.set_random_seed(seed)
+        image_input = tf1.placeholder(tf.float32, [None, None, None, 3], 'image_input')
+        keep_prob = tf1.placeholder(tf.float32, [], 'keep_prob')
+        build_encoder(image_input, keep_prob, blocks, fc_width,
+                      'caffe' if weights else 'standardize')
+        sess.run(tf1.global_variables_initializer())
+        if weights:
+            assign_weights(sess, weights)
+        with helper.atomic_path(export_dir) as tmp:
+            builder = tf1.saved_model.Builder(tmp)
+            builder.add_meta_graph_and_variables(sess, [TAG])
+            builder.save()
+    return export_dir
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('export_dir', help='folder to write the SavedModel to, e.g. data/vgg')
+    parser.add_argument('--keras-h5', help="Keras's VGG16 ImageNet weights file (.h5)")
+    parser.add_argument('--seed', type=int, default=0)
+    args = parser.parse_args(argv)
+    path = save_vgg_saved_model(args.export_dir, args.keras_h5, seed=args.seed)
+    print(f'wrote the VGG16 encoder SavedModel to {path}')
+
+
+if __name__ == '__main__':
+    tf1.disable_eager_execution()
+    sys.exit(helper.main_guard(main))
