@@ -67,6 +67,16 @@ def quiet_stderr():
         os.close(saved)
 
 
+def import_tensorflow():
+    """TensorFlow in TF1 graph mode, without its C++ start-up notices about absent GPUs."""
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+    with quiet_stderr():
+        import tensorflow as tf
+    tf.compat.v1.disable_eager_execution()
+    tf.get_logger().setLevel('ERROR')  # TF1 API deprecation notices are expected here
+    return tf
+
+
 class RunLog:
     """Prints each message and appends it to a run's log file."""
 
@@ -303,6 +313,19 @@ def kitti_pairs(data_folder, label='road'):
         raise UserError(f'{images[missing[0]]}: image without a {label} label '
                         f'({len(missing)} such images); add the label or remove the image')
     return [(images[stem], labels[stem]) for stem in sorted(labels)]
+
+
+def split_pairs(pairs, val_fraction, seed):
+    """A seeded train/validation split: (train pairs, validation pairs), each sorted.
+
+    round(n * val_fraction) pairs go to validation (48 of KITTI's 289 at the default 0.166).
+    """
+    if not 0 <= val_fraction < 1:
+        raise UserError(f'--val-fraction {val_fraction}: must be at least 0 and below 1')
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    val = set(order[:round(len(pairs) * val_fraction)].tolist())
+    return ([p for i, p in enumerate(pairs) if i not in val],
+            [p for i, p in enumerate(pairs) if i in val])
 
 
 def load_pair(image_path, label_path, image_shape):

@@ -18,14 +18,12 @@ from tqdm import tqdm
 
 import helper
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-with helper.quiet_stderr():  # TensorFlow's C++ start-up notices about absent GPUs
-    import tensorflow as tf
-import vgg  # noqa: E402
-
+tf = helper.import_tensorflow()
 tf1 = tf.compat.v1
-tf1.disable_eager_execution()
-tf.get_logger().setLevel('ERROR')  # TF1 API deprecation notices are expected here
+
+import checkpoints  # noqa: E402  (after TensorFlow is set to graph mode)
+import evaluate  # noqa: E402
+import vgg  # noqa: E402
 
 NUM_CLASSES = 2  # not road, road
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs',
@@ -135,15 +133,18 @@ def optimize(nn_last_layer, correct_label, learning_rate, num_classes):
 
 def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_loss, input_image,
              correct_label, keep_prob, learning_rate, keep_prob_value=0.5,
-             learning_rate_value=1e-4, log=print):
-    """Train for `epochs`, showing a progress bar with the running loss and reporting the mean
-    loss of each epoch through `log`.
+             learning_rate_value=1e-4, log=print, start_epoch=1, on_step=None,
+             on_epoch_end=None):
+    """Train epochs `start_epoch`..`epochs`, showing a progress bar with the running loss and
+    reporting each epoch's mean loss through `log`.
 
-    :return: the list of mean losses, one per epoch
+    `on_step(loss)` is called after every step and `on_epoch_end(epoch, mean_loss)` after every
+    epoch (validation, checkpoints and summaries hang there).
+    :return: the list of mean losses, one per epoch trained
     """
     batches = -(-len(get_batches_fn) // batch_size) if hasattr(get_batches_fn, '__len__') else None
     history = []
-    for epoch in range(1, epochs + 1):
+    for epoch in range(start_epoch, epochs + 1):
         start, total, seen = time.time(), 0.0, 0
         with tqdm(get_batches_fn(batch_size), total=batches, desc=f'Epoch {epoch}/{epochs}',
                   leave=False, disable=None) as bar:
@@ -155,9 +156,13 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
                 total += loss * len(images)
                 seen += len(images)
                 bar.set_postfix(loss=f'{total / seen:.4f}')
-        history.append(total / seen)
+                if on_step:
+                    on_step(float(loss))
+        history.append(float(total / seen))
         log(f'epoch {epoch}/{epochs}: mean loss {history[-1]:.4f} '
-                 f'({time.time() - start:.0f} s, {seen} images)')
+            f'({time.time() - start:.0f} s, {seen} images)')
+        if on_epoch_end:
+            on_epoch_end(epoch, history[-1])
     return history
 
 
@@ -232,16 +237,26 @@ def parse_args(argv=None):
                              "(Keras's VGG16 ImageNet file) or none (from scratch) "
                              "(default: %(default)s)")
     parser.add_argument('--seed', type=int, help='(default: %(default)s)')
+    parser.add_argument('--val-fraction', type=float,
+                        help='share of the labelled images held out for validation after every '
+                             'epoch, split with --seed (default: %(default)s)')
+    parser.add_argument('--tb-images-every', type=int,
+                        help='log validation overlays to TensorBoard every N epochs '
+                             '(default: %(default)s)')
+    parser.add_argument('--resume', metavar='RUN_DIR', default=None,
+                        help='continue an interrupted run from its last checkpoint, with its '
+                             'options and split')
     config = load_config(config_path)
     unknown = sorted(set(config) - {a.dest for a in parser._actions})
     if unknown:
         raise helper.UserError(f'{config_path}: unknown option {unknown[0]!r}')
     parser.set_defaults(**config)
     args = parser.parse_args(argv)
-    missing = [a.dest for a in parser._actions if getattr(args, a.dest, 0) is None]
+    missing = [a.dest for a in parser._actions
+               if getattr(args, a.dest, 0) is None and a.dest != 'resume']
     if missing:
         raise helper.UserError(f'{config_path}: no value for option {missing[0]!r}')
-    for flag in ('epochs', 'batch_size'):
+    for flag in ('epochs', 'batch_size', 'tb_images_every'):
         if getattr(args, flag) < 1:
             parser.error(f'argument --{flag.replace("_", "-")}: must be at least 1')
     return args
@@ -285,21 +300,32 @@ def build_encoder(sess, args):
     return tensors, initialise
 
 
+def save_json(path, value):
+    """Write `value` as JSON under a temporary name, then rename it to `path`."""
+    with helper.atomic_path(path) as tmp, open(tmp, 'w') as f:
+        json.dump(value, f, indent=2)
+
+
+def read_json(path, flag):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise helper.UserError(f'{flag}: cannot read {path} ({e})') from None
+
+
 def save_config(run_dir, args):
     """Write every option and the library versions to run_dir/config.json."""
-    config = {k: v for k, v in vars(args).items() if k != 'config'}
+    config = {k: v for k, v in vars(args).items() if k not in ('config', 'resume')}
     config['image_shape'] = '{}x{}'.format(*args.image_shape)
     config['versions'] = {'tensorflow': tf.__version__, 'python': platform.python_version(),
                           'numpy': np.__version__}
-    with helper.atomic_path(os.path.join(run_dir, 'config.json')) as tmp, open(tmp, 'w') as f:
-        json.dump(config, f, indent=2)
+    save_json(os.path.join(run_dir, 'config.json'), config)
 
 
-def save_model(sess, export_dir, input_image, keep_prob, logits):
-    """Save the trained network as a SavedModel (tag `serve`, signature `serving_default`:
-    RGB 0..255 images at the training size in, per-pixel class probabilities out)."""
-    probabilities = tf.reshape(tf.nn.softmax(logits),
-                               tf.concat([tf.shape(input_image)[:3], [NUM_CLASSES]], 0))
+def save_model(sess, export_dir, input_image, keep_prob, probabilities, info):
+    """Save the network as a SavedModel (tag `serve`, signature `serving_default`: RGB 0..255
+    images at the training size in, per-pixel class probabilities out) with `info` as fcn.json."""
     signature = tf1.saved_model.predict_signature_def(
         inputs={'image': input_image, 'keep_prob': keep_prob},
         outputs={'probabilities': probabilities})
@@ -309,14 +335,118 @@ def save_model(sess, export_dir, input_image, keep_prob, logits):
             sess, [tf1.saved_model.tag_constants.SERVING],
             signature_def_map={'serving_default': signature})
         builder.save()
+        save_json(os.path.join(tmp, evaluate.MODEL_INFO), info)
+
+
+def resume_options(run_dir):
+    """The options an interrupted run was started with, from its config.json."""
+    path = os.path.join(run_dir, 'config.json')
+    if not os.path.isfile(path):
+        raise helper.UserError(f'--resume {run_dir}: no config.json there; not a run folder')
+    args = parse_args(['--config', path])
+    args.resume = run_dir
+    return args
+
+
+def data_split(args):
+    """(train pairs, validation pairs): split with the seed for a new run, read back from the
+    run's split.json when resuming."""
+    pairs = helper.kitti_pairs(kitti_training_dir(args.data_dir), args.label)
+    if not args.resume:
+        return helper.split_pairs(pairs, args.val_fraction, args.seed)
+    split = read_json(os.path.join(args.resume, 'split.json'), '--resume')
+    by_name = {os.path.basename(image): (image, label) for image, label in pairs}
+    missing = [name for name in split['train'] + split['val'] if name not in by_name]
+    if missing:
+        raise helper.UserError(f'--resume {args.resume}: {missing[0]} of its split is not in '
+                               f'{args.data_dir} any more')
+    return [by_name[n] for n in split['train']], [by_name[n] for n in split['val']]
+
+
+def summary_line(results):
+    """The validation figures of one epoch, in one line."""
+    figures = [f'road IoU {results["iou"][1]:.4f}' if len(results['iou']) == 2 else '',
+               f'mean IoU {results["mean_iou"]:.4f}',
+               f'pixel accuracy {results["pixel_accuracy"]:.4f}']
+    kitti = results.get('kitti_road')
+    if kitti and kitti['max_f'] is not None:
+        figures += [f'MaxF {kitti["max_f"]:.4f}', f'AP {kitti["average_precision"]:.4f}']
+    return ', '.join(f for f in figures if f)
+
+
+class RunMonitor:
+    """The bookkeeping around training: TensorBoard summaries every step, and after every epoch
+    validation, metrics.json, the checkpoint and the export of the best model so far."""
+
+    def __init__(self, run_dir, sess, saver, predict, export, val_samples, args, log, records,
+                 step):
+        self.run_dir, self.sess, self.saver = run_dir, sess, saver
+        self.predict, self.export, self.val_samples = predict, export, val_samples
+        self.args, self.log, self.records, self.step_count = args, log, records, step
+        self.writer = tf1.summary.FileWriter(run_dir)
+        self.best = max(records, key=lambda r: r['key_metric'], default=None) \
+            if val_samples else None
+
+    def scalars(self, values, step):
+        self.writer.add_summary(tf1.Summary(value=[
+            tf1.Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()
+            if value is not None]), step)
+
+    def step(self, loss):
+        self.step_count += 1
+        self.scalars({'train/loss': loss}, self.step_count)
+
+    def overlays(self, epoch, count=3):
+        """A few validation overlays, at the training size, as TensorBoard images."""
+        import imageio.v3 as iio
+        values = []
+        for name, image, _ in self.val_samples[:count]:
+            small = helper.resize_image(image, self.args.image_shape)
+            road = self.predict(small[None])[0].argmax(-1) == 1
+            png = iio.imwrite('<bytes>', helper.overlay(small, road), extension='.png')
+            values.append(tf1.Summary.Value(tag=f'val/overlay/{name}', image=tf1.Summary.Image(
+                height=small.shape[0], width=small.shape[1], colorspace=3,
+                encoded_image_string=png)))
+        self.writer.add_summary(tf1.Summary(value=values), epoch)
+
+    def epoch_end(self, epoch, mean_loss):
+        record = {'epoch': epoch, 'train_loss': mean_loss}
+        if self.val_samples:
+            results = evaluate.evaluate(self.predict, self.val_samples, self.args.image_shape)
+            record.update(val=results, key_metric=evaluate.key_metric(results))
+            self.log(f'epoch {epoch}: validation {summary_line(results)}')
+            kitti = results.get('kitti_road', {})
+            self.scalars({'val/pixel_accuracy': results['pixel_accuracy'],
+                          'val/mean_iou': results['mean_iou'],
+                          'val/road_iou': record['key_metric'],
+                          'val/max_f': kitti.get('max_f'),
+                          'val/average_precision': kitti.get('average_precision')}, epoch)
+            if epoch % self.args.tb_images_every == 0 or epoch == self.args.epochs:
+                self.overlays(epoch)
+        keep = {self.best['epoch']} if self.best else set()
+        checkpoints.save(self.sess, self.saver, os.path.join(self.run_dir, 'checkpoints'),
+                         epoch, keep)
+        if self.val_samples and (self.best is None
+                                 or record['key_metric'] > self.best['key_metric']):
+            self.best = record
+            self.export(epoch, record['key_metric'])
+            self.log(f'epoch {epoch}: new best validation IoU {record["key_metric"]:.4f}, '
+                     f'model exported to {os.path.join(self.run_dir, "model")}')
+        self.records.append(record)
+        save_json(os.path.join(self.run_dir, 'metrics.json'),
+                  {'epochs': self.records, 'best_epoch': self.best and self.best['epoch']})
+        self.writer.flush()
 
 
 def run(argv=None):
-    """Everything `python main.py` does: check the data, build the FCN, train, save the model
-    and the overlays to a new folder in --runs-dir."""
+    """Everything `python main.py` does: check the data, build the FCN, train with validation
+    and checkpoints (or resume), export the best model and write overlays to the run folder."""
     args = parse_args(argv)
-    get_batches_fn = helper.gen_batch_function(kitti_training_dir(args.data_dir),
-                                               args.image_shape, args.label, args.seed)
+    if args.resume:
+        args = resume_options(args.resume)
+    train_pairs, val_pairs = data_split(args)
+    get_batches_fn = helper.BatchGenerator(train_pairs, args.image_shape, seed=args.seed)
+    val_samples = evaluate.load_samples(val_pairs)
     with tf.Graph().as_default(), tf1.Session() as sess:
         tf1.set_random_seed(args.seed)
         (input_image, keep_prob, layer3, layer4, layer7), initialise = build_encoder(sess, args)
@@ -325,21 +455,60 @@ def run(argv=None):
         learning_rate = tf1.placeholder(tf.float32, [], 'learning_rate')
         logits, train_op, cross_entropy_loss = optimize(nn_last_layer, correct_label,
                                                         learning_rate, NUM_CLASSES)
+        probabilities = tf.reshape(tf.nn.softmax(logits), tf.shape(nn_last_layer))
+        saver = tf1.train.Saver(max_to_keep=None)
         initialise()
 
-        run_dir = helper.new_run_dir(args.runs_dir)
-        save_config(run_dir, args)
+        run_dir, start_epoch, records = start_run(sess, saver, args, train_pairs, val_pairs)
         log = helper.RunLog(os.path.join(run_dir, 'train.log'))
-        log(f'run {run_dir}: {len(get_batches_fn)} training images at '
-            f'{args.image_shape[0]}x{args.image_shape[1]}, {args.epochs} epochs')
+        log(f'run {run_dir}: {len(train_pairs)} training and {len(val_pairs)} validation images '
+            f'at {args.image_shape[0]}x{args.image_shape[1]}, epochs {start_epoch}..{args.epochs}')
+
+        def predict(batch):
+            return sess.run(probabilities, {input_image: batch, keep_prob: 1.0})
+
+        def export(epoch, key_metric=None):
+            save_model(sess, os.path.join(run_dir, 'model'), input_image, keep_prob,
+                       probabilities, {'image_shape': list(args.image_shape),
+                                       'num_classes': NUM_CLASSES, 'label': args.label,
+                                       'epoch': epoch, 'val_iou': key_metric})
+
+        batches = -(-len(get_batches_fn) // args.batch_size)
+        monitor = RunMonitor(run_dir, sess, saver, predict, export, val_samples, args, log,
+                             records, (start_epoch - 1) * batches)
         train_nn(sess, args.epochs, args.batch_size, get_batches_fn, train_op, cross_entropy_loss,
                  input_image, correct_label, keep_prob, learning_rate, args.keep_prob,
-                 args.learning_rate, log)
-        save_model(sess, os.path.join(run_dir, 'model'), input_image, keep_prob, logits)
+                 args.learning_rate, log, start_epoch, monitor.step, monitor.epoch_end)
+        if monitor.best:  # overlays from the model that was exported
+            best = checkpoints.folder_for(os.path.join(run_dir, 'checkpoints'),
+                                          monitor.best['epoch'])
+            saver.restore(sess, os.path.join(best, checkpoints.PREFIX))
+        else:
+            export(args.epochs)
         helper.save_inference_samples(args.runs_dir, args.data_dir, sess, args.image_shape,
                                       logits, keep_prob, input_image, output_dir=run_dir)
         log(f'model and overlays written to {run_dir}')
     return run_dir
+
+
+def start_run(sess, saver, args, train_pairs, val_pairs):
+    """A new run folder with config.json and split.json, or the resumed run's state restored
+    from its newest sound checkpoint: (run folder, first epoch to train, earlier epoch records)."""
+    if not args.resume:
+        run_dir = helper.new_run_dir(args.runs_dir)
+        save_config(run_dir, args)
+        save_json(os.path.join(run_dir, 'split.json'),
+                  {'train': [os.path.basename(i) for i, _ in train_pairs],
+                   'val': [os.path.basename(i) for i, _ in val_pairs]})
+        return run_dir, 1, []
+    run_dir = args.resume
+    log = helper.RunLog(os.path.join(run_dir, 'train.log'))
+    done = checkpoints.restore_latest(sess, saver, os.path.join(run_dir, 'checkpoints'), log)
+    log(f'resuming {run_dir} after epoch {done}' if done else
+        f'resuming {run_dir}: no usable checkpoint, starting from epoch 1')
+    path = os.path.join(run_dir, 'metrics.json')
+    records = read_json(path, '--resume')['epochs'] if os.path.exists(path) else []
+    return run_dir, done + 1, [r for r in records if r['epoch'] <= done]
 
 
 if __name__ == '__main__':

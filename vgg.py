@@ -16,9 +16,9 @@ import argparse
 import sys
 
 import numpy as np
-import tensorflow as tf
-
 import helper
+
+tf = helper.import_tensorflow()
 
 tf1 = tf.compat.v1
 
@@ -148,5 +148,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    tf1.disable_eager_execution()
     sys.exit(helper.main_guard(main))

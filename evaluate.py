@@ -1,0 +1,181 @@
+"""Evaluate a trained model on a labelled KITTI Road folder.
+
+Prints per-class accuracy and IoU, pixel accuracy, mean and frequency-weighted IoU, the KITTI
+road devkit's MaxF/AP figures and the inference time per image; writes metrics.json and, with
+--save-images, overlays and 8-bit road-probability PNGs (KITTI's submission format).
+
+    python evaluate.py --model runs/20261121-143000 --data-dir data --split val --save-images
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+import helper
+import metrics
+
+tf = helper.import_tensorflow()
+tf1 = tf.compat.v1
+
+MODEL_INFO = 'fcn.json'  # written beside saved_model.pb: training size, classes, label kind
+CLASS_NAMES = ('not road', 'road')
+
+
+def load_samples(pairs):
+    """(name, RGB image, class map) at the original size for each (image, label) path pair."""
+    samples = []
+    with tqdm(pairs, desc='Reading validation data', leave=False, disable=None) as bar:
+        for image_path, label_path in bar:
+            image = helper.read_rgb(image_path)
+            classes = helper.kitti_label_to_classes(helper.read_rgb(label_path), label_path)
+            if image.shape[:2] != classes.shape:
+                raise helper.UserError(f'{label_path}: size differs from its image {image_path}')
+            samples.append((os.path.basename(image_path), image, classes))
+    return samples
+
+
+def evaluate(predict, samples, image_shape, num_classes=2, output_dir=None):
+    """Run `predict` (a batch of RGB images at `image_shape` -> class probabilities) on each
+    sample, score it at the label's own size and return the metrics.
+
+    With `output_dir`, writes overlays/ and probabilities/ (8-bit road probability PNGs).
+    """
+    confusion = metrics.ConfusionMatrix(num_classes)
+    road = metrics.RoadMetrics() if num_classes == 2 else None
+    if output_dir:
+        for sub in ('overlays', 'probabilities'):
+            os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
+    predict(helper.resize_image(samples[0][1], image_shape)[None])  # warm-up, not timed
+    seconds = []
+    for name, image, classes in tqdm(samples, desc='Evaluating', leave=False, disable=None):
+        start = time.perf_counter()
+        probabilities = predict(helper.resize_image(image, image_shape)[None])[0]
+        seconds.append(time.perf_counter() - start)
+        full = np.stack([helper.resize_probability(probabilities[..., c], classes.shape)
+                         for c in range(num_classes)], -1)
+        prediction = full.argmax(-1)
+        confusion.update(classes, prediction)
+        if road:
+            road.update(classes, full[..., 1])
+        if output_dir:
+            write_images(output_dir, name, image, prediction == 1, full[..., 1])
+    results = confusion.results()
+    if road:
+        results['kitti_road'] = road.results()
+    results['ms_per_image'] = 1000 * float(np.median(seconds))
+    results['images'] = len(samples)
+    return results
+
+
+def write_images(output_dir, name, image, road_mask, road_probability):
+    """The overlay and the KITTI-format probability PNG (`um_000001` -> `um_road_000001`)."""
+    import imageio.v3 as iio
+    category, _, number = os.path.splitext(name)[0].partition('_')
+    outputs = ((os.path.join('overlays', name), helper.overlay(image, road_mask)),
+               (os.path.join('probabilities', f'{category}_road_{number}.png'),
+                metrics.quantize(road_probability)))
+    for relative, pixels in outputs:
+        with helper.atomic_path(os.path.join(output_dir, relative)) as tmp:
+            iio.imwrite(tmp, pixels, extension='.png')
+
+
+def key_metric(results):
+    """The figure that picks the best model: road IoU for two classes, else mean IoU."""
+    return results['iou'][1] if len(results['iou']) == 2 else results['mean_iou']
+
+
+def _fmt(value):
+    return '   n/a' if value is None else f'{value:.4f}'
+
+
+def format_table(results, class_names=CLASS_NAMES):
+    """The metrics as a small text table."""
+    lines = [f'{"class":<12} {"accuracy":>8} {"IoU":>8}']
+    for name, accuracy, iou in zip(class_names, results['class_accuracy'], results['iou']):
+        lines.append(f'{name:<12} {_fmt(accuracy):>8} {_fmt(iou):>8}')
+    lines.append(f'pixel accuracy {_fmt(results["pixel_accuracy"])}, mean class accuracy '
+                 f'{_fmt(results["mean_class_accuracy"])}, mean IoU {_fmt(results["mean_iou"])}, '
+                 f'frequency-weighted IoU {_fmt(results["frequency_weighted_iou"])}')
+    kitti = results.get('kitti_road')
+    if kitti:
+        lines.append(f'KITTI road: MaxF {_fmt(kitti["max_f"])}, AP '
+                     f'{_fmt(kitti["average_precision"])}; at threshold {_fmt(kitti["threshold"])}:'
+                     f' precision {_fmt(kitti["precision"])}, recall {_fmt(kitti["recall"])}, '
+                     f'FPR {_fmt(kitti["fpr"])}, FNR {_fmt(kitti["fnr"])}')
+    lines.append(f'{results["images"]} images, {results["ms_per_image"]:.1f} ms per image '
+                 f'(inference at the training size, median after a warm-up)')
+    return '\n'.join(lines)
+
+
+def model_folder(path):
+    """The SavedModel folder of a run folder (its model/) or of a SavedModel path itself."""
+    for folder in (os.path.join(path, 'model'), path):
+        if os.path.isfile(os.path.join(folder, 'saved_model.pb')):
+            return folder
+    raise helper.UserError(f'--model {path}: neither a run folder with model/ nor a SavedModel')
+
+
+def load_model(sess, path):
+    """Load a model written by main.py; returns (predict function, its fcn.json info)."""
+    folder = model_folder(path)
+    try:
+        with open(os.path.join(folder, MODEL_INFO)) as f:
+            info = json.load(f)
+        meta = tf1.saved_model.loader.load(sess, ['serve'], folder)
+        signature = meta.signature_def['serving_default']
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise helper.UserError(f'{folder}: not a model written by main.py ({e})') from None
+    image = signature.inputs['image'].name
+    keep_prob = signature.inputs['keep_prob'].name
+    probabilities = signature.outputs['probabilities'].name
+    return (lambda batch: sess.run(probabilities, {image: batch, keep_prob: 1.0})), info
+
+
+def split_pairs(path, data_dir, label, split):
+    """The (image, label) pairs to evaluate: a run's validation list, or every labelled image."""
+    pairs = helper.kitti_pairs(os.path.join(data_dir, 'data_road', 'training'), label)
+    if split == 'all':
+        return pairs
+    try:
+        with open(os.path.join(path, 'split.json')) as f:
+            names = set(json.load(f)['val'])
+    except (OSError, ValueError, KeyError):
+        raise helper.UserError(f'--split val needs a run folder holding split.json; {path} has '
+                               f'none: use --split all') from None
+    chosen = [pair for pair in pairs if os.path.basename(pair[0]) in names]
+    if len(chosen) != len(names):
+        raise helper.UserError(f'{data_dir}: {len(names) - len(chosen)} of the run\'s validation '
+                               f'images are missing; is --data-dir the one it trained on?')
+    return chosen
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--model', required=True, help='a run folder or a SavedModel folder')
+    parser.add_argument('--data-dir', required=True, help='folder holding data_road/training')
+    parser.add_argument('--split', choices=('val', 'all'), default='val',
+                        help="the run's validation images, or every labelled image")
+    parser.add_argument('--output-dir', help='where metrics.json (and images) go '
+                                             '(default: MODEL/eval-SPLIT)')
+    parser.add_argument('--save-images', action='store_true',
+                        help='also write overlays and road-probability PNGs')
+    args = parser.parse_args(argv)
+    with tf.Graph().as_default(), tf1.Session() as sess:
+        predict, info = load_model(sess, args.model)
+        pairs = split_pairs(args.model, args.data_dir, info['label'], args.split)
+        output_dir = args.output_dir or os.path.join(args.model, f'eval-{args.split}')
+        results = evaluate(predict, load_samples(pairs), info['image_shape'],
+                           info['num_classes'], output_dir if args.save_images else None)
+    results.update(model=os.path.abspath(args.model), split=args.split)
+    print(format_table(results))
+    with helper.atomic_path(os.path.join(output_dir, 'metrics.json')) as tmp, open(tmp, 'w') as f:
+        json.dump(results, f, indent=2)
+    print(f'metrics written to {os.path.join(output_dir, "metrics.json")}')
+
+
+if __name__ == '__main__':
+    sys.exit(helper.main_guard(main))

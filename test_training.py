@@ -1,0 +1,165 @@
+"""Training bookkeeping: the split, checkpoints, resume after SIGKILL, and evaluate.py."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import checkpoints
+import evaluate
+import helper
+import main
+import project_tests as fixtures
+
+tf, tf1 = main.tf, main.tf1
+
+
+def test_split_is_deterministic_disjoint_and_sized():
+    pairs = [(f'um_{i:06d}.png', f'um_road_{i:06d}.png') for i in range(289)]
+    train, val = helper.split_pairs(pairs, 0.166, seed=0)
+    assert len(val) == 48 and len(train) == 241
+    assert sorted(train + val) == pairs
+    assert helper.split_pairs(pairs, 0.166, seed=0) == (train, val)
+    assert helper.split_pairs(pairs, 0.166, seed=1)[1] != val
+    with pytest.raises(helper.UserError, match='--val-fraction 1.0'):
+        helper.split_pairs(pairs, 1.0, seed=0)
+
+
+@pytest.fixture
+def counter():
+    """A graph with one variable `v`, a session and a saver over it."""
+    with tf.Graph().as_default(), tf1.Session() as sess:
+        variable = tf1.get_variable('v', [1000], initializer=tf1.zeros_initializer())
+        sess.run(variable.initializer)
+        yield sess, variable, tf1.train.Saver()
+
+
+def test_checkpoints_keep_two_newest_and_best(counter, tmp_path):
+    sess, variable, saver = counter
+    for epoch in range(1, 5):
+        checkpoints.save(sess, saver, str(tmp_path), epoch, keep={1})
+    assert checkpoints.epochs(str(tmp_path)) == [1, 3, 4]
+    assert sorted(os.listdir(tmp_path)) == ['epoch-0001', 'epoch-0003', 'epoch-0004']
+
+
+def test_checkpoint_interrupted_while_writing_leaves_the_previous_one(counter, tmp_path,
+                                                                       monkeypatch):
+    sess, variable, saver = counter
+    checkpoints.save(sess, saver, str(tmp_path), 1)
+
+    def dies_half_way(sess_, prefix, **kwargs):
+        open(prefix + '.index', 'wb').write(b'half')
+        raise KeyboardInterrupt
+    monkeypatch.setattr(saver, 'save', dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoints.save(sess, saver, str(tmp_path), 2)
+    assert os.listdir(tmp_path) == ['epoch-0001']  # no epoch-0002, no temporary folder
+
+
+@pytest.mark.parametrize('damage', ['truncate', 'flip a byte', 'delete the manifest'])
+def test_corrupt_checkpoint_is_reported_and_the_previous_used(counter, tmp_path, damage):
+    sess, variable, saver = counter
+    for epoch in (1, 2):
+        variable.load(np.full(1000, epoch, np.float32), sess)
+        checkpoints.save(sess, saver, str(tmp_path), epoch)
+    folder = tmp_path / 'epoch-0002'
+    data = next(folder.glob('model.data-*'))
+    if damage == 'truncate':
+        data.write_bytes(data.read_bytes()[:100])
+    elif damage == 'flip a byte':
+        raw = bytearray(data.read_bytes())
+        raw[10] ^= 0xFF
+        data.write_bytes(bytes(raw))
+    else:
+        (folder / checkpoints.MANIFEST).unlink()
+    variable.load(np.zeros(1000, np.float32), sess)
+    messages = []
+    assert checkpoints.restore_latest(sess, saver, str(tmp_path), messages.append) == 1
+    assert np.all(sess.run(variable) == 1)
+    assert len(messages) == 1 and 'epoch-0002 is unusable' in messages[0]
+
+
+def test_no_checkpoint_restores_nothing(counter, tmp_path):
+    sess, _, saver = counter
+    assert checkpoints.restore_latest(sess, saver, str(tmp_path / 'none')) == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# A real run, killed with SIGKILL during epoch 2, resumed, then evaluated
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def slow_data(tmp_path_factory):
+    """40 labelled images, so that one epoch lasts a couple of seconds at 96x288."""
+    data = tmp_path_factory.mktemp('resume') / 'data'
+    fixtures.make_kitti(data, stems=tuple(f'um_{i:06d}' for i in range(40)), size=(100, 300))
+    fixtures.save_tiny_vgg(str(data / 'vgg'))
+    return data
+
+
+def command(*args):
+    return [sys.executable, os.path.join(fixtures.HERE, 'main.py'), *args]
+
+
+def metrics_epochs(run_dir):
+    try:
+        return [r['epoch'] for r in json.loads((run_dir / 'metrics.json').read_text())['epochs']]
+    except (OSError, ValueError):
+        return []
+
+
+def test_resume_after_sigkill_in_epoch_2_then_evaluate(slow_data, tmp_path):
+    runs = tmp_path / 'runs'
+    process = subprocess.Popen(
+        command('--data-dir', str(slow_data), '--runs-dir', str(runs), '--epochs', '3',
+                '--batch-size', '1', '--image-shape', '96x288', '--learning-rate', '1e-3'),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    run_dir = None
+    while time.time() < deadline and process.poll() is None:
+        run_dirs = list(runs.glob('2*')) if runs.exists() else []
+        if run_dirs and metrics_epochs(run_dirs[0]) == [1]:
+            run_dir = run_dirs[0]
+            break
+        time.sleep(0.01)
+    assert run_dir is not None, process.communicate()[1]
+    time.sleep(0.5)  # well into epoch 2, which takes about two seconds
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoints.epochs(str(run_dir / 'checkpoints')) == [1]  # killed during epoch 2
+
+    result = subprocess.run(command('--resume', str(run_dir)), capture_output=True, text=True,
+                            timeout=240)
+    assert result.returncode == 0, result.stderr
+    assert metrics_epochs(run_dir) == [1, 2, 3]
+    log = (run_dir / 'train.log').read_text()
+    assert f'resuming {run_dir} after epoch 1' in log
+    assert 'epoch 1/3' in log and 'epoch 3/3' in log and log.count('epoch 2/3') == 1
+    assert checkpoints.epochs(str(run_dir / 'checkpoints'))[-2:] == [2, 3]
+    assert len(list(run_dir.glob('um_0000*.png'))) == 40
+
+    # evaluate.py on the exported best model reproduces that epoch's validation figures
+    records = json.loads((run_dir / 'metrics.json').read_text())
+    best = next(r for r in records['epochs'] if r['epoch'] == records['best_epoch'])
+    evaluate.main(['--model', str(run_dir), '--data-dir', str(slow_data), '--save-images'])
+    got = json.loads((run_dir / 'eval-val' / 'metrics.json').read_text())
+    for key in ('pixel_accuracy', 'mean_iou', 'frequency_weighted_iou'):
+        assert got[key] == pytest.approx(best['val'][key], abs=1e-9)
+    assert got['iou'] == pytest.approx(best['val']['iou'], abs=1e-9)
+    assert got['kitti_road']['max_f'] == pytest.approx(best['val']['kitti_road']['max_f'],
+                                                       abs=1e-9)
+    val_names = json.loads((run_dir / 'split.json').read_text())['val']
+    assert sorted(os.listdir(run_dir / 'eval-val' / 'overlays')) == sorted(val_names)
+    probability = fixtures.iio.imread(run_dir / 'eval-val' / 'probabilities' /
+                                      val_names[0].replace('um_', 'um_road_'))
+    assert probability.shape == (100, 300) and probability.dtype == np.uint8
+
+
+def test_evaluate_reports_bad_model_and_split(tmp_path, capsys):
+    assert helper.main_guard(evaluate.main, ['--model', str(tmp_path), '--data-dir',
+                                             str(tmp_path)]) == 2
+    assert 'neither a run folder with model/ nor a SavedModel' in capsys.readouterr().err
