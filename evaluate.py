@@ -1,8 +1,9 @@
-"""Evaluate a trained model on a labelled KITTI Road folder.
+"""Evaluate a trained model on labelled images of the data set it was trained on.
 
-Prints per-class accuracy and IoU, pixel accuracy, mean and frequency-weighted IoU, the KITTI
-road devkit's MaxF/AP figures and the inference time per image; writes metrics.json and, with
---save-images, overlays and 8-bit road-probability PNGs (KITTI's submission format).
+Prints per-class accuracy and IoU, pixel accuracy, mean and frequency-weighted IoU, for two
+classes the KITTI road devkit's MaxF/AP figures, and the inference time per image; writes
+metrics.json and, with --save-images, overlays and (two classes) 8-bit road-probability PNGs,
+KITTI's submission format.
 
     python evaluate.py --model runs/20261121-143000 --data-dir data --split val --save-images
 """
@@ -15,34 +16,36 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+import datasets
 import helper
 import metrics
 
 tf = helper.import_tensorflow()
 tf1 = tf.compat.v1
 
-MODEL_INFO = 'fcn.json'  # written beside saved_model.pb: training size, classes, label kind
-CLASS_NAMES = ('not road', 'road')
+MODEL_INFO = 'fcn.json'  # beside saved_model.pb: training size, data set, classes, epoch
 
 
-def load_samples(pairs):
+def load_samples(pairs, read_label):
     """(name, RGB image, class map) at the original size for each (image, label) path pair."""
     samples = []
     with tqdm(pairs, desc='Reading validation data', leave=False, disable=None) as bar:
         for image_path, label_path in bar:
-            image = helper.read_rgb(image_path)
-            classes = helper.kitti_label_to_classes(helper.read_rgb(label_path), label_path)
+            image, classes = helper.read_rgb(image_path), read_label(label_path)
             if image.shape[:2] != classes.shape:
-                raise helper.UserError(f'{label_path}: size differs from its image {image_path}')
+                raise helper.UserError(f'{label_path}: size {classes.shape[1]}x'
+                                       f'{classes.shape[0]} differs from its image {image_path}')
             samples.append((os.path.basename(image_path), image, classes))
     return samples
 
 
-def evaluate(predict, samples, image_shape, num_classes=2, output_dir=None):
+def evaluate(predict, samples, image_shape, num_classes=2, output_dir=None,
+             colors=(None, helper.OVERLAY_RGB)):
     """Run `predict` (a batch of RGB images at `image_shape` -> class probabilities) on each
     sample, score it at the label's own size and return the metrics.
 
-    With `output_dir`, writes overlays/ and probabilities/ (8-bit road probability PNGs).
+    With `output_dir`, writes overlays/ (drawn in `colors`) and, for two classes,
+    probabilities/ (8-bit road probability PNGs).
     """
     confusion = metrics.ConfusionMatrix(num_classes)
     road = metrics.RoadMetrics() if num_classes == 2 else None
@@ -55,14 +58,14 @@ def evaluate(predict, samples, image_shape, num_classes=2, output_dir=None):
         start = time.perf_counter()
         probabilities = predict(helper.resize_image(image, image_shape)[None])[0]
         seconds.append(time.perf_counter() - start)
-        full = np.stack([helper.resize_probability(probabilities[..., c], classes.shape)
-                         for c in range(num_classes)], -1)
+        full = helper.full_size(probabilities, classes.shape)
         prediction = full.argmax(-1)
         confusion.update(classes, prediction)
         if road:
             road.update(classes, full[..., 1])
         if output_dir:
-            write_images(output_dir, name, image, prediction == 1, full[..., 1])
+            write_images(output_dir, name, helper.overlay(image, prediction, colors),
+                         full[..., 1] if road else None)
     results = confusion.results()
     if road:
         results['kitti_road'] = road.results()
@@ -71,13 +74,15 @@ def evaluate(predict, samples, image_shape, num_classes=2, output_dir=None):
     return results
 
 
-def write_images(output_dir, name, image, road_mask, road_probability):
-    """The overlay and the KITTI-format probability PNG (`um_000001` -> `um_road_000001`)."""
+def write_images(output_dir, name, overlay, road_probability=None):
+    """The overlay and the KITTI-format road probability PNG (`um_000001` -> `um_road_000001`)."""
     import imageio.v3 as iio
-    category, _, number = os.path.splitext(name)[0].partition('_')
-    outputs = ((os.path.join('overlays', name), helper.overlay(image, road_mask)),
-               (os.path.join('probabilities', f'{category}_road_{number}.png'),
-                metrics.quantize(road_probability)))
+    stem = os.path.splitext(name)[0]
+    category, _, number = stem.partition('_')
+    outputs = [(os.path.join('overlays', stem + '.png'), overlay)]
+    if road_probability is not None:
+        outputs.append((os.path.join('probabilities', f'{category}_road_{number}.png'),
+                        metrics.quantize(road_probability)))
     for relative, pixels in outputs:
         with helper.atomic_path(os.path.join(output_dir, relative)) as tmp:
             iio.imwrite(tmp, pixels, extension='.png')
@@ -92,11 +97,12 @@ def _fmt(value):
     return '   n/a' if value is None else f'{value:.4f}'
 
 
-def format_table(results, class_names=CLASS_NAMES):
+def format_table(results, class_names):
     """The metrics as a small text table."""
-    lines = [f'{"class":<12} {"accuracy":>8} {"IoU":>8}']
+    width = max(12, *(len(name) for name in class_names))
+    lines = [f'{"class":<{width}} {"accuracy":>8} {"IoU":>8}']
     for name, accuracy, iou in zip(class_names, results['class_accuracy'], results['iou']):
-        lines.append(f'{name:<12} {_fmt(accuracy):>8} {_fmt(iou):>8}')
+        lines.append(f'{name:<{width}} {_fmt(accuracy):>8} {_fmt(iou):>8}')
     lines.append(f'pixel accuracy {_fmt(results["pixel_accuracy"])}, mean class accuracy '
                  f'{_fmt(results["mean_class_accuracy"])}, mean IoU {_fmt(results["mean_iou"])}, '
                  f'frequency-weighted IoU {_fmt(results["frequency_weighted_iou"])}')
@@ -135,11 +141,17 @@ def load_model(sess, path):
     return (lambda batch: sess.run(probabilities, {image: batch, keep_prob: 1.0})), info
 
 
-def split_pairs(path, data_dir, label, split):
-    """The (image, label) pairs to evaluate: a run's validation list, or every labelled image."""
-    pairs = helper.kitti_pairs(os.path.join(data_dir, 'data_road', 'training'), label)
+def evaluation_data(path, data_dir, info, split):
+    """The model's data set in `data_dir` and the (image, label) pairs to evaluate: the run's
+    validation list (split.json) or every labelled image."""
+    dataset = datasets.open_dataset(info['dataset'], data_dir, info['label'], info['classes'],
+                                    info['remap'])
+    if dataset.classes.num_classes != info['num_classes']:
+        raise helper.UserError(f'{data_dir}: {dataset.classes.num_classes} classes, but the model '
+                               f'predicts {info["num_classes"]}')
+    pairs = dataset.train + (dataset.val or [])
     if split == 'all':
-        return pairs
+        return dataset, pairs
     try:
         with open(os.path.join(path, 'split.json')) as f:
             names = set(json.load(f)['val'])
@@ -150,13 +162,14 @@ def split_pairs(path, data_dir, label, split):
     if len(chosen) != len(names):
         raise helper.UserError(f'{data_dir}: {len(names) - len(chosen)} of the run\'s validation '
                                f'images are missing; is --data-dir the one it trained on?')
-    return chosen
+    return dataset, chosen
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--model', required=True, help='a run folder or a SavedModel folder')
-    parser.add_argument('--data-dir', required=True, help='folder holding data_road/training')
+    parser.add_argument('--data-dir', required=True,
+                        help='the data set folder, in the layout the model was trained on')
     parser.add_argument('--split', choices=('val', 'all'), default='val',
                         help="the run's validation images, or every labelled image")
     parser.add_argument('--output-dir', help='where metrics.json (and images) go '
@@ -166,12 +179,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     with tf.Graph().as_default(), tf1.Session() as sess:
         predict, info = load_model(sess, args.model)
-        pairs = split_pairs(args.model, args.data_dir, info['label'], args.split)
+        dataset, pairs = evaluation_data(args.model, args.data_dir, info, args.split)
         output_dir = args.output_dir or os.path.join(args.model, f'eval-{args.split}')
-        results = evaluate(predict, load_samples(pairs), info['image_shape'],
-                           info['num_classes'], output_dir if args.save_images else None)
-    results.update(model=os.path.abspath(args.model), split=args.split)
-    print(format_table(results))
+        colors = helper.overlay_colors(dataset.classes.colors)
+        results = evaluate(predict, load_samples(pairs, dataset.read_label), info['image_shape'],
+                           info['num_classes'], output_dir if args.save_images else None, colors)
+    results.update(model=os.path.abspath(args.model), split=args.split,
+                   classes=dataset.classes.names)
+    print(format_table(results, dataset.classes.names))
     with helper.atomic_path(os.path.join(output_dir, 'metrics.json')) as tmp, open(tmp, 'w') as f:
         json.dump(results, f, indent=2)
     print(f'metrics written to {os.path.join(output_dir, "metrics.json")}')

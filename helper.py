@@ -3,6 +3,7 @@
 Sections: bad-input errors and atomic writes; downloads (Udacity's VGG16 SavedModel, KITTI Road);
 the KITTI batch generator with its paired image+label transforms; overlays written to runs/.
 """
+import collections
 import contextlib
 import glob
 import hashlib
@@ -16,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 
 import imageio.v3 as iio
 import numpy as np
@@ -25,10 +27,6 @@ from tqdm import tqdm
 VGG_URL = 'https://s3-us-west-1.amazonaws.com/udacity-selfdrivingcar/vgg.zip'
 KITTI_URL = 'https://s3.eu-central-1.amazonaws.com/avg-kitti/data_road.zip'
 
-# KITTI Road ground-truth colours. Black marks pixels outside the valid area: void, ignored.
-KITTI_ROAD_RGB = (255, 0, 255)
-KITTI_NOT_ROAD_RGB = (255, 0, 0)
-KITTI_VOID_RGB = (0, 0, 0)
 VOID = 255  # class index stored for void pixels; one-hot rows of void pixels are all zero
 
 OVERLAY_RGB = (0, 255, 0)
@@ -210,36 +208,37 @@ def maybe_download_kitti(data_dir, url=KITTI_URL, sha256=None):
 # Reading and transforming images and labels
 # ----------------------------------------------------------------------------------------------
 
+def _open_image(path):
+    """A PIL image, fully decoded so that truncated files fail here."""
+    try:
+        image = Image.open(path)
+        image.load()
+        return image
+    except Exception as e:  # PIL raises many types for unreadable files
+        raise UserError(f'{path}: cannot read image ({e}); replace or remove the file') from None
+
+
 def read_rgb(path):
     """Read an 8-bit RGB image as uint8 HxWx3; any other kind of file is a UserError."""
-    try:
-        image = iio.imread(path, plugin='pillow')
-    except Exception as e:  # imageio raises many types for unreadable files
-        raise UserError(f'{path}: cannot read image ({e}); replace or remove the file') from None
-    if image.ndim == 2 or (image.ndim == 3 and image.shape[2] != 3):
-        kind = 'grayscale' if image.ndim == 2 or image.shape[2] == 1 else \
-            f'{image.shape[2]}-channel (RGBA?)'
-        raise UserError(f'{path}: {kind} image, expected RGB; convert it to 3-channel RGB')
-    if image.dtype != np.uint8:
-        raise UserError(f'{path}: {image.dtype} pixels, expected 8-bit RGB; convert it')
-    return image
+    image = _open_image(path)
+    if image.mode != 'RGB':
+        kind = {'L': 'grayscale', '1': 'black-and-white', 'P': 'palette', 'RGBA': 'RGBA',
+                'LA': 'grayscale+alpha', 'I;16': '16-bit', 'I': '32-bit'}.get(image.mode,
+                                                                               image.mode)
+        raise UserError(f'{path}: {kind} image, expected 8-bit RGB; convert it to RGB')
+    return np.asarray(image)
 
 
-def kitti_label_to_classes(rgb, path):
-    """Map KITTI ground-truth colours to class indices: 0 not-road, 1 road, VOID for black."""
-    classes = np.full(rgb.shape[:2], VOID, np.uint8)
-    known = np.zeros(rgb.shape[:2], bool)
-    for index, colour in ((0, KITTI_NOT_ROAD_RGB), (1, KITTI_ROAD_RGB), (VOID, KITTI_VOID_RGB)):
-        match = np.all(rgb == colour, axis=-1)
-        classes[match] = index
-        known |= match
-    if not known.all():
-        y, x = np.argwhere(~known)[0]
-        raise UserError(f'{path}: colour {tuple(int(c) for c in rgb[y, x])} at row {y}, column {x} '
-                        f'({int((~known).sum())} pixels) is not in the KITTI palette '
-                        f'(road {KITTI_ROAD_RGB}, not road {KITTI_NOT_ROAD_RGB}, void '
-                        f'{KITTI_VOID_RGB})')
-    return classes
+def read_label_image(path, rgb):
+    """Read a label image: RGB colours when `rgb`, else single-channel class numbers (palette
+    PNGs give their raw indices)."""
+    image = _open_image(path)
+    if rgb and image.mode in ('RGB', 'P'):
+        return np.asarray(image.convert('RGB'))
+    if not rgb and image.mode in ('L', 'P'):
+        return np.asarray(image)
+    expected = 'RGB colours' if rgb else '8-bit single-channel class numbers'
+    raise UserError(f'{path}: {image.mode} label image, expected {expected}')
 
 
 def resize_image(image, shape):
@@ -328,31 +327,36 @@ def split_pairs(pairs, val_fraction, seed):
             [p for i, p in enumerate(pairs) if i in val])
 
 
-def load_pair(image_path, label_path, image_shape):
-    """Read, check and resize one image and its label to `image_shape`."""
+def load_pair(image_path, label_path, image_shape, read_label):
+    """Read, check and resize one image and its label (a class map from `read_label`)."""
     image = read_rgb(image_path)
-    rgb = read_rgb(label_path)
-    if image.shape != rgb.shape:
-        raise UserError(f'{label_path}: size {rgb.shape[1]}x{rgb.shape[0]} differs from its image '
-                        f'{image_path} ({image.shape[1]}x{image.shape[0]})')
-    classes = kitti_label_to_classes(rgb, label_path)
+    classes = read_label(label_path)
+    if image.shape[:2] != classes.shape:
+        raise UserError(f'{label_path}: size {classes.shape[1]}x{classes.shape[0]} differs from '
+                        f'its image {image_path} ({image.shape[1]}x{image.shape[0]})')
     return resize_image(image, image_shape), resize_label(classes, image_shape)
 
 
 class BatchGenerator:
-    """`get_batches_fn`: called with a batch size, yields shuffled, flipped (images, labels).
+    """`get_batches_fn`: called with a batch size, yields one epoch of shuffled, augmented
+    (float32 images, one-hot labels) batches, prepared ahead by background threads.
 
     All pairs are read and checked once, at construction, so bad files are reported before any
-    training starts; `len()` is the number of pairs.
+    training starts; `len()` is the number of pairs. Every batch draws its randomness from its
+    own generator seeded by (seed, epoch, batch), so results do not depend on thread timing and
+    a resumed run that sets `epoch` sees the batches the uninterrupted run would have.
     """
 
-    def __init__(self, pairs, image_shape, num_classes=2, seed=None, flip=True):
+    def __init__(self, pairs, image_shape, read_label, num_classes, augment=random_flip,
+                 seed=None, workers=2, prefetch=4):
         self.image_shape = tuple(image_shape)
         self.num_classes = num_classes
-        self.flip = flip
-        self.rng = np.random.default_rng(seed)
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.workers, self.prefetch = workers, prefetch
         with tqdm(pairs, desc='Reading data', leave=False, disable=None) as bar:
-            loaded = [load_pair(image, label, image_shape) for image, label in bar]
+            loaded = [load_pair(image, label, image_shape, read_label) for image, label in bar]
         self.images = np.stack([image for image, _ in loaded])
         self.labels = np.stack([classes for _, classes in loaded])
 
@@ -360,41 +364,82 @@ class BatchGenerator:
         return len(self.images)
 
     def __call__(self, batch_size):
-        order = self.rng.permutation(len(self))
-        for start in range(0, len(order), batch_size):
-            batch = [self.transform(self.images[i], self.labels[i])
-                     for i in order[start:start + batch_size]]
-            images, labels = zip(*batch)
-            yield np.stack(images).astype(np.float32), one_hot(np.stack(labels), self.num_classes)
+        self.epoch += 1
+        epoch_seed = np.random.SeedSequence([self.seed or 0, self.epoch])
+        order = np.random.default_rng(epoch_seed).permutation(len(self))
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        with ThreadPoolExecutor(self.workers) as pool:
+            pending = collections.deque()
+            for indexes, seed in zip(batches, epoch_seed.spawn(len(batches))):
+                pending.append(pool.submit(self.make_batch, indexes, seed))
+                if len(pending) > self.prefetch:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
 
-    def transform(self, image, classes):
-        """The paired image+label transforms applied to each training example."""
-        if self.flip:
-            image, classes = random_flip(image, classes, self.rng)
-        return image, classes
+    def make_batch(self, indexes, seed):
+        """The augmented examples `indexes` as network inputs."""
+        rng = np.random.default_rng(seed)
+        pairs = [self.augment(self.images[i], self.labels[i], rng) if self.augment
+                 else (self.images[i], self.labels[i]) for i in indexes]
+        images, labels = zip(*pairs)
+        return np.stack(images).astype(np.float32), one_hot(np.stack(labels), self.num_classes)
 
 
 def gen_batch_function(data_folder, image_shape, label='road', seed=None):
-    """Return `get_batches_fn(batch_size)` over the KITTI folder holding image_2/ and gt_image_2/.
+    """Return `get_batches_fn(batch_size)` over the KITTI folder holding image_2/ and gt_image_2/,
+    with random horizontal flips.
 
     Batches are float32 RGB images in 0..255 and one-hot [not-road, road] labels, void rows zero.
     """
-    return BatchGenerator(kitti_pairs(data_folder, label), image_shape, seed=seed)
+    import datasets  # here: datasets builds on this module
+    classes = datasets.kitti_classes()
+    return BatchGenerator(kitti_pairs(data_folder, label), image_shape,
+                          lambda path: classes.decode(read_label_image(path, rgb=True), path),
+                          classes.num_classes, random_flip, seed)
 
 
 # ----------------------------------------------------------------------------------------------
 # Inference samples
 # ----------------------------------------------------------------------------------------------
 
-def overlay(image, mask):
-    """Blend OVERLAY_RGB into `image` where `mask` is true."""
+def overlay(image, classes, colors=(None, OVERLAY_RGB)):
+    """Blend each class's colour into `image` where the class map `classes` has that class;
+    classes whose colour is None are not drawn (by default: road, class 1, in green)."""
     out = image.astype(np.float32)
-    out[mask] = (1 - OVERLAY_ALPHA) * out[mask] + OVERLAY_ALPHA * np.array(OVERLAY_RGB)
+    for index, color in enumerate(colors):
+        if color is not None:
+            mask = classes == index
+            out[mask] = (1 - OVERLAY_ALPHA) * out[mask] + OVERLAY_ALPHA * np.array(color)
     return out.round().astype(np.uint8)
 
 
+def overlay_colors(class_colors):
+    """What overlays draw: road in green for two classes, every class in its colour for more."""
+    return (None, OVERLAY_RGB) if len(class_colors) == 2 else tuple(map(tuple, class_colors))
+
+
+def write_legend(path, names, colors):
+    """A PNG with a colour swatch and the name of each drawn class."""
+    from PIL import ImageDraw
+    drawn = [(name, color) for name, color in zip(names, colors) if color is not None]
+    legend = Image.new('RGB', (220, 20 * len(drawn) + 4), 'white')
+    draw = ImageDraw.Draw(legend)
+    for row, (name, color) in enumerate(drawn):
+        draw.rectangle([4, 4 + 20 * row, 36, 20 + 20 * row], fill=tuple(color), outline='black')
+        draw.text((44, 6 + 20 * row), name, fill='black')
+    with atomic_path(path) as tmp:
+        legend.save(tmp, format='PNG')
+
+
+def full_size(probabilities, shape):
+    """Per-class probabilities [h, w, classes] resized bilinearly to `shape` (height, width)."""
+    return np.stack([resize_probability(probabilities[..., c], shape)
+                     for c in range(probabilities.shape[-1])], -1)
+
+
 def gen_test_output(sess, probabilities, keep_prob, image_pl, image_paths, image_shape,
-                    bad=None):
+                    bad=None, colors=(None, OVERLAY_RGB)):
     """Yield (file name, overlay at the original size) for each readable image.
 
     `probabilities` is the softmax over the logits, built once by the caller. Unreadable images
@@ -410,8 +455,8 @@ def gen_test_output(sess, probabilities, keep_prob, image_pl, image_paths, image
             continue
         prob = sess.run(probabilities, {keep_prob: 1.0,
                                         image_pl: resize_image(image, image_shape)[None]})
-        road = resize_probability(prob[:, 1].reshape(image_shape), image.shape[:2]) > 0.5
-        yield os.path.basename(path), overlay(image, road)
+        classes = full_size(prob.reshape(*image_shape, -1), image.shape[:2]).argmax(-1)
+        yield os.path.basename(path), overlay(image, classes, colors)
 
 
 def sample_images(data_dir):
@@ -427,9 +472,9 @@ def sample_images(data_dir):
 
 
 def save_inference_samples(runs_dir, data_dir, sess, image_shape, logits, keep_prob, input_image,
-                           output_dir=None):
-    """Write green road overlays for KITTI's test images to `output_dir` (default
-    `runs_dir/<timestamp>`), each at its original size under its original file name.
+                           output_dir=None, image_paths=None, colors=(None, OVERLAY_RGB)):
+    """Write overlays (green road by default) for KITTI's test images, or `image_paths`, to
+    `output_dir` (default `runs_dir/<timestamp>`), each at its original size under its own name.
 
     Returns the output folder. Unreadable images are skipped and listed at the end.
     """
@@ -437,12 +482,13 @@ def save_inference_samples(runs_dir, data_dir, sess, image_shape, logits, keep_p
     output_dir = output_dir or new_run_dir(runs_dir)
     os.makedirs(output_dir, exist_ok=True)
     probabilities = tf.nn.softmax(logits)
-    paths = sample_images(data_dir)
+    paths = image_paths or sample_images(data_dir)
     bad = []
     print(f'Writing {len(paths)} overlays to {output_dir}')
-    overlays = gen_test_output(sess, probabilities, keep_prob, input_image, paths, image_shape, bad)
+    overlays = gen_test_output(sess, probabilities, keep_prob, input_image, paths, image_shape, bad,
+                               colors)
     for name, image in tqdm(overlays, total=len(paths), desc='Inference', disable=None):
-        with atomic_path(os.path.join(output_dir, name)) as tmp:
+        with atomic_path(os.path.join(output_dir, os.path.splitext(name)[0] + '.png')) as tmp:
             iio.imwrite(tmp, image, extension='.png')
     for message in bad:
         print(f'skipped {message}', file=sys.stderr)

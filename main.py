@@ -13,7 +13,6 @@ import sys
 import time
 
 import numpy as np
-
 from tqdm import tqdm
 
 import helper
@@ -22,10 +21,12 @@ tf = helper.import_tensorflow()
 tf1 = tf.compat.v1
 
 import checkpoints  # noqa: E402  (after TensorFlow is set to graph mode)
+import datasets  # noqa: E402
 import evaluate  # noqa: E402
 import vgg  # noqa: E402
 
-NUM_CLASSES = 2  # not road, road
+NUM_CLASSES = 2  # KITTI: not road, road; other data sets size the head from their classes
+OPTIONAL = {'resume', 'classes', 'remap'}  # options that may stay unset
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs',
                               'kitti_road.json')
 VGG_TENSORS = ('image_input:0', 'keep_prob:0', 'layer3_out:0', 'layer4_out:0', 'layer7_out:0')
@@ -113,17 +114,21 @@ def layers(vgg_layer3_out, vgg_layer4_out, vgg_layer7_out, num_classes, weight_d
         return tf.identity(_upsample(fuse3, 16, 8, 'upscore8', weight_decay), 'fcn_out')
 
 
-def optimize(nn_last_layer, correct_label, learning_rate, num_classes):
+def optimize(nn_last_layer, correct_label, learning_rate, num_classes, class_weights=None):
     """Softmax cross-entropy over non-void pixels (label rows of all zeros are ignored), plus the
     collected weight decay, minimised with Adam.
 
+    With `class_weights`, each pixel's cross-entropy is weighted by its class's weight and the
+    sum divided by the summed weights (a weighted mean).
     :return: (logits [pixels, num_classes], train_op, cross_entropy_loss)
     """
     logits = tf.reshape(nn_last_layer, (-1, num_classes), name='logits')
     labels = tf.reshape(correct_label, (-1, num_classes))
     per_pixel = tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-    valid = tf.reduce_sum(labels)
-    cross_entropy_loss = tf.math.divide(tf.reduce_sum(per_pixel), tf.maximum(valid, 1.0),
+    weights = tf.reduce_sum(labels * (1.0 if class_weights is None else
+                                      tf.constant(class_weights, tf.float32)), axis=1)
+    cross_entropy_loss = tf.math.divide(tf.reduce_sum(weights * per_pixel),
+                                        tf.maximum(tf.reduce_sum(weights), 1e-6),
                                         name='cross_entropy_loss')
     total_loss = cross_entropy_loss + tf1.losses.get_regularization_loss()
     with tf.control_dependencies(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)):
@@ -207,7 +212,8 @@ def load_config(path):
             config = json.load(f)
     except (OSError, ValueError) as e:
         raise helper.UserError(f'{path}: cannot read the config file ({e})') from None
-    config.pop('versions', None)
+    for derived in ('versions', 'class_weight_values'):
+        config.pop(derived, None)
     return config
 
 
@@ -230,8 +236,17 @@ def parse_args(argv=None):
                                                            '(default: %(default)s)')
     parser.add_argument('--image-shape', type=image_shape_arg,
                         help='training size HxW, multiples of 32 (default: %(default)s)')
+    parser.add_argument('--dataset', choices=sorted(datasets.READERS),
+                        help='the data set layout in --data-dir (default: %(default)s)')
     parser.add_argument('--label', choices=('road', 'lane'), help='KITTI ground truth to train '
                                                                   'on (default: %(default)s)')
+    parser.add_argument('--classes', metavar='FILE',
+                        help="a JSON class file replacing the data set's own")
+    parser.add_argument('--remap', metavar='NAME=I[+I..][,..]',
+                        help='merge classes, e.g. road=3: road against everything else')
+    parser.add_argument('--class-weights', choices=('none', 'median'),
+                        help='weight the loss by median-frequency balancing of the training '
+                             'labels (default: %(default)s)')
     parser.add_argument('--encoder-weights', type=encoder_weights_arg,
                         help="udacity (data-dir/vgg, downloaded if absent), keras-h5:PATH "
                              "(Keras's VGG16 ImageNet file) or none (from scratch) "
@@ -253,21 +268,13 @@ def parse_args(argv=None):
     parser.set_defaults(**config)
     args = parser.parse_args(argv)
     missing = [a.dest for a in parser._actions
-               if getattr(args, a.dest, 0) is None and a.dest != 'resume']
+               if getattr(args, a.dest, 0) is None and a.dest not in OPTIONAL]
     if missing:
         raise helper.UserError(f'{config_path}: no value for option {missing[0]!r}')
     for flag in ('epochs', 'batch_size', 'tb_images_every'):
         if getattr(args, flag) < 1:
             parser.error(f'argument --{flag.replace("_", "-")}: must be at least 1')
     return args
-
-
-def kitti_training_dir(data_dir):
-    """data_dir/data_road/training, downloading KITTI Road into data_dir when it is absent."""
-    if not os.path.isdir(data_dir):
-        raise helper.UserError(f'--data-dir {data_dir}: folder not found')
-    helper.maybe_download_kitti(data_dir)
-    return os.path.join(data_dir, 'data_road', 'training')
 
 
 def build_encoder(sess, args):
@@ -314,10 +321,12 @@ def read_json(path, flag):
         raise helper.UserError(f'{flag}: cannot read {path} ({e})') from None
 
 
-def save_config(run_dir, args):
+def save_config(run_dir, args, class_weights):
     """Write every option and the library versions to run_dir/config.json."""
     config = {k: v for k, v in vars(args).items() if k not in ('config', 'resume')}
     config['image_shape'] = '{}x{}'.format(*args.image_shape)
+    if class_weights is not None:
+        config['class_weight_values'] = [round(float(w), 6) for w in class_weights]
     config['versions'] = {'tensorflow': tf.__version__, 'python': platform.python_version(),
                           'numpy': np.__version__}
     save_json(os.path.join(run_dir, 'config.json'), config)
@@ -349,18 +358,22 @@ def resume_options(run_dir):
 
 
 def data_split(args):
-    """(train pairs, validation pairs): split with the seed for a new run, read back from the
-    run's split.json when resuming."""
-    pairs = helper.kitti_pairs(kitti_training_dir(args.data_dir), args.label)
+    """The data set and its (train pairs, validation pairs): the data set's own validation set,
+    else a seeded split of its labelled images; read back from split.json when resuming."""
+    dataset = datasets.open_dataset(args.dataset, args.data_dir, args.label, args.classes,
+                                    args.remap)
     if not args.resume:
-        return helper.split_pairs(pairs, args.val_fraction, args.seed)
+        if dataset.val is not None:
+            return dataset, dataset.train, dataset.val
+        return (dataset,) + helper.split_pairs(dataset.train, args.val_fraction, args.seed)
     split = read_json(os.path.join(args.resume, 'split.json'), '--resume')
-    by_name = {os.path.basename(image): (image, label) for image, label in pairs}
+    by_name = {os.path.basename(image): (image, label)
+               for image, label in dataset.train + (dataset.val or [])}
     missing = [name for name in split['train'] + split['val'] if name not in by_name]
     if missing:
         raise helper.UserError(f'--resume {args.resume}: {missing[0]} of its split is not in '
                                f'{args.data_dir} any more')
-    return [by_name[n] for n in split['train']], [by_name[n] for n in split['val']]
+    return dataset, [by_name[n] for n in split['train']], [by_name[n] for n in split['val']]
 
 
 def summary_line(results):
@@ -379,8 +392,8 @@ class RunMonitor:
     validation, metrics.json, the checkpoint and the export of the best model so far."""
 
     def __init__(self, run_dir, sess, saver, predict, export, val_samples, args, log, records,
-                 step):
-        self.run_dir, self.sess, self.saver = run_dir, sess, saver
+                 step, classes):
+        self.run_dir, self.sess, self.saver, self.classes = run_dir, sess, saver, classes
         self.predict, self.export, self.val_samples = predict, export, val_samples
         self.args, self.log, self.records, self.step_count = args, log, records, step
         self.writer = tf1.summary.FileWriter(run_dir)
@@ -402,8 +415,9 @@ class RunMonitor:
         values = []
         for name, image, _ in self.val_samples[:count]:
             small = helper.resize_image(image, self.args.image_shape)
-            road = self.predict(small[None])[0].argmax(-1) == 1
-            png = iio.imwrite('<bytes>', helper.overlay(small, road), extension='.png')
+            classes = self.predict(small[None])[0].argmax(-1)
+            drawn = helper.overlay(small, classes, helper.overlay_colors(self.classes.colors))
+            png = iio.imwrite('<bytes>', drawn, extension='.png')
             values.append(tf1.Summary.Value(tag=f'val/overlay/{name}', image=tf1.Summary.Image(
                 height=small.shape[0], width=small.shape[1], colorspace=3,
                 encoded_image_string=png)))
@@ -412,13 +426,14 @@ class RunMonitor:
     def epoch_end(self, epoch, mean_loss):
         record = {'epoch': epoch, 'train_loss': mean_loss}
         if self.val_samples:
-            results = evaluate.evaluate(self.predict, self.val_samples, self.args.image_shape)
+            results = evaluate.evaluate(self.predict, self.val_samples, self.args.image_shape,
+                                        self.classes.num_classes)
             record.update(val=results, key_metric=evaluate.key_metric(results))
             self.log(f'epoch {epoch}: validation {summary_line(results)}')
             kitti = results.get('kitti_road', {})
             self.scalars({'val/pixel_accuracy': results['pixel_accuracy'],
                           'val/mean_iou': results['mean_iou'],
-                          'val/road_iou': record['key_metric'],
+                          'val/road_iou': results['iou'][1] if kitti else None,
                           'val/max_f': kitti.get('max_f'),
                           'val/average_precision': kitti.get('average_precision')}, epoch)
             if epoch % self.args.tb_images_every == 0 or epoch == self.args.epochs:
@@ -444,25 +459,35 @@ def run(argv=None):
     args = parse_args(argv)
     if args.resume:
         args = resume_options(args.resume)
-    train_pairs, val_pairs = data_split(args)
-    get_batches_fn = helper.BatchGenerator(train_pairs, args.image_shape, seed=args.seed)
-    val_samples = evaluate.load_samples(val_pairs)
+    dataset, train_pairs, val_pairs = data_split(args)
+    classes = dataset.classes
+    get_batches_fn = helper.BatchGenerator(train_pairs, args.image_shape, dataset.read_label,
+                                           classes.num_classes, seed=args.seed)
+    val_samples = evaluate.load_samples(val_pairs, dataset.read_label)
+    class_weights = datasets.median_frequency_weights(get_batches_fn.labels, classes.num_classes) \
+        if args.class_weights == 'median' else None
+    colors = helper.overlay_colors(classes.colors)
     with tf.Graph().as_default(), tf1.Session() as sess:
         tf1.set_random_seed(args.seed)
         (input_image, keep_prob, layer3, layer4, layer7), initialise = build_encoder(sess, args)
-        nn_last_layer = layers(layer3, layer4, layer7, NUM_CLASSES, args.weight_decay)
-        correct_label = tf1.placeholder(tf.float32, [None, None, None, NUM_CLASSES], 'label')
+        nn_last_layer = layers(layer3, layer4, layer7, classes.num_classes, args.weight_decay)
+        correct_label = tf1.placeholder(tf.float32, [None, None, None, classes.num_classes],
+                                        'label')
         learning_rate = tf1.placeholder(tf.float32, [], 'learning_rate')
         logits, train_op, cross_entropy_loss = optimize(nn_last_layer, correct_label,
-                                                        learning_rate, NUM_CLASSES)
+                                                        learning_rate, classes.num_classes,
+                                                        class_weights)
         probabilities = tf.reshape(tf.nn.softmax(logits), tf.shape(nn_last_layer))
         saver = tf1.train.Saver(max_to_keep=None)
         initialise()
 
-        run_dir, start_epoch, records = start_run(sess, saver, args, train_pairs, val_pairs)
+        run_dir, start_epoch, records = start_run(sess, saver, args, train_pairs, val_pairs,
+                                                  class_weights)
+        get_batches_fn.epoch = start_epoch - 1
         log = helper.RunLog(os.path.join(run_dir, 'train.log'))
-        log(f'run {run_dir}: {len(train_pairs)} training and {len(val_pairs)} validation images '
-            f'at {args.image_shape[0]}x{args.image_shape[1]}, epochs {start_epoch}..{args.epochs}')
+        log(f'run {run_dir}: {args.dataset} with {classes.num_classes} classes, '
+            f'{len(train_pairs)} training and {len(val_pairs)} validation images at '
+            f'{args.image_shape[0]}x{args.image_shape[1]}, epochs {start_epoch}..{args.epochs}')
 
         def predict(batch):
             return sess.run(probabilities, {input_image: batch, keep_prob: 1.0})
@@ -470,12 +495,16 @@ def run(argv=None):
         def export(epoch, key_metric=None):
             save_model(sess, os.path.join(run_dir, 'model'), input_image, keep_prob,
                        probabilities, {'image_shape': list(args.image_shape),
-                                       'num_classes': NUM_CLASSES, 'label': args.label,
+                                       'num_classes': classes.num_classes,
+                                       'class_names': classes.names,
+                                       'class_colors': [list(c) for c in classes.colors],
+                                       'dataset': args.dataset, 'label': args.label,
+                                       'classes': args.classes, 'remap': args.remap,
                                        'epoch': epoch, 'val_iou': key_metric})
 
         batches = -(-len(get_batches_fn) // args.batch_size)
         monitor = RunMonitor(run_dir, sess, saver, predict, export, val_samples, args, log,
-                             records, (start_epoch - 1) * batches)
+                             records, (start_epoch - 1) * batches, classes)
         train_nn(sess, args.epochs, args.batch_size, get_batches_fn, train_op, cross_entropy_loss,
                  input_image, correct_label, keep_prob, learning_rate, args.keep_prob,
                  args.learning_rate, log, start_epoch, monitor.step, monitor.epoch_end)
@@ -486,17 +515,19 @@ def run(argv=None):
         else:
             export(args.epochs)
         helper.save_inference_samples(args.runs_dir, args.data_dir, sess, args.image_shape,
-                                      logits, keep_prob, input_image, output_dir=run_dir)
+                                      logits, keep_prob, input_image, run_dir,
+                                      dataset.test_images, colors)
+        helper.write_legend(os.path.join(run_dir, 'legend.png'), classes.names, colors)
         log(f'model and overlays written to {run_dir}')
     return run_dir
 
 
-def start_run(sess, saver, args, train_pairs, val_pairs):
+def start_run(sess, saver, args, train_pairs, val_pairs, class_weights):
     """A new run folder with config.json and split.json, or the resumed run's state restored
     from its newest sound checkpoint: (run folder, first epoch to train, earlier epoch records)."""
     if not args.resume:
         run_dir = helper.new_run_dir(args.runs_dir)
-        save_config(run_dir, args)
+        save_config(run_dir, args, class_weights)
         save_json(os.path.join(run_dir, 'split.json'),
                   {'train': [os.path.basename(i) for i, _ in train_pairs],
                    'val': [os.path.basename(i) for i, _ in val_pairs]})

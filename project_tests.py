@@ -20,6 +20,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+import datasets
 import helper
 import main
 import vgg
@@ -29,7 +30,7 @@ tf1 = main.tf1
 HERE = os.path.dirname(os.path.abspath(__file__))
 TINY_BLOCKS = ((4, 4), (4, 4), (6, 6, 6), (8, 8, 8), (8, 8, 8))  # VGG16's 13 convolutions
 TINY_FC = 16
-ROAD, NOT_ROAD, VOID = helper.KITTI_ROAD_RGB, helper.KITTI_NOT_ROAD_RGB, helper.KITTI_VOID_RGB
+ROAD, NOT_ROAD, VOID = (255, 0, 255), (255, 0, 0), (0, 0, 0)  # KITTI's ground-truth colours
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,7 +258,7 @@ def test_train_nn_reduces_loss_and_reports(sess, capsys):
     sess.run(tf1.global_variables_initializer())
     rng = np.random.default_rng(0)
     rgb = label_rgb(32, 64)
-    classes = helper.kitti_label_to_classes(rgb, 'synthetic')
+    classes = datasets.kitti_classes().decode(rgb, 'synthetic')
     image = road_coded_image(rgb).astype(np.float32)
 
     def get_batches_fn(batch_size):
@@ -367,10 +368,12 @@ def write_bad(path, kind):
 @pytest.mark.parametrize('which, kind, message', [
     ('image_2/um_000001.png', 'truncated', r'um_000001.png: cannot read image'),
     ('gt_image_2/um_road_000001.png', 'not a png', r'um_road_000001.png: cannot read image'),
-    ('image_2/um_000001.png', 'grayscale', r'um_000001.png: grayscale image, expected RGB'),
-    ('image_2/um_000001.png', 'rgba', r'um_000001.png: 4-channel \(RGBA\?\) image'),
+    ('image_2/um_000001.png', 'grayscale', r'um_000001.png: grayscale image, expected 8-bit RGB'),
+    ('image_2/um_000001.png', 'rgba', r'um_000001.png: RGBA image, expected 8-bit RGB'),
+    ('gt_image_2/um_road_000001.png', 'rgba', r'um_road_000001.png: RGBA label image, expected'),
     ('gt_image_2/um_road_000001.png', 'unknown colour',
-     r'um_road_000001.png: colour \(12, 34, 56\) at row 5, column 7 \(1 pixels\) is not in the'),
+     r'um_road_000001.png: colour \(12, 34, 56\) at row 5, column 7 \(1 pixels\) is not in '
+     r'.*kitti_road.json'),
     ('gt_image_2/um_road_000001.png', 'other size', r'um_road_000001.png: size 70x41 differs'),
 ])
 def test_bad_files_are_reported(tmp_path, which, kind, message):
