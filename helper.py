@@ -263,13 +263,6 @@ def resize_probability(prob, shape):
                                                                           Image.BILINEAR))
 
 
-def random_flip(image, classes, rng):
-    """The paired training transform: a horizontal flip of image and label together, p = 0.5."""
-    if rng.random() < 0.5:
-        return image[:, ::-1], classes[:, ::-1]
-    return image, classes
-
-
 def one_hot(classes, num_classes):
     """Class indices to float one-hot; VOID (or any index >= num_classes) gives an all-zero row."""
     return (classes[..., None] == np.arange(num_classes)).astype(np.float32)
@@ -347,8 +340,8 @@ class BatchGenerator:
     a resumed run that sets `epoch` sees the batches the uninterrupted run would have.
     """
 
-    def __init__(self, pairs, image_shape, read_label, num_classes, augment=random_flip,
-                 seed=None, workers=2, prefetch=4):
+    def __init__(self, pairs, image_shape, read_label, num_classes, augment=None, seed=None,
+                 workers=2, prefetch=4):
         self.image_shape = tuple(image_shape)
         self.num_classes = num_classes
         self.augment = augment
@@ -392,11 +385,12 @@ def gen_batch_function(data_folder, image_shape, label='road', seed=None):
 
     Batches are float32 RGB images in 0..255 and one-hot [not-road, road] labels, void rows zero.
     """
-    import datasets  # here: datasets builds on this module
+    import datasets  # here: these modules build on this one
+    import transforms
     classes = datasets.kitti_classes()
     return BatchGenerator(kitti_pairs(data_folder, label), image_shape,
-                          lambda path: classes.decode(read_label_image(path, rgb=True), path),
-                          classes.num_classes, random_flip, seed)
+                          lambda path: datasets.read_label(classes, path), classes.num_classes,
+                          transforms.Augment('none,flip=0.5'), seed)
 
 
 # ----------------------------------------------------------------------------------------------

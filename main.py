@@ -23,6 +23,7 @@ tf1 = tf.compat.v1
 import checkpoints  # noqa: E402  (after TensorFlow is set to graph mode)
 import datasets  # noqa: E402
 import evaluate  # noqa: E402
+import transforms  # noqa: E402
 import vgg  # noqa: E402
 
 NUM_CLASSES = 2  # KITTI: not road, road; other data sets size the head from their classes
@@ -150,9 +151,9 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
     batches = -(-len(get_batches_fn) // batch_size) if hasattr(get_batches_fn, '__len__') else None
     history = []
     for epoch in range(start_epoch, epochs + 1):
-        start, total, seen = time.time(), 0.0, 0
-        with tqdm(get_batches_fn(batch_size), total=batches, desc=f'Epoch {epoch}/{epochs}',
-                  leave=False, disable=None) as bar:
+        start, total, seen, waited = time.time(), 0.0, 0, [0.0]
+        with tqdm(_timed(get_batches_fn(batch_size), waited), total=batches,
+                  desc=f'Epoch {epoch}/{epochs}', leave=False, disable=None) as bar:
             for images, labels in bar:
                 _, loss = sess.run([train_op, cross_entropy_loss],
                                    {input_image: images, correct_label: labels,
@@ -164,11 +165,25 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
                 if on_step:
                     on_step(float(loss))
         history.append(float(total / seen))
-        log(f'epoch {epoch}/{epochs}: mean loss {history[-1]:.4f} '
-            f'({time.time() - start:.0f} s, {seen} images)')
+        took = time.time() - start
+        log(f'epoch {epoch}/{epochs}: mean loss {history[-1]:.4f} ({took:.0f} s, {seen} images, '
+            f'{100 * waited[0] / took:.1f}% of it waiting for data)')
         if on_epoch_end:
             on_epoch_end(epoch, history[-1])
     return history
+
+
+def _timed(iterable, waited):
+    """Yield from `iterable`, adding the seconds spent waiting for each item to waited[0]."""
+    iterator = iter(iterable)
+    while True:
+        start = time.perf_counter()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        waited[0] += time.perf_counter() - start
+        yield item
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,6 +259,10 @@ def parse_args(argv=None):
                         help="a JSON class file replacing the data set's own")
     parser.add_argument('--remap', metavar='NAME=I[+I..][,..]',
                         help='merge classes, e.g. road=3: road against everything else')
+    parser.add_argument('--augment', metavar='KEY=VALUE,..',
+                        help='training augmentation over the defaults '
+                             f'{",".join(f"{k}={v:g}" for k, v in transforms.DEFAULTS.items())}'
+                             '; "none,flip=0.5" for flips only (default: %(default)s)')
     parser.add_argument('--class-weights', choices=('none', 'median'),
                         help='weight the loss by median-frequency balancing of the training '
                              'labels (default: %(default)s)')
@@ -462,7 +481,8 @@ def run(argv=None):
     dataset, train_pairs, val_pairs = data_split(args)
     classes = dataset.classes
     get_batches_fn = helper.BatchGenerator(train_pairs, args.image_shape, dataset.read_label,
-                                           classes.num_classes, seed=args.seed)
+                                           classes.num_classes, transforms.Augment(args.augment),
+                                           args.seed)
     val_samples = evaluate.load_samples(val_pairs, dataset.read_label)
     class_weights = datasets.median_frequency_weights(get_batches_fn.labels, classes.num_classes) \
         if args.class_weights == 'median' else None

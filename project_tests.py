@@ -640,6 +640,7 @@ def test_main_end_to_end(tiny_data, tmp_path):
     assert len(split['val']) == 1 and len(split['train']) == 3
     log = (run_dir / 'train.log').read_text()
     assert 'epoch 1/2: mean loss' in log and 'epoch 2: validation road IoU' in log
+    assert re.search(r'epoch 2/2: mean loss .*images, \d+\.\d% of it waiting for data', log)
     records = json.loads((run_dir / 'metrics.json').read_text())
     assert [r['epoch'] for r in records['epochs']] == [1, 2]
     assert records['best_epoch'] in (1, 2)

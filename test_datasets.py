@@ -1,0 +1,196 @@
+"""Data set readers, class files, remapping and class weights on tiny synthetic layouts."""
+import json
+import os
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+import datasets
+import helper
+
+VOID = helper.VOID
+RGB = {0: (128, 128, 128), 1: (128, 0, 0), 2: (128, 64, 128)}
+
+
+def write(path, pixels):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    iio.imwrite(path, pixels)
+
+
+def image(seed, shape=(8, 12)):
+    return np.random.default_rng(seed).integers(0, 256, shape + (3,), dtype=np.uint8)
+
+
+def index_label(shape=(8, 12)):
+    """Classes 0, 1, 3 in bands and void (11) in the last row: the SegNet CamVid encoding."""
+    label = np.zeros(shape, np.uint8)
+    label[:, 4:8] = 1
+    label[:, 8:] = 3
+    label[-1] = 11
+    return label
+
+
+def make_camvid(root, stems=('0001TP_000010', '0001TP_000020', 'Seq05VD_f00030')):
+    for split in ('train', 'val'):
+        for i, stem in enumerate(stems):
+            ext = '.jpg' if i % 2 == 0 else '.png'  # mixed extensions pair by stem
+            write(os.path.join(root, split, stem + ext), image(i))
+            write(os.path.join(root, split + 'annot', stem + '.png'), index_label())
+    return root
+
+
+def test_camvid_pairs_by_stem_and_decodes_void(tmp_path):
+    dataset = datasets.open_dataset('camvid', str(make_camvid(tmp_path)))
+    assert dataset.classes.num_classes == 11 and dataset.classes.names[3] == 'Road'
+    assert [os.path.basename(i) for i, _ in dataset.train] == [
+        '0001TP_000010.jpg', '0001TP_000020.png', 'Seq05VD_f00030.jpg']
+    assert len(dataset.val) == 3
+    classes = dataset.read_label(dataset.train[0][1])
+    assert classes[0].tolist() == [0] * 4 + [1] * 4 + [3] * 4
+    assert np.all(classes[-1] == VOID)
+
+
+@pytest.mark.parametrize('remove, message', [
+    ('train/0001TP_000020.png', r'0001TP_000020.png: label without an image'),
+    ('trainannot/0001TP_000020.png', r'0001TP_000020.png: image without a label'),
+])
+def test_camvid_unpaired_files(tmp_path, remove, message):
+    make_camvid(tmp_path)
+    os.remove(tmp_path / remove)
+    with pytest.raises(helper.UserError, match=message):
+        datasets.open_dataset('camvid', str(tmp_path))
+
+
+def test_camvid_label_value_outside_the_class_file(tmp_path):
+    make_camvid(tmp_path)
+    label = index_label()
+    label[2, 5] = 17
+    write(str(tmp_path / 'trainannot' / '0001TP_000010.png'), label)
+    dataset = datasets.open_dataset('camvid', str(tmp_path))
+    with pytest.raises(helper.UserError, match=r'0001TP_000010.png: label value 17 at row 2, '
+                                               r'column 5 is not in .*camvid11.json'):
+        dataset.read_label(dataset.train[0][1])
+
+
+def test_empty_split_folder(tmp_path):
+    make_camvid(tmp_path)
+    for name in os.listdir(tmp_path / 'val'):
+        os.remove(tmp_path / 'val' / name)
+    with pytest.raises(helper.UserError, match=r'val: no images found'):
+        datasets.open_dataset('camvid', str(tmp_path))
+
+
+def test_remap_road_against_the_rest_keeps_void(tmp_path):
+    dataset = datasets.open_dataset('camvid', str(make_camvid(tmp_path)), remap='road=3')
+    assert dataset.classes.names == ['other', 'road'] and dataset.classes.num_classes == 2
+    classes = dataset.read_label(dataset.train[0][1])
+    assert classes[0].tolist() == [0] * 8 + [1] * 4
+    assert np.all(classes[-1] == VOID)
+
+
+def test_remap_groups_and_errors(tmp_path):
+    base = datasets.open_dataset('camvid', str(make_camvid(tmp_path))).classes
+    grouped = base.remapped('road=3+4,vehicle=8')
+    assert grouped.names == ['other', 'road', 'vehicle']
+    decoded = grouped.decode(np.array([[3, 4, 8, 0, 11]], np.uint8), 'x')
+    assert decoded.tolist() == [[1, 1, 2, 0, VOID]]
+    for bad in ('road=30', 'road=x', '=3'):
+        with pytest.raises(helper.UserError, match=r'--remap'):
+            base.remapped(bad)
+
+
+def make_camvid32(root):
+    lines = ['128 128 128\tSky', '128 0 0\tBuilding', '128 64 128\tRoad', '0 0 0\tVoid']
+    (root / 'label_colors.txt').write_text('\n'.join(lines) + '\n')
+    colour = np.zeros((8, 12, 3), np.uint8)
+    for c, rgb in RGB.items():
+        colour[:, 4 * c:4 * c + 4] = rgb
+    colour[0] = 0  # void
+    for i, stem in enumerate(('0006R0_f00930', '0016E5_00390')):
+        write(str(root / 'images' / f'{stem}.png'), image(i))
+        write(str(root / 'labels' / f'{stem}_L.png'), colour)
+    return root
+
+
+def test_camvid32_colour_labels(tmp_path):
+    dataset = datasets.open_dataset('camvid32', str(make_camvid32(tmp_path)))
+    assert dataset.classes.names == ['Sky', 'Building', 'Road'] and dataset.val is None
+    assert [os.path.basename(label) for _, label in dataset.train] == [
+        '0006R0_f00930_L.png', '0016E5_00390_L.png']
+    classes = dataset.read_label(dataset.train[0][1])
+    assert classes[1].tolist() == [0] * 4 + [1] * 4 + [2] * 4 and np.all(classes[0] == VOID)
+
+
+def test_camvid32_unknown_colour(tmp_path):
+    make_camvid32(tmp_path)
+    colour = iio.imread(tmp_path / 'labels' / '0006R0_f00930_L.png')
+    colour[3, 2] = (1, 2, 3)
+    write(str(tmp_path / 'labels' / '0006R0_f00930_L.png'), colour)
+    dataset = datasets.open_dataset('camvid32', str(tmp_path))
+    with pytest.raises(helper.UserError, match=r'colour \(1, 2, 3\) at row 3, column 2 '
+                                               r'\(1 pixels\) is not in .*label_colors.txt'):
+        dataset.read_label(dataset.train[0][1])
+
+
+def make_folder(root, classes):
+    (root / 'classes.json').write_text(json.dumps(classes))
+    write(str(root / 'images' / 'a.jpeg'), image(0))
+    write(str(root / 'images' / 'b.png'), image(1))
+    for stem in 'ab':
+        write(str(root / 'masks' / f'{stem}.png'), index_label() % 3)
+    return root
+
+
+def test_folder_layout_with_index_masks(tmp_path):
+    classes = {'encoding': 'index', 'void': {'value': 2},
+               'classes': [{'name': 'background', 'color': [0, 0, 0]},
+                           {'name': 'lane', 'color': [0, 255, 0]}]}
+    dataset = datasets.open_dataset('folder', str(make_folder(tmp_path, classes)))
+    assert dataset.classes.names == ['background', 'lane']
+    classes_map = dataset.read_label(dataset.train[1][1])
+    # index_label() % 3: 0 -> 0, 1 -> 1, 3 -> 0, void 11 -> 2 (this file's void)
+    assert classes_map[0].tolist() == [0] * 4 + [1] * 4 + [0] * 4
+    assert np.all(classes_map[-1] == VOID)
+
+
+@pytest.mark.parametrize('text, message', [
+    ('{"classes": [', r'classes.json: cannot parse the class file \(JSONDecodeError'),
+    ('{"classes": []}', r'classes.json: cannot parse .*at least one class'),
+    ('{"classes": [{"name": "x"}]}', r"classes.json: cannot parse .*KeyError: 'color'"),
+    ('{"encoding": "hsv", "classes": [{"name": "x", "color": [1, 2, 3]}]}',
+     r'encoding must be "color" or "index"'),
+])
+def test_class_file_that_does_not_parse(tmp_path, text, message):
+    make_folder(tmp_path, {})
+    (tmp_path / 'classes.json').write_text(text)
+    with pytest.raises(helper.UserError, match=message):
+        datasets.open_dataset('folder', str(tmp_path))
+
+
+def test_image_and_label_of_different_sizes(tmp_path):
+    make_camvid(tmp_path)
+    write(str(tmp_path / 'trainannot' / '0001TP_000010.png'), index_label((9, 12)))
+    dataset = datasets.open_dataset('camvid', str(tmp_path))
+    with pytest.raises(helper.UserError, match=r'0001TP_000010.png: size 12x9 differs from its '
+                                               r'image'):
+        helper.BatchGenerator(dataset.train, (32, 32), dataset.read_label, 11)
+
+
+def test_median_frequency_weights_hand_computed():
+    # image 1: 6 pixels of class 0, 2 of class 1; image 2: 2 of class 0, 2 of class 2, void
+    first = np.array([0, 0, 0, 0, 0, 0, 1, 1], np.uint8)
+    second = np.array([0, 0, 2, 2, VOID], np.uint8)
+    weights = datasets.median_frequency_weights([first, second], 4)
+    # freq: class 0: 8 / (8 + 4) = 2/3; class 1: 2 / 8 = 1/4; class 2: 2 / 4 = 1/2; class 3 absent
+    # median of (2/3, 1/4, 1/2) = 1/2
+    assert weights == pytest.approx([0.5 / (2 / 3), 0.5 / 0.25, 1.0, 0.0])
+
+
+def test_batches_from_a_many_class_dataset(tmp_path):
+    dataset = datasets.open_dataset('camvid', str(make_camvid(tmp_path)))
+    batches = helper.BatchGenerator(dataset.train, (32, 32), dataset.read_label, 11, seed=0)
+    images, labels = next(iter(batches(3)))
+    assert images.shape == (3, 32, 32, 3) and labels.shape == (3, 32, 32, 11)
+    assert set(np.unique(labels.sum(-1))) == {0.0, 1.0}  # one-hot or void
+    assert set(np.flatnonzero(labels.sum((0, 1, 2)))) == {0, 1, 3}
