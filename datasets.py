@@ -224,11 +224,11 @@ def kitti_classes():
 
 
 def kitti(data_dir, label='road', **_):
-    """KITTI Road: data_dir/data_road/training/{image_2, gt_image_2}, downloaded if absent;
-    testing/image_2 for the overlays."""
+    """KITTI Road: data_dir/data_road/training/{image_2, gt_image_2}, downloaded if absent.
+    Its overlays are made for testing/image_2 (helper.sample_images)."""
     helper.maybe_download_kitti(data_dir)
     pairs = helper.kitti_pairs(os.path.join(data_dir, 'data_road', 'training'), label)
-    return Dataset('kitti', kitti_classes(), pairs, test_images=helper.sample_images(data_dir))
+    return Dataset('kitti', kitti_classes(), pairs)
 
 
 def camvid(data_dir, **_):

@@ -40,12 +40,12 @@ def load_samples(pairs, read_label):
 
 
 def evaluate(predict, samples, image_shape, num_classes=2, output_dir=None,
-             colors=(None, helper.OVERLAY_RGB)):
+             colors=(None, helper.OVERLAY_RGB), label='road'):
     """Run `predict` (a batch of RGB images at `image_shape` -> class probabilities) on each
     sample, score it at the label's own size and return the metrics.
 
     With `output_dir`, writes overlays/ (drawn in `colors`) and, for two classes,
-    probabilities/ (8-bit road probability PNGs).
+    probabilities/ (8-bit class-1 probability PNGs named as KITTI's `label` ground truth).
     """
     confusion = metrics.ConfusionMatrix(num_classes)
     road = metrics.RoadMetrics() if num_classes == 2 else None
@@ -65,7 +65,7 @@ def evaluate(predict, samples, image_shape, num_classes=2, output_dir=None,
             road.update(classes, full[..., 1])
         if output_dir:
             write_images(output_dir, name, helper.overlay(image, prediction, colors),
-                         full[..., 1] if road else None)
+                         full[..., 1] if road else None, label)
     results = confusion.results()
     if road:
         results['kitti_road'] = road.results()
@@ -74,14 +74,14 @@ def evaluate(predict, samples, image_shape, num_classes=2, output_dir=None,
     return results
 
 
-def write_images(output_dir, name, overlay, road_probability=None):
-    """The overlay and the KITTI-format road probability PNG (`um_000001` -> `um_road_000001`)."""
+def write_images(output_dir, name, overlay, road_probability=None, label='road'):
+    """The overlay and the KITTI-format probability PNG (`um_000001` -> `um_road_000001`)."""
     import imageio.v3 as iio
     stem = os.path.splitext(name)[0]
     category, _, number = stem.partition('_')
     outputs = [(os.path.join('overlays', stem + '.png'), overlay)]
     if road_probability is not None:
-        outputs.append((os.path.join('probabilities', f'{category}_road_{number}.png'),
+        outputs.append((os.path.join('probabilities', f'{category}_{label}_{number}.png'),
                         metrics.quantize(road_probability)))
     for relative, pixels in outputs:
         with helper.atomic_path(os.path.join(output_dir, relative)) as tmp:
@@ -183,7 +183,8 @@ def main(argv=None):
         output_dir = args.output_dir or os.path.join(args.model, f'eval-{args.split}')
         colors = helper.overlay_colors(dataset.classes.colors)
         results = evaluate(predict, load_samples(pairs, dataset.read_label), info['image_shape'],
-                           info['num_classes'], output_dir if args.save_images else None, colors)
+                           info['num_classes'], output_dir if args.save_images else None, colors,
+                           info['label'])
     results.update(model=os.path.abspath(args.model), split=args.split,
                    classes=dataset.classes.names)
     print(format_table(results, dataset.classes.names))
