@@ -6,6 +6,7 @@ batches and writes the trained model and overlaid inference images to a new run 
     python main.py --data-dir ./data --epochs 40 --batch-size 8
 """
 import argparse
+import collections
 import json
 import os
 import platform
@@ -23,6 +24,8 @@ tf1 = tf.compat.v1
 import checkpoints  # noqa: E402  (after TensorFlow is set to graph mode)
 import datasets  # noqa: E402
 import evaluate  # noqa: E402
+import mobilenet  # noqa: E402
+import ops  # noqa: E402
 import transforms  # noqa: E402
 import vgg  # noqa: E402
 
@@ -31,6 +34,8 @@ OPTIONAL = {'resume', 'classes', 'remap'}  # options that may stay unset
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs',
                               'kitti_road.json')
 VGG_TENSORS = ('image_input:0', 'keep_prob:0', 'layer3_out:0', 'layer4_out:0', 'layer7_out:0')
+VGG_STRIDES = (8, 16, 32)  # of pool3, pool4 and fc7
+VGG_SKIP_SCALES = (1e-4, 1e-2)  # pool3's and pool4's, the FCN paper's at-once FCN-8s
 
 
 def load_vgg(sess, vgg_path):
@@ -63,56 +68,58 @@ def bilinear_kernel(size, channels):
     return kernel
 
 
-def _weight(name, shape, initializer, weight_decay):
-    """A variable whose L2 penalty goes to the REGULARIZATION_LOSSES collection."""
-    variable = tf1.get_variable(name, shape, initializer=initializer)
-    tf1.add_to_collection(tf1.GraphKeys.REGULARIZATION_LOSSES,
-                          weight_decay * tf.nn.l2_loss(variable))
-    return variable
-
-
 def _score(x, num_classes, name, weight_decay):
     """A 1x1 class-scoring convolution, zero-initialised as in the FCN paper."""
     with tf1.variable_scope(name):
-        kernel = _weight('kernel', [1, 1, x.shape[-1], num_classes], tf1.zeros_initializer(),
-                         weight_decay)
+        kernel = ops.weight('kernel', [1, 1, x.shape[-1], num_classes], tf1.zeros_initializer(),
+                            weight_decay)
         bias = tf1.get_variable('bias', [num_classes], initializer=tf1.zeros_initializer())
         return tf.nn.conv2d(x, kernel, 1, 'SAME') + bias
 
 
-def _upsample(x, size, stride, name, weight_decay, like=None):
-    """A bilinear-initialised transposed convolution to the spatial size of `like`, or to
-    `stride` times that of `x` when `like` is None."""
+def _upsample(x, factor, name, weight_decay, like=None):
+    """A bilinear-initialised 2*factor x 2*factor transposed convolution with stride `factor`, to
+    the spatial size of `like`, or to `factor` times that of `x` when `like` is None."""
+    if factor == 1:
+        return x
     channels = x.shape[-1]
     if like is None:
-        size_hw = tf.shape(x)[1:3] * stride
-        static_hw = [d and d * stride for d in x.shape.as_list()[1:3]]
+        size_hw = tf.shape(x)[1:3] * factor
+        static_hw = [d and d * factor for d in x.shape.as_list()[1:3]]
     else:
         size_hw, static_hw = tf.shape(like)[1:3], like.shape.as_list()[1:3]
     with tf1.variable_scope(name):
-        kernel = _weight('kernel', [size, size, channels, channels],
-                         tf1.constant_initializer(bilinear_kernel(size, channels)), weight_decay)
+        kernel = ops.weight('kernel', [2 * factor, 2 * factor, channels, channels],
+                            tf1.constant_initializer(bilinear_kernel(2 * factor, channels)),
+                            weight_decay)
         output_shape = tf.concat([tf.shape(x)[:1], size_hw, [channels]], 0)
-        out = tf.nn.conv2d_transpose(x, kernel, output_shape, stride, 'SAME')
+        out = tf.nn.conv2d_transpose(x, kernel, output_shape, factor, 'SAME')
         out.set_shape([x.shape[0]] + static_hw + [channels])
         return out
 
 
-def layers(vgg_layer3_out, vgg_layer4_out, vgg_layer7_out, num_classes, weight_decay=1e-3):
-    """The FCN-8s decoder ("at-once" variant): score fc7, pool4 and pool3 with 1x1 convolutions
-    (pool4 and pool3 scaled by 0.01 and 0.0001 first), upsample 2x, 2x and 8x with bilinear-
-    initialised transposed convolutions, adding the skip scores on the way.
+def layers(vgg_layer3_out, vgg_layer4_out, vgg_layer7_out, num_classes, weight_decay=1e-3,
+           strides=VGG_STRIDES, skip_scales=VGG_SKIP_SCALES):
+    """The FCN-8s decoder ("at-once" variant): score layer 7, 4 and 3 with 1x1 convolutions
+    (layers 3 and 4 scaled by `skip_scales` first), upsample with bilinear-initialised transposed
+    convolutions from stride to stride, adding the skip scores on the way, to the input's size.
 
+    `strides` are the three inputs' strides: VGG16's (8, 16, 32) upsample 2x, 2x and 8x; a
+    dilated encoder's (4, 8, 8) adds layers 7 and 4 as they are, then upsamples 2x and 4x.
     Works for unknown spatial sizes; L2 weight decay goes to REGULARIZATION_LOSSES.
     :return: the last layer, [batch, height, width, num_classes] logits at the input's size
     """
+    scaled = [x if scale == 1 else x * scale
+              for x, scale in zip((vgg_layer3_out, vgg_layer4_out), skip_scales)]
     with tf1.variable_scope('fcn8s'):
         score7 = _score(vgg_layer7_out, num_classes, 'score_fr', weight_decay)
-        score4 = _score(vgg_layer4_out * 0.01, num_classes, 'score_pool4', weight_decay)
-        score3 = _score(vgg_layer3_out * 0.0001, num_classes, 'score_pool3', weight_decay)
-        fuse4 = _upsample(score7, 4, 2, 'upscore2', weight_decay, like=score4) + score4
-        fuse3 = _upsample(fuse4, 4, 2, 'upscore_pool4', weight_decay, like=score3) + score3
-        return tf.identity(_upsample(fuse3, 16, 8, 'upscore8', weight_decay), 'fcn_out')
+        score4 = _score(scaled[1], num_classes, 'score_pool4', weight_decay)
+        score3 = _score(scaled[0], num_classes, 'score_pool3', weight_decay)
+        fuse4 = _upsample(score7, strides[2] // strides[1], 'upscore2', weight_decay,
+                          like=score4) + score4
+        fuse3 = _upsample(fuse4, strides[1] // strides[0], 'upscore_pool4', weight_decay,
+                          like=score3) + score3
+        return tf.identity(_upsample(fuse3, strides[0], 'upscore8', weight_decay), 'fcn_out')
 
 
 def optimize(nn_last_layer, correct_label, learning_rate, num_classes, class_weights=None):
@@ -144,11 +151,15 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
     """Train epochs `start_epoch`..`epochs`, showing a progress bar with the running loss and
     reporting each epoch's mean loss through `log`.
 
-    `on_step(loss)` is called after every step and `on_epoch_end(epoch, mean_loss)` after every
-    epoch (validation, checkpoints and summaries hang there).
+    `learning_rate_value` is a number or a function of the global step (0-based, counted from
+    the start of epoch 1). `on_step(loss)` is called after every step and
+    `on_epoch_end(epoch, mean_loss)` after every epoch (validation, checkpoints and summaries
+    hang there).
     :return: the list of mean losses, one per epoch trained
     """
     batches = -(-len(get_batches_fn) // batch_size) if hasattr(get_batches_fn, '__len__') else None
+    rate = learning_rate_value if callable(learning_rate_value) else lambda _: learning_rate_value
+    step = (start_epoch - 1) * (batches or 0)
     history = []
     for epoch in range(start_epoch, epochs + 1):
         start, total, seen, waited = time.time(), 0.0, 0, [0.0]
@@ -157,8 +168,8 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
             for images, labels in bar:
                 _, loss = sess.run([train_op, cross_entropy_loss],
                                    {input_image: images, correct_label: labels,
-                                    keep_prob: keep_prob_value,
-                                    learning_rate: learning_rate_value})
+                                    keep_prob: keep_prob_value, learning_rate: rate(step)})
+                step += 1
                 total += loss * len(images)
                 seen += len(images)
                 bar.set_postfix(loss=f'{total / seen:.4f}')
@@ -266,6 +277,17 @@ def parse_args(argv=None):
     parser.add_argument('--class-weights', choices=('none', 'median'),
                         help='weight the loss by median-frequency balancing of the training '
                              'labels (default: %(default)s)')
+    parser.add_argument('--encoder', choices=('vgg16', 'mobilenetv2'),
+                        help='the backbone (default: %(default)s)')
+    parser.add_argument('--decoder', choices=sorted(mobilenet.DECODERS),
+                        help="mobilenetv2's features for the FCN decoder: strides 8/16/32, or "
+                             "stride-16/32 stages dilated with skips at 8/4 (default: "
+                             "%(default)s)")
+    parser.add_argument('--alpha', type=float,
+                        help="mobilenetv2's width multiplier (default: %(default)s)")
+    parser.add_argument('--lr-schedule', choices=('constant', 'poly'),
+                        help="constant, or poly: decayed as (1 - step/steps)^0.9 to 0 "
+                             "(default: %(default)s)")
     parser.add_argument('--encoder-weights', type=encoder_weights_arg,
                         help="udacity (data-dir/vgg, downloaded if absent), keras-h5:PATH "
                              "(Keras's VGG16 ImageNet file) or none (from scratch) "
@@ -293,37 +315,81 @@ def parse_args(argv=None):
     for flag in ('epochs', 'batch_size', 'tb_images_every'):
         if getattr(args, flag) < 1:
             parser.error(f'argument --{flag.replace("_", "-")}: must be at least 1')
+    if args.alpha <= 0:
+        parser.error(f'argument --alpha: {args.alpha} must be above 0')
+    if args.encoder == 'mobilenetv2' and args.encoder_weights != 'none':
+        parser.error(f'--encoder mobilenetv2 trains from scratch: give --encoder-weights none '
+                     f'({args.encoder_weights} is a VGG16 encoder)')
+    if args.encoder == 'vgg16' and args.decoder != 'fcn8s':
+        parser.error(f'--decoder {args.decoder} is for mobilenetv2; VGG16 uses fcn8s')
     return args
 
 
-def build_encoder(sess, args):
-    """The encoder chosen by --encoder-weights, and a function that initialises every variable
-    not restored from a SavedModel (then loads Keras weights, when given)."""
-    weights = None
+Network = collections.namedtuple('Network', 'input_image keep_prob train_output output initialise')
+
+
+def build_network(sess, args, num_classes, input_shape=(None, None, None)):
+    """The FCN: the encoder chosen by --encoder and --encoder-weights with the decoder `layers`
+    on it, as a training and an inference tower that share their weights.
+
+    Udacity's VGG16 is a frozen graph loaded as it is: its one tower serves both, dropout set by
+    keep_prob. The in-graph encoders are built twice: the inference tower without dropout and
+    with batch norm on its moving statistics, so validation, export and prediction run exactly
+    the graph that is deployed. `initialise()` initialises every variable not restored from a
+    SavedModel, then loads Keras weights when given. `input_shape` (batch, height, width) fixes
+    the input's shape for in-graph encoders (the benchmark counts FLOPs on static shapes).
+    """
+    restored, weights = set(), None
     if args.encoder_weights == 'udacity':
         try:
             vgg_path = helper.maybe_download_pretrained_vgg(args.data_dir)
         except helper.UserError as e:
             raise helper.UserError(f'{e}; or train from scratch with --encoder-weights none') \
                 from None
-        tensors = load_vgg(sess, vgg_path)
+        image_input, keep_prob, *features = load_vgg(sess, vgg_path)
         restored = {v.name for v in tf1.global_variables()}
+        output = train_output = layers(*features, num_classes, args.weight_decay)
     else:
-        restored = set()
-        if args.encoder_weights.startswith('keras-h5:'):
-            weights = vgg.read_keras_h5(args.encoder_weights[len('keras-h5:'):])
-        blocks, fc_width = vgg.encoder_shape(weights) if weights else (vgg.BLOCKS, vgg.FC_WIDTH)
-        image_input = tf1.placeholder(tf.float32, [None, None, None, 3], 'image_input')
+        image_input = tf1.placeholder(tf.float32, [*input_shape, 3], 'image_input')
         keep_prob = tf1.placeholder(tf.float32, [], 'keep_prob')
-        tensors = (image_input, keep_prob) + vgg.build_encoder(
-            image_input, keep_prob, blocks, fc_width, 'caffe' if weights else 'standardize')
+        if args.encoder == 'mobilenetv2':
+            strides, skip_scales = mobilenet.DECODERS[args.decoder], (1, 1)
+
+            def encoder(training):
+                return mobilenet.build_encoder(image_input, training, args.alpha, args.decoder)
+        else:
+            if args.encoder_weights.startswith('keras-h5:'):
+                weights = vgg.read_keras_h5(args.encoder_weights[len('keras-h5:'):])
+            blocks, fc_width = vgg.encoder_shape(weights) if weights else (vgg.BLOCKS,
+                                                                           vgg.FC_WIDTH)
+            strides, skip_scales = VGG_STRIDES, VGG_SKIP_SCALES
+
+            def encoder(training):
+                return vgg.build_encoder(image_input, keep_prob, blocks, fc_width,
+                                         'caffe' if weights else 'standardize', training)
+
+        def tower(training):
+            return layers(*encoder(training), num_classes, args.weight_decay, strides,
+                          skip_scales)
+        train_output = tower(True)
+        with tf1.variable_scope(tf1.get_variable_scope(), reuse=True):
+            output = tower(False)
 
     def initialise():
         sess.run(tf1.variables_initializer([v for v in tf1.global_variables()
                                             if v.name not in restored]))
         if weights:
             vgg.assign_weights(sess, weights)
-    return tensors, initialise
+    return Network(image_input, keep_prob, train_output, output, initialise)
+
+
+def learning_rate_schedule(args, steps_per_epoch):
+    """The learning rate at each global step (0-based): constant, or DeepLab's 'poly' decay
+    (1 - step / steps) ** 0.9 from --learning-rate towards 0 at the last step."""
+    if args.lr_schedule == 'constant':
+        return lambda step: args.learning_rate
+    steps = args.epochs * steps_per_epoch
+    return lambda step: args.learning_rate * max(0.0, 1 - step / steps) ** 0.9
 
 
 def save_json(path, value):
@@ -489,17 +555,16 @@ def run(argv=None):
     colors = helper.overlay_colors(classes.colors)
     with tf.Graph().as_default(), tf1.Session() as sess:
         tf1.set_random_seed(args.seed)
-        (input_image, keep_prob, layer3, layer4, layer7), initialise = build_encoder(sess, args)
-        nn_last_layer = layers(layer3, layer4, layer7, classes.num_classes, args.weight_decay)
+        net = build_network(sess, args, classes.num_classes)
+        input_image, keep_prob = net.input_image, net.keep_prob
         correct_label = tf1.placeholder(tf.float32, [None, None, None, classes.num_classes],
                                         'label')
         learning_rate = tf1.placeholder(tf.float32, [], 'learning_rate')
-        logits, train_op, cross_entropy_loss = optimize(nn_last_layer, correct_label,
-                                                        learning_rate, classes.num_classes,
-                                                        class_weights)
-        probabilities = tf.reshape(tf.nn.softmax(logits), tf.shape(nn_last_layer))
+        _, train_op, cross_entropy_loss = optimize(net.train_output, correct_label, learning_rate,
+                                                   classes.num_classes, class_weights)
+        probabilities = tf.nn.softmax(net.output, name='probabilities')
         saver = tf1.train.Saver(max_to_keep=None)
-        initialise()
+        net.initialise()
 
         run_dir, start_epoch, records = start_run(sess, saver, args, train_pairs, val_pairs,
                                                   class_weights)
@@ -518,6 +583,8 @@ def run(argv=None):
                                        'num_classes': classes.num_classes,
                                        'class_names': classes.names,
                                        'class_colors': [list(c) for c in classes.colors],
+                                       'encoder': args.encoder, 'decoder': args.decoder,
+                                       'alpha': args.alpha,
                                        'dataset': args.dataset, 'label': args.label,
                                        'classes': args.classes, 'remap': args.remap,
                                        'epoch': epoch, 'val_iou': key_metric})
@@ -527,7 +594,8 @@ def run(argv=None):
                              records, (start_epoch - 1) * batches, classes)
         train_nn(sess, args.epochs, args.batch_size, get_batches_fn, train_op, cross_entropy_loss,
                  input_image, correct_label, keep_prob, learning_rate, args.keep_prob,
-                 args.learning_rate, log, start_epoch, monitor.step, monitor.epoch_end)
+                 learning_rate_schedule(args, batches), log, start_epoch, monitor.step,
+                 monitor.epoch_end)
         if monitor.best:  # overlays from the model that was exported
             best = checkpoints.folder_for(os.path.join(run_dir, 'checkpoints'),
                                           monitor.best['epoch'])
@@ -535,7 +603,7 @@ def run(argv=None):
         else:
             export(args.epochs)
         helper.save_inference_samples(args.runs_dir, args.data_dir, sess, args.image_shape,
-                                      logits, keep_prob, input_image, run_dir,
+                                      net.output, keep_prob, input_image, run_dir,
                                       dataset.test_images, colors)
         helper.write_legend(os.path.join(run_dir, 'legend.png'), classes.names, colors)
         log(f'model and overlays written to {run_dir}')

@@ -47,9 +47,10 @@ def conv_relu(x, filters, size, name):
 
 
 def build_encoder(image_input, keep_prob, blocks=BLOCKS, fc_width=FC_WIDTH,
-                  preprocessing='standardize'):
+                  preprocessing='standardize', training=True):
     """Build the encoder on `image_input`; returns the pool3, pool4 and fc7 tensors, named
-    `layer3_out`, `layer4_out`, `layer7_out` as in Udacity's model."""
+    `layer3_out`, `layer4_out`, `layer7_out` as in Udacity's model. Dropout with `keep_prob`
+    after fc6 and fc7 only when `training`: the inference tower has none."""
     x = preprocess(image_input, preprocessing)
     outputs = []
     for b, widths in enumerate(blocks, 1):
@@ -57,8 +58,10 @@ def build_encoder(image_input, keep_prob, blocks=BLOCKS, fc_width=FC_WIDTH,
             x = conv_relu(x, width, 3, f'block{b}_conv{c}')
         x = tf.nn.max_pool2d(x, 2, 2, 'SAME', name=f'block{b}_pool')
         outputs.append(x)
-    x = tf.nn.dropout(conv_relu(x, fc_width, 7, 'fc6'), rate=1 - keep_prob)
-    x = tf.nn.dropout(conv_relu(x, fc_width, 1, 'fc7'), rate=1 - keep_prob)
+    for name, size in (('fc6', 7), ('fc7', 1)):
+        x = conv_relu(x, fc_width, size, name)
+        if training:
+            x = tf.nn.dropout(x, rate=1 - keep_prob)
     return (tf.identity(outputs[2], 'layer3_out'), tf.identity(outputs[3], 'layer4_out'),
             tf.identity(x, 'layer7_out'))
 

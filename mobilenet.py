@@ -1,0 +1,82 @@
+"""The MobileNetV2 encoder (Sandler et al. 2018) in the project's graph style: a fast backbone
+that trains on a CPU, from scratch (no pretrained weights are used).
+
+Inverted residual blocks (1x1 expansion, 3x3 depthwise, linear 1x1 projection, a residual where
+shapes allow), batch normalisation and ReLU6, channel counts scaled by the width multiplier
+`alpha`. Two ways to feed the FCN decoder (`main.layers`):
+- 'fcn8s': the features at strides 8, 16 and 32, as VGG16's pool3, pool4 and fc7;
+- 'dilated': the stride-16 and stride-32 stages dilated instead of strided (output stride 8),
+  with skips at strides 8 and 4.
+Images come in as RGB 0..255 and are scaled to -1..1 inside, as MobileNetV2 expects.
+"""
+import ops
+
+tf, tf1 = ops.tf, ops.tf1
+
+# (expansion, output channels, blocks, stride of the first block), from the paper's Table 2.
+STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+          (6, 160, 3, 2), (6, 320, 1, 1))
+LAST_CHANNELS = 1280
+WEIGHT_DECAY = 4e-5  # the paper's L2 on the encoder's kernels
+# Moving-average decay of batch norm. Keras's 0.999 needs thousands of steps to forget the
+# initial statistics; from scratch, with a few thousand steps in all, its inference-mode model
+# was useless (road IoU 0.30 in the reference run) while 0.9 tracked the weights.
+BN_MOMENTUM = 0.9
+DECODERS = {'fcn8s': (8, 16, 32), 'dilated': (4, 8, 8)}  # strides of (layer3, layer4, layer7)
+
+
+def make_divisible(value, divisor=8):
+    """Channels rounded to a multiple of 8 without losing more than 10 %, as the paper does."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def conv_bn(x, filters, size, stride, training, name, relu6=True):
+    """Convolution (no bias: batch norm follows), batch norm, optionally ReLU6."""
+    with tf1.variable_scope(name):
+        kernel = ops.weight('kernel', [size, size, x.shape[-1], filters],
+                            tf1.initializers.he_normal(), WEIGHT_DECAY)
+        y = ops.batch_norm(tf.nn.conv2d(x, kernel, stride, 'SAME'), training, BN_MOMENTUM)
+        return tf.nn.relu6(y) if relu6 else y
+
+
+def depthwise_bn(x, stride, rate, training, name):
+    """3x3 depthwise convolution (dilated by `rate`), batch norm, ReLU6."""
+    with tf1.variable_scope(name):
+        kernel = ops.weight('kernel', [3, 3, x.shape[-1], 1], tf1.initializers.he_normal())
+        y = tf.nn.depthwise_conv2d(x, kernel, [1, stride, stride, 1], 'SAME',
+                                   dilations=[rate, rate])
+        return tf.nn.relu6(ops.batch_norm(y, training, BN_MOMENTUM))
+
+
+def inverted_residual(x, expansion, channels, stride, rate, training, name):
+    """Expand, filter depthwise, project linearly; add the input when the shapes match."""
+    with tf1.variable_scope(name):
+        y = x
+        if expansion != 1:
+            y = conv_bn(y, x.shape[-1] * expansion, 1, 1, training, 'expand')
+        y = depthwise_bn(y, stride, rate, training, 'depthwise')
+        y = conv_bn(y, channels, 1, 1, training, 'project', relu6=False)
+        return x + y if stride == 1 and x.shape[-1] == channels else y
+
+
+def build_encoder(image_input, training, alpha=1.0, decoder='fcn8s'):
+    """MobileNetV2 on `image_input`; returns the (layer3, layer4, layer7) features for the
+    decoder `decoder` (strides in DECODERS)."""
+    dilate_from = DECODERS[decoder][-1]  # beyond this stride, dilate instead of striding
+    with tf1.variable_scope('mobilenetv2'):
+        x = conv_bn(image_input / 127.5 - 1, make_divisible(32 * alpha), 3, 2, training, 'conv1')
+        stride, rate, skips = 2, 1, {}
+        for s, (expansion, channels, blocks, first_stride) in enumerate(STAGES, 1):
+            if first_stride > 1:
+                skips.setdefault(stride, x)  # the last features before the resolution drops
+            for b in range(blocks):
+                block_stride = first_stride if b == 0 else 1
+                if block_stride > 1 and stride >= dilate_from:
+                    block_stride, rate = 1, rate * 2
+                stride *= block_stride
+                x = inverted_residual(x, expansion, make_divisible(channels * alpha),
+                                      block_stride, rate, training, f'stage{s}_block{b + 1}')
+        last = LAST_CHANNELS if alpha <= 1 else make_divisible(LAST_CHANNELS * alpha)
+        x = conv_bn(x, last, 1, 1, training, 'conv_last')
+    return skips[DECODERS[decoder][0]], skips[DECODERS[decoder][1]], x

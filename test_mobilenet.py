@@ -1,0 +1,157 @@
+"""The MobileNetV2 encoder, the two towers and the learning-rate schedule, on tiny inputs."""
+import argparse
+import os
+
+import numpy as np
+import pytest
+
+import main
+import mobilenet
+
+tf, tf1 = main.tf, main.tf1
+ALPHA = 0.1  # 8 channels in most layers: fast, yet every block is built
+
+
+def network_args(encoder='mobilenetv2', decoder='fcn8s'):
+    return argparse.Namespace(encoder=encoder, decoder=decoder, alpha=ALPHA,
+                              encoder_weights='none', weight_decay=1e-3, data_dir='.')
+
+
+@pytest.fixture
+def trainable():
+    """A tiny MobileNetV2 FCN with its training op, in a graph and session of its own."""
+    with tf.Graph().as_default() as graph, tf1.Session(graph=graph) as sess:
+        tf1.set_random_seed(0)
+        net = main.build_network(sess, network_args(), 2)
+        label = tf1.placeholder(tf.float32, [None, None, None, 2])
+        _, train_op, loss = main.optimize(net.train_output, label, 1e-2, 2)
+        net.initialise()
+        yield sess, net, label, train_op
+
+
+def images(count=4, shape=(64, 96), seed=0):
+    return np.random.default_rng(seed).uniform(0, 255, (count, *shape, 3)).astype(np.float32)
+
+
+def moving_statistics(sess):
+    return {v.name: sess.run(v) for v in tf1.global_variables() if 'moving_' in v.name}
+
+
+def test_make_divisible_rounds_to_multiples_of_8_within_10_percent():
+    assert [mobilenet.make_divisible(v) for v in (32, 3.2, 24 * 0.35, 96 * 0.75, 20)] == \
+        [32, 8, 8, 72, 24]
+
+
+@pytest.mark.parametrize('encoder,decoder', [('mobilenetv2', 'fcn8s'),
+                                             ('mobilenetv2', 'dilated'), ('vgg16', 'fcn8s')])
+def test_both_towers_keep_unknown_input_sizes(encoder, decoder, monkeypatch):
+    monkeypatch.setattr(main.vgg, 'BLOCKS', ((4, 4), (4, 4), (6, 6, 6), (8, 8, 8), (8, 8, 8)))
+    monkeypatch.setattr(main.vgg, 'FC_WIDTH', 16)  # a few channels suffice
+    with tf.Graph().as_default(), tf1.Session() as sess:
+        net = main.build_network(sess, network_args(encoder, decoder), 3)
+        assert net.output.shape.as_list() == net.train_output.shape.as_list() == \
+            [None, None, None, 3]
+        net.initialise()
+        for shape in ((64, 96), (96, 32)):
+            out = sess.run([net.train_output, net.output],
+                           {net.input_image: images(2, shape), net.keep_prob: 0.5})
+            assert [o.shape for o in out] == [(2, *shape, 3)] * 2
+
+
+def test_dilated_encoder_keeps_stride_8_and_skips_at_4_and_8():
+    with tf.Graph().as_default():
+        image = tf1.placeholder(tf.float32, [1, 64, 96, 3])
+        fcn8s = mobilenet.build_encoder(image, False, ALPHA, 'fcn8s')
+        with tf1.variable_scope('other'):
+            dilated = mobilenet.build_encoder(image, False, ALPHA, 'dilated')
+    assert [t.shape.as_list()[1:3] for t in fcn8s] == [[8, 12], [4, 6], [2, 3]]
+    assert [t.shape.as_list()[1:3] for t in dilated] == [[16, 24], [8, 12], [8, 12]]
+    assert [t.shape[-1] for t in dilated] == [8, 8, 1280]  # 24 and 32 channels times 0.1
+
+
+def test_towers_share_weights_and_weight_decay_is_counted_once(trainable):
+    sess, net, _, _ = trainable
+    names = [v.name for v in tf1.global_variables()]
+    assert len(names) == len(set(names)) and any('moving_mean' in n for n in names)
+    kernels = [v for v in tf1.trainable_variables() if v.name.endswith('kernel:0')
+               and 'depthwise' not in v.name]
+    assert len(tf1.get_collection(tf1.GraphKeys.REGULARIZATION_LOSSES)) == len(kernels)
+
+
+def test_batch_norm_statistics_move_in_training_and_stay_in_inference(trainable):
+    sess, net, label, train_op = trainable
+    x = images()
+    y = np.eye(2, dtype=np.float32)[np.random.default_rng(1).integers(0, 2, x.shape[:3])]
+    before = moving_statistics(sess)
+    sess.run(train_op, {net.input_image: x, label: y})  # also makes the zero-initialised scores
+    trained = moving_statistics(sess)                    # non-zero, so outputs differ below
+    assert all(not np.allclose(before[k], trained[k]) for k in before)
+    first = sess.run(net.output, {net.input_image: x})
+    single = sess.run(net.output, {net.input_image: x[:1]})
+    assert all(np.array_equal(v, moving_statistics(sess)[k]) for k, v in trained.items())
+    # Inference normalises with the moving statistics: an image's output does not depend on
+    # the rest of its batch. Training normalises with the batch's own statistics: it does.
+    assert np.abs(first).max() > 1e-3
+    np.testing.assert_allclose(single, first[:1], rtol=1e-4, atol=1e-5)
+    train_single, train_batch = (sess.run(net.train_output, {net.input_image: batch})
+                                 for batch in (x[:1], x))
+    assert np.abs(train_single - train_batch[:1]).max() > 1e-3
+
+
+def test_saved_and_reloaded_model_gives_identical_outputs(trainable, tmp_path):
+    sess, net, label, train_op = trainable
+    x = images()
+    y = np.eye(2, dtype=np.float32)[np.random.default_rng(1).integers(0, 2, x.shape[:3])]
+    for _ in range(2):
+        sess.run(train_op, {net.input_image: x, label: y})
+    probabilities = tf.nn.softmax(net.output)
+    expected = sess.run(probabilities, {net.input_image: x})
+    export = str(tmp_path / 'model')
+    main.save_model(sess, export, net.input_image, net.keep_prob, probabilities, {})
+    with tf.Graph().as_default(), tf1.Session() as other:
+        meta = tf1.saved_model.loader.load(other, ['serve'], export)
+        signature = meta.signature_def['serving_default']
+        got = other.run(signature.outputs['probabilities'].name,
+                        {signature.inputs['image'].name: x,
+                         signature.inputs['keep_prob'].name: 1.0})
+    assert os.path.isfile(os.path.join(export, 'fcn.json'))
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_poly_schedule_decays_to_zero_and_constant_stays():
+    args = argparse.Namespace(learning_rate=1e-3, lr_schedule='poly', epochs=4)
+    poly = main.learning_rate_schedule(args, steps_per_epoch=5)
+    assert poly(0) == pytest.approx(1e-3)
+    assert poly(10) == pytest.approx(1e-3 * 0.5 ** 0.9)
+    assert poly(19) == pytest.approx(1e-3 * (1 / 20) ** 0.9) and poly(20) == 0
+    args.lr_schedule = 'constant'
+    assert main.learning_rate_schedule(args, 5)(17) == 1e-3
+
+
+class Batches:
+    """get_batches_fn stand-in: `count` batches of one tiny example per epoch."""
+
+    def __init__(self, count):
+        self.count = count
+
+    def __len__(self):
+        return self.count
+
+    def __call__(self, batch_size):
+        for _ in range(self.count):
+            yield images(1, (32, 32)), np.ones((1, 32, 32, 2), np.float32) / 2
+
+
+@pytest.mark.parametrize('start_epoch', [1, 3])
+def test_train_nn_feeds_the_schedule_the_global_step(trainable, start_epoch):
+    sess, net, label, _ = trainable
+    rate = tf1.placeholder(tf.float32, [])
+    steps = []
+
+    def schedule(step):
+        steps.append(step)
+        return 0.0
+    main.train_nn(sess, 4, 1, Batches(3), tf.no_op(), tf.constant(0.5), net.input_image, label,
+                  net.keep_prob, rate, learning_rate_value=schedule, log=lambda _: None,
+                  start_epoch=start_epoch)
+    assert steps == list(range(3 * (start_epoch - 1), 12))
