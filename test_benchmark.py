@@ -1,0 +1,27 @@
+"""benchmark.py's FLOP count and options (its timings are figures to read, not to assert)."""
+import pytest
+
+import benchmark
+import helper
+
+tf, tf1 = benchmark.tf, benchmark.tf1
+
+
+def test_count_flops_of_conv_depthwise_and_transposed_conv():
+    with tf.Graph().as_default():
+        x = tf1.placeholder(tf.float32, [None, 8, 10, 3])
+        y = tf.nn.conv2d(x, tf.zeros([3, 3, 3, 4]), 2, 'SAME')                 # -> 4x5x4
+        y = tf.nn.depthwise_conv2d(y, tf.zeros([3, 3, 4, 2]), [1, 1, 1, 1], 'SAME')  # -> 4x5x8
+        y = tf.nn.conv2d_transpose(y, tf.zeros([4, 4, 5, 8]), [1, 8, 10, 5], 2, 'SAME')
+        flops = benchmark.count_flops(tf.nn.relu(y))
+    assert flops == 2 * (4 * 5 * 3 * 3 * 3 * 4 + 4 * 5 * 3 * 3 * 4 * 2 + 4 * 5 * 4 * 4 * 8 * 5)
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--encoders', 'resnet'], 'resnet'),
+    (['--image-shapes', '160x570'], 'multiples of 32'),
+    (['--batch-size', '0'], 'at least 1'),
+    (['--peer-dir', '/nowhere/at/all'], '/nowhere/at/all')])
+def test_bad_options_are_one_line_errors(argv, message):
+    with pytest.raises(helper.UserError, match=message):
+        benchmark.parse_args(argv)
