@@ -484,6 +484,7 @@ class RunMonitor:
         self.writer = tf1.summary.FileWriter(run_dir)
         self.best = max(records, key=lambda r: r['key_metric'], default=None) \
             if val_samples else None
+        self.clock = time.time()
 
     def scalars(self, values, step):
         self.writer.add_summary(tf1.Summary(value=[
@@ -509,7 +510,9 @@ class RunMonitor:
         self.writer.add_summary(tf1.Summary(value=values), epoch)
 
     def epoch_end(self, epoch, mean_loss):
-        record = {'epoch': epoch, 'train_loss': mean_loss}
+        now = time.time()
+        record = {'epoch': epoch, 'train_loss': mean_loss, 'seconds': now - self.clock}
+        self.clock = now
         if self.val_samples:
             results = evaluate.evaluate(self.predict, self.val_samples, self.args.image_shape,
                                         self.classes.num_classes)

@@ -163,3 +163,22 @@ def test_evaluate_reports_bad_model_and_split(tmp_path, capsys):
     assert helper.main_guard(evaluate.main, ['--model', str(tmp_path), '--data-dir',
                                              str(tmp_path)]) == 2
     assert 'neither a run folder with model/ nor a SavedModel' in capsys.readouterr().err
+
+
+def test_plot_draws_the_curves_of_runs_and_rejects_other_folders(tmp_path):
+    import plot
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'config.json').write_text(json.dumps({'encoder': 'mobilenetv2', 'decoder': 'fcn8s',
+                                                 'image_shape': '352x480'}))
+    (run / 'metrics.json').write_text(json.dumps({'epochs': [
+        {'epoch': e, 'train_loss': 1 / e, 'key_metric': 0.5 + e / 10, 'seconds': 60}
+        for e in (1, 2, 3)]}))
+    label, epochs, minutes, losses, ious = plot.read_run(str(run))
+    assert label == 'mobilenetv2-fcn8s 352x480 (run)' and epochs == [1, 2, 3]
+    assert minutes == [1, 2, 3] and ious == pytest.approx([0.6, 0.7, 0.8])
+    output = tmp_path / 'curve.png'
+    plot.main([str(run), '--output', str(output), '--minutes'])
+    assert fixtures.iio.imread(output).shape[:2] == (400, 1100)
+    with pytest.raises(helper.UserError, match='not a run folder'):
+        plot.read_run(str(tmp_path))

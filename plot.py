@@ -1,0 +1,76 @@
+"""Plot the per-epoch curves of one or more runs from their metrics.json: training loss and the
+validation IoU that picks the best model (road IoU for two classes, mean IoU otherwise), against
+the epoch or, with --minutes, against the wall-clock minutes of training.
+
+    python plot.py runs/20261121-192051 runs/20261121-203000 --output curve.png --minutes
+"""
+import argparse
+import json
+import os
+import sys
+
+import helper
+
+
+def read_run(run_dir):
+    """(label, epochs, minutes, training losses, validation IoUs) of a run folder."""
+    path = os.path.join(run_dir, 'metrics.json')
+    try:
+        with open(path) as f:
+            records = json.load(f)['epochs']
+        with open(os.path.join(run_dir, 'config.json')) as f:
+            config = json.load(f)
+    except (OSError, ValueError, KeyError) as e:
+        raise helper.UserError(f'{run_dir}: not a run folder with metrics.json and config.json '
+                               f'({e})') from None
+    if not records:
+        raise helper.UserError(f'{path}: no epoch recorded yet')
+    encoder = config.get('encoder', 'vgg16')
+    if encoder == 'mobilenetv2':
+        encoder += '-' + config.get('decoder', 'fcn8s')
+    label = f'{encoder} {config["image_shape"]} ({os.path.basename(os.path.normpath(run_dir))})'
+    minutes, total = [], 0.0
+    for record in records:
+        total += record.get('seconds', float('nan')) / 60
+        minutes.append(total)
+    return (label, [r['epoch'] for r in records], minutes,
+            [r['train_loss'] for r in records], [r.get('key_metric') for r in records])
+
+
+def plot(runs, output, by_minutes=False):
+    """Write the two-panel figure of `runs` (read_run tuples) to the PNG `output`."""
+    import matplotlib
+    matplotlib.use('Agg')  # no display needed
+    import matplotlib.pyplot as plt
+    figure, (loss_axis, iou_axis) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    for label, epochs, minutes, losses, ious in runs:
+        x = minutes if by_minutes else epochs
+        loss_axis.plot(x, losses, marker='.', label=label)
+        iou_axis.plot(x, [float('nan') if v is None else v for v in ious], marker='.',
+                      label=label)
+    for axis, title in ((loss_axis, 'training loss'), (iou_axis, 'validation IoU (inference)')):
+        axis.set_xlabel('training minutes' if by_minutes else 'epoch')
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    loss_axis.set_yscale('log')
+    iou_axis.legend(fontsize=8, loc='lower right')
+    figure.tight_layout()
+    with helper.atomic_path(output) as tmp:
+        figure.savefig(tmp, format='png')
+    plt.close(figure)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('runs', nargs='+', metavar='RUN_DIR', help='run folders to plot')
+    parser.add_argument('--output', default='curve.png', help='PNG to write (default: '
+                                                              '%(default)s)')
+    parser.add_argument('--minutes', action='store_true',
+                        help='x axis in wall-clock minutes of training instead of epochs')
+    args = parser.parse_args(argv)
+    plot([read_run(run) for run in args.runs], args.output, args.minutes)
+    print(f'wrote {args.output}')
+
+
+if __name__ == '__main__':
+    sys.exit(helper.main_guard(main))
