@@ -244,10 +244,10 @@ def load_config(path):
 
 
 def parse_args(argv=None):
-    """Options: defaults from --config (configs/kitti_road.json), overridden by flags."""
+    """Options: configs/kitti_road.json, then what a --config file sets, then the flags."""
     pre = OneLineErrorParser(add_help=False)
     pre.add_argument('--config', default=DEFAULT_CONFIG,
-                     help='JSON file of option defaults (default: %(default)s)')
+                     help='JSON file of options over those of %(default)s')
     config_path = pre.parse_known_args(argv)[0].config
     parser = OneLineErrorParser(description=__doc__.split('\n\n')[0], parents=[pre])
     parser.add_argument('--data-dir', help='folder holding data_road/ and vgg/ '
@@ -302,7 +302,7 @@ def parse_args(argv=None):
     parser.add_argument('--resume', metavar='RUN_DIR', default=None,
                         help='continue an interrupted run from its last checkpoint, with its '
                              'options and split')
-    config = load_config(config_path)
+    config = {**load_config(DEFAULT_CONFIG), **load_config(config_path)}
     unknown = sorted(set(config) - {a.dest for a in parser._actions})
     if unknown:
         raise helper.UserError(f'{config_path}: unknown option {unknown[0]!r}')

@@ -663,6 +663,27 @@ def test_main_end_to_end(tiny_data, tmp_path):
     assert again.image_shape == (32, 64) and again.learning_rate == 0.01
 
 
+def test_config_file_overlays_the_defaults_and_flags_override_it(tmp_path):
+    config = tmp_path / 'small.json'
+    config.write_text(json.dumps({'epochs': 7, 'encoder': 'mobilenetv2',
+                                  'encoder_weights': 'none'}))
+    args = main.parse_args(['--config', str(config), '--batch-size', '3'])
+    assert (args.epochs, args.encoder, args.batch_size) == (7, 'mobilenetv2', 3)
+    assert args.image_shape == (160, 576) and args.learning_rate == 1e-4  # from the defaults
+    config.write_text(json.dumps({'epoch': 7}))
+    with pytest.raises(helper.UserError, match=r"small.json: unknown option 'epoch'"):
+        main.parse_args(['--config', str(config)])
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--encoder', 'mobilenetv2'], '--encoder mobilenetv2 trains from scratch'),
+    (['--decoder', 'dilated'], '--decoder dilated is for mobilenetv2'),
+    (['--encoder', 'mobilenetv2', '--encoder-weights', 'none', '--alpha', '0'], '--alpha')])
+def test_encoder_options_that_do_not_fit_are_one_line_errors(argv, message):
+    with pytest.raises(helper.UserError, match=message):
+        main.parse_args(argv)
+
+
 def test_main_keras_h5_encoder_in_process(tiny_data, tmp_path):
     write_keras_h5(tmp_path / 'w.h5')
     run_dir = main.run(['--data-dir', str(tiny_data), '--runs-dir', str(tmp_path / 'runs'),

@@ -155,3 +155,27 @@ def test_train_nn_feeds_the_schedule_the_global_step(trainable, start_epoch):
                   net.keep_prob, rate, learning_rate_value=schedule, log=lambda _: None,
                   start_epoch=start_epoch)
     assert steps == list(range(3 * (start_epoch - 1), 12))
+
+
+def test_main_trains_exports_and_evaluates_mobilenetv2_through_the_same_paths(tmp_path):
+    import json
+    import evaluate
+    import project_tests as fixtures
+    data = tmp_path / 'data'
+    fixtures.make_kitti(data, stems=tuple(f'um_{i:06d}' for i in range(6)))
+    run_dir = main.run(['--data-dir', str(data), '--runs-dir', str(tmp_path / 'runs'),
+                        '--encoder', 'mobilenetv2', '--encoder-weights', 'none',
+                        '--alpha', str(ALPHA), '--epochs', '2', '--batch-size', '2',
+                        '--image-shape', '32x64', '--learning-rate', '0.01',
+                        '--lr-schedule', 'poly', '--val-fraction', '0.34'])
+    info = json.loads(open(os.path.join(run_dir, 'model', 'fcn.json')).read())
+    assert (info['encoder'], info['decoder'], info['alpha']) == ('mobilenetv2', 'fcn8s', ALPHA)
+    records = json.loads(open(os.path.join(run_dir, 'metrics.json')).read())
+    best = next(r for r in records['epochs'] if r['epoch'] == records['best_epoch'])
+    assert all(r['seconds'] > 0 for r in records['epochs'])
+    # The exported inference tower, batch norm statistics included, scores as validation did.
+    evaluate.main(['--model', run_dir, '--data-dir', str(data)])
+    got = json.loads(open(os.path.join(run_dir, 'eval-val', 'metrics.json')).read())
+    assert got['iou'] == pytest.approx(best['val']['iou'], abs=1e-9)
+    assert got['kitti_road']['max_f'] == pytest.approx(best['val']['kitti_road']['max_f'],
+                                                       abs=1e-9)
