@@ -37,16 +37,9 @@ TARGETS = {('vgg16', 'inference_vs_numpy_percent'): '>= 80 % of numpy',
            ('mobilenetv2', 'inference_ms_batch1', (160, 576)): '< 20 ms'}
 
 
-class UserErrorParser(argparse.ArgumentParser):
-    """An ArgumentParser that reports a bad flag as a one-line helper.UserError."""
-
-    def error(self, message):
-        raise helper.UserError(message)
-
-
 def parse_args(argv=None):
     """Options; a bad value is a helper.UserError."""
-    parser = UserErrorParser(description=__doc__.split('\n\n')[0])
+    parser = helper.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--encoders', default='vgg16,mobilenetv2',
                         help='comma-separated, of vgg16 and mobilenetv2 (default: %(default)s)')
     parser.add_argument('--decoder', choices=sorted(fcn.mobilenet.DECODERS), default='fcn8s',

@@ -7,7 +7,6 @@ KITTI's submission format.
 
     python evaluate.py --model runs/20261121-143000 --data-dir data --split val --save-images
 """
-import argparse
 import json
 import os
 import sys
@@ -19,11 +18,9 @@ from tqdm import tqdm
 import datasets
 import helper
 import metrics
+import predict
 
-tf = helper.import_tensorflow()
-tf1 = tf.compat.v1
-
-MODEL_INFO = 'fcn.json'  # beside saved_model.pb: training size, data set, classes, epoch
+MODEL_INFO = predict.MODEL_INFO  # beside saved_model.pb: training size, data set, classes, epoch
 
 
 def load_samples(pairs, read_label):
@@ -75,13 +72,13 @@ def evaluate(predict, samples, image_shape, num_classes=2, output_dir=None,
 
 
 def write_images(output_dir, name, overlay, road_probability=None, label='road'):
-    """The overlay and the KITTI-format probability PNG (`um_000001` -> `um_road_000001`)."""
+    """The overlay and the probability PNG, named as predict.probability_name says
+    (KITTI's format: `um_000001` -> `um_road_000001`)."""
     import imageio.v3 as iio
     stem = os.path.splitext(name)[0]
-    category, _, number = stem.partition('_')
     outputs = [(os.path.join('overlays', stem + '.png'), overlay)]
     if road_probability is not None:
-        outputs.append((os.path.join('probabilities', f'{category}_{label}_{number}.png'),
+        outputs.append((os.path.join('probabilities', predict.probability_name(stem, label)),
                         metrics.quantize(road_probability)))
     for relative, pixels in outputs:
         with helper.atomic_path(os.path.join(output_dir, relative)) as tmp:
@@ -117,28 +114,11 @@ def format_table(results, class_names):
     return '\n'.join(lines)
 
 
-def model_folder(path):
-    """The SavedModel folder of a run folder (its model/) or of a SavedModel path itself."""
-    for folder in (os.path.join(path, 'model'), path):
-        if os.path.isfile(os.path.join(folder, 'saved_model.pb')):
-            return folder
-    raise helper.UserError(f'--model {path}: neither a run folder with model/ nor a SavedModel')
-
-
-def load_model(sess, path):
-    """Load a model written by main.py; returns (predict function, its fcn.json info)."""
-    folder = model_folder(path)
-    try:
-        with open(os.path.join(folder, MODEL_INFO)) as f:
-            info = json.load(f)
-        meta = tf1.saved_model.loader.load(sess, ['serve'], folder)
-        signature = meta.signature_def['serving_default']
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise helper.UserError(f'{folder}: not a model written by main.py ({e})') from None
-    image = signature.inputs['image'].name
-    keep_prob = signature.inputs['keep_prob'].name
-    probabilities = signature.outputs['probabilities'].name
-    return (lambda batch: sess.run(probabilities, {image: batch, keep_prob: 1.0})), info
+def default_output_dir(model, split):
+    """MODEL/eval-SPLIT for a model folder, MODEL-without-extension-eval-SPLIT for a file."""
+    if os.path.isdir(model):
+        return os.path.join(model, f'eval-{split}')
+    return f'{os.path.splitext(model)[0]}-eval-{split}'
 
 
 def evaluation_data(path, data_dir, info, split):
@@ -166,23 +146,25 @@ def evaluation_data(path, data_dir, info, split):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--model', required=True, help='a run folder or a SavedModel folder')
+    parser = helper.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--model', required=True,
+                        help='a run folder, a SavedModel folder, a frozen graph .pb or a .tflite')
     parser.add_argument('--data-dir', required=True,
                         help='the data set folder, in the layout the model was trained on')
     parser.add_argument('--split', choices=('val', 'all'), default='val',
                         help="the run's validation images, or every labelled image")
     parser.add_argument('--output-dir', help='where metrics.json (and images) go '
-                                             '(default: MODEL/eval-SPLIT)')
+                                             '(default: MODEL/eval-SPLIT, MODEL-eval-SPLIT '
+                                             'beside a model file)')
     parser.add_argument('--save-images', action='store_true',
                         help='also write overlays and road-probability PNGs')
     args = parser.parse_args(argv)
-    with tf.Graph().as_default(), tf1.Session() as sess:
-        predict, info = load_model(sess, args.model)
+    with predict.load_model(args.model) as model:
+        info = model.info
         dataset, pairs = evaluation_data(args.model, args.data_dir, info, args.split)
-        output_dir = args.output_dir or os.path.join(args.model, f'eval-{args.split}')
+        output_dir = args.output_dir or default_output_dir(args.model, args.split)
         colors = helper.overlay_colors(dataset.classes.colors)
-        results = evaluate(predict, load_samples(pairs, dataset.read_label), info['image_shape'],
+        results = evaluate(model, load_samples(pairs, dataset.read_label), info['image_shape'],
                            info['num_classes'], output_dir if args.save_images else None, colors,
                            info['label'])
     results.update(model=os.path.abspath(args.model), split=args.split,

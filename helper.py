@@ -3,6 +3,7 @@
 Sections: bad-input errors and atomic writes; downloads (Udacity's VGG16 SavedModel, KITTI Road);
 the KITTI batch generator with its paired image+label transforms; overlays written to runs/.
 """
+import argparse
 import collections
 import contextlib
 import glob
@@ -37,13 +38,29 @@ class UserError(Exception):
     """A bad input, file or flag: reported as one line naming it and what to do, no traceback."""
 
 
+class PartlyFailed(Exception):
+    """Part of the work failed after the rest was done and the failures were listed (inputs
+    that could not be read, exports that disagree): reported as one line, exit status 1."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """Reports a bad flag as one line (a UserError), like every other bad input."""
+
+    def error(self, message):
+        raise UserError(f'{message} (see --help)')
+
+
 def main_guard(fn, *args):
-    """Run `fn`, turning a UserError into one line on stderr and exit status 2."""
+    """Run `fn`, turning a UserError into one line on stderr and exit status 2 (a PartlyFailed:
+    exit status 1)."""
     try:
         fn(*args)
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    except PartlyFailed as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)
         return 130

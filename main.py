@@ -224,13 +224,6 @@ def encoder_weights_arg(text):
     raise argparse.ArgumentTypeError(f'{text!r}: use udacity, none or keras-h5:PATH')
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    """Reports a bad flag as one line, like every other bad input."""
-
-    def error(self, message):
-        raise helper.UserError(f'{message} (see --help)')
-
-
 def load_config(path):
     """The option defaults from a JSON config file (a run's config.json works too)."""
     try:
@@ -245,11 +238,11 @@ def load_config(path):
 
 def parse_args(argv=None):
     """Options: configs/kitti_road.json, then what a --config file sets, then the flags."""
-    pre = OneLineErrorParser(add_help=False)
+    pre = helper.ArgumentParser(add_help=False)
     pre.add_argument('--config', default=DEFAULT_CONFIG,
                      help='JSON file of options over those of %(default)s')
     config_path = pre.parse_known_args(argv)[0].config
-    parser = OneLineErrorParser(description=__doc__.split('\n\n')[0], parents=[pre])
+    parser = helper.ArgumentParser(description=__doc__.split('\n\n')[0], parents=[pre])
     parser.add_argument('--data-dir', help='folder holding data_road/ and vgg/ '
                                            '(default: %(default)s)')
     parser.add_argument('--runs-dir', help='where run folders are made (default: %(default)s)')

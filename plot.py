@@ -4,7 +4,6 @@ the epoch or, with --minutes, against the wall-clock minutes of training.
 
     python plot.py runs/20261121-192051 runs/20261121-203000 --output curve.png --minutes
 """
-import argparse
 import json
 import os
 import sys
@@ -61,7 +60,7 @@ def plot(runs, output, by_minutes=False):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = helper.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('runs', nargs='+', metavar='RUN_DIR', help='run folders to plot')
     parser.add_argument('--output', default='curve.png', help='PNG to write (default: '
                                                               '%(default)s)')

@@ -12,7 +12,6 @@ get per-channel standardisation.
     python vgg.py data/vgg                                  # random initialisation
     python vgg.py data/vgg --keras-h5 vgg16_weights_tf_dim_ordering_tf_kernels.h5
 """
-import argparse
 import sys
 
 import numpy as np
@@ -141,7 +140,7 @@ def save_vgg_saved_model(export_dir, keras_h5=None, blocks=BLOCKS, fc_width=FC_W
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = helper.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('export_dir', help='folder to write the SavedModel to, e.g. data/vgg')
     parser.add_argument('--keras-h5', help="Keras's VGG16 ImageNet weights file (.h5)")
     parser.add_argument('--seed', type=int, default=0)

@@ -1,0 +1,558 @@
+"""Deployment: predict.py on images, folders, globs and videos at the inputs' own sizes;
+export.py's formats round-tripping through predict.load_model and agreeing with the original;
+bad models, files and flags.
+
+One tiny FCN-8s (the tiny VGG encoder of project_tests, with dropout on keep_prob) is trained
+for a few Adam steps on road-coded images (red 250 on road, 10 elsewhere) at 32x64, so its
+probabilities are far from uniform and exports have something to disagree about.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import imageio.v2 as iio2
+import imageio.v3 as iio
+import imageio_ffmpeg
+import numpy as np
+import pytest
+
+import evaluate
+import export
+import helper
+import main
+import predict
+import project_tests as fixtures
+import vgg
+
+tf, tf1 = predict.tf, predict.tf1
+SHAPE = (32, 64)
+NAMES, COLORS = ['not road', 'road', 'sky'], [[255, 0, 0], [255, 0, 255], [0, 0, 255]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Fixtures: a trained tiny model in a run folder, its exports, input images and videos
+# ----------------------------------------------------------------------------------------------
+
+def road_scene(rng, height, width):
+    """A road-coded image with a random road boundary (a horizon row, or a vertical edge with
+    road on a random side) and its class map."""
+    if rng.random() < 0.5:
+        road = np.arange(height)[:, None] >= rng.integers(height // 4, 3 * height // 4)
+    else:
+        road = np.arange(width)[None] < rng.integers(width // 4, 3 * width // 4)
+        road = road if rng.random() < 0.5 else ~road
+    road = np.broadcast_to(road, (height, width))
+    image = rng.normal(100, 15, (height, width, 3))
+    image[..., 0] = np.where(road, 250, 10) + rng.normal(0, 15, (height, width))
+    return np.clip(image, 0, 255).astype(np.uint8), road.astype(np.uint8)
+
+
+def save_tiny_model(path, num_classes=2, steps=0, seed=0):
+    """main.save_model of the tiny FCN at SHAPE after `steps` Adam steps on road scenes."""
+    with tf.Graph().as_default(), tf1.Session() as sess:
+        tf1.set_random_seed(seed)
+        image = tf1.placeholder(tf.float32, [None, None, None, 3], 'image_input')
+        keep_prob = tf1.placeholder(tf.float32, [], 'keep_prob')
+        last = main.layers(*vgg.build_encoder(image, keep_prob, fixtures.TINY_BLOCKS,
+                                              fixtures.TINY_FC), num_classes)
+        label = tf1.placeholder(tf.float32, [None, None, None, num_classes])
+        logits, train_op, _ = main.optimize(last, label, 1e-2, num_classes)
+        probabilities = tf.reshape(tf.nn.softmax(logits), tf.shape(last))
+        sess.run(tf1.global_variables_initializer())
+        rng = np.random.default_rng(seed)
+        for _ in range(steps):
+            images, classes = zip(*(road_scene(rng, *SHAPE) for _ in range(4)))
+            sess.run(train_op, {image: np.stack(images), keep_prob: 1.0,
+                                label: helper.one_hot(np.stack(classes), num_classes)})
+        main.save_model(sess, path, image, keep_prob, probabilities, {
+            'image_shape': list(SHAPE), 'num_classes': num_classes,
+            'class_names': NAMES[:num_classes], 'class_colors': COLORS[:num_classes],
+            'dataset': 'kitti', 'label': 'road', 'classes': None, 'remap': None, 'epoch': 1,
+            'val_iou': None, 'encoder': 'a key predict.py does not know'})
+    return path
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory):
+    """A run folder: model/, config.json naming a KITTI-layout data_dir, split.json."""
+    root = tmp_path_factory.mktemp('deploy')
+    stems = [f'um_{i:06d}' for i in range(6)]
+    fixtures.make_kitti(root / 'data', stems=stems, size=(45, 77))
+    run = root / 'run'
+    save_tiny_model(str(run / 'model'), steps=150)
+    (run / 'config.json').write_text(json.dumps({'data_dir': str(root / 'data')}))
+    (run / 'split.json').write_text(json.dumps({'train': [s + '.png' for s in stems[:4]],
+                                                'val': [s + '.png' for s in stems[4:]]}))
+    return run
+
+
+@pytest.fixture(scope='module')
+def original(run_dir):
+    with predict.load_model(str(run_dir)) as model:
+        yield model
+
+
+@pytest.fixture(scope='module')
+def exports(run_dir):
+    """export.py's every format, checked on the run's validation images."""
+    export.main(['--model', str(run_dir), '--calibration-images', '4'])
+    return run_dir / 'export'
+
+
+@pytest.fixture(scope='module')
+def inputs(tmp_path_factory):
+    """A KITTI-named PNG of 45x77 and a JPEG of 50x90 in a folder."""
+    folder = tmp_path_factory.mktemp('inputs')
+    rng = np.random.default_rng(1)
+    iio.imwrite(folder / 'um_000007.png', road_scene(rng, 45, 77)[0])
+    iio.imwrite(folder / 'street.jpg', road_scene(rng, 50, 90)[0], quality=95)
+    return folder
+
+
+def write_video(path, frames=5, fps=7.5, size=(45, 77)):
+    """An H.264 MP4 of road scenes (yuv444p: odd sizes allowed); returns its frames as read."""
+    rng = np.random.default_rng(2)
+    writer = predict.open_video(str(path), fps, size)
+    for _ in range(frames):
+        writer.append_data(road_scene(rng, *size)[0])
+    writer.close()
+    return read_video(path)
+
+
+def read_video(path):
+    """A video's frames (the reader's len() is infinite: no list())."""
+    with iio2.get_reader(str(path), 'ffmpeg') as reader:
+        return [frame for frame in reader]
+
+
+def expected(model, image, rows=None, threshold=0.5):
+    """The road probability and road mask at the image's size, from the model run directly on
+    its rows `rows` (all by default); zero outside them."""
+    top, bottom = rows or (0, image.shape[0])
+    probability = np.zeros(image.shape[:2], np.float32)
+    small = model(helper.resize_image(image[top:bottom], SHAPE)[None])[0]
+    probability[top:bottom] = helper.full_size(small, (bottom - top, image.shape[1]))[..., 1]
+    return probability, (probability >= threshold).astype(np.uint8)
+
+
+def run_predict(*args):
+    """predict.main in this process; returns its exit status as the command line would."""
+    return helper.main_guard(predict.main, [str(a) for a in args])
+
+
+# ----------------------------------------------------------------------------------------------
+# predict.py: inputs and outputs
+# ----------------------------------------------------------------------------------------------
+
+def test_images_give_every_output_at_their_own_size(run_dir, original, inputs, tmp_path,
+                                                    capsys):
+    out = tmp_path / 'out'
+    assert run_predict('--model', run_dir, inputs, '--output-dir', out, '--overlay', '--mask',
+                       '--probability', '--batch-size', 2) == 0
+    assert sorted(os.listdir(out)) == ['street.png', 'street_mask.png', 'street_prob.png',
+                                       'um_000007.png', 'um_000007_mask.png',
+                                       'um_road_000007.png']
+    for name, stem, probability_png in (('um_000007.png', 'um_000007', 'um_road_000007.png'),
+                                        ('street.jpg', 'street', 'street_prob.png')):
+        image = helper.read_rgb(inputs / name)
+        probability, mask = expected(original, image)
+        assert 0.1 < mask.mean() < 0.9  # the trained model finds road, and not everywhere
+        assert np.array_equal(iio.imread(out / f'{stem}_mask.png'), mask)
+        assert np.array_equal(iio.imread(out / f'{stem}.png'), helper.overlay(image, mask))
+        written = iio.imread(out / probability_png)
+        assert written.shape == image.shape[:2] and written.dtype == np.uint8
+        assert np.abs(written.astype(int) - probability * 255).max() <= 0.5 + 1e-3
+    assert '2 frames in' in capsys.readouterr().out
+
+
+def test_default_output_is_overlays_and_summary_names_the_model(run_dir, inputs, tmp_path,
+                                                                capsys):
+    assert run_predict('--model', run_dir, inputs / 'street.jpg', '--output-dir', tmp_path) == 0
+    assert os.listdir(tmp_path) == ['street.png']
+    assert iio.imread(tmp_path / 'street.png').shape == (50, 90, 3)
+    assert 'frames/s (model savedmodel)' in capsys.readouterr().out
+
+
+def test_glob_and_folder_with_bad_files(run_dir, inputs, tmp_path, capsys):
+    folder = tmp_path / 'in'
+    shutil.copytree(inputs, folder)
+    (folder / 'broken.png').write_bytes(b'not a png')
+    (folder / 'notes.txt').write_text('not an image: folders skip it')
+    out = tmp_path / 'out'
+    assert run_predict('--model', run_dir, folder, '--output-dir', out) == 1
+    assert sorted(os.listdir(out)) == ['street.png', 'um_000007.png']
+    err = capsys.readouterr().err
+    assert 'skipped' in err and 'broken.png: cannot read image' in err
+    assert err.strip().splitlines()[-1] == ('error: 1 input(s) failed (listed above); the '
+                                            'others were processed')
+    out = tmp_path / 'glob'
+    assert run_predict('--model', run_dir, folder / '*.jpg', folder / 'nothing*.png',
+                       '--output-dir', out) == 1
+    assert os.listdir(out) == ['street.png']
+    assert 'nothing*.png: no image or video matches this pattern' in capsys.readouterr().err
+
+
+def test_explicit_unsupported_or_missing_file_is_listed(run_dir, tmp_path, capsys):
+    (tmp_path / 'notes.txt').write_text('hello')
+    assert run_predict('--model', run_dir, tmp_path / 'notes.txt', tmp_path / 'gone.png',
+                       '--output-dir', tmp_path / 'out') == 1
+    err = capsys.readouterr().err
+    assert 'notes.txt: unsupported file type' in err
+    assert 'gone.png: no such file or folder' in err
+
+
+def test_crop_feeds_only_its_rows_and_counts_the_rest_as_not_road(run_dir, original, inputs,
+                                                                   tmp_path):
+    image = helper.read_rgb(inputs / 'um_000007.png')
+    assert run_predict('--model', run_dir, inputs / 'um_000007.png', '--output-dir', tmp_path,
+                       '--mask', '--probability', '--crop', '10,-8') == 0
+    mask = iio.imread(tmp_path / 'um_000007_mask.png')
+    probability = iio.imread(tmp_path / 'um_road_000007.png')
+    assert mask.shape == probability.shape == (45, 77)
+    assert not mask[:10].any() and not mask[37:].any()
+    assert not probability[:10].any() and not probability[37:].any()
+    cropped_probability, cropped_mask = expected(original, image, rows=(10, 37))
+    assert np.array_equal(mask, cropped_mask)
+    assert np.abs(probability - cropped_probability * 255).max() <= 0.5 + 1e-3
+    # the model saw only rows 10..36: inside the band the result differs from a whole-image run
+    whole_probability, _ = expected(original, image)
+    assert np.abs(whole_probability[10:37] - cropped_probability[10:37]).max() > 0.05
+
+
+def test_threshold(run_dir, original, inputs, tmp_path):
+    image = helper.read_rgb(inputs / 'um_000007.png')
+    assert run_predict('--model', run_dir, inputs / 'um_000007.png', '--output-dir', tmp_path,
+                       '--mask', '--threshold', '0.9') == 0
+    mask = iio.imread(tmp_path / 'um_000007_mask.png')
+    probability, default_mask = expected(original, image)
+    assert np.array_equal(mask, probability >= 0.9)
+    assert 0 < mask.sum() < default_mask.sum()
+
+
+def test_video_gives_overlaid_video_and_gif_at_its_frame_rate_and_size(run_dir, original,
+                                                                       tmp_path):
+    frames = write_video(tmp_path / 'drive.mp4')
+    out = tmp_path / 'out'
+    assert run_predict('--model', run_dir, tmp_path / 'drive.mp4', '--output-dir', out,
+                       '--video', '--gif', '--mask', '--batch-size', 2) == 0
+    assert sorted(os.listdir(out)) == ['drive_00000{}_mask.png'.format(i) for i in range(5)] + [
+        'drive_overlay.gif', 'drive_overlay.mp4']
+    assert iio.immeta(out / 'drive_overlay.mp4', plugin='FFMPEG')['fps'] == 7.5
+    video = read_video(out / 'drive_overlay.mp4')
+    assert len(video) == 5 and video[0].shape == (45, 77, 3)
+    gif = iio.imread(out / 'drive_overlay.gif', index=None)
+    assert gif.shape[:3] == (5, 45, 77)
+    assert abs(iio.immeta(out / 'drive_overlay.gif')['duration'] - 1000 / 7.5) <= 10
+    for index, (frame, written) in enumerate(zip(frames, video)):
+        mask = expected(original, frame)[1]
+        assert np.array_equal(iio.imread(out / f'drive_{index:06d}_mask.png'), mask)
+        drawn = helper.overlay(frame, mask).astype(int)
+        assert np.abs(written - drawn).mean() < 8  # H.264 is lossy, the noise costly
+        assert written[..., 1][mask == 1].mean() > written[..., 1][mask == 0].mean() + 40  # green
+
+
+def test_default_for_a_video_is_the_overlaid_video_with_an_even_size(run_dir, tmp_path):
+    write_video(tmp_path / 'even.mov', frames=3, fps=10, size=(46, 78))
+    assert run_predict('--model', run_dir, tmp_path / 'even.mov', '--output-dir',
+                       tmp_path / 'out') == 0
+    assert os.listdir(tmp_path / 'out') == ['even_overlay.mp4']
+    meta = iio.immeta(tmp_path / 'out' / 'even_overlay.mp4', plugin='FFMPEG')
+    assert meta['fps'] == 10 and meta['size'] == (78, 46) and 'yuv420p' in meta['pix_fmt']
+    assert len(read_video(tmp_path / 'out' / 'even_overlay.mp4')) == 3
+
+
+def test_video_without_frames_is_listed_and_leaves_no_video(run_dir, tmp_path, capsys):
+    silent = tmp_path / 'silent.mp4'  # an MP4 with an audio stream only
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), '-loglevel', 'error', '-f', 'lavfi', '-i',
+                    'anullsrc=r=8000:cl=mono', '-t', '0.2', str(silent)], check=True)
+    (tmp_path / 'empty.avi').write_bytes(b'')
+    out = tmp_path / 'out'
+    assert run_predict('--model', run_dir, silent, tmp_path / 'empty.avi', '--output-dir',
+                       out) == 1
+    assert os.listdir(out) == []  # no half-written video, no temporary folder
+    err = capsys.readouterr().err
+    assert 'silent.mp4: cannot read video frames' in err and 'empty.avi: cannot read' in err
+
+
+def test_video_failing_part_way_keeps_its_frames_but_leaves_no_video(run_dir, tmp_path,
+                                                                     monkeypatch, capsys):
+    frames = write_video(tmp_path / 'drive.mp4', frames=3)
+
+    def fails_after_two_frames(source):
+        source.fps = 7.5
+        yield from frames[:2]
+        raise helper.UserError(f'{source.path}: damaged after frame 2')
+    monkeypatch.setattr(predict, 'read_video', fails_after_two_frames)
+    out = tmp_path / 'out'
+    assert run_predict('--model', run_dir, tmp_path / 'drive.mp4', '--output-dir', out, '--mask',
+                       '--video', '--batch-size', 1) == 1
+    assert sorted(os.listdir(out)) == ['drive_000000_mask.png', 'drive_000001_mask.png']
+    assert 'drive.mp4: damaged after frame 2' in capsys.readouterr().err
+
+
+def test_many_classes_draw_the_palette_and_refuse_road_only_flags(tmp_path, inputs):
+    model = save_tiny_model(str(tmp_path / 'three'), num_classes=3)  # untrained: all class 0
+    assert run_predict('--model', model, inputs / 'street.jpg', '--output-dir', tmp_path / 'out',
+                       '--mask') == 0
+    assert not iio.imread(tmp_path / 'out' / 'street_mask.png').any()
+    image = helper.read_rgb(inputs / 'street.jpg')
+    assert run_predict('--model', model, inputs / 'street.jpg', '--output-dir',
+                       tmp_path / 'out', '--overlay') == 0
+    assert np.array_equal(iio.imread(tmp_path / 'out' / 'street.png'),
+                          helper.overlay(image, np.zeros((50, 90)), [tuple(c) for c in COLORS]))
+    for flag in (['--probability'], ['--threshold', '0.7']):
+        with pytest.raises(helper.UserError, match=f'{flag[0]}: for two-class .* has 3 classes'):
+            predict.main(['--model', model, str(inputs), '--output-dir', str(tmp_path), *flag])
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--crop', '20'], r"--crop: .*'20' is not TOP,BOTTOM"),
+    (['--crop', '30,10'], r"--crop: .*BOTTOM below it"),
+    (['--threshold', '0'], r'--threshold: must be above 0'),
+    (['--batch-size', '0'], r'--batch-size: must be at least 1'),
+])
+def test_bad_flags(run_dir, inputs, tmp_path, flags, message):
+    with pytest.raises(helper.UserError, match=message):
+        predict.main(['--model', str(run_dir), str(inputs), '--output-dir', str(tmp_path),
+                      *flags])
+
+
+def test_crop_leaving_no_rows_skips_that_image(run_dir, inputs, tmp_path, capsys):
+    assert run_predict('--model', run_dir, inputs, '--output-dir', tmp_path, '--crop',
+                       '46,100') == 1
+    err = capsys.readouterr().err
+    assert 'um_000007.png: --crop 46,100 leaves none of its 45 rows' in err
+    assert os.listdir(tmp_path) == ['street.png']  # 50 rows: row 46 on is kept
+
+
+def test_outputs_that_would_collide_or_replace_inputs_are_refused(run_dir, inputs, tmp_path):
+    (tmp_path / 'other').mkdir()
+    shutil.copy(inputs / 'street.jpg', tmp_path / 'other' / 'street.png')
+    with pytest.raises(helper.UserError, match='would write outputs of the same name'):
+        predict.main(['--model', str(run_dir), str(inputs), str(tmp_path / 'other'),
+                      '--output-dir', str(tmp_path / 'out')])
+    with pytest.raises(helper.UserError, match='holds the input .*um_000007.png'):
+        predict.main(['--model', str(run_dir), str(inputs / 'um_000007.png'), '--output-dir',
+                      str(inputs)])
+
+
+# ----------------------------------------------------------------------------------------------
+# predict.load_model
+# ----------------------------------------------------------------------------------------------
+
+def test_load_model_run_folder_and_savedmodel_folder(run_dir, original):
+    assert original.kind == 'savedmodel' and original.image_shape == SHAPE
+    assert original.num_classes == 2 and original.info['encoder']  # unknown keys kept
+    probabilities = original(np.zeros((3, *SHAPE, 3), np.uint8))
+    assert probabilities.shape == (3, *SHAPE, 2) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(-1), 1, atol=1e-5)
+    with predict.load_model(str(run_dir / 'model')) as same:
+        batch = np.random.default_rng(0).integers(0, 256, (2, *SHAPE, 3)).astype(np.float32)
+        np.testing.assert_array_equal(same(batch), original(batch))
+    with pytest.raises(ValueError, match=r'takes images \[N, 32, 64, 3\]'):
+        original(np.zeros((1, 45, 77, 3)))
+
+
+def copy_model(run_dir, tmp_path, **info_changes):
+    """A copy of the run's model with fcn.json changed."""
+    folder = tmp_path / 'model'
+    shutil.copytree(run_dir / 'model', folder)
+    info = json.loads((folder / 'fcn.json').read_text())
+    (folder / 'fcn.json').write_text(json.dumps({**info, **info_changes}))
+    return folder
+
+
+@pytest.mark.parametrize('make, message', [
+    (lambda run, tmp: tmp / 'nowhere', r'nowhere: no such file or folder'),
+    (lambda run, tmp: tmp, r'neither a run folder with model/ nor a SavedModel'),
+    (lambda run, tmp: fixtures.save_partial_model(str(tmp / 'vgg'), ('serve',)),
+     r'vgg: no fcn.json beside it'),
+    (lambda run, tmp: write(tmp / 'model.onnx', b'x'), r'model.onnx: not a model; expected'),
+    (lambda run, tmp: write(tmp / 'model.pb', b'garbage', info=run), r'model.pb: not a frozen '
+                                                                     r'graph written by export'),
+    (lambda run, tmp: write(tmp / 'm.tflite', b'garbage', info=run), r'm.tflite: not a TFLite'),
+    (lambda run, tmp: write(tmp / 'alone.tflite', b'garbage'), r'alone.tflite: no fcn.json'),
+    (lambda run, tmp: copy_model(run, tmp, num_classes=3),
+     r'predicts 2 classes but its fcn.json says 3'),
+])
+def test_load_model_bad_models(run_dir, tmp_path, make, message):
+    path = str(make(run_dir, tmp_path))
+    with pytest.raises(helper.UserError, match=message):
+        predict.load_model(path)
+
+
+def write(path, data, info=None):
+    path.write_bytes(data)
+    if info:
+        shutil.copy(info / 'model' / 'fcn.json', path.parent / 'fcn.json')
+    return path
+
+
+def test_export_with_other_training_size_in_fcn_json_is_refused(exports, tmp_path):
+    shutil.copy(exports / 'model.pb', tmp_path / 'model.pb')
+    info = json.loads((exports / 'fcn.json').read_text())
+    (tmp_path / 'fcn.json').write_text(json.dumps({**info, 'image_shape': [64, 64]}))
+    with pytest.raises(helper.UserError, match=r'takes 32x64 images but its fcn.json says 64x64'):
+        predict.load_model(str(tmp_path / 'model.pb'))
+
+
+# ----------------------------------------------------------------------------------------------
+# export.py
+# ----------------------------------------------------------------------------------------------
+
+# the largest probability difference each export may show on this tiny model: float32 exports
+# run the same arithmetic (TFLite's kernels sum in another order); float16 rounds the weights to
+# 11 significant bits (~5e-4 relative); int8 is bounded through the classes instead
+ROUND_TRIP = {'savedmodel': ('serving', 1e-5), 'frozen': ('frozen', 1e-5),
+              'tflite32': ('tflite-float32', 1e-5), 'tflite16': ('tflite-float16', 1e-2),
+              'int8': ('tflite-int8', None)}
+
+
+def test_every_export_round_trips_and_agrees_with_the_original(exports, original):
+    assert sorted(os.listdir(exports)) == ['agreement.json', 'fcn.json', 'model.pb',
+                                           'model_float16.tflite', 'model_float32.tflite',
+                                           'model_int8.tflite', 'savedmodel']
+    rng = np.random.default_rng(3)
+    images = np.stack([road_scene(rng, *SHAPE)[0] for _ in range(4)])
+    reference = original(images)
+    for kind, (loaded_kind, tolerance) in ROUND_TRIP.items():
+        with predict.load_model(str(exports / export.FILES[kind])) as model:
+            assert model.kind == loaded_kind and model.info == original.info
+            got = model(images)
+        assert got.shape == reference.shape and got.dtype == np.float32
+        if tolerance:
+            np.testing.assert_allclose(got, reference, atol=tolerance, err_msg=kind)
+        else:
+            # int8: 8-bit activations move probabilities by many 1/256 steps, but only pixels
+            # near the road boundary change class; the model is sure elsewhere
+            assert (got.argmax(-1) == reference.argmax(-1)).mean() >= 0.95
+            assert np.abs(got - reference).mean() < 0.05
+
+
+def test_agreement_json(exports, original):
+    agreement = json.loads((exports / 'agreement.json').read_text())
+    assert agreement['images'] == 2 and agreement['metric'] == 'road IoU'
+    assert 0.5 < agreement['original_iou'] <= 1  # the trained model sees the halves of road
+    assert set(agreement['exports']) == set(export.FILES)
+    for kind, result in agreement['exports'].items():
+        assert result['within_tolerance'], (kind, result)
+        assert abs(result['iou'] - agreement['original_iou'] - result['iou_difference']) < 1e-12
+    assert agreement['exports']['frozen']['max_probability_difference'] < 1e-5
+    assert agreement['exports']['tflite16']['max_probability_difference'] < 1e-2
+    assert agreement['exports']['int8']['class_agreement'] >= 0.95
+    assert agreement['exports']['int8']['max_probability_difference'] > 1e-3  # it is int8
+
+
+def test_check_dir_calibration_dir_and_an_export_outside_its_tolerance(run_dir, tmp_path,
+                                                                       monkeypatch):
+    monkeypatch.setitem(export.TOLERANCES, 'tflite16', (1e-9, 1e-3))
+    data = json.loads((run_dir / 'config.json').read_text())['data_dir']
+    rng = np.random.default_rng(4)
+    for i in range(8):
+        iio.imwrite(tmp_path / f'scene{i}.png', road_scene(rng, 60, 90)[0])
+    out = tmp_path / 'out'
+    with pytest.raises(helper.PartlyFailed, match=r'^tflite16 disagree with the original'):
+        export.main(['--model', str(run_dir), '--formats', 'tflite16,int8', '--check-dir', data,
+                     '--calibration-dir', str(tmp_path), '--output-dir', str(out)])
+    assert sorted(os.listdir(out)) == ['agreement.json', 'fcn.json',
+                                            'model_float16.tflite', 'model_int8.tflite']
+    agreement = json.loads((out / 'agreement.json').read_text())
+    assert agreement['images'] == 6  # every labelled image of --check-dir
+    assert not agreement['exports']['tflite16']['within_tolerance']
+    assert agreement['exports']['int8']['within_tolerance']
+
+
+def test_frozen_graph_is_inference_only(exports):
+    graph_def = tf1.GraphDef()
+    graph_def.ParseFromString((exports / 'model.pb').read_bytes())
+    ops = {node.op for node in graph_def.node}
+    assert 'RandomUniform' not in ops and 'VariableV2' not in ops and 'VarHandleOp' not in ops
+    assert [node.name for node in graph_def.node if node.op == 'Placeholder'] == ['image']
+
+
+def test_serving_savedmodel_takes_uint8_of_any_size(exports, original, inputs):
+    image = helper.read_rgb(inputs / 'street.jpg')
+    with tf.Graph().as_default(), tf1.Session() as sess:
+        signature = tf1.saved_model.loader.load(sess, ['serve'], str(exports / 'savedmodel')) \
+            .signature_def['serving_default']
+        assert signature.inputs['image'].dtype == tf.uint8.as_datatype_enum
+        probabilities, classes = sess.run(
+            [signature.outputs['probabilities'].name, signature.outputs['classes'].name],
+            {signature.inputs['image'].name: np.stack([image, image[::-1]])})
+    assert probabilities.shape == (2, 50, 90, 2) and classes.shape == (2, 50, 90)
+    assert classes.dtype == np.uint8
+    assert np.array_equal(classes, probabilities.argmax(-1))
+    # resizing inside the graph is antialiased bilinear, like predict.py's PIL resizing
+    np.testing.assert_allclose(probabilities[0, ..., 1], expected(original, image)[0], atol=5e-3)
+
+
+def test_serving_savedmodel_loads_in_a_fresh_eager_process(exports):
+    code = ('import sys, numpy as np, tensorflow as tf\n'
+            'f = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]\n'
+            'out = f(image=tf.constant(np.zeros((1, 45, 77, 3), np.uint8)))\n'
+            'print(tuple(out["probabilities"].shape), tuple(out["classes"].shape))\n')
+    result = subprocess.run([sys.executable, '-c', code, str(exports / 'savedmodel')],
+                            capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split('\n')[-2] == '(1, 45, 77, 2) (1, 45, 77)'
+
+
+def test_predict_runs_on_an_export(exports, inputs, tmp_path, capsys):
+    assert run_predict('--model', exports / 'model_int8.tflite', inputs, '--output-dir',
+                       tmp_path, '--mask', '--batch-size', 2) == 0
+    assert iio.imread(tmp_path / 'street_mask.png').shape == (50, 90)
+    assert '(model tflite-int8)' in capsys.readouterr().out
+
+
+def test_evaluate_scores_an_export(exports, run_dir):
+    data = json.loads((run_dir / 'config.json').read_text())['data_dir']
+    evaluate.main(['--model', str(exports / 'model_float32.tflite'), '--data-dir', data,
+                   '--split', 'all'])
+    results = json.loads((exports / 'model_float32-eval-all' / 'metrics.json').read_text())
+    assert results['images'] == 6 and results['iou'][1] > 0.5
+
+
+def test_tf1_dropout_is_removed_too(tmp_path):
+    """Udacity's VGG graph drops out as x / keep_prob * floor(keep_prob + uniform noise)."""
+    with tf.Graph().as_default(), tf1.Session() as sess:
+        image = tf1.placeholder(tf.float32, [None, None, None, 3], 'image_input')
+        keep_prob = tf1.placeholder(tf.float32, [], 'keep_prob')
+        noise = tf1.random_uniform(tf.shape(image)) * 1.0 + 0.0
+        dropped = image / keep_prob * tf.floor(keep_prob + noise)
+        probabilities = tf.nn.softmax(tf.stack([dropped[..., 0], 255 - dropped[..., 0]], -1))
+        main.save_model(sess, str(tmp_path / 'model'), image, keep_prob, probabilities,
+                        {'image_shape': list(SHAPE), 'num_classes': 2})
+    graph_def = export.frozen_graph(str(tmp_path / 'model'), {'image_shape': list(SHAPE)})
+    assert not {'RandomUniform', 'Floor'} & {node.op for node in graph_def.node}
+    with tf.Graph().as_default(), tf1.Session() as sess:
+        tf.graph_util.import_graph_def(graph_def, name='')
+        x = np.random.default_rng(0).uniform(0, 255, (1, *SHAPE, 3)).astype(np.float32)
+        got = sess.run('probabilities:0', {'image:0': x})
+    np.testing.assert_allclose(got[..., 0], 1 / (1 + np.exp(255 - 2 * x[..., 0].astype(float))),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_without_dropout_freezes_without_keep_prob(tmp_path):
+    """MobileNetV2's inference tower ignores keep_prob: the frozen graph has nothing to map."""
+    with tf.Graph().as_default(), tf1.Session() as sess:
+        image = tf1.placeholder(tf.float32, [None, None, None, 3], 'image_input')
+        keep_prob = tf1.placeholder(tf.float32, [], 'keep_prob')
+        probabilities = tf.nn.softmax(image[..., :2] / 255)
+        main.save_model(sess, str(tmp_path / 'model'), image, keep_prob, probabilities, {})
+    graph_def = export.frozen_graph(str(tmp_path / 'model'), {'image_shape': list(SHAPE)})
+    assert [node.name for node in graph_def.node if node.op == 'Placeholder'] == ['image']
+
+
+def test_export_refuses_exports_and_missing_data(exports, tmp_path):
+    with pytest.raises(helper.UserError, match=r'a tflite-float32 model; export from a run'):
+        export.main(['--model', str(exports / 'model_float32.tflite')])
+    bare = tmp_path / 'bare'
+    shutil.copytree(exports.parent / 'model', bare)
+    with pytest.raises(helper.UserError, match=r'config.json: cannot read it .*--check-dir'):
+        export.main(['--model', str(bare), '--formats', 'frozen'])
+    with pytest.raises(helper.UserError, match=r"--formats: .*'onnx' is not a format"):
+        export.main(['--model', str(bare), '--formats', 'frozen,onnx'])
+    assert not (tmp_path / 'export').exists()
