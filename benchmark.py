@@ -6,21 +6,35 @@ Each network is built exactly as main.py trains it (main.build_network with rand
 main.optimize, a default tf1.Session) and fed random images and one-hot labels:
 
     python benchmark.py --encoders vgg16,mobilenetv2 --image-shapes 160x576,352x480 --json b.json
+
+With --deploy RUN_DIR it times that trained model's deployment formats instead: the frozen
+TensorFlow graph and TFLite float32, float16 and int8 (export.py's code), each frozen and
+converted at every --deploy-shapes size (the network is fully convolutional; KITTI's full
+375x1242 frame runs as 384x1248, the next multiples of 32) and timed in a process of its own, for
+its peak resident memory: latency at batch 1, throughput at batch 8, GFLOP/s. With --video-frames
+DIR, predict.py then segments a video made of those images with the fastest format, decoding
+and encoding included:
+
+    python benchmark.py --deploy runs/20261121-192051 --video-frames IMAGE_DIR --json d.json
 """
 import argparse
 import json
 import os
 import platform
 import re
+import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 
+import export
 import helper
 import main as fcn
+import predict
 
 tf, tf1 = fcn.tf, fcn.tf1
 
@@ -57,15 +71,28 @@ def parse_args(argv=None):
     parser.add_argument('--torch-python', help='Python interpreter with torch, to run the '
                                                'PyTorch peer (skipped without it)')
     parser.add_argument('--json', help='also write every figure to this JSON file')
+    parser.add_argument('--deploy', metavar='RUN_DIR',
+                        help="time this trained model's deployment formats instead")
+    parser.add_argument('--deploy-shapes', default='160x576,384x1248',
+                        help='sizes to freeze and convert the model at (default: %(default)s)')
+    parser.add_argument('--calibration-images', type=int, default=20,
+                        help="int8 calibration images from the run's training set "
+                             "(default: %(default)s)")
+    parser.add_argument('--video-frames', metavar='IMAGE_DIR',
+                        help='with --deploy: segment a video of these images (looped to 100 '
+                             'frames) with the fastest format at the first --deploy-shapes size')
+    parser.add_argument('--time-model', help=argparse.SUPPRESS)  # one format, in a child
     args = parser.parse_args(argv)
     args.encoders = [e.strip() for e in args.encoders.split(',') if e.strip()]
     unknown = sorted(set(args.encoders) - {'vgg16', 'mobilenetv2'})
     if unknown or not args.encoders:
         raise helper.UserError(f'--encoders {",".join(unknown)}: use vgg16 and/or mobilenetv2')
-    try:
-        args.image_shapes = [fcn.image_shape_arg(s.strip()) for s in args.image_shapes.split(',')]
-    except argparse.ArgumentTypeError as e:
-        raise helper.UserError(f'--image-shapes {e}') from None
+    args.image_shapes, args.deploy_shapes = (shapes_arg(text, flag) for text, flag in (
+        (args.image_shapes, '--image-shapes'), (args.deploy_shapes, '--deploy-shapes')))
+    if args.deploy is not None and not os.path.isdir(args.deploy):
+        raise helper.UserError(f'--deploy {args.deploy}: no such run folder')
+    if args.video_frames is not None and not os.path.isdir(args.video_frames):
+        raise helper.UserError(f'--video-frames {args.video_frames}: folder not found')
     if args.batch_size < 1 or args.repeats < 1:
         raise helper.UserError('--batch-size and --repeats must be at least 1')
     if args.peer_dir is not None and not os.path.isdir(args.peer_dir):
@@ -73,6 +100,14 @@ def parse_args(argv=None):
     if args.torch_python is not None and not os.access(args.torch_python, os.X_OK):
         raise helper.UserError(f'--torch-python {args.torch_python}: not an executable')
     return args
+
+
+def shapes_arg(text, flag):
+    """Comma-separated HxW sizes, multiples of 32."""
+    try:
+        return [fcn.image_shape_arg(s.strip()) for s in text.split(',')]
+    except argparse.ArgumentTypeError as e:
+        raise helper.UserError(f'{flag} {e}') from None
 
 
 def build_fcn(encoder, decoder, image_shape):
@@ -248,6 +283,124 @@ def print_table(results):
                       f'{m[key]:.3g}')
 
 
+# ----------------------------------------------------------------------------------------------
+# Deployment formats (--deploy)
+# ----------------------------------------------------------------------------------------------
+
+DEPLOY_FORMATS = ('frozen', 'tflite32', 'tflite16', 'int8')
+FRAMES_PER_SECOND = re.compile(r'(\d+) frames in ([0-9.]+) s: ([0-9.]+) frames/s')
+
+
+def time_model(path, repeats):
+    """Latency at batch 1 and images per second at batch 8 of the model file at `path`, and
+    the peak resident memory of this process (one format per process, so it is that format's)."""
+    with predict.load_model(path) as model:
+        images = np.random.default_rng(0).integers(0, 256, (8, *model.image_shape, 3),
+                                                   dtype=np.uint8)
+        latency = time_call(lambda: model(images[:1]), repeats)
+        batch = time_call(lambda: model(images), max(1, repeats // 4))
+    return {'kind': model.kind, 'latency_ms': 1e3 * latency, 'batch8_images_per_s': 8 / batch,
+            'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def time_in_child(path, repeats):
+    """time_model in a fresh Python process."""
+    done = subprocess.run([sys.executable, os.path.abspath(__file__), '--time-model', path,
+                           '--repeats', str(repeats)], capture_output=True, text=True)
+    if done.returncode:
+        raise helper.UserError(f'timing {path} failed: '
+                               f'{(done.stderr.strip().splitlines() or ["no output"])[-1]}')
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def frozen_flops(path):
+    """Forward FLOPs per image of a frozen graph written by export.py."""
+    graph_def = tf1.GraphDef()
+    with open(path, 'rb') as f:
+        graph_def.ParseFromString(f.read())
+    with tf.Graph().as_default() as graph:
+        tf.graph_util.import_graph_def(graph_def, name='')
+        return count_flops(graph.get_tensor_by_name('probabilities:0'))
+
+
+def measure_deploy(args, numpy_gflops, folder):
+    """Freeze and convert the run's model at each size into `folder`, and time each format."""
+    with predict.load_model(args.deploy) as original:
+        info = original.info
+    rows = []
+    for shape in args.deploy_shapes:
+        size = '{}x{}'.format(*shape)
+        print(f'freezing and converting the model at {size} ...')
+        options = argparse.Namespace(model=args.deploy, calibration_dir=None,
+                                     calibration_images=args.calibration_images,
+                                     output_dir=os.path.join(folder, size),
+                                     formats=list(DEPLOY_FORMATS))
+        paths = export.write_exports(options, {**info, 'image_shape': list(shape)},
+                                     predict.model_folder(args.deploy))
+        gflop = frozen_flops(paths['frozen']) / 1e9
+        for fmt, path in paths.items():
+            print(f'timing {fmt} at {size} ...')
+            row = time_in_child(path, args.repeats)
+            row.update(format=fmt, path=path, image_shape=list(shape), gflop_per_image=gflop,
+                       gflops=gflop / (row['latency_ms'] / 1e3))
+            row['vs_numpy_percent'] = 100 * row['gflops'] / numpy_gflops
+            rows.append(row)
+    return rows
+
+
+def measure_video(frames_dir, rows, shape, folder):
+    """predict.py on a 100-frame video of the images in `frames_dir` with the fastest format
+    at `shape`: frames per second, decoding and encoding included."""
+    fastest = min((r for r in rows if r['image_shape'] == list(shape)),
+                  key=lambda r: r['latency_ms'])
+    paths = [p for p in predict.input_files([frames_dir], {})
+             if p.lower().endswith(predict.IMAGE_EXTENSIONS)]
+    if not paths:
+        raise helper.UserError(f'--video-frames {frames_dir}: no images there')
+    frames = [helper.read_rgb(p) for p in paths]
+    video = os.path.join(folder, 'frames.mp4')
+    with predict.open_video(video, 10, frames[0].shape[:2]) as writer:
+        for i in range(100):
+            writer.append_data(helper.resize_image(frames[i % len(frames)], frames[0].shape[:2]))
+    done = subprocess.run([sys.executable, os.path.join(HERE, 'predict.py'), '--model',
+                           fastest['path'], video, '--video', '--output-dir',
+                           os.path.join(folder, 'video')], capture_output=True, text=True)
+    found = FRAMES_PER_SECOND.search(done.stdout)
+    if done.returncode or not found:
+        raise helper.UserError(f'predict.py on {video} failed: {done.stderr.strip()[-300:]}')
+    return {'format': fastest['format'], 'image_shape': list(shape),
+            'frame_size': list(frames[0].shape[:2]), 'frames': int(found[1]),
+            'seconds': float(found[2]), 'frames_per_s': float(found[3])}
+
+
+def print_deploy_table(results):
+    """The deployment figures as an aligned table, with the issue's targets."""
+    print(f'\n{results["deploy"]}: median of {results["repeats"]} after a warm-up; TensorFlow '
+          f'{results["tensorflow"]}, {results["cpus"]} CPUs; numpy float32 matmul 4096^3: '
+          f'{results["numpy_gflops"]:.1f} GFLOP/s')
+    header = ('format', 'HxW', 'GFLOP', 'b1 ms', 'b8 img/s', 'GFLOP/s', '% numpy', 'peak MB')
+    rows = [(r['format'], '{}x{}'.format(*r['image_shape']), f'{r["gflop_per_image"]:.2f}',
+             f'{r["latency_ms"]:.1f}', f'{r["batch8_images_per_s"]:.1f}', f'{r["gflops"]:.1f}',
+             f'{r["vs_numpy_percent"]:.0f}', f'{r["peak_rss_mb"]:.0f}')
+            for r in results['formats']]
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    for row in [header] + rows:
+        print('  ' + '  '.join(f'{v:<{w}}' if i < 2 else f'{v:>{w}}'
+                               for i, (v, w) in enumerate(zip(row, widths))))
+    for shape in sorted({tuple(r['image_shape']) for r in results['formats']}):
+        latency = {r['format']: r['latency_ms'] for r in results['formats']
+                   if tuple(r['image_shape']) == shape}
+        print(f'  int8 TFLite vs the float32 TensorFlow graph at {shape[0]}x{shape[1]}: '
+              f'{latency["frozen"] / latency["int8"]:.2f}x faster (target >= 2x)')
+    video = results.get('video')
+    if video:
+        print(f'  video: {video["frames"]} frames of {video["frame_size"][1]}x'
+              f'{video["frame_size"][0]} through predict.py with {video["format"]} at '
+              f'{video["image_shape"][0]}x{video["image_shape"][1]}: '
+              f'{video["frames_per_s"]:.1f} frames/s, decoding and encoding included '
+              f'(target >= 10)')
+
+
 def write_json(path, results):
     """Write `results` to `path` atomically."""
     with helper.atomic_path(path) as tmp, open(tmp, 'w') as f:
@@ -255,22 +408,36 @@ def write_json(path, results):
 
 
 def main(argv=None):
-    """Measure each encoder at each size, numpy and the peers; print the table, optionally
-    write JSON."""
+    """Measure each encoder at each size, numpy and the peers, or (--deploy) a trained model's
+    deployment formats; print the table, optionally write JSON."""
     args = parse_args(argv)
+    if args.time_model:
+        print(json.dumps(time_model(args.time_model, args.repeats)))
+        return None
     results = {'batch_size': args.batch_size, 'repeats': args.repeats,
                'tensorflow': tf.__version__, 'numpy': np.__version__,
                'python': platform.python_version(), 'cpus': os.cpu_count(),
-               'numpy_gflops': numpy_matmul_gflops(), 'measurements': []}
-    for encoder in args.encoders:
-        for shape in args.image_shapes:
-            print(f'timing {encoder} at {shape[0]}x{shape[1]}, batch {args.batch_size} ...')
-            m = measure(encoder, args.decoder, shape, args.batch_size, args.repeats)
-            m['inference_vs_numpy_percent'] = 100 * m['inference_gflops'] / results['numpy_gflops']
-            if encoder == 'vgg16':
-                m['peers'] = run_peers(args, m)
-            results['measurements'].append(m)
-    print_table(results)
+               'numpy_gflops': numpy_matmul_gflops()}
+    if args.deploy:
+        results['deploy'] = os.path.abspath(args.deploy)
+        with tempfile.TemporaryDirectory() as folder:
+            results['formats'] = measure_deploy(args, results['numpy_gflops'], folder)
+            if args.video_frames:
+                results['video'] = measure_video(args.video_frames, results['formats'],
+                                                 args.deploy_shapes[0], folder)
+        print_deploy_table(results)
+    else:
+        results['measurements'] = []
+        for encoder in args.encoders:
+            for shape in args.image_shapes:
+                print(f'timing {encoder} at {shape[0]}x{shape[1]}, batch {args.batch_size} ...')
+                m = measure(encoder, args.decoder, shape, args.batch_size, args.repeats)
+                m['inference_vs_numpy_percent'] = (100 * m['inference_gflops']
+                                                   / results['numpy_gflops'])
+                if encoder == 'vgg16':
+                    m['peers'] = run_peers(args, m)
+                results['measurements'].append(m)
+        print_table(results)
     if args.json:
         write_json(args.json, results)
         print(f'wrote {args.json}')
