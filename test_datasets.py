@@ -194,3 +194,26 @@ def test_batches_from_a_many_class_dataset(tmp_path):
     assert images.shape == (3, 32, 32, 3) and labels.shape == (3, 32, 32, 11)
     assert set(np.unique(labels.sum(-1))) == {0.0, 1.0}  # one-hot or void
     assert set(np.flatnonzero(labels.sum((0, 1, 2)))) == {0, 1, 3}
+
+
+SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'shared', 'data')
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, 'camvid')),
+                    reason='real CamVid (../shared/data/camvid) not here')
+def test_real_camvid_pairs_and_road_remap():
+    dataset = datasets.open_dataset('camvid', os.path.join(SHARED, 'camvid'), remap='road=3')
+    assert (len(dataset.train), len(dataset.val)) == (367, 101)
+    assert dataset.classes.names == ['other', 'road']
+    classes = dataset.read_label(dataset.val[0][1])
+    assert classes.shape == (360, 480) and set(np.unique(classes)) <= {0, 1, VOID}
+    assert (classes == 1).mean() > 0.1  # a street scene: road is a large share
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, 'kitti_road_sample')),
+                    reason='real KITTI sample (../shared/data/kitti_road_sample) not here')
+def test_real_kitti_sample_pairs_lane_labels():
+    dataset = datasets.open_dataset('kitti', os.path.join(SHARED, 'kitti_road_sample'), 'lane')
+    assert len(dataset.train) == 11
+    classes = dataset.read_label(dataset.train[0][1])
+    assert classes.shape == (375, 1242) and set(np.unique(classes)) == {0, 1, VOID}
