@@ -36,8 +36,9 @@ def read_run(run_dir):
             [r['train_loss'] for r in records], [r.get('key_metric') for r in records])
 
 
-def plot(runs, output, by_minutes=False):
-    """Write the two-panel figure of `runs` (read_run tuples) to the PNG `output`."""
+def plot(runs, output, by_minutes=False, iou_min=None):
+    """Write the two-panel figure of `runs` (read_run tuples) to the PNG `output`; `iou_min`
+    cuts the IoU axis there, so that early epochs do not flatten the later ones."""
     import matplotlib
     matplotlib.use('Agg')  # no display needed
     import matplotlib.pyplot as plt
@@ -52,6 +53,8 @@ def plot(runs, output, by_minutes=False):
         axis.set_title(title)
         axis.grid(alpha=0.3)
     loss_axis.set_yscale('log')
+    if iou_min is not None:
+        iou_axis.set_ylim(bottom=iou_min)
     iou_axis.legend(fontsize=8, loc='lower right')
     figure.tight_layout()
     with helper.atomic_path(output) as tmp:
@@ -66,8 +69,9 @@ def main(argv=None):
                                                               '%(default)s)')
     parser.add_argument('--minutes', action='store_true',
                         help='x axis in wall-clock minutes of training instead of epochs')
+    parser.add_argument('--iou-min', type=float, help='lower end of the IoU axis, e.g. 0.85')
     args = parser.parse_args(argv)
-    plot([read_run(run) for run in args.runs], args.output, args.minutes)
+    plot([read_run(run) for run in args.runs], args.output, args.minutes, args.iou_min)
     print(f'wrote {args.output}')
 
 

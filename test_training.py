@@ -182,7 +182,7 @@ def test_plot_draws_the_curves_of_runs_and_rejects_other_folders(tmp_path):
     assert label == 'mobilenetv2-fcn8s 352x480 (run)' and epochs == [1, 2, 3]
     assert minutes == [1, 2, 3] and ious == pytest.approx([0.6, 0.7, 0.8])
     output = tmp_path / 'curve.png'
-    plot.main([str(run), '--output', str(output), '--minutes'])
+    plot.main([str(run), '--output', str(output), '--minutes', '--iou-min', '0.6'])
     assert fixtures.iio.imread(output).shape[:2] == (400, 1100)
     with pytest.raises(helper.UserError, match='not a run folder'):
         plot.read_run(str(tmp_path))
