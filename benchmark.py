@@ -401,12 +401,6 @@ def print_deploy_table(results):
               f'(target >= 10)')
 
 
-def write_json(path, results):
-    """Write `results` to `path` atomically."""
-    with helper.atomic_path(path) as tmp, open(tmp, 'w') as f:
-        json.dump(results, f, indent=2)
-
-
 def main(argv=None):
     """Measure each encoder at each size, numpy and the peers, or (--deploy) a trained model's
     deployment formats; print the table, optionally write JSON."""
@@ -439,7 +433,7 @@ def main(argv=None):
                 results['measurements'].append(m)
         print_table(results)
     if args.json:
-        write_json(args.json, results)
+        helper.write_json(args.json, results)
         print(f'wrote {args.json}')
     return results
 

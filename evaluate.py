@@ -170,8 +170,7 @@ def main(argv=None):
     results.update(model=os.path.abspath(args.model), split=args.split,
                    classes=dataset.classes.names)
     print(format_table(results, dataset.classes.names))
-    with helper.atomic_path(os.path.join(output_dir, 'metrics.json')) as tmp, open(tmp, 'w') as f:
-        json.dump(results, f, indent=2)
+    helper.write_json(os.path.join(output_dir, 'metrics.json'), results)
     print(f'metrics written to {os.path.join(output_dir, "metrics.json")}')
 
 

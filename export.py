@@ -125,11 +125,6 @@ def strip_dropout(graph_def, path):
 # The formats
 # ----------------------------------------------------------------------------------------------
 
-def write_json(path, value):
-    with helper.atomic_path(path) as tmp, open(tmp, 'w') as f:
-        json.dump(value, f, indent=2)
-
-
 def write_bytes(path, data):
     with helper.atomic_path(path) as tmp, open(tmp, 'wb') as f:
         f.write(data)
@@ -155,7 +150,7 @@ def write_serving_model(path, graph_def, info):
                 sess, [tf1.saved_model.tag_constants.SERVING],
                 signature_def_map={'serving_default': signature}, strip_default_attrs=True)
             builder.save()
-            write_json(os.path.join(tmp, predict.MODEL_INFO), info)
+            helper.write_json(os.path.join(tmp, predict.MODEL_INFO), info)
 
 
 def tflite_model(graph_def, info, fmt, calibration=()):
@@ -321,7 +316,7 @@ def write_exports(args, info, folder):
     graph_def = frozen_graph(folder, info)
     paths = {fmt: os.path.join(args.output_dir, FILES[fmt]) for fmt in args.formats}
     if set(args.formats) - {'savedmodel'}:
-        write_json(os.path.join(args.output_dir, predict.MODEL_INFO), info)
+        helper.write_json(os.path.join(args.output_dir, predict.MODEL_INFO), info)
     for fmt, path in paths.items():
         print(f'writing {path}')
         if fmt == 'savedmodel':
@@ -356,7 +351,7 @@ def main(argv=None):
               f'max probability difference {result["max_probability_difference"]:.2g}, '
               f'classes agree on {100 * result["class_agreement"]:.2f}% of pixels: '
               f'{"within" if result["within_tolerance"] else "OUTSIDE"} tolerance')
-    write_json(os.path.join(args.output_dir, 'agreement.json'),
+    helper.write_json(os.path.join(args.output_dir, 'agreement.json'),
                {'model': os.path.abspath(args.model), 'images': len(samples), 'metric': metric,
                 'original_iou': reference, 'exports': exports})
     print(f'exports and agreement.json written to {args.output_dir}')

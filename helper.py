@@ -9,6 +9,7 @@ import contextlib
 import glob
 import hashlib
 import http.client
+import json
 import os
 import re
 import shutil
@@ -122,6 +123,12 @@ def atomic_path(path):
         os.replace(target, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path, value):
+    """Write `value` as indented JSON to `path` atomically (see atomic_path)."""
+    with atomic_path(path) as tmp, open(tmp, 'w') as f:
+        json.dump(value, f, indent=2)
 
 
 # ----------------------------------------------------------------------------------------------

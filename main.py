@@ -385,12 +385,6 @@ def learning_rate_schedule(args, steps_per_epoch):
     return lambda step: args.learning_rate * max(0.0, 1 - step / steps) ** 0.9
 
 
-def save_json(path, value):
-    """Write `value` as JSON under a temporary name, then rename it to `path`."""
-    with helper.atomic_path(path) as tmp, open(tmp, 'w') as f:
-        json.dump(value, f, indent=2)
-
-
 def read_json(path, flag):
     try:
         with open(path) as f:
@@ -407,7 +401,7 @@ def save_config(run_dir, args, class_weights):
         config['class_weight_values'] = [round(float(w), 6) for w in class_weights]
     config['versions'] = {'tensorflow': tf.__version__, 'python': platform.python_version(),
                           'numpy': np.__version__}
-    save_json(os.path.join(run_dir, 'config.json'), config)
+    helper.write_json(os.path.join(run_dir, 'config.json'), config)
 
 
 def save_model(sess, export_dir, input_image, keep_prob, probabilities, info):
@@ -422,7 +416,7 @@ def save_model(sess, export_dir, input_image, keep_prob, probabilities, info):
             sess, [tf1.saved_model.tag_constants.SERVING],
             signature_def_map={'serving_default': signature})
         builder.save()
-        save_json(os.path.join(tmp, evaluate.MODEL_INFO), info)
+        helper.write_json(os.path.join(tmp, evaluate.MODEL_INFO), info)
 
 
 def resume_options(run_dir):
@@ -529,7 +523,7 @@ class RunMonitor:
             self.log(f'epoch {epoch}: new best validation IoU {record["key_metric"]:.4f}, '
                      f'model exported to {os.path.join(self.run_dir, "model")}')
         self.records.append(record)
-        save_json(os.path.join(self.run_dir, 'metrics.json'),
+        helper.write_json(os.path.join(self.run_dir, 'metrics.json'),
                   {'epochs': self.records, 'best_epoch': self.best and self.best['epoch']})
         self.writer.flush()
 
@@ -612,7 +606,7 @@ def start_run(sess, saver, args, train_pairs, val_pairs, class_weights):
     if not args.resume:
         run_dir = helper.new_run_dir(args.runs_dir)
         save_config(run_dir, args, class_weights)
-        save_json(os.path.join(run_dir, 'split.json'),
+        helper.write_json(os.path.join(run_dir, 'split.json'),
                   {'train': [os.path.basename(i) for i, _ in train_pairs],
                    'val': [os.path.basename(i) for i, _ in val_pairs]})
         return run_dir, 1, []
