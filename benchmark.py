@@ -325,8 +325,8 @@ def frozen_flops(path):
 
 def measure_deploy(args, numpy_gflops, folder):
     """Freeze and convert the run's model at each size into `folder`, and time each format."""
-    with predict.load_model(args.deploy) as original:
-        info = original.info
+    model_folder = predict.model_folder(args.deploy)
+    info = predict.read_info(model_folder, args.deploy)
     rows = []
     for shape in args.deploy_shapes:
         size = '{}x{}'.format(*shape)
@@ -335,8 +335,7 @@ def measure_deploy(args, numpy_gflops, folder):
                                      calibration_images=args.calibration_images,
                                      output_dir=os.path.join(folder, size),
                                      formats=list(DEPLOY_FORMATS))
-        paths = export.write_exports(options, {**info, 'image_shape': list(shape)},
-                                     predict.model_folder(args.deploy))
+        paths = export.write_exports(options, {**info, 'image_shape': list(shape)}, model_folder)
         gflop = frozen_flops(paths['frozen']) / 1e9
         for fmt, path in paths.items():
             print(f'timing {fmt} at {size} ...')

@@ -20,8 +20,6 @@ import helper
 import metrics
 import predict
 
-MODEL_INFO = predict.MODEL_INFO  # beside saved_model.pb: training size, data set, classes, epoch
-
 
 def load_samples(pairs, read_label):
     """(name, RGB image, class map) at the original size for each (image, label) path pair."""

@@ -26,6 +26,7 @@ import datasets  # noqa: E402
 import evaluate  # noqa: E402
 import mobilenet  # noqa: E402
 import ops  # noqa: E402
+import predict  # noqa: E402
 import transforms  # noqa: E402
 import vgg  # noqa: E402
 
@@ -416,7 +417,7 @@ def save_model(sess, export_dir, input_image, keep_prob, probabilities, info):
             sess, [tf1.saved_model.tag_constants.SERVING],
             signature_def_map={'serving_default': signature})
         builder.save()
-        helper.write_json(os.path.join(tmp, evaluate.MODEL_INFO), info)
+        helper.write_json(os.path.join(tmp, predict.MODEL_INFO), info)
 
 
 def resume_options(run_dir):
@@ -524,7 +525,7 @@ class RunMonitor:
                      f'model exported to {os.path.join(self.run_dir, "model")}')
         self.records.append(record)
         helper.write_json(os.path.join(self.run_dir, 'metrics.json'),
-                  {'epochs': self.records, 'best_epoch': self.best and self.best['epoch']})
+                          {'epochs': self.records, 'best_epoch': self.best and self.best['epoch']})
         self.writer.flush()
 
 
@@ -607,8 +608,8 @@ def start_run(sess, saver, args, train_pairs, val_pairs, class_weights):
         run_dir = helper.new_run_dir(args.runs_dir)
         save_config(run_dir, args, class_weights)
         helper.write_json(os.path.join(run_dir, 'split.json'),
-                  {'train': [os.path.basename(i) for i, _ in train_pairs],
-                   'val': [os.path.basename(i) for i, _ in val_pairs]})
+                          {'train': [os.path.basename(i) for i, _ in train_pairs],
+                           'val': [os.path.basename(i) for i, _ in val_pairs]})
         return run_dir, 1, []
     run_dir = args.resume
     log = helper.RunLog(os.path.join(run_dir, 'train.log'))
