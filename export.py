@@ -9,7 +9,7 @@ when complete:
 | --- | --- | --- |
 | savedmodel | savedmodel/ | TensorFlow Serving: `serving_default` takes uint8 RGB images of any size, returns `probabilities` and the uint8 class map `classes` at that size |
 | frozen | model.pb | GraphDef, variables folded to constants, dropout removed: `image` (float32 RGB 0..255 at the training size) in, `probabilities` out |
-| tflite32, tflite16 | model_float32.tflite, model_float16.tflite | TFLite, float32 or float16 weights, one image at a time |
+| tflite32, tflite16 | model_float32.tflite, model_float16.tflite | TFLite, float32 or float16 weights, one image at a time; transposed convolutions rewritten as sub-pixel convolutions (same results), which XNNPACK runs quantised too |
 | int8 | model_int8.tflite | full-integer TFLite calibrated on training images: uint8 image in, uint8 probabilities (scale 1/256) out |
 
 The file exports share the fcn.json written beside them; the SavedModel holds its own. Each
@@ -121,6 +121,75 @@ def strip_dropout(graph_def, path):
     return graph_def
 
 
+def subpixel_kernel(kernel, stride):
+    """The 3x3 convolution kernel that, followed by depth_to_space(stride), computes what a
+    SAME-padded 2*stride x 2*stride transposed convolution with stride `stride` does.
+
+    `kernel` is conv2d_transpose's [2s, 2s, out, in] filter. Output pixel s*q + r (in each
+    axis) sums input q + d times the filter tap t = r + s//2 - s*d for the taps inside the
+    filter; d is -1, 0 or 1, so a 3x3 window holds them all. The result is [3, 3, in, s*s*out],
+    its output channels ordered (row phase, column phase, class) as depth_to_space expects.
+    """
+    size, _, out_channels, in_channels = kernel.shape
+    if size != 2 * stride or kernel.shape[1] != size:
+        raise ValueError(f'a {kernel.shape[:2]} filter with stride {stride} is not 2s x 2s')
+    taps = np.zeros((3, stride), np.int64)  # filter tap of (offset d + 1, phase r), -1: none
+    for d in (-1, 0, 1):
+        t = np.arange(stride) + stride // 2 - stride * d
+        taps[d + 1] = np.where((t >= 0) & (t < size), t, -1)
+    result = np.zeros((3, 3, in_channels, stride, stride, out_channels), kernel.dtype)
+    for a, b in np.ndindex(3, 3):
+        for rh, rw in np.ndindex(stride, stride):
+            th, tw = taps[a, rh], taps[b, rw]
+            if th >= 0 and tw >= 0:
+                result[a, b, :, rh, rw, :] = kernel[th, tw].T
+    return result.reshape(3, 3, in_channels, stride * stride * out_channels)
+
+
+def subpixel_upsampling(graph_def):
+    """Replace each transposed convolution of the FCN decoder (2s x 2s filter, stride s, SAME,
+    output s times its input) by the equal 3x3 convolution and depth_to_space(s), in place.
+
+    TFLite's XNNPACK delegate runs quantised CONV_2D and DEPTH_TO_SPACE but not quantised
+    TRANSPOSE_CONV, which then takes longer than the whole int8 encoder. The graph must have a
+    fixed input size that is a multiple of 32, so that every output is s times its input.
+    """
+    nodes = {node.name: node for node in graph_def.node}
+
+    def constant(name):
+        node = nodes[_producer(name)]
+        while node.op == 'Identity':
+            node = nodes[_producer(node.input[0])]
+        if node.op != 'Const':
+            raise ValueError(f'{name} is not a constant')
+        return tf.make_ndarray(node.attr['value'].tensor)
+
+    for node in [n for n in graph_def.node if n.op == 'Conv2DBackpropInput']:
+        strides = list(node.attr['strides'].list.i)
+        if (node.attr['padding'].s != b'SAME' or node.attr['data_format'].s not in (b'', b'NHWC')
+                or strides[1] != strides[2]):
+            continue
+        stride, kernel = strides[1], constant(node.input[1])
+        conv = tf1.NodeDef(name=node.name + '/subpixel', op='Conv2D',
+                           input=[node.input[2], node.name + '/subpixel_kernel'])
+        conv.attr['T'].CopyFrom(node.attr['T'])
+        conv.attr['strides'].list.i.extend([1, 1, 1, 1])
+        conv.attr['padding'].s = b'SAME'
+        weights = tf1.NodeDef(name=node.name + '/subpixel_kernel', op='Const')
+        weights.attr['dtype'].CopyFrom(node.attr['T'])
+        weights.attr['value'].tensor.CopyFrom(tf.make_tensor_proto(
+            subpixel_kernel(kernel, stride)))
+        dtype = node.attr['T'].type
+        node.op = 'DepthToSpace'
+        node.ClearField('input')
+        node.ClearField('attr')
+        node.input.append(conv.name)
+        node.attr['T'].type = dtype
+        node.attr['block_size'].i = stride
+        graph_def.node.extend([weights, conv])
+    return graph_def
+
+
 # ----------------------------------------------------------------------------------------------
 # The formats
 # ----------------------------------------------------------------------------------------------
@@ -157,9 +226,12 @@ def tflite_model(graph_def, info, fmt, calibration=()):
     """The frozen graph as a TFLite flatbuffer: 'tflite32', 'tflite16' (float16 weights) or
     'int8' (full integer, activations calibrated on `calibration`, RGB images at the training
     size; uint8 in and out: images are 8-bit anyway, and probabilities come out in 1/256 steps,
-    the levels of KITTI's probability PNGs)."""
+    the levels of KITTI's probability PNGs). The transposed convolutions become sub-pixel
+    convolutions (subpixel_upsampling), which XNNPACK runs in every format."""
+    rewritten = tf1.GraphDef()
+    rewritten.CopyFrom(graph_def)
     with tf.Graph().as_default() as graph, tf1.Session() as sess:
-        tf.graph_util.import_graph_def(graph_def, name='')
+        tf.graph_util.import_graph_def(subpixel_upsampling(rewritten), name='')
         image = graph.get_tensor_by_name('image:0')
         image.set_shape([1, *info['image_shape'], 3])
         converter = tf1.lite.TFLiteConverter.from_session(

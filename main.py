@@ -75,7 +75,7 @@ def _score(x, num_classes, name, weight_decay):
         kernel = ops.weight('kernel', [1, 1, x.shape[-1], num_classes], tf1.zeros_initializer(),
                             weight_decay)
         bias = tf1.get_variable('bias', [num_classes], initializer=tf1.zeros_initializer())
-        return tf.nn.conv2d(x, kernel, 1, 'SAME') + bias
+        return tf.nn.bias_add(tf.nn.conv2d(x, kernel, 1, 'SAME'), bias)
 
 
 def _upsample(x, factor, name, weight_decay, like=None):
@@ -123,13 +123,47 @@ def layers(vgg_layer3_out, vgg_layer4_out, vgg_layer7_out, num_classes, weight_d
         return tf.identity(_upsample(fuse3, strides[0], 'upscore8', weight_decay), 'fcn_out')
 
 
-def optimize(nn_last_layer, correct_label, learning_rate, num_classes, class_weights=None):
-    """Softmax cross-entropy over non-void pixels (label rows of all zeros are ignored), plus the
-    collected weight decay, minimised with Adam.
+def lovasz_softmax(probabilities, labels, max_pixels=2 ** 18):
+    """Berman et al.'s Lovasz-softmax loss (CVPR 2018): the convex surrogate of 1 - IoU, over
+    the non-void pixels of `probabilities` and one-hot `labels`, both [pixels, num_classes].
+
+    Each class's pixel errors |label - probability| are sorted, largest first, and weighted by
+    how much each adds to the class's Jaccard loss at that point of the order. Averaged over the
+    classes present in the batch; with two classes only class 1 (road) counts, the IoU that is
+    reported. The sorts cost most, so above `max_pixels` valid pixels a random sample of about
+    that many is scored (a batch of 8 at 352x480 has 1.35 M); even so the term made MobileNetV2's
+    CamVid epochs take 60 s instead of 37 here (README, Results).
+    """
+    valid = tf.reduce_sum(labels, axis=1) > 0
+    share = max_pixels / tf.maximum(tf.reduce_sum(tf.cast(valid, tf.float32)), 1.0)
+    valid &= tf.random.uniform(tf.shape(valid)) < share
+    probabilities, labels = tf.boolean_mask(probabilities, valid), tf.boolean_mask(labels, valid)
+    losses, present = [], []
+    for c in [1] if labels.shape[-1] == 2 else range(labels.shape[-1]):
+        errors = tf.abs(labels[:, c] - probabilities[:, c])
+        errors, order = tf.nn.top_k(errors, tf.size(errors))
+        truth = tf.gather(labels[:, c], order)
+        total = tf.reduce_sum(truth)
+        jaccard = 1.0 - (total - tf.cumsum(truth)) / tf.maximum(total + tf.cumsum(1.0 - truth),
+                                                                1.0)
+        steps = tf.concat([jaccard[:1], jaccard[1:] - jaccard[:-1]], 0)
+        losses.append(tf.reduce_sum(errors * tf.stop_gradient(steps)))
+        present.append(tf.cast(total > 0, tf.float32))
+    return tf.math.divide(tf.add_n([l * p for l, p in zip(losses, present)]),
+                          tf.maximum(tf.add_n(present), 1.0), name='lovasz_loss')
+
+
+def optimize(nn_last_layer, correct_label, learning_rate, num_classes, class_weights=None,
+             lovasz_weight=0.0):
+    """Softmax cross-entropy over non-void pixels (label rows of all zeros are ignored), plus
+    `lovasz_weight` times the Lovasz-softmax loss, plus the collected weight decay, minimised
+    with Adam.
 
     With `class_weights`, each pixel's cross-entropy is weighted by its class's weight and the
-    sum divided by the summed weights (a weighted mean).
-    :return: (logits [pixels, num_classes], train_op, cross_entropy_loss)
+    sum divided by the summed weights (a weighted mean). The Lovasz term optimises the IoU
+    itself: cross-entropy rewards confident pixels everywhere, the IoU counts boundary errors.
+    :return: (logits [pixels, num_classes], train_op, loss): the loss without weight decay,
+        the cross-entropy when lovasz_weight is 0
     """
     logits = tf.reshape(nn_last_layer, (-1, num_classes), name='logits')
     labels = tf.reshape(correct_label, (-1, num_classes))
@@ -139,6 +173,9 @@ def optimize(nn_last_layer, correct_label, learning_rate, num_classes, class_wei
     cross_entropy_loss = tf.math.divide(tf.reduce_sum(weights * per_pixel),
                                         tf.maximum(tf.reduce_sum(weights), 1e-6),
                                         name='cross_entropy_loss')
+    if lovasz_weight:
+        cross_entropy_loss = tf.add(cross_entropy_loss, lovasz_weight * lovasz_softmax(
+            tf.nn.softmax(logits), labels), name='loss')
     total_loss = cross_entropy_loss + tf1.losses.get_regularization_loss()
     with tf.control_dependencies(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)):
         train_op = tf1.train.AdamOptimizer(learning_rate).minimize(total_loss)
@@ -271,6 +308,9 @@ def parse_args(argv=None):
     parser.add_argument('--class-weights', choices=('none', 'median'),
                         help='weight the loss by median-frequency balancing of the training '
                              'labels (default: %(default)s)')
+    parser.add_argument('--lovasz-weight', type=float,
+                        help='add this times the Lovasz-softmax loss, a surrogate of 1 - IoU, '
+                             'to the cross-entropy (default: %(default)s)')
     parser.add_argument('--encoder', choices=('vgg16', 'mobilenetv2'),
                         help='the backbone (default: %(default)s)')
     parser.add_argument('--decoder', choices=sorted(mobilenet.DECODERS),
@@ -309,6 +349,8 @@ def parse_args(argv=None):
     for flag in ('epochs', 'batch_size', 'tb_images_every'):
         if getattr(args, flag) < 1:
             parser.error(f'argument --{flag.replace("_", "-")}: must be at least 1')
+    if args.lovasz_weight < 0:
+        parser.error(f'argument --lovasz-weight: {args.lovasz_weight} must not be negative')
     if args.alpha <= 0:
         parser.error(f'argument --alpha: {args.alpha} must be above 0')
     if args.encoder == 'mobilenetv2' and args.encoder_weights != 'none':
@@ -552,7 +594,8 @@ def run(argv=None):
                                         'label')
         learning_rate = tf1.placeholder(tf.float32, [], 'learning_rate')
         _, train_op, cross_entropy_loss = optimize(net.train_output, correct_label, learning_rate,
-                                                   classes.num_classes, class_weights)
+                                                   classes.num_classes, class_weights,
+                                                   args.lovasz_weight)
         probabilities = tf.nn.softmax(net.output, name='probabilities')
         saver = tf1.train.Saver(max_to_keep=None)
         net.initialise()

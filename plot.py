@@ -27,6 +27,8 @@ def read_run(run_dir):
     encoder = config.get('encoder', 'vgg16')
     if encoder == 'mobilenetv2':
         encoder += '-' + config.get('decoder', 'fcn8s')
+    if config.get('lovasz_weight'):
+        encoder += f' +{config["lovasz_weight"]:g} Lovasz'
     label = f'{encoder} {config["image_shape"]} ({os.path.basename(os.path.normpath(run_dir))})'
     minutes, total = [], 0.0
     for record in records:

@@ -253,6 +253,59 @@ def test_optimize_loss_ignores_void_and_learning_rate(sess):
     assert sess.run(loss, {logits_in: x_void_changed, label: y}) == pytest.approx(got, rel=1e-6)
 
 
+def jaccard_loss(truth, predicted):
+    return 1 - np.sum(truth & predicted) / np.sum(truth | predicted)
+
+
+@pytest.mark.parametrize('num_classes', [2, 4])
+def test_lovasz_equals_one_minus_iou_on_hard_predictions(sess, num_classes):
+    """On 0/1 probabilities the Lovasz extension is the Jaccard loss itself: 1 - IoU of class 1
+    for two classes, the mean over present classes otherwise; void pixels do not count."""
+    rng = np.random.default_rng(num_classes)
+    truth = rng.integers(0, num_classes, 500)
+    predicted = np.where(rng.random(500) < 0.7, truth, rng.integers(0, num_classes, 500))
+    void = rng.random(500) < 0.2
+    predicted[void] = 1  # would be wrong everywhere, were void scored
+    labels = np.eye(num_classes, dtype=np.float32)[truth] * ~void[:, None]
+    got = sess.run(main.lovasz_softmax(tf.constant(np.eye(num_classes, dtype=np.float32)[
+        predicted]), tf.constant(labels)))
+    kept = ~void
+    expected = [jaccard_loss(truth[kept] == c, predicted[kept] == c)
+                for c in ([1] if num_classes == 2 else range(num_classes))]
+    assert got == pytest.approx(np.mean(expected), rel=1e-5)
+
+
+def test_lovasz_scores_a_sample_of_large_batches(sess):
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 2, 200_000)
+    predicted = np.where(rng.random(200_000) < 0.8, truth, 1 - truth)
+    loss = main.lovasz_softmax(tf.constant(np.eye(2, dtype=np.float32)[predicted]),
+                               tf.constant(np.eye(2, dtype=np.float32)[truth]), max_pixels=5000)
+    sampled = [sess.run(loss) for _ in range(2)]
+    assert sampled[0] != sampled[1]  # a new sample each step...
+    assert sampled == pytest.approx([jaccard_loss(truth == 1, predicted == 1)] * 2, abs=0.03)
+
+
+def test_optimize_with_lovasz_adds_it_to_the_reported_loss(sess):
+    logits_in = tf1.placeholder(tf.float32, [1, 4, 4, 2])
+    label = tf1.placeholder(tf.float32, [1, 4, 4, 2])
+    scale = tf1.get_variable('scale', [], initializer=tf1.ones_initializer())
+    _, train_op, loss = main.optimize(logits_in * scale, label, 1e-2, 2, lovasz_weight=0.5)
+    sess.run(tf1.global_variables_initializer())
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 4, 4, 2)).astype(np.float32)
+    y = np.eye(2, dtype=np.float32)[rng.integers(0, 2, (1, 4, 4))]
+    cross_entropy = sess.run(tf1.get_default_graph().get_tensor_by_name('cross_entropy_loss:0'),
+                             {logits_in: x, label: y})
+    lovasz = sess.run(main.lovasz_softmax(tf.nn.softmax(tf.reshape(logits_in, (-1, 2))),
+                                          tf.reshape(label, (-1, 2))), {logits_in: x, label: y})
+    assert lovasz > 0.1
+    assert sess.run(loss, {logits_in: x, label: y}) == pytest.approx(
+        cross_entropy + 0.5 * lovasz, rel=1e-5)
+    sess.run(train_op, {logits_in: x, label: y})
+    assert sess.run(scale) != 1.0
+
+
 def test_train_nn_reduces_loss_and_reports(sess, capsys):
     net = tiny_network()
     sess.run(tf1.global_variables_initializer())

@@ -81,7 +81,7 @@ def run_dir(tmp_path_factory):
     stems = [f'um_{i:06d}' for i in range(6)]
     fixtures.make_kitti(root / 'data', stems=stems, size=(45, 77))
     run = root / 'run'
-    save_tiny_model(str(run / 'model'), steps=150)
+    save_tiny_model(str(run / 'model'), steps=250)
     (run / 'config.json').write_text(json.dumps({'data_dir': str(root / 'data')}))
     (run / 'split.json').write_text(json.dumps({'train': [s + '.png' for s in stems[:4]],
                                                 'val': [s + '.png' for s in stems[4:]]}))
@@ -429,6 +429,32 @@ def test_every_export_round_trips_and_agrees_with_the_original(exports, original
             # near the road boundary change class; the model is sure elsewhere
             assert (got.argmax(-1) == reference.argmax(-1)).mean() >= 0.95
             assert np.abs(got - reference).mean() < 0.05
+
+
+@pytest.mark.parametrize('stride, size', [(2, (5, 7)), (8, (4, 6)), (3, (1, 2))])
+def test_subpixel_upsampling_computes_the_transposed_convolution(stride, size):
+    rng = np.random.default_rng(stride)
+    kernel = rng.normal(size=(2 * stride, 2 * stride, 3, 2)).astype(np.float32)
+    x = rng.normal(size=(2, *size, 2)).astype(np.float32)
+    with tf.Graph().as_default() as graph, tf1.Session() as sess:
+        inp = tf1.placeholder(tf.float32, [None, *size, 2], 'x')
+        out = tf.nn.conv2d_transpose(inp, tf.constant(kernel), [2, size[0] * stride,
+                                                                size[1] * stride, 3], stride,
+                                     'SAME')
+        tf.identity(out, 'y')
+        reference = sess.run(out, {inp: x})
+        graph_def = export.subpixel_upsampling(graph.as_graph_def())
+    assert 'Conv2DBackpropInput' not in {node.op for node in graph_def.node}
+    with tf.Graph().as_default(), tf1.Session() as sess:
+        tf.graph_util.import_graph_def(graph_def, name='')
+        np.testing.assert_allclose(sess.run('y:0', {'x:0': x}), reference, atol=1e-5)
+
+
+def test_tflite_exports_upsample_without_transpose_conv(exports):
+    for kind in ('tflite32', 'int8'):
+        interpreter = tf.lite.Interpreter(str(exports / export.FILES[kind]))
+        ops = {op['op_name'] for op in interpreter._get_ops_details()}
+        assert 'DEPTH_TO_SPACE' in ops and 'TRANSPOSE_CONV' not in ops, (kind, ops)
 
 
 def test_agreement_json(exports, original):

@@ -42,7 +42,7 @@ def conv_relu(x, filters, size, name):
         kernel = tf1.get_variable('kernel', [size, size, x.shape[-1], filters],
                                   initializer=tf1.initializers.he_normal())
         bias = tf1.get_variable('bias', [filters], initializer=tf1.zeros_initializer())
-        return tf.nn.relu(tf.nn.conv2d(x, kernel, 1, 'SAME') + bias)
+        return tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, kernel, 1, 'SAME'), bias))
 
 
 def build_encoder(image_input, keep_prob, blocks=BLOCKS, fc_width=FC_WIDTH,
