@@ -112,13 +112,19 @@ def strip_dropout(graph_def, path):
             raise helper.UserError(f'{path}: the random op {noise_op} is not a dropout mask; '
                                    f'cannot make the graph deterministic')
         mask, data = masks[0]
-        dtype = mask.attr['T'].type
-        mask.op = 'Identity'
-        mask.ClearField('input')
-        mask.ClearField('attr')
-        mask.input.append(data)
-        mask.attr['T'].type = dtype
+        _rewrite_node(mask, 'Identity', data)
     return graph_def
+
+
+def _rewrite_node(node, op, data):
+    """Turn `node` into the one-input `op` on `data`, in place: its name, and so every
+    consumer, stays; its attributes are reset to its type `T`, which the caller extends."""
+    dtype = node.attr['T'].type
+    node.op = op
+    node.ClearField('input')
+    node.ClearField('attr')
+    node.input.append(data)
+    node.attr['T'].type = dtype
 
 
 def subpixel_kernel(kernel, stride):
@@ -166,10 +172,11 @@ def subpixel_upsampling(graph_def):
 
     for node in [n for n in graph_def.node if n.op == 'Conv2DBackpropInput']:
         strides = list(node.attr['strides'].list.i)
+        kernel = constant(node.input[1])
         if (node.attr['padding'].s != b'SAME' or node.attr['data_format'].s not in (b'', b'NHWC')
-                or strides[1] != strides[2]):
-            continue
-        stride, kernel = strides[1], constant(node.input[1])
+                or strides[1] != strides[2] or kernel.shape[:2] != (2 * strides[1],) * 2):
+            continue  # not the decoder's kind of upsampling: left as it is
+        stride = strides[1]
         conv = tf1.NodeDef(name=node.name + '/subpixel', op='Conv2D',
                            input=[node.input[2], node.name + '/subpixel_kernel'])
         conv.attr['T'].CopyFrom(node.attr['T'])
@@ -179,12 +186,7 @@ def subpixel_upsampling(graph_def):
         weights.attr['dtype'].CopyFrom(node.attr['T'])
         weights.attr['value'].tensor.CopyFrom(tf.make_tensor_proto(
             subpixel_kernel(kernel, stride)))
-        dtype = node.attr['T'].type
-        node.op = 'DepthToSpace'
-        node.ClearField('input')
-        node.ClearField('attr')
-        node.input.append(conv.name)
-        node.attr['T'].type = dtype
+        _rewrite_node(node, 'DepthToSpace', conv.name)
         node.attr['block_size'].i = stride
         graph_def.node.extend([weights, conv])
     return graph_def

@@ -170,16 +170,15 @@ def optimize(nn_last_layer, correct_label, learning_rate, num_classes, class_wei
     per_pixel = tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     weights = tf.reduce_sum(labels * (1.0 if class_weights is None else
                                       tf.constant(class_weights, tf.float32)), axis=1)
-    cross_entropy_loss = tf.math.divide(tf.reduce_sum(weights * per_pixel),
-                                        tf.maximum(tf.reduce_sum(weights), 1e-6),
-                                        name='cross_entropy_loss')
+    loss = tf.math.divide(tf.reduce_sum(weights * per_pixel),
+                          tf.maximum(tf.reduce_sum(weights), 1e-6), name='cross_entropy_loss')
     if lovasz_weight:
-        cross_entropy_loss = tf.add(cross_entropy_loss, lovasz_weight * lovasz_softmax(
-            tf.nn.softmax(logits), labels), name='loss')
-    total_loss = cross_entropy_loss + tf1.losses.get_regularization_loss()
+        loss = tf.add(loss, lovasz_weight * lovasz_softmax(tf.nn.softmax(logits), labels),
+                      name='loss')
+    total_loss = loss + tf1.losses.get_regularization_loss()
     with tf.control_dependencies(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)):
         train_op = tf1.train.AdamOptimizer(learning_rate).minimize(total_loss)
-    return logits, train_op, cross_entropy_loss
+    return logits, train_op, loss
 
 
 def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_loss, input_image,
