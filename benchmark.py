@@ -40,6 +40,7 @@ tf, tf1 = fcn.tf, fcn.tf1
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_PEER_DIR = os.path.join(HERE, '..', 'shared', 'bench')
+PAUSE_S = 0.3  # between paired timings: longer than OpenBLAS's threads spin after a product
 PEERS = (('keras', 'peer_keras_fcn8s_vgg.py'), ('torch', 'peer_torch_fcn8s_vgg.py'))
 PEER_RESULT = re.compile(r'inference ([0-9.]+) s/img.*train ([0-9.]+) s/img')
 
@@ -155,23 +156,48 @@ def count_flops(output):
     return flops
 
 
+def seconds(fn):
+    """Wall-clock seconds of one `fn()` call."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def time_call(fn, repeats, warmup=1):
     """Median wall-clock seconds of `fn()` over `repeats` calls, after `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(seconds(fn) for _ in range(repeats))
 
 
-def numpy_matmul_gflops(n=4096, repeats=3):
-    """numpy's float32 GFLOP/s on an n x n @ n x n product (median after one warm-up)."""
+def numpy_matmul(n=4096):
+    """A function computing one n x n @ n x n float32 numpy product, and its FLOPs."""
     rng = np.random.default_rng(0)
     a, b = (rng.random((n, n), dtype=np.float32) for _ in range(2))
-    return 2 * n ** 3 / time_call(lambda: a @ b, repeats) / 1e9
+    return (lambda: a @ b), 2 * n ** 3
+
+
+def numpy_matmul_gflops(repeats=3):
+    """numpy's float32 GFLOP/s on a 4096^3 product (median after one warm-up)."""
+    product, flop = numpy_matmul()
+    return flop / time_call(product, repeats) / 1e9
+
+
+def time_paired(fn, reference, repeats):
+    """Median seconds of `fn()`, and the median over calls of reference()'s time divided by
+    fn()'s, each fn() timed right after a reference() call. This machine's speed drifts by 20 %
+    and more within minutes; a pair sees the same state, so their ratio holds still where
+    either time alone does not. A pause follows each call: numpy's OpenBLAS threads spin for a
+    while after a product and would slow what runs next."""
+    fn(), reference()  # warm-up
+
+    def paused(call):
+        took = seconds(call)
+        time.sleep(PAUSE_S)
+        return took
+    pairs = [(paused(reference), paused(fn)) for _ in range(repeats)]
+    return (statistics.median(t for _, t in pairs),
+            statistics.median(ref / t for ref, t in pairs))
 
 
 def measure(encoder, decoder, image_shape, batch_size, repeats):
@@ -187,15 +213,19 @@ def measure(encoder, decoder, image_shape, batch_size, repeats):
         return sess.run(net.output, {net.input_image: batch, net.keep_prob: 1.0})
     train_feed = {net.input_image: images, label: labels, net.keep_prob: 0.5,
                   learning_rate: 1e-4}
+    product, product_flop = numpy_matmul()
     with sess:
         single = time_call(lambda: infer(images[:1]), repeats)
-        batched = time_call(lambda: infer(images), repeats) / batch_size
+        batched, ratio = time_paired(lambda: infer(images), product, repeats)
+        batched /= batch_size
         train = time_call(lambda: sess.run(train_op, train_feed), repeats) / batch_size
     gflop = count_flops(net.output) / 1e9
     return {'encoder': encoder, 'decoder': decoder if encoder == 'mobilenetv2' else 'fcn8s',
             'image_shape': list(image_shape), 'gflop_per_image': gflop,
             'inference_ms_batch1': 1e3 * single, 'inference_ms_per_image': 1e3 * batched,
-            'inference_gflops': gflop / batched, 'train_s_per_image': train}
+            'inference_gflops': gflop / batched, 'train_s_per_image': train,
+            # FLOP rate over numpy's, each batch timed right after a numpy product
+            'inference_vs_numpy_percent': 100 * gflop * batch_size / (product_flop / 1e9) * ratio}
 
 
 def run_peer(python, script, image_shape, batch_size):
@@ -254,8 +284,8 @@ def print_table(results):
     print(f'\nFCN per image, batch {results["batch_size"]} (inference also at batch 1), median '
           f'of {results["repeats"]}; TensorFlow {results["tensorflow"]}, numpy '
           f'{results["numpy"]}, {results["cpus"]} CPUs; numpy float32 matmul 4096^3: '
-          f'{results["numpy_gflops"]:.1f} GFLOP/s (the faster of '
-          f'{" and ".join(f"{g:.1f}" for g in results["numpy_gflops_runs"])}, before and after)')
+          f'{" and ".join(f"{g:.1f}" for g in results["numpy_gflops_runs"])} GFLOP/s before and '
+          f'after; "% numpy" pairs each timed batch with a numpy product run just before it)')
     header = ('network', 'HxW', 'GFLOP', 'infer b1 ms', 'infer ms', 'GFLOP/s', '% numpy',
               'train s')
     rows = []
@@ -338,14 +368,27 @@ def measure_deploy(args, numpy_gflops, folder):
                                      formats=list(DEPLOY_FORMATS))
         paths = export.write_exports(options, {**info, 'image_shape': list(shape)}, model_folder)
         gflop = frozen_flops(paths['frozen']) / 1e9
+        timed = {}
         for fmt, path in paths.items():
             print(f'timing {fmt} at {size} ...')
-            row = time_in_child(path, args.repeats)
+            row = timed[fmt] = time_in_child(path, args.repeats)
             row.update(format=fmt, path=path, image_shape=list(shape), gflop_per_image=gflop,
                        gflops=gflop / (row['latency_ms'] / 1e3))
             row['vs_numpy_percent'] = 100 * row['gflops'] / numpy_gflops
-            rows.append(row)
+        timed['int8']['int8_speedup_paired'] = int8_speedup(paths['frozen'], paths['int8'],
+                                                            args.repeats)
+        rows.extend(timed.values())
     return rows
+
+
+def int8_speedup(frozen_path, int8_path, repeats):
+    """The frozen graph's batch-1 time over the int8 model's, both loaded in one process and
+    called in alternation (time_paired), so a slow minute of this machine slows both."""
+    print('timing frozen and int8 in alternation ...')
+    with predict.load_model(frozen_path) as frozen, predict.load_model(int8_path) as int8:
+        image = np.random.default_rng(0).integers(0, 256, (1, *int8.image_shape, 3),
+                                                  dtype=np.uint8)
+        return time_paired(lambda: int8(image), lambda: frozen(image), repeats)[1]
 
 
 def measure_video(frames_dir, rows, shape, folder):
@@ -388,10 +431,11 @@ def print_deploy_table(results):
         print('  ' + '  '.join(f'{v:<{w}}' if i < 2 else f'{v:>{w}}'
                                for i, (v, w) in enumerate(zip(row, widths))))
     for shape in sorted({tuple(r['image_shape']) for r in results['formats']}):
-        latency = {r['format']: r['latency_ms'] for r in results['formats']
-                   if tuple(r['image_shape']) == shape}
+        rows = {r['format']: r for r in results['formats'] if tuple(r['image_shape']) == shape}
         print(f'  int8 TFLite vs the float32 TensorFlow graph at {shape[0]}x{shape[1]}: '
-              f'{latency["frozen"] / latency["int8"]:.2f}x faster (target >= 2x)')
+              f'{rows["frozen"]["latency_ms"] / rows["int8"]["latency_ms"]:.2f}x faster by the '
+              f'table, {rows["int8"]["int8_speedup_paired"]:.2f}x timed in alternation '
+              f'(target >= 2x)')
     video = results.get('video')
     if video:
         print(f'  video: {video["frames"]} frames of {video["frame_size"][1]}x'
@@ -412,8 +456,8 @@ def main(argv=None):
                'tensorflow': tf.__version__, 'numpy': np.__version__,
                'python': platform.python_version(), 'cpus': os.cpu_count(),
                'numpy_gflops_runs': [numpy_matmul_gflops()]}
-    results['numpy_gflops'] = results['numpy_gflops_runs'][0]
     if args.deploy:
+        results['numpy_gflops'] = results['numpy_gflops_runs'][0]
         results['deploy'] = os.path.abspath(args.deploy)
         with tempfile.TemporaryDirectory() as folder:
             results['formats'] = measure_deploy(args, results['numpy_gflops'], folder)
@@ -430,13 +474,7 @@ def main(argv=None):
                 if encoder == 'vgg16':
                     m['peers'] = run_peers(args, m)
                 results['measurements'].append(m)
-        # numpy's rate moves by up to 2x between minutes on this shared machine: measured
-        # before and after, the faster one is the reference, so the percentage is conservative
         results['numpy_gflops_runs'].append(numpy_matmul_gflops())
-        results['numpy_gflops'] = max(results['numpy_gflops_runs'])
-        for m in results['measurements']:
-            m['inference_vs_numpy_percent'] = 100 * m['inference_gflops'] / results[
-                'numpy_gflops']
         print_table(results)
     if args.json:
         helper.write_json(args.json, results)

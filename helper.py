@@ -424,12 +424,14 @@ def gen_batch_function(data_folder, image_shape, label='road', seed=None):
 def overlay(image, classes, colors=(None, OVERLAY_RGB)):
     """Blend each class's colour into `image` where the class map `classes` has that class;
     classes whose colour is None are not drawn (by default: road, class 1, in green)."""
-    out = image.astype(np.float32)
+    out = image.copy()
     for index, color in enumerate(colors):
         if color is not None:
             mask = classes == index
-            out[mask] = (1 - OVERLAY_ALPHA) * out[mask] + OVERLAY_ALPHA * np.array(color)
-    return out.round().astype(np.uint8)
+            blend = (1 - OVERLAY_ALPHA) * image[mask].astype(np.float32) + \
+                OVERLAY_ALPHA * np.array(color, np.float32)
+            out[mask] = blend.round()
+    return out
 
 
 def overlay_colors(class_colors):

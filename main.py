@@ -100,27 +100,29 @@ def _upsample(x, factor, name, weight_decay, like=None):
 
 
 def layers(vgg_layer3_out, vgg_layer4_out, vgg_layer7_out, num_classes, weight_decay=1e-3,
-           strides=VGG_STRIDES, skip_scales=VGG_SKIP_SCALES):
+           strides=VGG_STRIDES, skip_scales=VGG_SKIP_SCALES, finer=()):
     """The FCN-8s decoder ("at-once" variant): score layer 7, 4 and 3 with 1x1 convolutions
     (layers 3 and 4 scaled by `skip_scales` first), upsample with bilinear-initialised transposed
     convolutions from stride to stride, adding the skip scores on the way, to the input's size.
 
-    `strides` are the three inputs' strides: VGG16's (8, 16, 32) upsample 2x, 2x and 8x; a
-    dilated encoder's (4, 8, 8) adds layers 7 and 4 as they are, then upsamples 2x and 4x.
+    `strides` are the inputs' strides, finest first: VGG16's (8, 16, 32) upsample 2x, 2x and 8x;
+    a dilated encoder's (4, 8, 8) adds layers 7 and 4 as they are, then upsamples 2x and 4x.
+    `finer` are features finer than layer 3, finest first, scored and added the same way (FCN-4s:
+    a stride-4 skip, `strides` (4, 8, 16, 32)), for sharper boundaries.
     Works for unknown spatial sizes; L2 weight decay goes to REGULARIZATION_LOSSES.
     :return: the last layer, [batch, height, width, num_classes] logits at the input's size
     """
-    scaled = [x if scale == 1 else x * scale
-              for x, scale in zip((vgg_layer3_out, vgg_layer4_out), skip_scales)]
+    skips = [x if scale == 1 else x * scale for x, scale in
+             zip((vgg_layer4_out, vgg_layer3_out), skip_scales[::-1])] + list(finer[::-1])
+    skip_strides = strides[-2::-1]
     with tf1.variable_scope('fcn8s'):
-        score7 = _score(vgg_layer7_out, num_classes, 'score_fr', weight_decay)
-        score4 = _score(scaled[1], num_classes, 'score_pool4', weight_decay)
-        score3 = _score(scaled[0], num_classes, 'score_pool3', weight_decay)
-        fuse4 = _upsample(score7, strides[2] // strides[1], 'upscore2', weight_decay,
-                          like=score4) + score4
-        fuse3 = _upsample(fuse4, strides[1] // strides[0], 'upscore_pool4', weight_decay,
-                          like=score3) + score3
-        return tf.identity(_upsample(fuse3, strides[0], 'upscore8', weight_decay), 'fcn_out')
+        fused, stride = _score(vgg_layer7_out, num_classes, 'score_fr', weight_decay), strides[-1]
+        for level, (skip, skip_stride) in enumerate(zip(skips, skip_strides)):
+            score = _score(skip, num_classes, f'score_pool{4 - level}', weight_decay)
+            name = 'upscore2' if level == 0 else f'upscore_pool{5 - level}'
+            fused = _upsample(fused, stride // skip_stride, name, weight_decay, like=score) + score
+            stride = skip_stride
+        return tf.identity(_upsample(fused, stride, f'upscore{stride}', weight_decay), 'fcn_out')
 
 
 def lovasz_softmax(probabilities, labels, max_pixels=2 ** 18):
@@ -313,9 +315,9 @@ def parse_args(argv=None):
     parser.add_argument('--encoder', choices=('vgg16', 'mobilenetv2'),
                         help='the backbone (default: %(default)s)')
     parser.add_argument('--decoder', choices=sorted(mobilenet.DECODERS),
-                        help="mobilenetv2's features for the FCN decoder: strides 8/16/32, or "
-                             "stride-16/32 stages dilated with skips at 8/4 (default: "
-                             "%(default)s)")
+                        help="mobilenetv2's features for the FCN decoder: strides 8/16/32, "
+                             "fcn4s adds a stride-4 skip, dilated: stride-16/32 stages dilated "
+                             "with skips at 8/4 (default: %(default)s)")
     parser.add_argument('--alpha', type=float,
                         help="mobilenetv2's width multiplier (default: %(default)s)")
     parser.add_argument('--lr-schedule', choices=('constant', 'poly'),
@@ -404,8 +406,9 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
                                          'caffe' if weights else 'standardize', training)
 
         def tower(training):
-            return layers(*encoder(training), num_classes, args.weight_decay, strides,
-                          skip_scales)
+            *finer, layer3, layer4, layer7 = encoder(training)
+            return layers(layer3, layer4, layer7, num_classes, args.weight_decay, strides,
+                          skip_scales, finer)
         train_output = tower(True)
         with tf1.variable_scope(tf1.get_variable_scope(), reuse=True):
             output = tower(False)

@@ -3,8 +3,9 @@ that trains on a CPU, from scratch (no pretrained weights are used).
 
 Inverted residual blocks (1x1 expansion, 3x3 depthwise, linear 1x1 projection, a residual where
 shapes allow), batch normalisation and ReLU6, channel counts scaled by the width multiplier
-`alpha`. Two ways to feed the FCN decoder (`main.layers`):
+`alpha`. Three ways to feed the FCN decoder (`main.layers`):
 - 'fcn8s': the features at strides 8, 16 and 32, as VGG16's pool3, pool4 and fc7;
+- 'fcn4s': the same and the stride-4 features, for sharper boundaries;
 - 'dilated': the stride-16 and stride-32 stages dilated instead of strided (output stride 8),
   with skips at strides 8 and 4.
 Images come in as RGB 0..255 and are scaled to -1..1 inside, as MobileNetV2 expects.
@@ -22,7 +23,8 @@ WEIGHT_DECAY = 4e-5  # the paper's L2 on the encoder's kernels
 # initial statistics; from scratch, with a few thousand steps in all, its inference-mode model
 # was useless (road IoU 0.30 in the reference run) while 0.9 tracked the weights.
 BN_MOMENTUM = 0.9
-DECODERS = {'fcn8s': (8, 16, 32), 'dilated': (4, 8, 8)}  # strides of (layer3, layer4, layer7)
+# Strides of the features each decoder takes, finest first: (finer..., layer3, layer4, layer7).
+DECODERS = {'fcn8s': (8, 16, 32), 'fcn4s': (4, 8, 16, 32), 'dilated': (4, 8, 8)}
 
 
 def make_divisible(value, divisor=8):
@@ -61,8 +63,8 @@ def inverted_residual(x, expansion, channels, stride, rate, training, name):
 
 
 def build_encoder(image_input, training, alpha=1.0, decoder='fcn8s'):
-    """MobileNetV2 on `image_input`; returns the (layer3, layer4, layer7) features for the
-    decoder `decoder` (strides in DECODERS)."""
+    """MobileNetV2 on `image_input`; returns the features for the decoder `decoder`, at its
+    strides in DECODERS (the last, layer 7, is the encoder's output)."""
     dilate_from = DECODERS[decoder][-1]  # beyond this stride, dilate instead of striding
     with tf1.variable_scope('mobilenetv2'):
         x = conv_bn(image_input / 127.5 - 1, make_divisible(32 * alpha), 3, 2, training, 'conv1')
@@ -79,4 +81,4 @@ def build_encoder(image_input, training, alpha=1.0, decoder='fcn8s'):
                                       block_stride, rate, training, f'stage{s}_block{b + 1}')
         last = LAST_CHANNELS if alpha <= 1 else make_divisible(LAST_CHANNELS * alpha)
         x = conv_bn(x, last, 1, 1, training, 'conv_last')
-    return skips[DECODERS[decoder][0]], skips[DECODERS[decoder][1]], x
+    return (*(skips[stride] for stride in DECODERS[decoder][:-1]), x)

@@ -25,3 +25,14 @@ def test_count_flops_of_conv_depthwise_and_transposed_conv():
 def test_bad_options_are_one_line_errors(argv, message):
     with pytest.raises(helper.UserError, match=message):
         benchmark.parse_args(argv)
+
+
+def test_time_paired_gives_the_median_time_and_the_median_of_per_pair_ratios(monkeypatch):
+    monkeypatch.setattr(benchmark, 'PAUSE_S', 0)
+    times = iter([2, 1, 6, 2, 3, 3])  # (reference, fn) three times
+    monkeypatch.setattr(benchmark, 'seconds', lambda call: next(times))
+    calls = []
+    seconds, ratio = benchmark.time_paired(lambda: calls.append('fn'),
+                                           lambda: calls.append('reference'), 3)
+    assert calls == ['fn', 'reference']  # the warm-up; the timed calls go through seconds()
+    assert (seconds, ratio) == (2, 2)  # ratios 2, 3, 1; the medians' ratio would be 1.5

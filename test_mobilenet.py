@@ -42,7 +42,7 @@ def test_make_divisible_rounds_to_multiples_of_8_within_10_percent():
         [32, 8, 8, 72, 24]
 
 
-@pytest.mark.parametrize('encoder,decoder', [('mobilenetv2', 'fcn8s'),
+@pytest.mark.parametrize('encoder,decoder', [('mobilenetv2', 'fcn8s'), ('mobilenetv2', 'fcn4s'),
                                              ('mobilenetv2', 'dilated'), ('vgg16', 'fcn8s')])
 def test_both_towers_keep_unknown_input_sizes(encoder, decoder, monkeypatch):
     monkeypatch.setattr(main.vgg, 'BLOCKS', ((4, 4), (4, 4), (6, 6, 6), (8, 8, 8), (8, 8, 8)))
@@ -58,15 +58,31 @@ def test_both_towers_keep_unknown_input_sizes(encoder, decoder, monkeypatch):
             assert [o.shape for o in out] == [(2, *shape, 3)] * 2
 
 
-def test_dilated_encoder_keeps_stride_8_and_skips_at_4_and_8():
+def test_each_decoder_gets_the_features_at_its_strides():
     with tf.Graph().as_default():
         image = tf1.placeholder(tf.float32, [1, 64, 96, 3])
-        fcn8s = mobilenet.build_encoder(image, False, ALPHA, 'fcn8s')
-        with tf1.variable_scope('other'):
-            dilated = mobilenet.build_encoder(image, False, ALPHA, 'dilated')
-    assert [t.shape.as_list()[1:3] for t in fcn8s] == [[8, 12], [4, 6], [2, 3]]
-    assert [t.shape.as_list()[1:3] for t in dilated] == [[16, 24], [8, 12], [8, 12]]
-    assert [t.shape[-1] for t in dilated] == [8, 8, 1280]  # 24 and 32 channels times 0.1
+        features = {}
+        for decoder in ('fcn8s', 'fcn4s', 'dilated'):
+            with tf1.variable_scope(decoder):
+                features[decoder] = mobilenet.build_encoder(image, False, ALPHA, decoder)
+    sizes = {decoder: [t.shape.as_list()[1:3] for t in tensors]
+             for decoder, tensors in features.items()}
+    assert sizes == {'fcn8s': [[8, 12], [4, 6], [2, 3]],
+                     'fcn4s': [[16, 24], [8, 12], [4, 6], [2, 3]],
+                     'dilated': [[16, 24], [8, 12], [8, 12]]}
+    assert [t.shape[-1] for t in features['dilated']] == [8, 8, 1280]  # 24, 32 channels x 0.1
+    assert [t.shape[-1] for t in features['fcn4s']] == [8, 8, 16, 1280]
+
+
+def test_fcn4s_adds_a_stride_4_skip_and_upsamples_4x_at_the_end():
+    with tf.Graph().as_default(), tf1.Session() as sess:
+        main.build_network(sess, network_args('mobilenetv2', 'fcn4s'), 2)
+        kernels = {v.name: v.shape.as_list() for v in tf1.trainable_variables()
+                   if v.name.startswith('fcn8s/')}
+    assert kernels['fcn8s/score_pool2/kernel:0'] == [1, 1, 8, 2]
+    assert kernels['fcn8s/upscore_pool3/kernel:0'] == [4, 4, 2, 2]
+    assert kernels['fcn8s/upscore4/kernel:0'] == [8, 8, 2, 2]
+    assert 'fcn8s/upscore8/kernel:0' not in kernels
 
 
 def test_towers_share_weights_and_weight_decay_is_counted_once(trainable):
