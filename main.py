@@ -133,8 +133,7 @@ def lovasz_softmax(probabilities, labels, max_pixels=2 ** 18):
     how much each adds to the class's Jaccard loss at that point of the order. Averaged over the
     classes present in the batch; with two classes only class 1 (road) counts, the IoU that is
     reported. The sorts cost most, so above `max_pixels` valid pixels a random sample of about
-    that many is scored (a batch of 8 at 352x480 has 1.35 M); even so the term made MobileNetV2's
-    CamVid epochs take 60 s instead of 37 here (README, Results).
+    that many is scored (a batch of 8 at 352x480 has 1.35 M).
     """
     valid = tf.reduce_sum(labels, axis=1) > 0
     share = max_pixels / tf.maximum(tf.reduce_sum(tf.cast(valid, tf.float32)), 1.0)

@@ -242,8 +242,8 @@ def _quantize(values, details):
     if values.dtype == details['dtype'] and (scale, zero_point) == (1, 0):
         return values  # uint8 images into export.py's uint8 input: nothing to convert
     limits = np.iinfo(details['dtype'])
-    quantized = np.round(values.astype(np.float32) / np.float32(scale) + zero_point)
-    return np.clip(quantized, limits.min, limits.max).astype(details['dtype'])
+    return np.clip(np.round(values / scale + zero_point), limits.min, limits.max) \
+        .astype(details['dtype'])
 
 
 def _dequantize(values, details):
