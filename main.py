@@ -31,7 +31,7 @@ import transforms  # noqa: E402
 import vgg  # noqa: E402
 
 NUM_CLASSES = 2  # KITTI: not road, road; other data sets size the head from their classes
-OPTIONAL = {'resume', 'classes', 'remap'}  # options that may stay unset
+OPTIONAL = {'resume', 'classes', 'remap', 'train_crop'}  # options that may stay unset
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs',
                               'kitti_road.json')
 VGG_TENSORS = ('image_input:0', 'keep_prob:0', 'layer3_out:0', 'layer4_out:0', 'layer7_out:0')
@@ -251,6 +251,11 @@ def image_shape_arg(text):
     return height, width
 
 
+def train_crop_arg(text):
+    """Parse `HxW` as image_shape_arg does, or `none` for whole images."""
+    return None if text.lower() == 'none' else image_shape_arg(text)
+
+
 def encoder_weights_arg(text):
     """Parse `udacity`, `none` or `keras-h5:PATH`."""
     if text in ('udacity', 'none'):
@@ -305,6 +310,11 @@ def parse_args(argv=None):
                         help='training augmentation over the defaults '
                              f'{",".join(f"{k}={v:g}" for k, v in transforms.DEFAULTS.items())}'
                              '; "none,flip=0.5" for flips only (default: %(default)s)')
+    parser.add_argument('--train-crop', type=train_crop_arg, metavar='HxW',
+                        help='train on random HxW windows of the --image-shape images, '
+                             'multiples of 32 (validation and inference see whole images); '
+                             'cheaper steps, so more of them in the same time; none: whole '
+                             'images (default: %(default)s)')
     parser.add_argument('--class-weights', choices=('none', 'median'),
                         help='weight the loss by median-frequency balancing of the training '
                              'labels (default: %(default)s)')
@@ -349,6 +359,10 @@ def parse_args(argv=None):
     for flag in ('epochs', 'batch_size', 'tb_images_every'):
         if getattr(args, flag) < 1:
             parser.error(f'argument --{flag.replace("_", "-")}: must be at least 1')
+    crop = args.train_crop
+    if crop and any(c > n for c, n in zip(crop, args.image_shape)):
+        parser.error(f'argument --train-crop: {crop[0]}x{crop[1]} is larger than '
+                     f'--image-shape {args.image_shape[0]}x{args.image_shape[1]}')
     if args.lovasz_weight < 0:
         parser.error(f'argument --lovasz-weight: {args.lovasz_weight} must not be negative')
     if args.alpha <= 0:
@@ -440,7 +454,9 @@ def read_json(path, flag):
 def save_config(run_dir, args, class_weights):
     """Write every option and the library versions to run_dir/config.json."""
     config = {k: v for k, v in vars(args).items() if k not in ('config', 'resume')}
-    config['image_shape'] = '{}x{}'.format(*args.image_shape)
+    for shape in ('image_shape', 'train_crop'):
+        if config[shape]:
+            config[shape] = '{}x{}'.format(*config[shape])
     if class_weights is not None:
         config['class_weight_values'] = [round(float(w), 6) for w in class_weights]
     config['versions'] = {'tensorflow': tf.__version__, 'python': platform.python_version(),
@@ -580,9 +596,9 @@ def run(argv=None):
         args = resume_options(args.resume)
     dataset, train_pairs, val_pairs = data_split(args)
     classes = dataset.classes
+    augment = transforms.Augment(args.augment, args.train_crop)
     get_batches_fn = helper.BatchGenerator(train_pairs, args.image_shape, dataset.read_label,
-                                           classes.num_classes, transforms.Augment(args.augment),
-                                           args.seed)
+                                           classes.num_classes, augment, args.seed)
     val_samples = evaluate.load_samples(val_pairs, dataset.read_label)
     class_weights = datasets.median_frequency_weights(get_batches_fn.labels, classes.num_classes) \
         if args.class_weights == 'median' else None
@@ -605,9 +621,12 @@ def run(argv=None):
                                                   class_weights)
         get_batches_fn.epoch = start_epoch - 1
         log = helper.RunLog(os.path.join(run_dir, 'train.log'))
+        crop = args.train_crop
         log(f'run {run_dir}: {args.dataset} with {classes.num_classes} classes, '
             f'{len(train_pairs)} training and {len(val_pairs)} validation images at '
-            f'{args.image_shape[0]}x{args.image_shape[1]}, epochs {start_epoch}..{args.epochs}')
+            f'{args.image_shape[0]}x{args.image_shape[1]}'
+            + (f' (training on {crop[0]}x{crop[1]} crops)' if crop else '')
+            + f', epochs {start_epoch}..{args.epochs}')
 
         def predict(batch):
             return sess.run(probabilities, {input_image: batch, keep_prob: 1.0})

@@ -183,9 +183,17 @@ def test_main_trains_exports_and_evaluates_mobilenetv2_through_the_same_paths(tm
                         '--encoder', 'mobilenetv2', '--encoder-weights', 'none',
                         '--alpha', str(ALPHA), '--epochs', '2', '--batch-size', '2',
                         '--image-shape', '32x64', '--learning-rate', '0.01',
-                        '--lr-schedule', 'poly', '--val-fraction', '0.34'])
+                        '--lr-schedule', 'poly', '--val-fraction', '0.34',
+                        '--train-crop', '32x32'])
     info = json.loads(open(os.path.join(run_dir, 'model', 'fcn.json')).read())
     assert (info['encoder'], info['decoder'], info['alpha']) == ('mobilenetv2', 'fcn8s', ALPHA)
+    # Trained on 32x32 crops, exported and validated at the whole 32x64.
+    assert info['image_shape'] == [32, 64]
+    log = open(os.path.join(run_dir, 'train.log')).read()
+    assert 'at 32x64 (training on 32x32 crops)' in log
+    config = os.path.join(run_dir, 'config.json')
+    assert main.parse_args(['--config', config]).train_crop == (32, 32)
+    assert main.parse_args(['--config', config, '--train-crop', 'none']).train_crop is None
     records = json.loads(open(os.path.join(run_dir, 'metrics.json')).read())
     best = next(r for r in records['epochs'] if r['epoch'] == records['best_epoch'])
     assert all(r['seconds'] > 0 for r in records['epochs'])

@@ -163,18 +163,19 @@ def test_flip_happens_with_its_probability():
     assert 70 < sum(flips) < 130
 
 
+@pytest.mark.parametrize('crop', [None, (48, 64)])
 @pytest.mark.parametrize('name', GEOMETRIC)
-def test_palette_image_follows_its_label(name):
+def test_palette_image_follows_its_label(name, crop):
     """Where the output label is class c, away from region borders, the image is palette[c];
-    where it is void (outside the source), the image is 0."""
-    augment = only(**GEOMETRIC[name])
+    where it is void (outside the source), the image is 0; with a crop too."""
+    augment = transforms.Augment({**{k: 0 for k in SWITCHES}, **GEOMETRIC[name]}, crop)
     label = class_map()
     image = PALETTE[label]
     for seed in SEEDS:
         out_image, out_label = augment(image, label, np.random.default_rng(seed))
         for c in CLASSES:
             inside = interior(out_label == c)
-            assert inside.sum() > 50
+            assert inside.sum() > (50 if crop is None else 20)  # every class, away from borders
             assert np.abs(out_image[inside].astype(int) - PALETTE[c]).max() <= 1
         void = interior(out_label == VOID)
         assert not out_image[void].any()
@@ -212,6 +213,26 @@ def test_scale_zooms_within_its_range_and_crops_or_pads():
         if zoom > 1:  # a crop: every output pixel comes from inside the source
             assert valid == 1
     assert min(zooms) < 0.9 and max(zooms) > 1.1
+
+
+def test_crop_cuts_the_same_window_of_image_and_label_at_random_places():
+    image, label = coordinate_image(), class_map(48, 64)
+    corners = set()
+    for seed in SEEDS:
+        out_image, out_label = transforms.Augment('none', crop=(32, 16))(
+            image, label, np.random.default_rng(seed))
+        assert out_image.shape == (32, 16, 3) and out_label.shape == (32, 16)
+        x, y = out_image[0, 0, :2] // 4
+        corners.add((x, y))
+        np.testing.assert_array_equal(out_image, image[y:y + 32, x:x + 16])
+        np.testing.assert_array_equal(out_label, label[y:y + 32, x:x + 16])
+    assert len(corners) > 4 and all(x <= 48 and y <= 16 for x, y in corners)
+
+
+def test_crop_larger_than_the_image_is_an_error():
+    with pytest.raises(helper.UserError, match='crop 64x32 is larger than the 60x80'):
+        transforms.Augment(crop=(64, 32))(PALETTE[class_map()], class_map(),
+                                          np.random.default_rng(0))
 
 
 def test_rotation_is_about_the_centre_within_its_range():
