@@ -29,7 +29,12 @@ def read_run(run_dir):
         encoder += '-' + config.get('decoder', 'fcn8s')
     if config.get('lovasz_weight'):
         encoder += f' +{config["lovasz_weight"]:g} Lovasz'
-    label = f'{encoder} {config["image_shape"]} ({os.path.basename(os.path.normpath(run_dir))})'
+    shape = config['image_shape']
+    if config.get('train_crop') not in (None, 'none'):
+        shape += f' crops {config["train_crop"]}'
+    if 'batch_size' in config:
+        shape += f' batch {config["batch_size"]}'
+    label = f'{encoder} {shape} ({os.path.basename(os.path.normpath(run_dir))})'
     minutes, total = [], 0.0
     for record in records:
         total += record.get('seconds', float('nan')) / 60
