@@ -30,7 +30,7 @@ def read_run(run_dir):
     if config.get('lovasz_weight'):
         encoder += f' +{config["lovasz_weight"]:g} Lovasz'
     shape = config['image_shape']
-    if config.get('train_crop') not in (None, 'none'):
+    if config.get('train_crop'):  # save_config writes null for whole images
         shape += f' crops {config["train_crop"]}'
     if 'batch_size' in config:
         shape += f' batch {config["batch_size"]}'

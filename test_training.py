@@ -180,10 +180,10 @@ def test_plot_draws_the_curves_of_runs_and_rejects_other_folders(tmp_path):
         for e in (1, 2, 3)]}))
     label, epochs, minutes, losses, ious = plot.read_run(str(run))
     assert label == 'mobilenetv2-fcn8s 352x480 (run)' and epochs == [1, 2, 3]
+    assert minutes == [1, 2, 3] and ious == pytest.approx([0.6, 0.7, 0.8])
     (run / 'config.json').write_text(json.dumps({'encoder': 'vgg16', 'image_shape': '352x480',
                                                  'train_crop': '256x352', 'batch_size': 2}))
     assert plot.read_run(str(run))[0] == 'vgg16 352x480 crops 256x352 batch 2 (run)'
-    assert minutes == [1, 2, 3] and ious == pytest.approx([0.6, 0.7, 0.8])
     output = tmp_path / 'curve.png'
     plot.main([str(run), '--output', str(output), '--minutes', '--iou-min', '0.6'])
     assert fixtures.iio.imread(output).shape[:2] == (400, 1100)
