@@ -332,6 +332,10 @@ def parse_args(argv=None):
     parser.add_argument('--lr-schedule', choices=('constant', 'poly'),
                         help="constant, or poly: decayed as (1 - step/steps)^0.9 to 0 "
                              "(default: %(default)s)")
+    parser.add_argument('--ema-decay', type=float,
+                        help='validate, export and deploy an exponential moving average of the '
+                             'weights with this decay per step, e.g. 0.999; 0: the weights '
+                             'themselves (default: %(default)s)')
     parser.add_argument('--encoder-weights', type=encoder_weights_arg,
                         help="udacity (data-dir/vgg, downloaded if absent), keras-h5:PATH "
                              "(Keras's VGG16 ImageNet file) or none (from scratch) "
@@ -365,6 +369,11 @@ def parse_args(argv=None):
                      f'--image-shape {args.image_shape[0]}x{args.image_shape[1]}')
     if args.lovasz_weight < 0:
         parser.error(f'argument --lovasz-weight: {args.lovasz_weight} must not be negative')
+    if not 0 <= args.ema_decay < 1:
+        parser.error(f'argument --ema-decay: {args.ema_decay} must be in [0, 1)')
+    if args.ema_decay and args.encoder_weights == 'udacity':
+        parser.error('--ema-decay needs an encoder built in the graph (--encoder-weights none '
+                     'or keras-h5:PATH); the frozen udacity VGG16 has a single tower')
     if args.alpha <= 0:
         parser.error(f'argument --alpha: {args.alpha} must be above 0')
     if args.encoder == 'mobilenetv2' and args.encoder_weights != 'none':
@@ -375,7 +384,8 @@ def parse_args(argv=None):
     return args
 
 
-Network = collections.namedtuple('Network', 'input_image keep_prob train_output output initialise')
+Network = collections.namedtuple('Network', 'input_image keep_prob train_output output initialise '
+                                            'averaged')
 
 
 def build_network(sess, args, num_classes, input_shape=(None, None, None)):
@@ -388,8 +398,14 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
     the graph that is deployed. `initialise()` initialises every variable not restored from a
     SavedModel, then loads Keras weights when given. `input_shape` (batch, height, width) fixes
     the input's shape for in-graph encoders (the benchmark counts FLOPs on static shapes).
+
+    With `args.ema_decay`, the inference tower reads an exponential moving average of each of
+    the network's variables (weights and batch norm statistics) instead of the variable:
+    `averaged(train_op)` is the training op that also updates those averages after each step.
+    The average of many steps' weights is smoother than the last step's, and averaging the batch
+    norm statistics with them keeps the two consistent.
     """
-    restored, weights = set(), None
+    restored, weights, averages = set(), None, {}
     if args.encoder_weights == 'udacity':
         try:
             vgg_path = helper.maybe_download_pretrained_vgg(args.data_dir)
@@ -423,7 +439,18 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
             return layers(layer3, layer4, layer7, num_classes, args.weight_decay, strides,
                           skip_scales, finer)
         train_output = tower(True)
-        with tf1.variable_scope(tf1.get_variable_scope(), reuse=True):
+        if args.ema_decay:
+            averages = {v.ref(): tf1.get_variable(v.op.name + '/average', v.shape, v.dtype,
+                                                  tf1.zeros_initializer(), trainable=False)
+                        for v in tf1.global_variables()}  # the network's, so far
+            count = tf1.get_variable('average_count', [], tf.float32, tf1.zeros_initializer(),
+                                     trainable=False)
+
+        def averaged_getter(getter, *a, **kw):
+            variable = getter(*a, **kw)
+            return averages.get(variable.ref(), variable)
+        with tf1.variable_scope(tf1.get_variable_scope(), reuse=True,
+                                custom_getter=averaged_getter):
             output = tower(False)
 
     def initialise():
@@ -431,7 +458,20 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
                                             if v.name not in restored]))
         if weights:
             vgg.assign_weights(sess, weights)
-    return Network(image_input, keep_prob, train_output, output, initialise)
+        sess.run([average.assign(v.deref()) for v, average in averages.items()])
+
+    def averaged(train_op):
+        """After each step, average <- d * average + (1 - d) * weight, where d ramps up as
+        min(ema_decay, (1 + n) / (10 + n)) at the n-th step, so early averages follow the
+        weights instead of remembering their random start."""
+        if not averages:
+            return train_op
+        with tf.control_dependencies([train_op]):
+            n = count.assign_add(1.0)
+            decay = tf.minimum(float(args.ema_decay), (1 + n) / (10 + n))
+            return tf.group([average.assign(decay * average + (1 - decay) * v.deref())
+                             for v, average in averages.items()], name='train_and_average')
+    return Network(image_input, keep_prob, train_output, output, initialise, averaged)
 
 
 def learning_rate_schedule(args, steps_per_epoch):
@@ -613,6 +653,7 @@ def run(argv=None):
         _, train_op, cross_entropy_loss = optimize(net.train_output, correct_label, learning_rate,
                                                    classes.num_classes, class_weights,
                                                    args.lovasz_weight)
+        train_op = net.averaged(train_op)
         probabilities = tf.nn.softmax(net.output, name='probabilities')
         saver = tf1.train.Saver(max_to_keep=None)
         net.initialise()

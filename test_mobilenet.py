@@ -12,9 +12,10 @@ tf, tf1 = main.tf, main.tf1
 ALPHA = 0.1  # 8 channels in most layers: fast, yet every block is built
 
 
-def network_args(encoder='mobilenetv2', decoder='fcn8s'):
+def network_args(encoder='mobilenetv2', decoder='fcn8s', ema_decay=0.0):
     return argparse.Namespace(encoder=encoder, decoder=decoder, alpha=ALPHA,
-                              encoder_weights='none', weight_decay=1e-3, data_dir='.')
+                              encoder_weights='none', weight_decay=1e-3, data_dir='.',
+                              ema_decay=ema_decay)
 
 
 @pytest.fixture
@@ -134,6 +135,46 @@ def test_saved_and_reloaded_model_gives_identical_outputs(trainable, tmp_path):
     np.testing.assert_array_equal(got, expected)
 
 
+def test_inference_tower_reads_the_moving_averages_of_the_weights():
+    with tf.Graph().as_default(), tf1.Session() as sess:
+        tf1.set_random_seed(0)
+        net = main.build_network(sess, network_args(ema_decay=0.5), 2)
+        averages = [v for v in tf1.global_variables() if v.name.endswith('/average:0')]
+        weights = [v for v in tf1.global_variables()  # batch norm statistics included
+                   if v not in averages and v.name != 'average_count:0']
+        assert any('moving_mean' in w.name for w in weights)
+        label = tf1.placeholder(tf.float32, [None, None, None, 2])
+        _, train_op, _ = main.optimize(net.train_output, label, 1e-2, 2)
+        train_op = net.averaged(train_op)
+        net.initialise()
+        assert [a.name for a in averages] == [w.name[:-2] + '/average:0' for w in weights]
+        assert all(np.array_equal(a, w) for a, w in zip(*sess.run([averages, weights])))
+        x = images()
+        y = np.eye(2, dtype=np.float32)[np.random.default_rng(1).integers(0, 2, x.shape[:3])]
+        for step in (1, 2, 3):  # decay min(0.5, (1 + n) / (10 + n)): 2/11, 3/12, then 0.5
+            before, old = sess.run([weights, averages])
+            sess.run(train_op, {net.input_image: x, label: y})
+            after, new = sess.run([weights, averages])
+            decay = min(0.5, (1 + step) / (10 + step))
+            for w0, w1, a0, a1 in zip(before, after, old, new):
+                np.testing.assert_allclose(a1, decay * a0 + (1 - decay) * w1, rtol=1e-5,
+                                           atol=1e-7)
+            assert any(not np.allclose(w0, w1) for w0, w1 in zip(before, after))
+        assert any(not np.allclose(a, w) for a, w in zip(new, after))
+        # Inference ignores the variables themselves and follows their averages.
+        output = sess.run(net.output, {net.input_image: x})
+        sess.run([w.assign(tf.zeros_like(w)) for w in weights])
+        np.testing.assert_array_equal(sess.run(net.output, {net.input_image: x}), output)
+        sess.run([a.assign(tf.zeros_like(a)) for a in averages])
+        assert not np.allclose(sess.run(net.output, {net.input_image: x}), output)
+
+
+def test_without_ema_decay_training_op_is_unchanged(trainable):
+    sess, net, _, train_op = trainable
+    assert net.averaged(train_op) is train_op
+    assert not [v for v in tf1.global_variables() if 'average' in v.name]
+
+
 def test_poly_schedule_decays_to_zero_and_constant_stays():
     args = argparse.Namespace(learning_rate=1e-3, lr_schedule='poly', epochs=4)
     poly = main.learning_rate_schedule(args, steps_per_epoch=5)
@@ -184,7 +225,7 @@ def test_main_trains_exports_and_evaluates_mobilenetv2_through_the_same_paths(tm
                         '--alpha', str(ALPHA), '--epochs', '2', '--batch-size', '2',
                         '--image-shape', '32x64', '--learning-rate', '0.01',
                         '--lr-schedule', 'poly', '--val-fraction', '0.34',
-                        '--train-crop', '32x32'])
+                        '--train-crop', '32x32', '--ema-decay', '0.9'])
     info = json.loads(open(os.path.join(run_dir, 'model', 'fcn.json')).read())
     assert (info['encoder'], info['decoder'], info['alpha']) == ('mobilenetv2', 'fcn8s', ALPHA)
     # Trained on 32x32 crops, exported and validated at the whole 32x64.
@@ -197,7 +238,8 @@ def test_main_trains_exports_and_evaluates_mobilenetv2_through_the_same_paths(tm
     records = json.loads(open(os.path.join(run_dir, 'metrics.json')).read())
     best = next(r for r in records['epochs'] if r['epoch'] == records['best_epoch'])
     assert all(r['seconds'] > 0 for r in records['epochs'])
-    # The exported inference tower, batch norm statistics included, scores as validation did.
+    # The exported inference tower, batch norm statistics and weight averages included,
+    # scores as validation did.
     evaluate.main(['--model', run_dir, '--data-dir', str(data)])
     got = json.loads(open(os.path.join(run_dir, 'eval-val', 'metrics.json')).read())
     assert got['iou'] == pytest.approx(best['val']['iou'], abs=1e-9)
