@@ -31,6 +31,7 @@ import transforms  # noqa: E402
 import vgg  # noqa: E402
 
 NUM_CLASSES = 2  # KITTI: not road, road; other data sets size the head from their classes
+CALIBRATION_IMAGES = 32  # batch norm statistics of the averaged weights come from these
 OPTIONAL = {'resume', 'classes', 'remap', 'train_crop'}  # options that may stay unset
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs',
                               'kitti_road.json')
@@ -385,7 +386,7 @@ def parse_args(argv=None):
 
 
 Network = collections.namedtuple('Network', 'input_image keep_prob train_output output initialise '
-                                            'averaged')
+                                            'averaged calibrate')
 
 
 def build_network(sess, args, num_classes, input_shape=(None, None, None)):
@@ -399,13 +400,15 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
     SavedModel, then loads Keras weights when given. `input_shape` (batch, height, width) fixes
     the input's shape for in-graph encoders (the benchmark counts FLOPs on static shapes).
 
-    With `args.ema_decay`, the inference tower reads an exponential moving average of each of
-    the network's variables (weights and batch norm statistics) instead of the variable:
-    `averaged(train_op)` is the training op that also updates those averages after each step.
-    The average of many steps' weights is smoother than the last step's, and averaging the batch
-    norm statistics with them keeps the two consistent.
+    With `args.ema_decay`, the inference tower reads an exponential moving average of the
+    trainable weights instead of the weights: `averaged(train_op)` is the training op that also
+    updates the averages after each step. Batch norm statistics gathered under the training
+    weights do not fit their average (as for stochastic weight averaging), so the inference
+    tower's statistics are measured anew for the averaged weights: `calibrate(images)` sets
+    them to the statistics of a batch of images run through the averaged weights, and does
+    nothing without --ema-decay.
     """
-    restored, weights, averages = set(), None, {}
+    restored, weights, averages, calibration = set(), None, {}, []
     if args.encoder_weights == 'udacity':
         try:
             vgg_path = helper.maybe_download_pretrained_vgg(args.data_dir)
@@ -452,6 +455,14 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
         with tf1.variable_scope(tf1.get_variable_scope(), reuse=True,
                                 custom_getter=averaged_getter):
             output = tower(False)
+            if averages:  # a training-mode tower on the averages, for its batch statistics
+                update_ops = tf1.get_collection_ref(tf1.GraphKeys.UPDATE_OPS)
+                statistics = tf1.get_collection_ref(ops.BATCH_STATISTICS)
+                kept, known = len(update_ops), len(statistics)
+                tower(True)
+                del update_ops[kept:]  # not run by training steps
+                calibration = [moving.assign(batch) for moving, batch in statistics[known:]]
+                del statistics[known:]
 
     def initialise():
         sess.run(tf1.variables_initializer([v for v in tf1.global_variables()
@@ -470,8 +481,13 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
             n = count.assign_add(1.0)
             decay = tf.minimum(float(args.ema_decay), (1 + n) / (10 + n))
             return tf.group([average.assign(decay * average + (1 - decay) * v.deref())
-                             for v, average in averages.items()], name='train_and_average')
-    return Network(image_input, keep_prob, train_output, output, initialise, averaged)
+                             for v, average in averages.items() if v.deref().trainable],
+                            name='train_and_average')
+
+    def calibrate(images):
+        if calibration:
+            sess.run(calibration, {image_input: images, keep_prob: 1.0})
+    return Network(image_input, keep_prob, train_output, output, initialise, averaged, calibrate)
 
 
 def learning_rate_schedule(args, steps_per_epoch):
@@ -687,10 +703,16 @@ def run(argv=None):
         batches = -(-len(get_batches_fn) // args.batch_size)
         monitor = RunMonitor(run_dir, sess, saver, predict, export, val_samples, args, log,
                              records, (start_epoch - 1) * batches, classes)
+        calibration_images = calibration_batch(train_pairs, args.image_shape) \
+            if args.ema_decay else None
+
+        def epoch_end(epoch, mean_loss):
+            net.calibrate(calibration_images)
+            monitor.epoch_end(epoch, mean_loss)
         train_nn(sess, args.epochs, args.batch_size, get_batches_fn, train_op, cross_entropy_loss,
                  input_image, correct_label, keep_prob, learning_rate, args.keep_prob,
                  learning_rate_schedule(args, batches), log, start_epoch, monitor.step,
-                 monitor.epoch_end)
+                 epoch_end)
         if monitor.best:  # overlays from the model that was exported
             best = checkpoints.folder_for(os.path.join(run_dir, 'checkpoints'),
                                           monitor.best['epoch'])
@@ -703,6 +725,15 @@ def run(argv=None):
         helper.write_legend(os.path.join(run_dir, 'legend.png'), classes.names, colors)
         log(f'model and overlays written to {run_dir}')
     return run_dir
+
+
+def calibration_batch(train_pairs, image_shape, count=CALIBRATION_IMAGES):
+    """`count` training images spread over the training set, whole and unaugmented as
+    inference sees them, at the training size: the batch whose statistics the averaged
+    weights' batch norm takes (`Network.calibrate`)."""
+    step = max(1, len(train_pairs) // count)
+    return np.stack([helper.resize_image(helper.read_rgb(image), image_shape)
+                     for image, _ in train_pairs[::step][:count]])
 
 
 def start_run(sess, saver, args, train_pairs, val_pairs, class_weights):

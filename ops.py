@@ -21,12 +21,16 @@ def weight(name, shape, initializer, weight_decay=0.0):
     return variable
 
 
+BATCH_STATISTICS = 'batch_statistics'  # (moving statistic, the batch's) pairs
+
+
 def batch_norm(x, training, momentum, epsilon=1e-3, name='bn'):
     """Batch normalisation over the last axis.
 
     Training: normalise with the batch's statistics and put the moving-average updates in
-    UPDATE_OPS (`optimize` runs them with each step). Inference: normalise with the moving
-    statistics, which nothing changes. `momentum` is the moving averages' decay per step.
+    UPDATE_OPS (`optimize` runs them with each step), and each (moving statistic, batch
+    statistic) pair in BATCH_STATISTICS. Inference: normalise with the moving statistics, which
+    nothing changes. `momentum` is the moving averages' decay per step.
     """
     channels = x.shape[-1]
     with tf1.variable_scope(name):
@@ -43,4 +47,5 @@ def batch_norm(x, training, momentum, epsilon=1e-3, name='bn'):
         for moving, batch in ((moving_mean, mean), (moving_variance, variance)):
             tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS,
                                   tf1.assign_sub(moving, (moving - batch) * (1 - momentum)))
+            tf1.add_to_collection(BATCH_STATISTICS, (moving, batch))
         return y

@@ -135,44 +135,60 @@ def test_saved_and_reloaded_model_gives_identical_outputs(trainable, tmp_path):
     np.testing.assert_array_equal(got, expected)
 
 
-def test_inference_tower_reads_the_moving_averages_of_the_weights():
+def test_inference_tower_reads_averaged_weights_and_their_calibrated_statistics():
     with tf.Graph().as_default(), tf1.Session() as sess:
         tf1.set_random_seed(0)
         net = main.build_network(sess, network_args(ema_decay=0.5), 2)
         averages = [v for v in tf1.global_variables() if v.name.endswith('/average:0')]
-        weights = [v for v in tf1.global_variables()  # batch norm statistics included
-                   if v not in averages and v.name != 'average_count:0']
-        assert any('moving_mean' in w.name for w in weights)
+        variables = [v for v in tf1.global_variables()  # batch norm statistics included
+                     if v not in averages and v.name != 'average_count:0']
+        assert [a.name for a in averages] == [v.name[:-2] + '/average:0' for v in variables]
+        statistics = [v.trainable for v in variables].count(False)
+        assert statistics and \
+            len(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)) == statistics  # one tower's
         label = tf1.placeholder(tf.float32, [None, None, None, 2])
         _, train_op, _ = main.optimize(net.train_output, label, 1e-2, 2)
         train_op = net.averaged(train_op)
         net.initialise()
-        assert [a.name for a in averages] == [w.name[:-2] + '/average:0' for w in weights]
-        assert all(np.array_equal(a, w) for a, w in zip(*sess.run([averages, weights])))
+        assert all(np.array_equal(a, v) for a, v in zip(*sess.run([averages, variables])))
         x = images()
         y = np.eye(2, dtype=np.float32)[np.random.default_rng(1).integers(0, 2, x.shape[:3])]
         for step in (1, 2, 3):  # decay min(0.5, (1 + n) / (10 + n)): 2/11, 3/12, then 0.5
-            before, old = sess.run([weights, averages])
+            old = sess.run(averages)
             sess.run(train_op, {net.input_image: x, label: y})
-            after, new = sess.run([weights, averages])
+            after, new = sess.run([variables, averages])
             decay = min(0.5, (1 + step) / (10 + step))
-            for w0, w1, a0, a1 in zip(before, after, old, new):
-                np.testing.assert_allclose(a1, decay * a0 + (1 - decay) * w1, rtol=1e-5,
-                                           atol=1e-7)
-            assert any(not np.allclose(w0, w1) for w0, w1 in zip(before, after))
-        assert any(not np.allclose(a, w) for a, w in zip(new, after))
+            for v, v1, a0, a1 in zip(variables, after, old, new):
+                expected = decay * a0 + (1 - decay) * v1 if v.trainable else a0
+                np.testing.assert_allclose(a1, expected, rtol=1e-5, atol=1e-7)
+        assert any(not np.allclose(a, v) for a, v in zip(new, after))
+        # Calibration: the first batch norm's statistics are those of the batch's first
+        # convolution under the averaged kernel; the weights' averages stay.
+        net.calibrate(x)
+        calibrated = dict(zip([a.name for a in averages], sess.run(averages)))
+        kernel = calibrated['mobilenetv2/conv1/kernel/average:0']
+        conv = sess.run(tf.nn.conv2d(x / 127.5 - 1, kernel, 2, 'SAME'))
+        np.testing.assert_allclose(calibrated['mobilenetv2/conv1/bn/moving_mean/average:0'],
+                                   conv.mean((0, 1, 2)), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(calibrated['mobilenetv2/conv1/bn/moving_variance/average:0'],
+                                   conv.var((0, 1, 2)), rtol=1e-3)
+        for v, a0, a1 in zip(variables, new, sess.run(averages)):
+            assert np.array_equal(a0, a1) == v.trainable
         # Inference ignores the variables themselves and follows their averages.
         output = sess.run(net.output, {net.input_image: x})
-        sess.run([w.assign(tf.zeros_like(w)) for w in weights])
+        sess.run([v.assign(tf.zeros_like(v)) for v in variables])
         np.testing.assert_array_equal(sess.run(net.output, {net.input_image: x}), output)
-        sess.run([a.assign(tf.zeros_like(a)) for a in averages])
+        sess.run([a.assign(tf.zeros_like(a)) for a in averages if 'moving_' not in a.name])
         assert not np.allclose(sess.run(net.output, {net.input_image: x}), output)
 
 
-def test_without_ema_decay_training_op_is_unchanged(trainable):
+def test_without_ema_decay_training_op_is_unchanged_and_nothing_calibrates(trainable):
     sess, net, _, train_op = trainable
     assert net.averaged(train_op) is train_op
     assert not [v for v in tf1.global_variables() if 'average' in v.name]
+    before = moving_statistics(sess)
+    net.calibrate(images())
+    assert all(np.array_equal(v, moving_statistics(sess)[k]) for k, v in before.items())
 
 
 def test_poly_schedule_decays_to_zero_and_constant_stays():
