@@ -29,6 +29,8 @@ def read_run(run_dir):
         encoder += '-' + config.get('decoder', 'fcn8s')
     if config.get('lovasz_weight'):
         encoder += f' +{config["lovasz_weight"]:g} Lovasz'
+    if config.get('ema_decay'):
+        encoder += f' EMA {config["ema_decay"]:g}'
     shape = config['image_shape']
     if config.get('train_crop'):  # save_config writes null for whole images
         shape += f' crops {config["train_crop"]}'
