@@ -335,8 +335,9 @@ def parse_args(argv=None):
                              "(default: %(default)s)")
     parser.add_argument('--ema-decay', type=float,
                         help='validate, export and deploy an exponential moving average of the '
-                             'weights with this decay per step, e.g. 0.999; 0: the weights '
-                             'themselves (default: %(default)s)')
+                             'weights with this decay per step, e.g. 0.9995, its batch-norm '
+                             'statistics measured on 32 training images after every epoch; 0: '
+                             'the weights themselves (default: %(default)s)')
     parser.add_argument('--encoder-weights', type=encoder_weights_arg,
                         help="udacity (data-dir/vgg, downloaded if absent), keras-h5:PATH "
                              "(Keras's VGG16 ImageNet file) or none (from scratch) "
