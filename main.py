@@ -457,13 +457,10 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
                                 custom_getter=averaged_getter):
             output = tower(False)
             if averages:  # a training-mode tower on the averages, for its batch statistics
-                update_ops = tf1.get_collection_ref(tf1.GraphKeys.UPDATE_OPS)
-                statistics = tf1.get_collection_ref(ops.BATCH_STATISTICS)
-                kept, known = len(update_ops), len(statistics)
+                known = len(tf1.get_collection(ops.BATCH_STATISTICS))
                 tower(True)
-                del update_ops[kept:]  # not run by training steps
-                calibration = [moving.assign(batch) for moving, batch in statistics[known:]]
-                del statistics[known:]
+                calibration = [moving.assign(batch) for moving, batch
+                               in tf1.get_collection(ops.BATCH_STATISTICS)[known:]]
 
     def initialise():
         sess.run(tf1.variables_initializer([v for v in tf1.global_variables()

@@ -27,10 +27,12 @@ BATCH_STATISTICS = 'batch_statistics'  # (moving statistic, the batch's) pairs
 def batch_norm(x, training, momentum, epsilon=1e-3, name='bn'):
     """Batch normalisation over the last axis.
 
-    Training: normalise with the batch's statistics and put the moving-average updates in
-    UPDATE_OPS (`optimize` runs them with each step), and each (moving statistic, batch
-    statistic) pair in BATCH_STATISTICS. Inference: normalise with the moving statistics, which
-    nothing changes. `momentum` is the moving averages' decay per step.
+    Training: normalise with the batch's statistics, put each (moving statistic, batch
+    statistic) pair in BATCH_STATISTICS and the moving-average updates in UPDATE_OPS
+    (`optimize` runs them with each step), once: not again when a later training-mode tower
+    reuses the variables (main.build_network's calibration tower). Inference: normalise with
+    the moving statistics, which nothing changes. `momentum` is the moving averages' decay per
+    step.
     """
     channels = x.shape[-1]
     with tf1.variable_scope(name):
@@ -45,7 +47,8 @@ def batch_norm(x, training, momentum, epsilon=1e-3, name='bn'):
                                            epsilon, is_training=False)[0]
         y, mean, variance = tf1.nn.fused_batch_norm(x, gamma, beta, epsilon=epsilon)
         for moving, batch in ((moving_mean, mean), (moving_variance, variance)):
-            tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS,
-                                  tf1.assign_sub(moving, (moving - batch) * (1 - momentum)))
             tf1.add_to_collection(BATCH_STATISTICS, (moving, batch))
+            if not tf1.get_variable_scope().reuse:
+                tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS,
+                                      tf1.assign_sub(moving, (moving - batch) * (1 - momentum)))
         return y
