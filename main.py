@@ -126,6 +126,20 @@ def layers(vgg_layer3_out, vgg_layer4_out, vgg_layer7_out, num_classes, weight_d
         return tf.identity(_upsample(fused, stride, f'upscore{stride}', weight_decay), 'fcn_out')
 
 
+def pyramid_layers(features, num_classes, training, weight_decay=1e-3,
+                   strides=mobilenet.DECODERS['fpn']):
+    """The 'fpn' decoder: MobileNetV2's features merged top-down (`mobilenet.pyramid`), scored
+    by a 1x1 convolution at the finest stride and upsampled from there to the input's size by a
+    bilinear-initialised transposed convolution, as `layers` ends.
+    :return: [batch, height, width, num_classes] logits at the input's size
+    """
+    with tf1.variable_scope('fpn'):
+        merged = mobilenet.pyramid(features, strides, training)
+        score = _score(merged, num_classes, 'score', weight_decay)
+        return tf.identity(_upsample(score, strides[0], f'upscore{strides[0]}', weight_decay),
+                           'fcn_out')
+
+
 def lovasz_softmax(probabilities, labels, max_pixels=2 ** 18):
     """Berman et al.'s Lovasz-softmax loss (CVPR 2018): the convex surrogate of 1 - IoU, over
     the non-void pixels of `probabilities` and one-hot `labels`, both [pixels, num_classes].
@@ -325,9 +339,10 @@ def parse_args(argv=None):
     parser.add_argument('--encoder', choices=('vgg16', 'mobilenetv2'),
                         help='the backbone (default: %(default)s)')
     parser.add_argument('--decoder', choices=sorted(mobilenet.DECODERS),
-                        help="mobilenetv2's features for the FCN decoder: strides 8/16/32, "
-                             "fcn4s adds a stride-4 skip, dilated: stride-16/32 stages dilated "
-                             "with skips at 8/4 (default: %(default)s)")
+                        help="mobilenetv2's decoder: fcn8s, the FCN decoder on strides "
+                             "8/16/32; fcn4s adds a stride-4 skip; dilated: stride-16/32 stages "
+                             "dilated with skips at 8/4; fpn: strides 4-32 merged as features "
+                             "(a feature pyramid), scored once (default: %(default)s)")
     parser.add_argument('--alpha', type=float,
                         help="mobilenetv2's width multiplier (default: %(default)s)")
     parser.add_argument('--lr-schedule', choices=('constant', 'poly'),
@@ -439,6 +454,9 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
                                          'caffe' if weights else 'standardize', training)
 
         def tower(training):
+            if args.decoder == 'fpn':
+                return pyramid_layers(encoder(training), num_classes, training,
+                                      args.weight_decay)
             *finer, layer3, layer4, layer7 = encoder(training)
             return layers(layer3, layer4, layer7, num_classes, args.weight_decay, strides,
                           skip_scales, finer)

@@ -44,7 +44,8 @@ def test_make_divisible_rounds_to_multiples_of_8_within_10_percent():
 
 
 @pytest.mark.parametrize('encoder,decoder', [('mobilenetv2', 'fcn8s'), ('mobilenetv2', 'fcn4s'),
-                                             ('mobilenetv2', 'dilated'), ('vgg16', 'fcn8s')])
+                                             ('mobilenetv2', 'dilated'), ('mobilenetv2', 'fpn'),
+                                             ('vgg16', 'fcn8s')])
 def test_both_towers_keep_unknown_input_sizes(encoder, decoder, monkeypatch):
     monkeypatch.setattr(main.vgg, 'BLOCKS', ((4, 4), (4, 4), (6, 6, 6), (8, 8, 8), (8, 8, 8)))
     monkeypatch.setattr(main.vgg, 'FC_WIDTH', 16)  # a few channels suffice
@@ -63,14 +64,15 @@ def test_each_decoder_gets_the_features_at_its_strides():
     with tf.Graph().as_default():
         image = tf1.placeholder(tf.float32, [1, 64, 96, 3])
         features = {}
-        for decoder in ('fcn8s', 'fcn4s', 'dilated'):
+        for decoder in ('fcn8s', 'fcn4s', 'dilated', 'fpn'):
             with tf1.variable_scope(decoder):
                 features[decoder] = mobilenet.build_encoder(image, False, ALPHA, decoder)
     sizes = {decoder: [t.shape.as_list()[1:3] for t in tensors]
              for decoder, tensors in features.items()}
     assert sizes == {'fcn8s': [[8, 12], [4, 6], [2, 3]],
                      'fcn4s': [[16, 24], [8, 12], [4, 6], [2, 3]],
-                     'dilated': [[16, 24], [8, 12], [8, 12]]}
+                     'dilated': [[16, 24], [8, 12], [8, 12]],
+                     'fpn': [[16, 24], [8, 12], [4, 6], [2, 3]]}
     assert [t.shape[-1] for t in features['dilated']] == [8, 8, 1280]  # 24, 32 channels x 0.1
     assert [t.shape[-1] for t in features['fcn4s']] == [8, 8, 16, 1280]
 
@@ -84,6 +86,28 @@ def test_fcn4s_adds_a_stride_4_skip_and_upsamples_4x_at_the_end():
     assert kernels['fcn8s/upscore_pool3/kernel:0'] == [4, 4, 2, 2]
     assert kernels['fcn8s/upscore4/kernel:0'] == [8, 8, 2, 2]
     assert 'fcn8s/upscore8/kernel:0' not in kernels
+
+
+def test_fpn_merges_features_top_down_then_scores_once_at_stride_4():
+    with tf.Graph().as_default(), tf1.Session() as sess:
+        net = main.build_network(sess, network_args('mobilenetv2', 'fpn'), 2)
+        kernels = {v.name[:-len('/kernel:0')]: v.shape.as_list()
+                   for v in tf1.trainable_variables() if v.name.endswith('/kernel:0')}
+        net.initialise()
+        x = images(2)
+        merged, output = sess.run(['fpn/pyramid/merge4_pointwise/Relu6:0', net.output],
+                                  {net.input_image: x})
+    decoder = {name[len('fpn/'):]: shape for name, shape in kernels.items()
+               if name.startswith('fpn/')}
+    channels = mobilenet.PYRAMID_CHANNELS
+    assert decoder == {
+        'pyramid/lateral32': [1, 1, 1280, channels], 'pyramid/lateral16': [1, 1, 16, channels],
+        'pyramid/lateral8': [1, 1, 8, channels], 'pyramid/lateral4': [1, 1, 8, channels],
+        **{f'pyramid/merge{s}_depthwise': [3, 3, channels, 1] for s in (16, 8, 4)},
+        **{f'pyramid/merge{s}_pointwise': [1, 1, channels, channels] for s in (16, 8, 4)},
+        'score': [1, 1, channels, 2], 'upscore4': [8, 8, 2, 2]}
+    assert merged.shape == (2, 16, 24, channels) and output.shape == (2, 64, 96, 2)
+    assert not any(name.startswith('fcn8s/') for name in kernels)
 
 
 def test_towers_share_weights_and_weight_decay_is_counted_once(trainable):
@@ -241,9 +265,9 @@ def test_main_trains_exports_and_evaluates_mobilenetv2_through_the_same_paths(tm
                         '--alpha', str(ALPHA), '--epochs', '2', '--batch-size', '2',
                         '--image-shape', '32x64', '--learning-rate', '0.01',
                         '--lr-schedule', 'poly', '--val-fraction', '0.34',
-                        '--train-crop', '32x32', '--ema-decay', '0.9'])
+                        '--train-crop', '32x32', '--ema-decay', '0.9', '--decoder', 'fpn'])
     info = json.loads(open(os.path.join(run_dir, 'model', 'fcn.json')).read())
-    assert (info['encoder'], info['decoder'], info['alpha']) == ('mobilenetv2', 'fcn8s', ALPHA)
+    assert (info['encoder'], info['decoder'], info['alpha']) == ('mobilenetv2', 'fpn', ALPHA)
     # Trained on 32x32 crops, exported and validated at the whole 32x64.
     assert info['image_shape'] == [32, 64]
     log = open(os.path.join(run_dir, 'train.log')).read()
