@@ -254,7 +254,8 @@ def test_train_nn_feeds_the_schedule_the_global_step(trainable, start_epoch):
     assert steps == list(range(3 * (start_epoch - 1), 12))
 
 
-def test_main_trains_exports_and_evaluates_mobilenetv2_through_the_same_paths(tmp_path):
+def test_main_trains_exports_evaluates_and_resumes_mobilenetv2_through_the_same_paths(
+        tmp_path):
     import json
     import evaluate
     import project_tests as fixtures
@@ -285,3 +286,18 @@ def test_main_trains_exports_and_evaluates_mobilenetv2_through_the_same_paths(tm
     assert got['iou'] == pytest.approx(best['val']['iou'], abs=1e-9)
     assert got['kitti_road']['max_f'] == pytest.approx(best['val']['kitti_road']['max_f'],
                                                        abs=1e-9)
+    # Interrupted after epoch 1, the run resumes from that checkpoint, weight averages and
+    # their step count included: epoch 2 is validated exactly as before (a fresh average of
+    # the restored weights would score differently).
+    import shutil
+    import checkpoints
+    epoch2 = next(r for r in records['epochs'] if r['epoch'] == 2)
+    shutil.rmtree(checkpoints.folder_for(os.path.join(run_dir, 'checkpoints'), 2))
+    main.run(['--resume', run_dir])
+    redone = json.loads(open(os.path.join(run_dir, 'metrics.json')).read())['epochs']
+    assert [r['epoch'] for r in redone] == [1, 2]
+    assert redone[1]['train_loss'] == pytest.approx(epoch2['train_loss'], abs=1e-6)
+    assert redone[1]['val']['iou'] == pytest.approx(epoch2['val']['iou'], abs=1e-6)
+    assert redone[1]['val']['kitti_road']['max_f'] == \
+        pytest.approx(epoch2['val']['kitti_road']['max_f'], abs=1e-6)
+
