@@ -456,7 +456,7 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
         def tower(training):
             if args.decoder == 'fpn':
                 return pyramid_layers(encoder(training), num_classes, training,
-                                      args.weight_decay)
+                                      args.weight_decay, strides)
             *finer, layer3, layer4, layer7 = encoder(training)
             return layers(layer3, layer4, layer7, num_classes, args.weight_decay, strides,
                           skip_scales, finer)
