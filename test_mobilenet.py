@@ -1,10 +1,12 @@
 """The MobileNetV2 encoder, the two towers and the learning-rate schedule, on tiny inputs."""
 import argparse
 import os
+import shutil
 
 import numpy as np
 import pytest
 
+import checkpoints
 import main
 import mobilenet
 
@@ -289,8 +291,6 @@ def test_main_trains_exports_evaluates_and_resumes_mobilenetv2_through_the_same_
     # Interrupted after epoch 1, the run resumes from that checkpoint, weight averages and
     # their step count included: epoch 2 is validated exactly as before (a fresh average of
     # the restored weights would score differently).
-    import shutil
-    import checkpoints
     epoch2 = next(r for r in records['epochs'] if r['epoch'] == 2)
     shutil.rmtree(checkpoints.folder_for(os.path.join(run_dir, 'checkpoints'), 2))
     main.run(['--resume', run_dir])
@@ -300,4 +300,3 @@ def test_main_trains_exports_evaluates_and_resumes_mobilenetv2_through_the_same_
     assert redone[1]['val']['iou'] == pytest.approx(epoch2['val']['iou'], abs=1e-6)
     assert redone[1]['val']['kitti_road']['max_f'] == \
         pytest.approx(epoch2['val']['kitti_road']['max_f'], abs=1e-6)
-
