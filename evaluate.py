@@ -107,16 +107,19 @@ def format_table(results, class_names):
                      f'{_fmt(kitti["average_precision"])}; at threshold {_fmt(kitti["threshold"])}:'
                      f' precision {_fmt(kitti["precision"])}, recall {_fmt(kitti["recall"])}, '
                      f'FPR {_fmt(kitti["fpr"])}, FNR {_fmt(kitti["fnr"])}')
+    mirrored = ', each also mirrored (--flip-tta)' if results.get('flip_tta') else ''
     lines.append(f'{results["images"]} images, {results["ms_per_image"]:.1f} ms per image '
-                 f'(inference at the training size, median after a warm-up)')
+                 f'(inference at the training size{mirrored}, median after a warm-up)')
     return '\n'.join(lines)
 
 
-def default_output_dir(model, split):
-    """MODEL/eval-SPLIT for a model folder, MODEL-without-extension-eval-SPLIT for a file."""
+def default_output_dir(model, split, flip_tta=False):
+    """MODEL/eval-SPLIT for a model folder, MODEL-without-extension-eval-SPLIT for a file;
+    with a -flip suffix for --flip-tta, so neither evaluation replaces the other."""
+    name = f'eval-{split}' + ('-flip' if flip_tta else '')
     if os.path.isdir(model):
-        return os.path.join(model, f'eval-{split}')
-    return f'{os.path.splitext(model)[0]}-eval-{split}'
+        return os.path.join(model, name)
+    return f'{os.path.splitext(model)[0]}-{name}'
 
 
 def evaluation_data(path, data_dir, info, split):
@@ -156,16 +159,19 @@ def main(argv=None):
                                              'beside a model file)')
     parser.add_argument('--save-images', action='store_true',
                         help='also write overlays and road-probability PNGs')
+    parser.add_argument('--flip-tta', action='store_true',
+                        help='average each prediction with that of the mirrored image '
+                             '(test-time augmentation, twice the inference time)')
     args = parser.parse_args(argv)
-    with predict.load_model(args.model) as model:
+    with predict.load_model(args.model, flip=args.flip_tta) as model:
         info = model.info
         dataset, pairs = evaluation_data(args.model, args.data_dir, info, args.split)
-        output_dir = args.output_dir or default_output_dir(args.model, args.split)
+        output_dir = args.output_dir or default_output_dir(args.model, args.split, args.flip_tta)
         colors = helper.overlay_colors(dataset.classes.colors)
         results = evaluate(model, load_samples(pairs, dataset.read_label), info['image_shape'],
                            info['num_classes'], output_dir if args.save_images else None, colors,
                            info['label'])
-    results.update(model=os.path.abspath(args.model), split=args.split,
+    results.update(model=os.path.abspath(args.model), split=args.split, flip_tta=args.flip_tta,
                    classes=dataset.classes.names)
     print(format_table(results, dataset.classes.names))
     helper.write_json(os.path.join(output_dir, 'metrics.json'), results)

@@ -355,6 +355,30 @@ def test_load_model_run_folder_and_savedmodel_folder(run_dir, original):
         original(np.zeros((1, 45, 77, 3)))
 
 
+@pytest.mark.parametrize('name', ['model', 'export/model_float32.tflite'])
+def test_flip_tta_averages_with_the_mirrored_images_prediction(run_dir, exports, original, name):
+    batch = np.random.default_rng(3).integers(0, 256, (2, *SHAPE, 3)).astype(np.uint8)
+    with predict.load_model(str(run_dir / name), flip=True) as flipped:
+        averaged = flipped(batch)
+    plain, mirrored = original(batch), original(batch[:, :, ::-1])[:, :, ::-1]
+    assert np.abs(plain - mirrored).max() > 1e-3  # the model is not mirror-symmetric
+    np.testing.assert_allclose(averaged, (plain + mirrored) / 2, atol=1e-5)
+
+
+def test_predict_and_evaluate_flip_tta(run_dir, inputs, tmp_path, capsys):
+    image = helper.read_rgb(inputs / 'um_000007.png')
+    assert run_predict('--model', run_dir, inputs / 'um_000007.png', '--output-dir', tmp_path,
+                       '--mask', '--flip-tta') == 0
+    with predict.load_model(str(run_dir), flip=True) as flipped:
+        assert np.array_equal(iio.imread(tmp_path / 'um_000007_mask.png'),
+                              expected(flipped, image)[1])
+    data = json.loads((run_dir / 'config.json').read_text())['data_dir']
+    evaluate.main(['--model', str(run_dir), '--data-dir', data, '--flip-tta'])
+    assert 'each also mirrored (--flip-tta)' in capsys.readouterr().out
+    results = json.loads((run_dir / 'eval-val-flip' / 'metrics.json').read_text())
+    assert results['flip_tta'] is True and results['images'] == 2
+
+
 def copy_model(run_dir, tmp_path, **info_changes):
     """A copy of the run's model with fcn.json changed."""
     folder = tmp_path / 'model'
