@@ -351,8 +351,8 @@ def parse_args(argv=None):
     parser.add_argument('--ema-decay', type=float,
                         help='validate, export and deploy an exponential moving average of the '
                              'weights with this decay per step, e.g. 0.9995, its batch-norm '
-                             'statistics measured on 32 training images after every epoch; 0: '
-                             'the weights themselves (default: %(default)s)')
+                             'statistics measured on 32 training images before every validation; '
+                             '0: the weights themselves (default: %(default)s)')
     parser.add_argument('--encoder-weights', type=encoder_weights_arg,
                         help="udacity (data-dir/vgg, downloaded if absent), keras-h5:PATH "
                              "(Keras's VGG16 ImageNet file) or none (from scratch) "
@@ -361,6 +361,10 @@ def parse_args(argv=None):
     parser.add_argument('--val-fraction', type=float,
                         help='share of the labelled images held out for validation after every '
                              'epoch, split with --seed (default: %(default)s)')
+    parser.add_argument('--val-every', type=int, metavar='N',
+                        help='validate every N epochs and after the last (with --ema-decay, '
+                             'measuring the averaged weights\' batch-norm statistics then too); '
+                             'the best model is chosen among those epochs (default: %(default)s)')
     parser.add_argument('--tb-images-every', type=int,
                         help='log validation overlays to TensorBoard every N epochs '
                              '(default: %(default)s)')
@@ -377,7 +381,7 @@ def parse_args(argv=None):
                if getattr(args, a.dest, 0) is None and a.dest not in OPTIONAL]
     if missing:
         raise helper.UserError(f'{config_path}: no value for option {missing[0]!r}')
-    for flag in ('epochs', 'batch_size', 'tb_images_every'):
+    for flag in ('epochs', 'batch_size', 'val_every', 'tb_images_every'):
         if getattr(args, flag) < 1:
             parser.error(f'argument --{flag.replace("_", "-")}: must be at least 1')
     crop = args.train_crop
@@ -593,7 +597,8 @@ def summary_line(results):
 
 class RunMonitor:
     """The bookkeeping around training: TensorBoard summaries every step, and after every epoch
-    validation, metrics.json, the checkpoint and the export of the best model so far."""
+    metrics.json and the checkpoint, with validation and the export of the best model so far
+    after every --val-every epochs and the last."""
 
     def __init__(self, run_dir, sess, saver, predict, export, val_samples, args, log, records,
                  step, classes):
@@ -601,14 +606,18 @@ class RunMonitor:
         self.predict, self.export, self.val_samples = predict, export, val_samples
         self.args, self.log, self.records, self.step_count = args, log, records, step
         self.writer = tf1.summary.FileWriter(run_dir)
-        self.best = max(records, key=lambda r: r['key_metric'], default=None) \
-            if val_samples else None
+        self.best = max((r for r in records if 'key_metric' in r),
+                        key=lambda r: r['key_metric'], default=None) if val_samples else None
         self.clock = time.time()
 
     def scalars(self, values, step):
         self.writer.add_summary(tf1.Summary(value=[
             tf1.Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()
             if value is not None]), step)
+
+    def validates(self, epoch):
+        """Whether `epoch` ends with validation: every --val-every epochs, and the last."""
+        return epoch % self.args.val_every == 0 or epoch == self.args.epochs
 
     def step(self, loss):
         self.step_count += 1
@@ -632,7 +641,8 @@ class RunMonitor:
         now = time.time()
         record = {'epoch': epoch, 'train_loss': mean_loss, 'seconds': now - self.clock}
         self.clock = now
-        if self.val_samples:
+        validated = bool(self.val_samples) and self.validates(epoch)
+        if validated:
             results = evaluate.evaluate(self.predict, self.val_samples, self.args.image_shape,
                                         self.classes.num_classes)
             record.update(val=results, key_metric=evaluate.key_metric(results))
@@ -648,8 +658,7 @@ class RunMonitor:
         keep = {self.best['epoch']} if self.best else set()
         checkpoints.save(self.sess, self.saver, os.path.join(self.run_dir, 'checkpoints'),
                          epoch, keep)
-        if self.val_samples and (self.best is None
-                                 or record['key_metric'] > self.best['key_metric']):
+        if validated and (self.best is None or record['key_metric'] > self.best['key_metric']):
             self.best = record
             self.export(epoch, record['key_metric'])
             self.log(f'epoch {epoch}: new best validation IoU {record["key_metric"]:.4f}, '
@@ -723,7 +732,8 @@ def run(argv=None):
             if args.ema_decay else None
 
         def epoch_end(epoch, mean_loss):
-            net.calibrate(calibration_images)
+            if monitor.validates(epoch):
+                net.calibrate(calibration_images)
             monitor.epoch_end(epoch, mean_loss)
         train_nn(sess, args.epochs, args.batch_size, get_batches_fn, train_op, cross_entropy_loss,
                  input_image, correct_label, keep_prob, learning_rate, args.keep_prob,

@@ -55,8 +55,8 @@ def plot(runs, output, by_minutes=False, iou_min=None):
     for label, epochs, minutes, losses, ious in runs:
         x = minutes if by_minutes else epochs
         loss_axis.plot(x, losses, marker='.', label=label)
-        iou_axis.plot(x, [float('nan') if v is None else v for v in ious], marker='.',
-                      label=label)
+        validated = [(at, v) for at, v in zip(x, ious) if v is not None]  # --val-every gaps
+        iou_axis.plot(*zip(*validated), marker='.', label=label)
     for axis, title in ((loss_axis, 'training loss'), (iou_axis, 'validation IoU (inference)')):
         axis.set_xlabel('training minutes' if by_minutes else 'epoch')
         axis.set_title(title)

@@ -300,3 +300,35 @@ def test_main_trains_exports_evaluates_and_resumes_mobilenetv2_through_the_same_
     assert redone[1]['val']['iou'] == pytest.approx(epoch2['val']['iou'], abs=1e-6)
     assert redone[1]['val']['kitti_road']['max_f'] == \
         pytest.approx(epoch2['val']['kitti_road']['max_f'], abs=1e-6)
+
+
+def test_val_every_validates_and_exports_only_those_epochs_and_the_last(tmp_path):
+    import json
+    import evaluate
+    import project_tests as fixtures
+    data = tmp_path / 'data'
+    fixtures.make_kitti(data, stems=tuple(f'um_{i:06d}' for i in range(6)))
+    run_dir = main.run(['--data-dir', str(data), '--runs-dir', str(tmp_path / 'runs'),
+                        '--encoder', 'mobilenetv2', '--encoder-weights', 'none',
+                        '--alpha', str(ALPHA), '--epochs', '3', '--batch-size', '2',
+                        '--image-shape', '32x64', '--learning-rate', '0.01',
+                        '--val-fraction', '0.34', '--ema-decay', '0.9', '--val-every', '2'])
+    records = json.loads(open(os.path.join(run_dir, 'metrics.json')).read())
+    assert [r['epoch'] for r in records['epochs']] == [1, 2, 3]
+    assert ['val' in r for r in records['epochs']] == [False, True, True]
+    assert records['best_epoch'] in (2, 3)
+    log = open(os.path.join(run_dir, 'train.log')).read()
+    assert 'epoch 1: validation' not in log and 'epoch 2: validation' in log
+    assert 'epoch 3: validation' in log
+    # The export was calibrated before it was validated: evaluate.py scores it the same.
+    best = next(r for r in records['epochs'] if r['epoch'] == records['best_epoch'])
+    evaluate.main(['--model', run_dir, '--data-dir', str(data)])
+    got = json.loads(open(os.path.join(run_dir, 'eval-val', 'metrics.json')).read())
+    assert got['iou'] == pytest.approx(best['val']['iou'], abs=1e-9)
+    # Resumed after epoch 2, with epoch 1's record holding no validation, epoch 3 comes out
+    # as before.
+    shutil.rmtree(checkpoints.folder_for(os.path.join(run_dir, 'checkpoints'), 3))
+    main.run(['--resume', run_dir])
+    redone = json.loads(open(os.path.join(run_dir, 'metrics.json')).read())['epochs']
+    assert redone[2]['val']['iou'] == pytest.approx(records['epochs'][2]['val']['iou'],
+                                                    abs=1e-6)
