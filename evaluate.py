@@ -133,10 +133,14 @@ def evaluation_data(path, data_dir, info, split):
     pairs = dataset.train + (dataset.val or [])
     if split == 'all':
         return dataset, pairs
+    # A run folder holds split.json; an export file lies in the run's export/ folder.
+    folders = [path] if os.path.isdir(path) else [os.path.dirname(path) or '.']
+    folders.append(os.path.dirname(os.path.abspath(folders[0])))
+    found = [f for f in (os.path.join(f, 'split.json') for f in folders) if os.path.isfile(f)]
     try:
-        with open(os.path.join(path, 'split.json')) as f:
+        with open(found[0]) as f:
             names = set(json.load(f)['val'])
-    except (OSError, ValueError, KeyError):
+    except (IndexError, OSError, ValueError, KeyError):
         raise helper.UserError(f'--split val needs a run folder holding split.json; {path} has '
                                f'none: use --split all') from None
     chosen = [pair for pair in pairs if os.path.basename(pair[0]) in names]

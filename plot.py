@@ -51,7 +51,9 @@ def plot(runs, output, by_minutes=False, iou_min=None):
     import matplotlib
     matplotlib.use('Agg')  # no display needed
     import matplotlib.pyplot as plt
-    figure, (loss_axis, iou_axis) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
+    legend_rows = -(-len(runs) // 2)  # the legend goes below both panels, two runs a row
+    legend_height = 0.2 + 0.2 * legend_rows
+    figure, (loss_axis, iou_axis) = plt.subplots(1, 2, figsize=(11, 4 + legend_height), dpi=100)
     for label, epochs, minutes, losses, ious in runs:
         x = minutes if by_minutes else epochs
         loss_axis.plot(x, losses, marker='.', label=label)
@@ -64,8 +66,9 @@ def plot(runs, output, by_minutes=False, iou_min=None):
     loss_axis.set_yscale('log')
     if iou_min is not None:
         iou_axis.set_ylim(bottom=iou_min)
-    iou_axis.legend(fontsize=8, loc='lower right')
-    figure.tight_layout()
+    figure.legend(*loss_axis.get_legend_handles_labels(), loc='lower center', ncol=2,
+                  fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, legend_height / (4 + legend_height), 1, 1))
     with helper.atomic_path(output) as tmp:
         figure.savefig(tmp, format='png')
     plt.close(figure)

@@ -563,6 +563,10 @@ def test_evaluate_scores_an_export(exports, run_dir):
                    '--split', 'all'])
     results = json.loads((exports / 'model_float32-eval-all' / 'metrics.json').read_text())
     assert results['images'] == 6 and results['iou'][1] > 0.5
+    # By default the run's validation images: split.json is found in the run folder above.
+    evaluate.main(['--model', str(exports / 'model_float32.tflite'), '--data-dir', data])
+    results = json.loads((exports / 'model_float32-eval-val' / 'metrics.json').read_text())
+    assert results['images'] == 2
 
 
 def test_tf1_dropout_is_removed_too(tmp_path):

@@ -175,12 +175,12 @@ def test_plot_draws_the_curves_of_runs_and_rejects_other_folders(tmp_path):
     run.mkdir()
     (run / 'config.json').write_text(json.dumps({'encoder': 'mobilenetv2', 'decoder': 'fcn8s',
                                                  'image_shape': '352x480'}))
-    (run / 'metrics.json').write_text(json.dumps({'epochs': [
-        {'epoch': e, 'train_loss': 1 / e, 'key_metric': 0.5 + e / 10, 'seconds': 60}
-        for e in (1, 2, 3)]}))
+    (run / 'metrics.json').write_text(json.dumps({'epochs': [  # epoch 2 not validated
+        {'epoch': e, 'train_loss': 1 / e, 'seconds': 60,
+         **({'key_metric': 0.5 + e / 10} if e != 2 else {})} for e in (1, 2, 3)]}))
     label, epochs, minutes, losses, ious = plot.read_run(str(run))
     assert label == 'mobilenetv2-fcn8s 352x480 (run)' and epochs == [1, 2, 3]
-    assert minutes == [1, 2, 3] and ious == pytest.approx([0.6, 0.7, 0.8])
+    assert minutes == [1, 2, 3] and ious[1] is None and ious[::2] == pytest.approx([0.6, 0.8])
     (run / 'config.json').write_text(json.dumps({'encoder': 'vgg16', 'image_shape': '352x480',
                                                  'train_crop': '256x352', 'batch_size': 2}))
     assert plot.read_run(str(run))[0] == 'vgg16 352x480 crops 256x352 batch 2 (run)'
@@ -189,6 +189,6 @@ def test_plot_draws_the_curves_of_runs_and_rejects_other_folders(tmp_path):
     assert plot.read_run(str(run))[0] == 'mobilenetv2-fcn4s EMA 0.9995 352x480 (run)'
     output = tmp_path / 'curve.png'
     plot.main([str(run), '--output', str(output), '--minutes', '--iou-min', '0.6'])
-    assert fixtures.iio.imread(output).shape[:2] == (400, 1100)
+    assert fixtures.iio.imread(output).shape[:2] == (440, 1100)  # one legend row below
     with pytest.raises(helper.UserError, match='not a run folder'):
         plot.read_run(str(tmp_path))
