@@ -56,9 +56,10 @@ def plot(runs, output, by_minutes=False, iou_min=None):
     figure, (loss_axis, iou_axis) = plt.subplots(1, 2, figsize=(11, 4 + legend_height), dpi=100)
     for label, epochs, minutes, losses, ious in runs:
         x = minutes if by_minutes else epochs
-        loss_axis.plot(x, losses, marker='.', label=label)
+        line, = loss_axis.plot(x, losses, marker='.', label=label)
         validated = [(at, v) for at, v in zip(x, ious) if v is not None]  # --val-every gaps
-        iou_axis.plot(*zip(*validated), marker='.', label=label)
+        if validated:
+            iou_axis.plot(*zip(*validated), marker='.', color=line.get_color())
     for axis, title in ((loss_axis, 'training loss'), (iou_axis, 'validation IoU (inference)')):
         axis.set_xlabel('training minutes' if by_minutes else 'epoch')
         axis.set_title(title)
