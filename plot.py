@@ -53,7 +53,8 @@ def plot(runs, output, by_minutes=False, iou_min=None):
     import matplotlib.pyplot as plt
     legend_rows = -(-len(runs) // 2)  # the legend goes below both panels, two runs a row
     legend_height = 0.2 + 0.2 * legend_rows
-    figure, (loss_axis, iou_axis) = plt.subplots(1, 2, figsize=(11, 4 + legend_height), dpi=100)
+    height = 4 + legend_height  # inches: the panels take 4
+    figure, (loss_axis, iou_axis) = plt.subplots(1, 2, figsize=(11, height), dpi=100)
     for label, epochs, minutes, losses, ious in runs:
         x = minutes if by_minutes else epochs
         line, = loss_axis.plot(x, losses, marker='.', label=label)
@@ -69,7 +70,7 @@ def plot(runs, output, by_minutes=False, iou_min=None):
         iou_axis.set_ylim(bottom=iou_min)
     figure.legend(*loss_axis.get_legend_handles_labels(), loc='lower center', ncol=2,
                   fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, legend_height / (4 + legend_height), 1, 1))
+    figure.tight_layout(rect=(0, legend_height / height, 1, 1))
     with helper.atomic_path(output) as tmp:
         figure.savefig(tmp, format='png')
     plt.close(figure)

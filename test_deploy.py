@@ -89,6 +89,12 @@ def run_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
+def run_data(run_dir):
+    """The data folder the run's config.json names."""
+    return json.loads((run_dir / 'config.json').read_text())['data_dir']
+
+
+@pytest.fixture(scope='module')
 def original(run_dir):
     with predict.load_model(str(run_dir)) as model:
         yield model
@@ -365,15 +371,14 @@ def test_flip_tta_averages_with_the_mirrored_images_prediction(run_dir, exports,
     np.testing.assert_allclose(averaged, (plain + mirrored) / 2, atol=1e-5)
 
 
-def test_predict_and_evaluate_flip_tta(run_dir, inputs, tmp_path, capsys):
+def test_predict_and_evaluate_flip_tta(run_dir, run_data, inputs, tmp_path, capsys):
     image = helper.read_rgb(inputs / 'um_000007.png')
     assert run_predict('--model', run_dir, inputs / 'um_000007.png', '--output-dir', tmp_path,
                        '--mask', '--flip-tta') == 0
     with predict.load_model(str(run_dir), flip=True) as flipped:
         assert np.array_equal(iio.imread(tmp_path / 'um_000007_mask.png'),
                               expected(flipped, image)[1])
-    data = json.loads((run_dir / 'config.json').read_text())['data_dir']
-    evaluate.main(['--model', str(run_dir), '--data-dir', data, '--flip-tta'])
+    evaluate.main(['--model', str(run_dir), '--data-dir', run_data, '--flip-tta'])
     assert 'each also mirrored (--flip-tta)' in capsys.readouterr().out
     results = json.loads((run_dir / 'eval-val-flip' / 'metrics.json').read_text())
     assert results['flip_tta'] is True and results['images'] == 2
@@ -495,17 +500,16 @@ def test_agreement_json(exports, original):
     assert agreement['exports']['int8']['max_probability_difference'] > 1e-3  # it is int8
 
 
-def test_check_dir_calibration_dir_and_an_export_outside_its_tolerance(run_dir, tmp_path,
-                                                                       monkeypatch):
+def test_check_dir_calibration_dir_and_an_export_outside_its_tolerance(run_dir, run_data,
+                                                                       tmp_path, monkeypatch):
     monkeypatch.setitem(export.TOLERANCES, 'tflite16', (1e-9, 1e-3))
-    data = json.loads((run_dir / 'config.json').read_text())['data_dir']
     rng = np.random.default_rng(4)
     for i in range(8):
         iio.imwrite(tmp_path / f'scene{i}.png', road_scene(rng, 60, 90)[0])
     out = tmp_path / 'out'
     with pytest.raises(helper.PartlyFailed, match=r'^tflite16 disagree with the original'):
-        export.main(['--model', str(run_dir), '--formats', 'tflite16,int8', '--check-dir', data,
-                     '--calibration-dir', str(tmp_path), '--output-dir', str(out)])
+        export.main(['--model', str(run_dir), '--formats', 'tflite16,int8', '--check-dir',
+                     run_data, '--calibration-dir', str(tmp_path), '--output-dir', str(out)])
     assert sorted(os.listdir(out)) == ['agreement.json', 'fcn.json',
                                             'model_float16.tflite', 'model_int8.tflite']
     agreement = json.loads((out / 'agreement.json').read_text())
@@ -557,14 +561,13 @@ def test_predict_runs_on_an_export(exports, inputs, tmp_path, capsys):
     assert '(model tflite-int8)' in capsys.readouterr().out
 
 
-def test_evaluate_scores_an_export(exports, run_dir):
-    data = json.loads((run_dir / 'config.json').read_text())['data_dir']
-    evaluate.main(['--model', str(exports / 'model_float32.tflite'), '--data-dir', data,
+def test_evaluate_scores_an_export(exports, run_data):
+    evaluate.main(['--model', str(exports / 'model_float32.tflite'), '--data-dir', run_data,
                    '--split', 'all'])
     results = json.loads((exports / 'model_float32-eval-all' / 'metrics.json').read_text())
     assert results['images'] == 6 and results['iou'][1] > 0.5
     # By default the run's validation images: split.json is found in the run folder above.
-    evaluate.main(['--model', str(exports / 'model_float32.tflite'), '--data-dir', data])
+    evaluate.main(['--model', str(exports / 'model_float32.tflite'), '--data-dir', run_data])
     results = json.loads((exports / 'model_float32-eval-val' / 'metrics.json').read_text())
     assert results['images'] == 2
 

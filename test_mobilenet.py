@@ -1,5 +1,6 @@
 """The MobileNetV2 encoder, the two towers and the learning-rate schedule, on tiny inputs."""
 import argparse
+import json
 import os
 import shutil
 
@@ -7,8 +8,10 @@ import numpy as np
 import pytest
 
 import checkpoints
+import evaluate
 import main
 import mobilenet
+import project_tests as fixtures
 
 tf, tf1 = main.tf, main.tf1
 ALPHA = 0.1  # 8 channels in most layers: fast, yet every block is built
@@ -256,19 +259,29 @@ def test_train_nn_feeds_the_schedule_the_global_step(trainable, start_epoch):
     assert steps == list(range(3 * (start_epoch - 1), 12))
 
 
-def test_main_trains_exports_evaluates_and_resumes_mobilenetv2_through_the_same_paths(
-        tmp_path):
-    import json
-    import evaluate
-    import project_tests as fixtures
+def train_tiny_run(tmp_path, *flags):
+    """main.run on six tiny KITTI pairs (two held out) with a narrow MobileNetV2 and weight
+    averaging, plus `flags`: (data folder, run folder)."""
     data = tmp_path / 'data'
     fixtures.make_kitti(data, stems=tuple(f'um_{i:06d}' for i in range(6)))
     run_dir = main.run(['--data-dir', str(data), '--runs-dir', str(tmp_path / 'runs'),
                         '--encoder', 'mobilenetv2', '--encoder-weights', 'none',
-                        '--alpha', str(ALPHA), '--epochs', '2', '--batch-size', '2',
-                        '--image-shape', '32x64', '--learning-rate', '0.01',
-                        '--lr-schedule', 'poly', '--val-fraction', '0.34',
-                        '--train-crop', '32x32', '--ema-decay', '0.9', '--decoder', 'fpn'])
+                        '--alpha', str(ALPHA), '--batch-size', '2', '--image-shape', '32x64',
+                        '--learning-rate', '0.01', '--val-fraction', '0.34',
+                        '--ema-decay', '0.9', *flags])
+    return data, run_dir
+
+
+def read_metrics(run_dir):
+    """The run's metrics.json."""
+    with open(os.path.join(run_dir, 'metrics.json')) as f:
+        return json.load(f)
+
+
+def test_main_trains_exports_evaluates_and_resumes_mobilenetv2_through_the_same_paths(
+        tmp_path):
+    data, run_dir = train_tiny_run(tmp_path, '--epochs', '2', '--lr-schedule', 'poly',
+                                   '--train-crop', '32x32', '--decoder', 'fpn')
     info = json.loads(open(os.path.join(run_dir, 'model', 'fcn.json')).read())
     assert (info['encoder'], info['decoder'], info['alpha']) == ('mobilenetv2', 'fpn', ALPHA)
     # Trained on 32x32 crops, exported and validated at the whole 32x64.
@@ -278,7 +291,7 @@ def test_main_trains_exports_evaluates_and_resumes_mobilenetv2_through_the_same_
     config = os.path.join(run_dir, 'config.json')
     assert main.parse_args(['--config', config]).train_crop == (32, 32)
     assert main.parse_args(['--config', config, '--train-crop', 'none']).train_crop is None
-    records = json.loads(open(os.path.join(run_dir, 'metrics.json')).read())
+    records = read_metrics(run_dir)
     best = next(r for r in records['epochs'] if r['epoch'] == records['best_epoch'])
     assert all(r['seconds'] > 0 for r in records['epochs'])
     # The exported inference tower, batch norm statistics and weight averages included,
@@ -294,7 +307,7 @@ def test_main_trains_exports_evaluates_and_resumes_mobilenetv2_through_the_same_
     epoch2 = next(r for r in records['epochs'] if r['epoch'] == 2)
     shutil.rmtree(checkpoints.folder_for(os.path.join(run_dir, 'checkpoints'), 2))
     main.run(['--resume', run_dir])
-    redone = json.loads(open(os.path.join(run_dir, 'metrics.json')).read())['epochs']
+    redone = read_metrics(run_dir)['epochs']
     assert [r['epoch'] for r in redone] == [1, 2]
     assert redone[1]['train_loss'] == pytest.approx(epoch2['train_loss'], abs=1e-6)
     assert redone[1]['val']['iou'] == pytest.approx(epoch2['val']['iou'], abs=1e-6)
@@ -303,17 +316,8 @@ def test_main_trains_exports_evaluates_and_resumes_mobilenetv2_through_the_same_
 
 
 def test_val_every_validates_and_exports_only_those_epochs_and_the_last(tmp_path):
-    import json
-    import evaluate
-    import project_tests as fixtures
-    data = tmp_path / 'data'
-    fixtures.make_kitti(data, stems=tuple(f'um_{i:06d}' for i in range(6)))
-    run_dir = main.run(['--data-dir', str(data), '--runs-dir', str(tmp_path / 'runs'),
-                        '--encoder', 'mobilenetv2', '--encoder-weights', 'none',
-                        '--alpha', str(ALPHA), '--epochs', '3', '--batch-size', '2',
-                        '--image-shape', '32x64', '--learning-rate', '0.01',
-                        '--val-fraction', '0.34', '--ema-decay', '0.9', '--val-every', '2'])
-    records = json.loads(open(os.path.join(run_dir, 'metrics.json')).read())
+    data, run_dir = train_tiny_run(tmp_path, '--epochs', '3', '--val-every', '2')
+    records = read_metrics(run_dir)
     assert [r['epoch'] for r in records['epochs']] == [1, 2, 3]
     assert ['val' in r for r in records['epochs']] == [False, True, True]
     assert records['best_epoch'] in (2, 3)
@@ -329,6 +333,6 @@ def test_val_every_validates_and_exports_only_those_epochs_and_the_last(tmp_path
     # as before.
     shutil.rmtree(checkpoints.folder_for(os.path.join(run_dir, 'checkpoints'), 3))
     main.run(['--resume', run_dir])
-    redone = json.loads(open(os.path.join(run_dir, 'metrics.json')).read())['epochs']
+    redone = read_metrics(run_dir)['epochs']
     assert redone[2]['val']['iou'] == pytest.approx(records['epochs'][2]['val']['iou'],
                                                     abs=1e-6)
