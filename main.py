@@ -170,13 +170,16 @@ def lovasz_softmax(probabilities, labels, max_pixels=2 ** 18):
 
 
 def optimize(nn_last_layer, correct_label, learning_rate, num_classes, class_weights=None,
-             lovasz_weight=0.0):
+             lovasz_weight=0.0, hard_pixels=1.0):
     """Softmax cross-entropy over non-void pixels (label rows of all zeros are ignored), plus
     `lovasz_weight` times the Lovasz-softmax loss, plus the collected weight decay, minimised
     with Adam.
 
     With `class_weights`, each pixel's cross-entropy is weighted by its class's weight and the
-    sum divided by the summed weights (a weighted mean). The Lovasz term optimises the IoU
+    sum divided by the summed weights (a weighted mean). With `hard_pixels` below 1, only that
+    fraction of each batch's non-void pixels counts, those with the largest cross-entropy
+    (online hard example mining): the easy pixels inside large regions stop diluting the
+    gradient of the few near boundaries. The Lovasz term optimises the IoU
     itself: cross-entropy rewards confident pixels everywhere, the IoU counts boundary errors.
     :return: (logits [pixels, num_classes], train_op, loss): the loss without weight decay,
         the cross-entropy when lovasz_weight is 0
@@ -186,6 +189,10 @@ def optimize(nn_last_layer, correct_label, learning_rate, num_classes, class_wei
     per_pixel = tf.nn.softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     weights = tf.reduce_sum(labels * (1.0 if class_weights is None else
                                       tf.constant(class_weights, tf.float32)), axis=1)
+    if hard_pixels < 1:  # void pixels have no loss and no weight, so they never count
+        count = tf.reduce_sum(labels)
+        _, hardest = tf.nn.top_k(per_pixel, tf.cast(tf.math.ceil(hard_pixels * count), tf.int32))
+        weights = tf.scatter_nd(hardest[:, None], tf.gather(weights, hardest), tf.shape(weights))
     loss = tf.math.divide(tf.reduce_sum(weights * per_pixel),
                           tf.maximum(tf.reduce_sum(weights), 1e-6), name='cross_entropy_loss')
     if lovasz_weight:
@@ -336,6 +343,10 @@ def parse_args(argv=None):
     parser.add_argument('--lovasz-weight', type=float,
                         help='add this times the Lovasz-softmax loss, a surrogate of 1 - IoU, '
                              'to the cross-entropy (default: %(default)s)')
+    parser.add_argument('--hard-pixels', type=float, metavar='FRACTION',
+                        help="train on this fraction of each batch's non-void pixels, those "
+                             'with the largest loss (online hard example mining; default: '
+                             '%(default)s, all)')
     parser.add_argument('--encoder', choices=('vgg16', 'mobilenetv2'),
                         help='the backbone (default: %(default)s)')
     parser.add_argument('--decoder', choices=sorted(mobilenet.DECODERS),
@@ -390,6 +401,8 @@ def parse_args(argv=None):
                      f'--image-shape {args.image_shape[0]}x{args.image_shape[1]}')
     if args.lovasz_weight < 0:
         parser.error(f'argument --lovasz-weight: {args.lovasz_weight} must not be negative')
+    if not 0 < args.hard_pixels <= 1:
+        parser.error(f'argument --hard-pixels: {args.hard_pixels} must be in (0, 1]')
     if not 0 <= args.ema_decay < 1:
         parser.error(f'argument --ema-decay: {args.ema_decay} must be in [0, 1)')
     if args.ema_decay and args.encoder_weights == 'udacity':
@@ -693,7 +706,7 @@ def run(argv=None):
         learning_rate = tf1.placeholder(tf.float32, [], 'learning_rate')
         _, train_op, cross_entropy_loss = optimize(net.train_output, correct_label, learning_rate,
                                                    classes.num_classes, class_weights,
-                                                   args.lovasz_weight)
+                                                   args.lovasz_weight, args.hard_pixels)
         train_op = net.averaged(train_op)
         probabilities = tf.nn.softmax(net.output, name='probabilities')
         saver = tf1.train.Saver(max_to_keep=None)

@@ -306,6 +306,36 @@ def test_optimize_with_lovasz_adds_it_to_the_reported_loss(sess):
     assert sess.run(scale) != 1.0
 
 
+@pytest.mark.parametrize('class_weights', [None, [1.0, 3.0]])
+def test_optimize_with_hard_pixels_averages_the_hardest_non_void_pixels(sess, class_weights):
+    logits_in = tf1.placeholder(tf.float32, [1, 4, 4, 2])
+    label = tf1.placeholder(tf.float32, [1, 4, 4, 2])
+    scale = tf1.get_variable('scale', [], initializer=tf1.ones_initializer())
+    _, train_op, loss = main.optimize(logits_in * scale, label, 1e-2, 2, class_weights,
+                                      hard_pixels=0.4)
+    sess.run(tf1.global_variables_initializer())
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(1, 4, 4, 2)).astype(np.float32)
+    truth = rng.integers(0, 2, 16)
+    y = np.eye(2, dtype=np.float32)[truth]
+    y[:6] = 0  # void: not counted, not even in the fraction
+    logits = x.reshape(16, 2)
+    per_pixel = np.log(np.exp(logits).sum(1)) - logits[np.arange(16), truth]
+    hardest = 6 + np.argsort(-per_pixel[6:])[:4]  # ceil(0.4 * 10 non-void pixels)
+    w = np.ones(16) if class_weights is None else np.array(class_weights)[truth]
+    feed = {logits_in: x, label: y.reshape(1, 4, 4, 2)}
+    assert sess.run(loss, feed) == pytest.approx(
+        (w * per_pixel)[hardest].sum() / w[hardest].sum(), rel=1e-5)
+    sess.run(train_op, feed)
+    assert sess.run(scale) != 1.0
+
+
+
+@pytest.mark.parametrize('fraction', ['0', '1.5'])
+def test_hard_pixels_outside_zero_to_one_is_a_one_line_error(fraction):
+    with pytest.raises(helper.UserError, match=rf'--hard-pixels: {fraction}\S* must be in'):
+        main.parse_args(['--hard-pixels', fraction])
+
 def test_train_nn_reduces_loss_and_reports(sess, capsys):
     net = tiny_network()
     sess.run(tf1.global_variables_initializer())
