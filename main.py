@@ -182,7 +182,7 @@ def optimize(nn_last_layer, correct_label, learning_rate, num_classes, class_wei
     gradient of the few near boundaries. The Lovasz term optimises the IoU
     itself: cross-entropy rewards confident pixels everywhere, the IoU counts boundary errors.
     :return: (logits [pixels, num_classes], train_op, loss): the loss without weight decay,
-        the cross-entropy when lovasz_weight is 0
+        the (hardest pixels') cross-entropy when lovasz_weight is 0
     """
     logits = tf.reshape(nn_last_layer, (-1, num_classes), name='logits')
     labels = tf.reshape(correct_label, (-1, num_classes))
@@ -190,8 +190,9 @@ def optimize(nn_last_layer, correct_label, learning_rate, num_classes, class_wei
     weights = tf.reduce_sum(labels * (1.0 if class_weights is None else
                                       tf.constant(class_weights, tf.float32)), axis=1)
     if hard_pixels < 1:  # void pixels have no loss and no weight, so they never count
-        count = tf.reduce_sum(labels)
-        _, hardest = tf.nn.top_k(per_pixel, tf.cast(tf.math.ceil(hard_pixels * count), tf.int32))
+        non_void = tf.reduce_sum(labels)  # one-hot rows
+        _, hardest = tf.nn.top_k(per_pixel,
+                                 tf.cast(tf.math.ceil(hard_pixels * non_void), tf.int32))
         weights = tf.scatter_nd(hardest[:, None], tf.gather(weights, hardest), tf.shape(weights))
     loss = tf.math.divide(tf.reduce_sum(weights * per_pixel),
                           tf.maximum(tf.reduce_sum(weights), 1e-6), name='cross_entropy_loss')

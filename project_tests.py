@@ -330,11 +330,11 @@ def test_optimize_with_hard_pixels_averages_the_hardest_non_void_pixels(sess, cl
     assert sess.run(scale) != 1.0
 
 
-
 @pytest.mark.parametrize('fraction', ['0', '1.5'])
 def test_hard_pixels_outside_zero_to_one_is_a_one_line_error(fraction):
     with pytest.raises(helper.UserError, match=rf'--hard-pixels: {fraction}\S* must be in'):
         main.parse_args(['--hard-pixels', fraction])
+
 
 def test_train_nn_reduces_loss_and_reports(sess, capsys):
     net = tiny_network()
