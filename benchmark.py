@@ -123,7 +123,7 @@ def build_fcn(encoder, decoder, image_shape):
         sess = tf1.Session(graph=graph)
         options = argparse.Namespace(encoder=encoder, decoder=decoder, alpha=1.0,
                                      encoder_weights='none', weight_decay=1e-3, data_dir='.',
-                                     ema_decay=0.0, distill_weight=0.0)
+                                     ema_decay=0.0)
         net = fcn.build_network(sess, options, fcn.NUM_CLASSES, (None, *image_shape))
         label = tf1.placeholder(tf.float32, [None, *image_shape, fcn.NUM_CLASSES], 'label')
         learning_rate = tf1.placeholder(tf.float32, [], 'learning_rate')

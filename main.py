@@ -205,14 +205,6 @@ def optimize(nn_last_layer, correct_label, learning_rate, num_classes, class_wei
     return logits, train_op, loss
 
 
-def distillation_target(labels, teacher, weight):
-    """Each labelled pixel's one-hot label with `weight` of the teacher's probabilities mixed
-    in, (1 - weight) * label + weight * teacher, so the cross-entropy against it is (1 - weight)
-    times the labels' plus weight times the teacher's. Void pixels (rows of zeros) stay void."""
-    labelled = tf.reduce_sum(labels, axis=-1, keepdims=True)
-    return labels + weight * (labelled * teacher - labels)
-
-
 def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_loss, input_image,
              correct_label, keep_prob, learning_rate, keep_prob_value=0.5,
              learning_rate_value=1e-4, log=print, start_epoch=1, on_step=None,
@@ -373,10 +365,6 @@ def parse_args(argv=None):
                              'weights with this decay per step, e.g. 0.9995, its batch-norm '
                              'statistics measured on 32 training images before every validation; '
                              '0: the weights themselves (default: %(default)s)')
-    parser.add_argument('--distill-weight', type=float, metavar='W',
-                        help='mix W of the averaged model\'s prediction on the mirrored image '
-                             'into each labelled pixel\'s training target (self-distillation '
-                             'of test-time flips; needs --ema-decay) (default: %(default)s)')
     parser.add_argument('--encoder-weights', type=encoder_weights_arg,
                         help="udacity (data-dir/vgg, downloaded if absent), keras-h5:PATH "
                              "(Keras's VGG16 ImageNet file) or none (from scratch) "
@@ -416,10 +404,6 @@ def parse_args(argv=None):
         parser.error(f'argument --lovasz-weight: {args.lovasz_weight} must not be negative')
     if not 0 < args.hard_pixels <= 1:
         parser.error(f'argument --hard-pixels: {args.hard_pixels} must be in (0, 1]')
-        parser.error(f'argument --distill-weight: {args.distill_weight} must be in [0, 1]')
-    if args.distill_weight and not args.ema_decay:
-        parser.error('--distill-weight learns from the averaged weights: give --ema-decay too, '
-                     'e.g. 0.9995')
     if not 0 <= args.ema_decay < 1:
         parser.error(f'argument --ema-decay: {args.ema_decay} must be in [0, 1)')
     if args.ema_decay and args.encoder_weights == 'udacity':
@@ -435,8 +419,8 @@ def parse_args(argv=None):
     return args
 
 
-Network = collections.namedtuple('Network', 'input_image keep_prob train_output output teacher '
-                                            'initialise averaged calibrate')
+Network = collections.namedtuple('Network', 'input_image keep_prob train_output output initialise '
+                                            'averaged calibrate')
 
 
 def build_network(sess, args, num_classes, input_shape=(None, None, None)):
@@ -457,14 +441,8 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
     tower's statistics are measured anew for the averaged weights: `calibrate(images)` sets
     them to the statistics of a batch of images run through the averaged weights, and does
     nothing without --ema-decay.
-
-    With `args.distill_weight` (which needs the averages), `teacher` is the pair (the averaged
-    model's probabilities for the mirrored images, mirrored back; the weight of those in the
-    training target): a second view whose errors differ, since mirroring is what test-time
-    flips average over. The weight stays 0 until the first `calibrate` has given the averages
-    their statistics. Without it, `teacher` is None.
     """
-    restored, weights, averages, calibration, teacher = set(), None, {}, [], None
+    restored, weights, averages, calibration = set(), None, {}, []
     if args.encoder_weights == 'udacity':
         try:
             vgg_path = helper.maybe_download_pretrained_vgg(args.data_dir)
@@ -480,8 +458,8 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
         if args.encoder == 'mobilenetv2':
             strides, skip_scales = mobilenet.DECODERS[args.decoder], (1, 1)
 
-            def encoder(images, training):
-                return mobilenet.build_encoder(images, training, args.alpha, args.decoder)
+            def encoder(training):
+                return mobilenet.build_encoder(image_input, training, args.alpha, args.decoder)
         else:
             if args.encoder_weights.startswith('keras-h5:'):
                 weights = vgg.read_keras_h5(args.encoder_weights[len('keras-h5:'):])
@@ -489,43 +467,36 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
                                                                            vgg.FC_WIDTH)
             strides, skip_scales = VGG_STRIDES, VGG_SKIP_SCALES
 
-            def encoder(images, training):
-                return vgg.build_encoder(images, keep_prob, blocks, fc_width,
+            def encoder(training):
+                return vgg.build_encoder(image_input, keep_prob, blocks, fc_width,
                                          'caffe' if weights else 'standardize', training)
 
-        def tower(images, training):
+        def tower(training):
             if args.decoder == 'fpn':
-                return pyramid_layers(encoder(images, training), num_classes, training,
+                return pyramid_layers(encoder(training), num_classes, training,
                                       args.weight_decay, strides)
-            *finer, layer3, layer4, layer7 = encoder(images, training)
+            *finer, layer3, layer4, layer7 = encoder(training)
             return layers(layer3, layer4, layer7, num_classes, args.weight_decay, strides,
                           skip_scales, finer)
-        train_output = tower(image_input, True)
+        train_output = tower(True)
         if args.ema_decay:
             averages = {v.ref(): tf1.get_variable(v.op.name + '/average', v.shape, v.dtype,
                                                   tf1.zeros_initializer(), trainable=False)
                         for v in tf1.global_variables()}  # the network's, so far
             count = tf1.get_variable('average_count', [], tf.float32, tf1.zeros_initializer(),
                                      trainable=False)
-            ready = tf1.get_variable('teacher_ready', [], tf.float32, tf1.zeros_initializer(),
-                                     trainable=False)  # statistics measured: teach
 
         def averaged_getter(getter, *a, **kw):
             variable = getter(*a, **kw)
             return averages.get(variable.ref(), variable)
         with tf1.variable_scope(tf1.get_variable_scope(), reuse=True,
                                 custom_getter=averaged_getter):
-            output = tower(image_input, False)
+            output = tower(False)
             if averages:  # a training-mode tower on the averages, for its batch statistics
                 known = len(tf1.get_collection(ops.BATCH_STATISTICS))
-                tower(image_input, True)
+                tower(True)
                 calibration = [moving.assign(batch) for moving, batch
                                in tf1.get_collection(ops.BATCH_STATISTICS)[known:]]
-            if args.distill_weight:  # the averaged model on the mirrored images, mirrored back
-                mirrored = tower(tf.reverse(image_input, [2]), False)
-                calibration.append(ready.assign(1.0))
-                teacher = (tf.stop_gradient(tf.nn.softmax(tf.reverse(mirrored, [2]))),
-                           args.distill_weight * ready)
 
     def initialise():
         sess.run(tf1.variables_initializer([v for v in tf1.global_variables()
@@ -550,8 +521,7 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
     def calibrate(images):
         if calibration:
             sess.run(calibration, {image_input: images, keep_prob: 1.0})
-    return Network(image_input, keep_prob, train_output, output, teacher, initialise, averaged,
-                   calibrate)
+    return Network(image_input, keep_prob, train_output, output, initialise, averaged, calibrate)
 
 
 def learning_rate_schedule(args, steps_per_epoch):
@@ -735,9 +705,7 @@ def run(argv=None):
         correct_label = tf1.placeholder(tf.float32, [None, None, None, classes.num_classes],
                                         'label')
         learning_rate = tf1.placeholder(tf.float32, [], 'learning_rate')
-        target = correct_label if net.teacher is None else \
-            distillation_target(correct_label, *net.teacher)
-        _, train_op, cross_entropy_loss = optimize(net.train_output, target, learning_rate,
+        _, train_op, cross_entropy_loss = optimize(net.train_output, correct_label, learning_rate,
                                                    classes.num_classes, class_weights,
                                                    args.lovasz_weight, args.hard_pixels)
         train_op = net.averaged(train_op)
@@ -778,7 +746,7 @@ def run(argv=None):
             if args.ema_decay else None
 
         def epoch_end(epoch, mean_loss):
-            if monitor.validates(epoch) or args.distill_weight:  # the teacher's statistics too
+            if monitor.validates(epoch):
                 net.calibrate(calibration_images)
             monitor.epoch_end(epoch, mean_loss)
         train_nn(sess, args.epochs, args.batch_size, get_batches_fn, train_op, cross_entropy_loss,

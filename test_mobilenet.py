@@ -9,7 +9,6 @@ import pytest
 
 import checkpoints
 import evaluate
-import helper
 import main
 import mobilenet
 import project_tests as fixtures
@@ -18,10 +17,10 @@ tf, tf1 = main.tf, main.tf1
 ALPHA = 0.1  # 8 channels in most layers: fast, yet every block is built
 
 
-def network_args(encoder='mobilenetv2', decoder='fcn8s', ema_decay=0.0, distill_weight=0.0):
+def network_args(encoder='mobilenetv2', decoder='fcn8s', ema_decay=0.0):
     return argparse.Namespace(encoder=encoder, decoder=decoder, alpha=ALPHA,
                               encoder_weights='none', weight_decay=1e-3, data_dir='.',
-                              ema_decay=ema_decay, distill_weight=distill_weight)
+                              ema_decay=ema_decay)
 
 
 @pytest.fixture
@@ -212,38 +211,6 @@ def test_inference_tower_reads_averaged_weights_and_their_calibrated_statistics(
         assert not np.allclose(sess.run(net.output, {net.input_image: x}), output)
 
 
-def test_distillation_target_mixes_the_teacher_into_labelled_pixels_and_keeps_void():
-    labels = np.array([[1, 0], [0, 1], [0, 0]], np.float32)  # road, not road, void
-    teacher = np.array([[0.2, 0.8], [0.6, 0.4], [0.5, 0.5]], np.float32)
-    with tf.Graph().as_default(), tf1.Session() as sess:
-        got = sess.run(main.distillation_target(labels, teacher, 0.25))
-    np.testing.assert_allclose(got, [[0.8, 0.2], [0.15, 0.85], [0, 0]], atol=1e-7)
-
-
-def test_teacher_is_the_averaged_model_on_mirrored_images_once_calibrated():
-    with tf.Graph().as_default(), tf1.Session() as sess:
-        tf1.set_random_seed(0)
-        net = main.build_network(sess, network_args(ema_decay=0.5, distill_weight=0.3), 2)
-        teacher, weight = net.teacher
-        assert all(g is None for g in tf.gradients(teacher, tf1.trainable_variables()))
-        label = tf1.placeholder(tf.float32, [None, None, None, 2])
-        _, train_op, _ = main.optimize(net.train_output, label, 1e-2, 2)
-        train_op = net.averaged(train_op)
-        net.initialise()
-        x = images()
-        y = np.eye(2, dtype=np.float32)[np.random.default_rng(1).integers(0, 2, x.shape[:3])]
-        for _ in range(3):  # away from the decoder's even start
-            sess.run(train_op, {net.input_image: x, label: y})
-        assert sess.run(weight) == 0  # the averages have no statistics of their own yet
-        net.calibrate(x)
-        assert sess.run(weight) == pytest.approx(0.3)
-        mirrored = sess.run(tf.nn.softmax(net.output), {net.input_image: x[:, :, ::-1]})
-        np.testing.assert_allclose(sess.run(teacher, {net.input_image: x}),
-                                   mirrored[:, :, ::-1], rtol=1e-5, atol=1e-6)
-        assert not np.allclose(mirrored[:, :, ::-1],
-                               sess.run(tf.nn.softmax(net.output), {net.input_image: x}))
-
-
 def test_without_ema_decay_training_op_is_unchanged_and_nothing_calibrates(trainable):
     sess, net, _, train_op = trainable
     assert net.averaged(train_op) is train_op
@@ -346,27 +313,6 @@ def test_main_trains_exports_evaluates_and_resumes_mobilenetv2_through_the_same_
     assert redone[1]['val']['iou'] == pytest.approx(epoch2['val']['iou'], abs=1e-6)
     assert redone[1]['val']['kitti_road']['max_f'] == \
         pytest.approx(epoch2['val']['kitti_road']['max_f'], abs=1e-6)
-
-
-def test_distillation_starts_after_the_first_epoch_even_between_validations(tmp_path):
-    """The teacher needs the averages' statistics, measured after epoch 1 although --val-every
-    2 skips its validation: epoch 1 trains exactly as without the teacher, epoch 2 does not."""
-    flags = ('--epochs', '2', '--val-every', '2')
-    _, plain = train_tiny_run(tmp_path / 'plain', *flags)
-    _, taught = train_tiny_run(tmp_path / 'taught', *flags, '--distill-weight', '0.5')
-    plain, taught = ([r['train_loss'] for r in read_metrics(run)['epochs']]
-                     for run in (plain, taught))
-    assert taught[0] == pytest.approx(plain[0], abs=1e-7)
-    assert abs(taught[1] - plain[1]) > 1e-3
-
-
-@pytest.mark.parametrize('flags, message', [
-    (['--distill-weight', '0.5'], 'give --ema-decay too'),
-    (['--distill-weight', '1.5', '--ema-decay', '0.9'], r'--distill-weight: 1\.5 must be in'),
-])
-def test_distill_weight_needs_averages_and_a_weight_in_zero_to_one(flags, message):
-    with pytest.raises(helper.UserError, match=message):
-        main.parse_args(['--encoder', 'mobilenetv2', '--encoder-weights', 'none', *flags])
 
 
 def test_val_every_validates_and_exports_only_those_epochs_and_the_last(tmp_path):
