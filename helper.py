@@ -385,20 +385,19 @@ class BatchGenerator:
         epoch_seed = np.random.SeedSequence([self.seed or 0, self.epoch])
         order = np.random.default_rng(epoch_seed).permutation(len(self))
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-        augment = self.augment and self.augment.for_epoch(self.epoch)
         with ThreadPoolExecutor(self.workers) as pool:
             pending = collections.deque()
             for indexes, seed in zip(batches, epoch_seed.spawn(len(batches))):
-                pending.append(pool.submit(self.make_batch, indexes, seed, augment))
+                pending.append(pool.submit(self.make_batch, indexes, seed))
                 if len(pending) > self.prefetch:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
 
-    def make_batch(self, indexes, seed, augment):
-        """The examples `indexes`, transformed by `augment` (if any), as network inputs."""
+    def make_batch(self, indexes, seed):
+        """The augmented examples `indexes` as network inputs."""
         rng = np.random.default_rng(seed)
-        pairs = [augment(self.images[i], self.labels[i], rng) if augment
+        pairs = [self.augment(self.images[i], self.labels[i], rng) if self.augment
                  else (self.images[i], self.labels[i]) for i in indexes]
         images, labels = zip(*pairs)
         return np.stack(images).astype(np.float32), one_hot(np.stack(labels), self.num_classes)

@@ -333,10 +333,6 @@ def parse_args(argv=None):
                         help='training augmentation over the defaults '
                              f'{",".join(f"{k}={v:g}" for k, v in transforms.DEFAULTS.items())}'
                              '; "none,flip=0.5" for flips only (default: %(default)s)')
-    parser.add_argument('--augment-ramp', type=int, metavar='N',
-                        help='start the augmentation strengths (zoom, rotation, shift, colour '
-                             'jitter) at half and grow them linearly to full by epoch N; 0: full '
-                             'from the start (default: %(default)s)')
     parser.add_argument('--train-crop', type=train_crop_arg, metavar='HxW',
                         help='train on random HxW windows of the --image-shape images, '
                              'multiples of 32 (validation and inference see whole images); '
@@ -408,9 +404,6 @@ def parse_args(argv=None):
         parser.error(f'argument --lovasz-weight: {args.lovasz_weight} must not be negative')
     if not 0 < args.hard_pixels <= 1:
         parser.error(f'argument --hard-pixels: {args.hard_pixels} must be in (0, 1]')
-    if args.augment_ramp < 0:
-        parser.error(f'argument --augment-ramp: {args.augment_ramp} must be 0 (off) or an '
-                     f'epoch')
     if not 0 <= args.ema_decay < 1:
         parser.error(f'argument --ema-decay: {args.ema_decay} must be in [0, 1)')
     if args.ema_decay and args.encoder_weights == 'udacity':
@@ -698,7 +691,7 @@ def run(argv=None):
         args = resume_options(args.resume)
     dataset, train_pairs, val_pairs = data_split(args)
     classes = dataset.classes
-    augment = transforms.Augment(args.augment, args.train_crop, args.augment_ramp)
+    augment = transforms.Augment(args.augment, args.train_crop)
     get_batches_fn = helper.BatchGenerator(train_pairs, args.image_shape, dataset.read_label,
                                            classes.num_classes, augment, args.seed)
     val_samples = evaluate.load_samples(val_pairs, dataset.read_label)

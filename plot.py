@@ -31,8 +31,6 @@ def read_run(run_dir):
         encoder += f' +{config["lovasz_weight"]:g} Lovasz'
     if config.get('hard_pixels', 1) < 1:
         encoder += f' hardest {config["hard_pixels"]:g}'
-    if config.get('augment_ramp'):
-        encoder += f' augment ramp {config["augment_ramp"]}'
     if config.get('ema_decay'):
         encoder += f' EMA {config["ema_decay"]:g}'
     shape = config['image_shape']

@@ -336,11 +336,6 @@ def test_hard_pixels_outside_zero_to_one_is_a_one_line_error(fraction):
         main.parse_args(['--hard-pixels', fraction])
 
 
-def test_negative_augment_ramp_is_a_one_line_error():
-    with pytest.raises(helper.UserError, match=r'--augment-ramp: -1 must be 0 \(off\) or an'):
-        main.parse_args(['--augment-ramp', '-1'])
-
-
 def test_train_nn_reduces_loss_and_reports(sess, capsys):
     net = tiny_network()
     sess.run(tf1.global_variables_initializer())

@@ -8,7 +8,6 @@ import pytest
 
 import datasets
 import helper
-import transforms
 
 VOID = helper.VOID
 RGB = {0: (128, 128, 128), 1: (128, 0, 0), 2: (128, 64, 128)}
@@ -195,27 +194,6 @@ def test_batches_from_a_many_class_dataset(tmp_path):
     assert images.shape == (3, 32, 32, 3) and labels.shape == (3, 32, 32, 11)
     assert set(np.unique(labels.sum(-1))) == {0.0, 1.0}  # one-hot or void
     assert set(np.flatnonzero(labels.sum((0, 1, 2)))) == {0, 1, 3}
-
-
-def test_batches_follow_the_augmentation_ramp_epoch_by_epoch(tmp_path):
-    """Epoch 1 of a 3-epoch ramp is augmented at half strength, epoch 3 at full, so a resumed
-    run (which sets `epoch`) sees the batches the uninterrupted run would have."""
-    dataset = datasets.open_dataset('camvid', str(make_camvid(tmp_path)))
-    options = 'scale=0.5,brightness=0.4,contrast=0,saturation=0'
-
-    def epoch_batch(epoch, augment):
-        batches = helper.BatchGenerator(dataset.train, (32, 32), dataset.read_label, 11,
-                                        augment, seed=0)
-        batches.epoch = epoch - 1
-        return next(iter(batches(3)))
-
-    ramp = transforms.Augment(options, ramp=3)
-    half = transforms.Augment('scale=0.25,brightness=0.2,contrast=0,saturation=0')
-    for epoch, same in ((1, half), (3, transforms.Augment(options))):
-        for got, expected in zip(epoch_batch(epoch, ramp), epoch_batch(epoch, same)):
-            np.testing.assert_array_equal(got, expected)
-    assert not np.array_equal(epoch_batch(1, ramp)[0],
-                              epoch_batch(1, transforms.Augment(options))[0])
 
 
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'shared', 'data')

@@ -118,24 +118,6 @@ def test_options_merge_over_defaults_and_describe_what_is_on():
     assert repr(only()) == "Augment('off')"
 
 
-def test_ramp_grows_the_strengths_from_half_to_full_and_keeps_the_probabilities():
-    augment = transforms.Augment('rotate=10,blur=0.3', crop=(32, 16), ramp=5)
-    assert repr(augment) == "Augment('flip=0.5,scale=0.25,rotate=10,brightness=0.1," \
-                            "contrast=0.2,saturation=0.2,blur=0.3,blur_sigma=1', " \
-                            "crop=(32, 16), ramp=5)"
-    for epoch, share in ((1, 0.5), (3, 0.75)):
-        early = augment.for_epoch(epoch)
-        assert early.crop == (32, 16)
-        assert early.options == pytest.approx({
-            **augment.options, 'scale': 0.25 * share, 'rotate': 10 * share,
-            'brightness': 0.1 * share, 'contrast': 0.2 * share, 'saturation': 0.2 * share,
-            'blur_sigma': share, 'clahe_clip': 2 * share})
-        assert (early.options['flip'], early.options['blur']) == (0.5, 0.3)
-    assert augment.for_epoch(5) is augment and augment.for_epoch(9) is augment
-    steady = transforms.Augment()
-    assert steady.for_epoch(1) is steady
-
-
 def test_bad_arrays():
     augment = transforms.Augment()
     rng = np.random.default_rng(0)

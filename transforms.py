@@ -12,11 +12,6 @@ Options, each switched off by 0 (its strength or its probability):
   blur        probability of a Gaussian blur with sigma uniform in [0, blur_sigma]
   clahe       probability of CLAHE on the L channel of LAB, clip limit clahe_clip, 8x8 tiles
 
-A ramp (`Augment(options, ramp=n)`, main.py's --augment-ramp) starts every strength (the
-ranges, blur's sigma and CLAHE's clip limit, not the probabilities) at half its value in epoch 1
-and grows it linearly to the full value at epoch n, as progressive learning does (EfficientNetV2):
-weak augmentation fits sooner, the full strength generalises better by the end.
-
 A training crop (`Augment(options, crop=(h, w))`, main.py's --train-crop) cuts a random h x w
 window out of the transformed pair, last of the geometric steps: the network sees every part of
 the scene at its full resolution, at a fraction of the step's cost.
@@ -51,11 +46,6 @@ DEFAULTS = {'flip': 0.5, 'scale': 0.25, 'rotate': 0.0, 'shift': 0.0,
 LIMITS = {'flip': (0, 1), 'scale': (0, 0.9), 'rotate': (0, 180), 'shift': (0, 0.5),
           'brightness': (0, 1), 'contrast': (0, 1), 'saturation': (0, 1),
           'blur': (0, 1), 'blur_sigma': (0, 10), 'clahe': (0, 1), 'clahe_clip': (0, 40)}
-
-# The options that set how strong a transform is, as opposed to how often it happens.
-STRENGTHS = ('scale', 'rotate', 'shift', 'brightness', 'contrast', 'saturation', 'blur_sigma',
-             'clahe_clip')
-RAMP_START = 0.5  # share of each strength in the first epoch of a ramp
 
 # A probability and its strength: the transform is on only when both are above 0.
 PAIRED = {'blur': 'blur_sigma', 'blur_sigma': 'blur', 'clahe': 'clahe_clip', 'clahe_clip': 'clahe'}
@@ -106,26 +96,14 @@ class Augment:
     The image is uint8 HxWx3 RGB, the label uint8 HxW class indices with VOID ignored.
     """
 
-    def __init__(self, options=None, crop=None, ramp=0):
+    def __init__(self, options=None, crop=None):
         """`options`: 'key=value,...' text or a dict, merged over DEFAULTS; `crop`: (height,
-        width) of a random window to cut out last, or None for the whole image; `ramp`: the
-        epoch by which the strengths reach their values (0: from the start)."""
+        width) of a random window to cut out last, or None for the whole image."""
         self.options = {**DEFAULTS, **parse_options(options or {})}
         self.crop = tuple(crop) if crop else None
-        self.ramp = ramp
 
     def __repr__(self):
-        return f'Augment({self.describe()!r}' + (f', crop={self.crop}' if self.crop else '') + \
-            (f', ramp={self.ramp})' if self.ramp else ')')
-
-    def for_epoch(self, epoch):
-        """The augmentation of epoch `epoch` (1-based): this one, or on a ramp before its last
-        epoch, a copy with every strength scaled from RAMP_START towards 1."""
-        if epoch >= self.ramp:
-            return self
-        share = RAMP_START + (1 - RAMP_START) * (epoch - 1) / (self.ramp - 1)
-        return Augment({key: value * share if key in STRENGTHS else value
-                        for key, value in self.options.items()}, self.crop)
+        return f'Augment({self.describe()!r}' + (f', crop={self.crop})' if self.crop else ')')
 
     def describe(self):
         """The options in effect as 'key=value,...', or 'off' when none is."""
