@@ -365,11 +365,6 @@ def parse_args(argv=None):
                              'weights with this decay per step, e.g. 0.9995, its batch-norm '
                              'statistics measured on 32 training images before every validation; '
                              '0: the weights themselves (default: %(default)s)')
-    parser.add_argument('--swa-start', type=int, metavar='EPOCH',
-                        help='stochastic weight averaging: from this epoch on, hold the '
-                             'learning rate where the schedule had it and make the average '
-                             '(--ema-decay) the plain mean of the weights after each step since; '
-                             '0: off (default: %(default)s)')
     parser.add_argument('--encoder-weights', type=encoder_weights_arg,
                         help="udacity (data-dir/vgg, downloaded if absent), keras-h5:PATH "
                              "(Keras's VGG16 ImageNet file) or none (from scratch) "
@@ -414,9 +409,6 @@ def parse_args(argv=None):
     if args.ema_decay and args.encoder_weights == 'udacity':
         parser.error('--ema-decay needs an encoder built in the graph (--encoder-weights none '
                      'or keras-h5:PATH); the frozen udacity VGG16 has a single tower')
-    if args.swa_start and not (args.ema_decay and 1 <= args.swa_start <= args.epochs):
-        parser.error(f'argument --swa-start: {args.swa_start} must be 0 or an epoch from 1 to '
-                     f'--epochs {args.epochs}, with --ema-decay above 0')
     if args.alpha <= 0:
         parser.error(f'argument --alpha: {args.alpha} must be above 0')
     if args.encoder == 'mobilenetv2' and args.encoder_weights != 'none':
@@ -513,20 +505,15 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
             vgg.assign_weights(sess, weights)
         sess.run([average.assign(v.deref()) for v, average in averages.items()])
 
-    def averaged(train_op, uniform_after=None):
+    def averaged(train_op):
         """After each step, average <- d * average + (1 - d) * weight, where d ramps up as
         min(ema_decay, (1 + n) / (10 + n)) at the n-th step, so early averages follow the
-        weights instead of remembering their random start. After step `uniform_after`, d is
-        (k - 1) / k at its k-th step: the average restarts as the plain mean of the weights
-        after each of those steps (stochastic weight averaging)."""
+        weights instead of remembering their random start."""
         if not averages:
             return train_op
         with tf.control_dependencies([train_op]):
             n = count.assign_add(1.0)
             decay = tf.minimum(float(args.ema_decay), (1 + n) / (10 + n))
-            if uniform_after is not None:
-                k = n - float(uniform_after)
-                decay = tf.where(k >= 1, (k - 1) / tf.maximum(k, 1.0), decay)
             return tf.group([average.assign(decay * average + (1 - decay) * v.deref())
                              for v, average in averages.items() if v.deref().trainable],
                             name='train_and_average')
@@ -539,19 +526,11 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
 
 def learning_rate_schedule(args, steps_per_epoch):
     """The learning rate at each global step (0-based): constant, or DeepLab's 'poly' decay
-    (1 - step / steps) ** 0.9 from --learning-rate towards 0 at the last step; with
-    --swa-start, held from that epoch's first step on at the rate the schedule gave it."""
+    (1 - step / steps) ** 0.9 from --learning-rate towards 0 at the last step."""
     if args.lr_schedule == 'constant':
         return lambda step: args.learning_rate
-    steps, hold = args.epochs * steps_per_epoch, swa_step(args, steps_per_epoch)
-    if hold is None:
-        hold = steps
-    return lambda step: args.learning_rate * max(0.0, 1 - min(step, hold) / steps) ** 0.9
-
-
-def swa_step(args, steps_per_epoch):
-    """The global step after which --swa-start's averaging begins (None: never)."""
-    return (args.swa_start - 1) * steps_per_epoch if args.swa_start else None
+    steps = args.epochs * steps_per_epoch
+    return lambda step: args.learning_rate * max(0.0, 1 - step / steps) ** 0.9
 
 
 def read_json(path, flag):
@@ -729,8 +708,7 @@ def run(argv=None):
         _, train_op, cross_entropy_loss = optimize(net.train_output, correct_label, learning_rate,
                                                    classes.num_classes, class_weights,
                                                    args.lovasz_weight, args.hard_pixels)
-        batches = -(-len(get_batches_fn) // args.batch_size)
-        train_op = net.averaged(train_op, swa_step(args, batches))
+        train_op = net.averaged(train_op)
         probabilities = tf.nn.softmax(net.output, name='probabilities')
         saver = tf1.train.Saver(max_to_keep=None)
         net.initialise()
@@ -761,6 +739,7 @@ def run(argv=None):
                                        'classes': args.classes, 'remap': args.remap,
                                        'epoch': epoch, 'val_iou': key_metric})
 
+        batches = -(-len(get_batches_fn) // args.batch_size)
         monitor = RunMonitor(run_dir, sess, saver, predict, export, val_samples, args, log,
                              records, (start_epoch - 1) * batches, classes)
         calibration_images = calibration_batch(train_pairs, args.image_shape) \

@@ -33,8 +33,6 @@ def read_run(run_dir):
         encoder += f' hardest {config["hard_pixels"]:g}'
     if config.get('ema_decay'):
         encoder += f' EMA {config["ema_decay"]:g}'
-    if config.get('swa_start'):
-        encoder += f' SWA from {config["swa_start"]}'
     shape = config['image_shape']
     if config.get('train_crop'):  # save_config writes null for whole images
         shape += f' crops {config["train_crop"]}'

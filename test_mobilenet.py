@@ -211,33 +211,6 @@ def test_inference_tower_reads_averaged_weights_and_their_calibrated_statistics(
         assert not np.allclose(sess.run(net.output, {net.input_image: x}), output)
 
 
-def test_swa_average_is_the_plain_mean_of_the_weights_after_each_step_since_its_start():
-    with tf.Graph().as_default(), tf1.Session() as sess:
-        tf1.set_random_seed(0)
-        net = main.build_network(sess, network_args(ema_decay=0.5), 2)
-        kernel = tf1.global_variables('mobilenetv2/conv1/kernel')[0]
-        average = tf1.global_variables('mobilenetv2/conv1/kernel/average')[0]
-        label = tf1.placeholder(tf.float32, [None, None, None, 2])
-        _, train_op, _ = main.optimize(net.train_output, label, 1e-2, 2)
-        train_op = net.averaged(train_op, uniform_after=2)
-        net.initialise()
-        x = images()
-        y = np.eye(2, dtype=np.float32)[np.random.default_rng(1).integers(0, 2, x.shape[:3])]
-        weights, averages = [], []
-        for _ in range(5):
-            sess.run(train_op, {net.input_image: x, label: y})
-            weight, average_now = sess.run([kernel, average])
-            weights.append(weight)
-            averages.append(average_now)
-        # Steps 1 and 2 are exponential: decay 2/11, then 3/12 (below ema_decay 0.5).
-        assert not np.allclose(averages[1], weights[1])
-        # From step 3 on, the plain mean of the weights after steps 3..n.
-        for n in (3, 4, 5):
-            np.testing.assert_allclose(averages[n - 1], np.mean(weights[2:n], axis=0),
-                                       rtol=1e-5, atol=1e-6)
-        assert not np.allclose(averages[4], weights[4])
-
-
 def test_without_ema_decay_training_op_is_unchanged_and_nothing_calibrates(trainable):
     sess, net, _, train_op = trainable
     assert net.averaged(train_op) is train_op
@@ -248,21 +221,13 @@ def test_without_ema_decay_training_op_is_unchanged_and_nothing_calibrates(train
 
 
 def test_poly_schedule_decays_to_zero_and_constant_stays():
-    args = argparse.Namespace(learning_rate=1e-3, lr_schedule='poly', epochs=4, swa_start=0)
+    args = argparse.Namespace(learning_rate=1e-3, lr_schedule='poly', epochs=4)
     poly = main.learning_rate_schedule(args, steps_per_epoch=5)
     assert poly(0) == pytest.approx(1e-3)
     assert poly(10) == pytest.approx(1e-3 * 0.5 ** 0.9)
     assert poly(19) == pytest.approx(1e-3 * (1 / 20) ** 0.9) and poly(20) == 0
     args.lr_schedule = 'constant'
     assert main.learning_rate_schedule(args, 5)(17) == 1e-3
-
-
-def test_swa_start_holds_the_poly_rate_from_that_epochs_first_step():
-    args = argparse.Namespace(learning_rate=1e-3, lr_schedule='poly', epochs=4, swa_start=3)
-    assert main.swa_step(args, 5) == 10
-    held = main.learning_rate_schedule(args, steps_per_epoch=5)
-    assert held(9) == pytest.approx(1e-3 * (11 / 20) ** 0.9)
-    assert held(10) == held(14) == held(19) == pytest.approx(1e-3 * 0.5 ** 0.9)
 
 
 class Batches:
@@ -316,8 +281,7 @@ def read_metrics(run_dir):
 def test_main_trains_exports_evaluates_and_resumes_mobilenetv2_through_the_same_paths(
         tmp_path):
     data, run_dir = train_tiny_run(tmp_path, '--epochs', '2', '--lr-schedule', 'poly',
-                                   '--train-crop', '32x32', '--decoder', 'fpn',
-                                   '--swa-start', '2')
+                                   '--train-crop', '32x32', '--decoder', 'fpn')
     info = json.loads(open(os.path.join(run_dir, 'model', 'fcn.json')).read())
     assert (info['encoder'], info['decoder'], info['alpha']) == ('mobilenetv2', 'fpn', ALPHA)
     # Trained on 32x32 crops, exported and validated at the whole 32x64.
@@ -338,8 +302,8 @@ def test_main_trains_exports_evaluates_and_resumes_mobilenetv2_through_the_same_
     assert got['kitti_road']['max_f'] == pytest.approx(best['val']['kitti_road']['max_f'],
                                                        abs=1e-9)
     # Interrupted after epoch 1, the run resumes from that checkpoint, weight averages and
-    # their step count included: epoch 2, where --swa-start begins, is validated exactly as
-    # before (a fresh average of the restored weights would score differently).
+    # their step count included: epoch 2 is validated exactly as before (a fresh average of
+    # the restored weights would score differently).
     epoch2 = next(r for r in records['epochs'] if r['epoch'] == 2)
     shutil.rmtree(checkpoints.folder_for(os.path.join(run_dir, 'checkpoints'), 2))
     main.run(['--resume', run_dir])

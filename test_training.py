@@ -186,9 +186,8 @@ def test_plot_draws_the_curves_of_runs_and_rejects_other_folders(tmp_path):
     assert plot.read_run(str(run))[0] == 'vgg16 352x480 crops 256x352 batch 2 (run)'
     (run / 'config.json').write_text(json.dumps({'encoder': 'mobilenetv2', 'decoder': 'fcn4s',
                                                  'image_shape': '352x480', 'ema_decay': 0.9995,
-                                                 'hard_pixels': 0.25, 'swa_start': 61}))
-    assert plot.read_run(str(run))[0] == \
-        'mobilenetv2-fcn4s hardest 0.25 EMA 0.9995 SWA from 61 352x480 (run)'
+                                                 'hard_pixels': 0.25}))
+    assert plot.read_run(str(run))[0] == 'mobilenetv2-fcn4s hardest 0.25 EMA 0.9995 352x480 (run)'
     output = tmp_path / 'curve.png'
     plot.main([str(run), '--output', str(output), '--minutes', '--iou-min', '0.6'])
     assert fixtures.iio.imread(output).shape[:2] == (440, 1100)  # one legend row below
