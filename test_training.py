@@ -193,3 +193,18 @@ def test_plot_draws_the_curves_of_runs_and_rejects_other_folders(tmp_path):
     assert fixtures.iio.imread(output).shape[:2] == (440, 1100)  # one legend row below
     with pytest.raises(helper.UserError, match='not a run folder'):
         plot.read_run(str(tmp_path))
+
+
+def test_plot_draws_each_runs_iou_in_the_colour_of_its_loss(tmp_path):
+    """A run not validated yet draws no IoU curve; the next run's IoU keeps its own colour."""
+    import plot
+    from matplotlib import colors
+    unvalidated = ('a', [1, 2], [1, 2], [0.5, 0.4], [None, None])
+    validated = ('b', [1, 2], [1, 2], [0.3, 0.2], [0.7, 0.8])
+    output = tmp_path / 'curve.png'
+    plot.plot([unvalidated, validated], str(output))
+    pixels = fixtures.iio.imread(output)[:400, :, :3]  # the panels, without the legend
+    iou_panel = pixels[:, pixels.shape[1] // 2:].reshape(-1, 3)
+    first, second = (np.round(255 * np.array(colors.to_rgb(f'C{i}'))) for i in (0, 1))
+    assert (iou_panel == second).all(1).any()
+    assert not (iou_panel == first).all(1).any()
