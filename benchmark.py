@@ -15,7 +15,7 @@ its peak resident memory: latency at batch 1, throughput at batch 8, GFLOP/s. Wi
 DIR, predict.py then segments a video made of those images with the fastest format, decoding
 and encoding included:
 
-    python benchmark.py --deploy runs/20261121-192051 --video-frames IMAGE_DIR --json d.json
+    python benchmark.py --deploy RUN_DIR --video-frames IMAGE_DIR --json d.json
 """
 import argparse
 import json
@@ -76,7 +76,7 @@ def parse_args(argv=None):
                         help="time this trained model's deployment formats instead")
     parser.add_argument('--deploy-shapes', default='160x576,384x1248',
                         help='sizes to freeze and convert the model at (default: %(default)s)')
-    parser.add_argument('--calibration-images', type=int, default=20,
+    parser.add_argument('--calibration-images', type=int, default=helper.CALIBRATION_IMAGES,
                         help="int8 calibration images from the run's training set "
                              "(default: %(default)s)")
     parser.add_argument('--video-frames', metavar='IMAGE_DIR',
@@ -332,7 +332,17 @@ def time_model(path, repeats):
         latency = time_call(lambda: model(images[:1]), repeats)
         batch = time_call(lambda: model(images), max(1, repeats // 4))
     return {'kind': model.kind, 'latency_ms': 1e3 * latency, 'batch8_images_per_s': 8 / batch,
-            'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            'peak_rss_mb': peak_memory_mb()}
+
+
+def peak_memory_mb():
+    """This process's peak resident memory: /proc's VmHWM where there is one, as getrusage's
+    ru_maxrss survives fork and exec (a child of a big parent reports at least the parent's)."""
+    try:
+        with open('/proc/self/status') as f:
+            return next(int(line.split()[1]) for line in f if line.startswith('VmHWM:')) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def time_in_child(path, repeats):

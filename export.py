@@ -279,8 +279,9 @@ def run_data(run_dir, info, split, hint):
 
 
 def calibration_images(args, info):
-    """Up to --calibration-images images at the training size, evenly spread over
-    --calibration-dir or, by default, the run's training images."""
+    """Up to --calibration-images images of --calibration-dir or, by default, of the run's
+    training images: at the default count, those its averaged weights' batch norm was
+    calibrated on."""
     if args.calibration_dir:
         source = f'--calibration-dir {args.calibration_dir}'
         paths = [path for path in predict.input_files([args.calibration_dir], {})
@@ -293,9 +294,7 @@ def calibration_images(args, info):
                  if os.path.basename(image) in names]
     if not paths:
         raise helper.UserError(f'{source}: no images to calibrate the int8 model on')
-    chosen = np.unique(np.linspace(0, len(paths) - 1, args.calibration_images).round())
-    return [helper.resize_image(helper.read_rgb(paths[int(i)]), info['image_shape'])
-            for i in chosen]
+    return helper.calibration_images(paths, info['image_shape'], args.calibration_images)
 
 
 def check_samples(args, info):
@@ -376,8 +375,9 @@ def parse_args(argv=None):
     parser.add_argument('--calibration-dir', metavar='DIR',
                         help="images to calibrate the int8 model on (default: the run's "
                              "training images)")
-    parser.add_argument('--calibration-images', type=int, default=100,
-                        help='how many calibration images, evenly spread (default: %(default)s)')
+    parser.add_argument('--calibration-images', type=int, default=helper.CALIBRATION_IMAGES,
+                        help='how many calibration images, at an even step '
+                             '(default: %(default)s)')
     args = parser.parse_args(argv)
     if args.calibration_images < 1:
         parser.error('argument --calibration-images: must be at least 1')

@@ -33,6 +33,7 @@ VOID = 255  # class index stored for void pixels; one-hot rows of void pixels ar
 
 OVERLAY_RGB = (0, 255, 0)
 OVERLAY_ALPHA = 0.5
+CALIBRATION_IMAGES = 32  # batch norm of averaged weights (main.py), int8 ranges (export.py)
 
 
 class UserError(Exception):
@@ -270,6 +271,14 @@ def resize_image(image, shape):
     if image.shape[:2] == tuple(shape):
         return image
     return np.asarray(Image.fromarray(image).resize(shape[::-1], Image.BILINEAR))
+
+
+def calibration_images(paths, image_shape, count=CALIBRATION_IMAGES):
+    """`count` of the image `paths`, at an even step from the first, read whole and resized to
+    the training size as inference sees them: the batch whose statistics the averaged weights'
+    batch norm takes (main.py) and whose activation ranges the int8 export takes (export.py)."""
+    step = max(1, len(paths) // count)
+    return np.stack([resize_image(read_rgb(path), image_shape) for path in paths[::step][:count]])
 
 
 def resize_label(classes, shape):

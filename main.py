@@ -31,7 +31,6 @@ import transforms  # noqa: E402
 import vgg  # noqa: E402
 
 NUM_CLASSES = 2  # KITTI: not road, road; other data sets size the head from their classes
-CALIBRATION_IMAGES = 32  # batch norm statistics of the averaged weights come from these
 OPTIONAL = {'resume', 'classes', 'remap', 'train_crop'}  # options that may stay unset
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs',
                               'kitti_road.json')
@@ -742,8 +741,8 @@ def run(argv=None):
         batches = -(-len(get_batches_fn) // args.batch_size)
         monitor = RunMonitor(run_dir, sess, saver, predict, export, val_samples, args, log,
                              records, (start_epoch - 1) * batches, classes)
-        calibration_images = calibration_batch(train_pairs, args.image_shape) \
-            if args.ema_decay else None
+        calibration_images = helper.calibration_images(
+            [image for image, _ in train_pairs], args.image_shape) if args.ema_decay else None
 
         def epoch_end(epoch, mean_loss):
             if monitor.validates(epoch):
@@ -765,15 +764,6 @@ def run(argv=None):
         helper.write_legend(os.path.join(run_dir, 'legend.png'), classes.names, colors)
         log(f'model and overlays written to {run_dir}')
     return run_dir
-
-
-def calibration_batch(train_pairs, image_shape, count=CALIBRATION_IMAGES):
-    """`count` training images spread over the training set, whole and unaugmented as
-    inference sees them, at the training size: the batch whose statistics the averaged
-    weights' batch norm takes (`Network.calibrate`)."""
-    step = max(1, len(train_pairs) // count)
-    return np.stack([helper.resize_image(helper.read_rgb(image), image_shape)
-                     for image, _ in train_pairs[::step][:count]])
 
 
 def start_run(sess, saver, args, train_pairs, val_pairs, class_weights):

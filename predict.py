@@ -26,11 +26,11 @@ import os
 import re
 import sys
 import time
-import warnings
 
 import imageio.v2 as iio2
 import imageio.v3 as iio
 import numpy as np
+from ai_edge_litert.interpreter import Interpreter
 from tqdm import tqdm
 
 import datasets
@@ -220,10 +220,8 @@ def _tflite(path, info):
     the decoder's output shapes are folded to batch 1 at conversion). Integer models take and
     return tensors quantized with their own scale and zero point."""
     try:
-        # without tf.lite.Interpreter's notices: that LiteRT succeeds it, that XNNPACK runs it
-        with warnings.catch_warnings(), helper.quiet_stderr():
-            warnings.simplefilter('ignore')
-            interpreter = tf.lite.Interpreter(model_path=path, num_threads=os.cpu_count())
+        with helper.quiet_stderr():  # without LiteRT's notice that XNNPACK runs the model
+            interpreter = Interpreter(model_path=path, num_threads=os.cpu_count())
             interpreter.allocate_tensors()
         (image,), (probabilities,) = (interpreter.get_input_details(),
                                       interpreter.get_output_details())

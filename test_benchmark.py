@@ -1,4 +1,8 @@
 """benchmark.py's FLOP count and options (its timings are figures to read, not to assert)."""
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 
 import benchmark
@@ -36,3 +40,12 @@ def test_time_paired_gives_the_median_time_and_the_median_of_per_pair_ratios(mon
                                            lambda: calls.append('reference'), 3)
     assert calls == ['fn', 'reference']  # the warm-up; the timed calls go through seconds()
     assert (seconds, ratio) == (2, 2)  # ratios 2, 3, 1; the medians' ratio would be 1.5
+
+
+def test_a_child_process_reports_its_own_peak_memory_not_its_parents():
+    ballast = np.ones(2**30 // 8)  # 1 GiB, touched, held while the child runs
+    assert benchmark.peak_memory_mb() > 1024
+    done = subprocess.run([sys.executable, '-c', 'import benchmark; '
+                           'print(benchmark.peak_memory_mb())'], capture_output=True, text=True,
+                          check=True)
+    assert float(done.stdout.split()[-1]) < benchmark.peak_memory_mb() - ballast.nbytes / 2**21

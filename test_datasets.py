@@ -177,6 +177,16 @@ def test_image_and_label_of_different_sizes(tmp_path):
         helper.BatchGenerator(dataset.train, (32, 32), dataset.read_label, 11)
 
 
+def test_calibration_images_at_an_even_step_whole_and_resized(tmp_path):
+    paths = [str(tmp_path / f'{i}.png') for i in range(7)]
+    for i, path in enumerate(paths):
+        write(path, np.full((8, 12, 3), 10 * i, np.uint8))
+    chosen = helper.calibration_images(paths, (4, 6), count=3)
+    assert chosen.shape == (3, 4, 6, 3) and chosen.dtype == np.uint8
+    assert [int(image.mean()) for image in chosen] == [0, 20, 40]  # step 7 // 3 = 2
+    assert len(helper.calibration_images(paths, (4, 6), count=10)) == 7  # fewer: every one
+
+
 def test_median_frequency_weights_hand_computed():
     # image 1: 6 pixels of class 0, 2 of class 1; image 2: 2 of class 0, 2 of class 2, void
     first = np.array([0, 0, 0, 0, 0, 0, 1, 1], np.uint8)

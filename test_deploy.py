@@ -481,7 +481,7 @@ def test_subpixel_upsampling_computes_the_transposed_convolution(stride, size):
 
 def test_tflite_exports_upsample_without_transpose_conv(exports):
     for kind in ('tflite32', 'int8'):
-        interpreter = tf.lite.Interpreter(str(exports / export.FILES[kind]))
+        interpreter = predict.Interpreter(str(exports / export.FILES[kind]))
         ops = {op['op_name'] for op in interpreter._get_ops_details()}
         assert 'DEPTH_TO_SPACE' in ops and 'TRANSPOSE_CONV' not in ops, (kind, ops)
 
