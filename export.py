@@ -31,7 +31,8 @@ import evaluate
 import helper
 import predict
 
-tf, tf1 = predict.tf, predict.tf1
+tf = helper.import_tensorflow()
+tf1 = tf.compat.v1
 
 FILES = {'savedmodel': 'savedmodel', 'frozen': 'model.pb', 'tflite32': 'model_float32.tflite',
          'tflite16': 'model_float16.tflite', 'int8': 'model_int8.tflite'}

@@ -26,7 +26,8 @@ import predict
 import project_tests as fixtures
 import vgg
 
-tf, tf1 = predict.tf, predict.tf1
+tf = helper.import_tensorflow()
+tf1 = tf.compat.v1
 SHAPE = (32, 64)
 NAMES, COLORS = ['not road', 'road', 'sky'], [[255, 0, 0], [255, 0, 255], [0, 0, 255]]
 
@@ -484,6 +485,17 @@ def test_tflite_exports_upsample_without_transpose_conv(exports):
         interpreter = predict.Interpreter(str(exports / export.FILES[kind]))
         ops = {op['op_name'] for op in interpreter._get_ops_details()}
         assert 'DEPTH_TO_SPACE' in ops and 'TRANSPOSE_CONV' not in ops, (kind, ops)
+
+
+def test_tflite_models_run_without_importing_tensorflow(exports):
+    code = ('import sys, numpy, predict\n'
+            'with predict.load_model(sys.argv[1]) as model:\n'
+            '    out = model(numpy.zeros((1, *model.image_shape, 3), numpy.uint8))\n'
+            'print(out.shape, "tensorflow" in sys.modules)')
+    for kind in ('tflite32', 'int8'):
+        done = subprocess.run([sys.executable, '-c', code, str(exports / export.FILES[kind])],
+                              capture_output=True, text=True, check=True, cwd=fixtures.HERE)
+        assert done.stdout.split('\n')[-2] == f'(1, {SHAPE[0]}, {SHAPE[1]}, 2) False', kind
 
 
 def test_agreement_json(exports, original):
