@@ -1,4 +1,5 @@
 """benchmark.py's FLOP count and options (its timings are figures to read, not to assert)."""
+import os
 import subprocess
 import sys
 
@@ -47,5 +48,5 @@ def test_a_child_process_reports_its_own_peak_memory_not_its_parents():
     assert benchmark.peak_memory_mb() > 1024
     done = subprocess.run([sys.executable, '-c', 'import benchmark; '
                            'print(benchmark.peak_memory_mb())'], capture_output=True, text=True,
-                          check=True)
+                          check=True, cwd=os.path.dirname(os.path.abspath(benchmark.__file__)))
     assert float(done.stdout.split()[-1]) < benchmark.peak_memory_mb() - ballast.nbytes / 2**21
