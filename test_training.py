@@ -13,6 +13,7 @@ import checkpoints
 import evaluate
 import helper
 import main
+import plot
 import project_tests as fixtures
 
 tf, tf1 = main.tf, main.tf1
@@ -170,7 +171,6 @@ def test_evaluate_reports_bad_model_and_split(tmp_path, capsys):
 
 
 def test_plot_draws_the_curves_of_runs_and_rejects_other_folders(tmp_path):
-    import plot
     run = tmp_path / 'run'
     run.mkdir()
     (run / 'config.json').write_text(json.dumps({'encoder': 'mobilenetv2', 'decoder': 'fcn8s',
@@ -197,7 +197,6 @@ def test_plot_draws_the_curves_of_runs_and_rejects_other_folders(tmp_path):
 
 def test_plot_draws_each_runs_iou_in_the_colour_of_its_loss(tmp_path):
     """A run not validated yet draws no IoU curve; the next run's IoU keeps its own colour."""
-    import plot
     from matplotlib import colors
     unvalidated = ('a', [1, 2], [1, 2], [0.5, 0.4], [None, None])
     validated = ('b', [1, 2], [1, 2], [0.3, 0.2], [0.7, 0.8])
