@@ -370,14 +370,16 @@ class BatchGenerator:
     All pairs are read and checked once, at construction, so bad files are reported before any
     training starts; `len()` is the number of pairs. Every batch draws its randomness from its
     own generator seeded by (seed, epoch, batch), so results do not depend on thread timing and
-    a resumed run that sets `epoch` sees the batches the uninterrupted run would have.
+    a resumed run that sets `epoch` sees the batches the uninterrupted run would have. From
+    epoch `plain_from` on, `augment` is cut down to its flips and crop (main.py's --plain-epochs).
     """
 
     def __init__(self, pairs, image_shape, read_label, num_classes, augment=None, seed=None,
-                 workers=2, prefetch=4):
+                 workers=2, prefetch=4, plain_from=None):
         self.image_shape = tuple(image_shape)
         self.num_classes = num_classes
         self.augment = augment
+        self.plain_from = plain_from
         self.seed = seed
         self.epoch = 0
         self.workers, self.prefetch = workers, prefetch
@@ -394,19 +396,26 @@ class BatchGenerator:
         epoch_seed = np.random.SeedSequence([self.seed or 0, self.epoch])
         order = np.random.default_rng(epoch_seed).permutation(len(self))
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        augment = self.augment_for(self.epoch)
         with ThreadPoolExecutor(self.workers) as pool:
             pending = collections.deque()
             for indexes, seed in zip(batches, epoch_seed.spawn(len(batches))):
-                pending.append(pool.submit(self.make_batch, indexes, seed))
+                pending.append(pool.submit(self.make_batch, indexes, seed, augment))
                 if len(pending) > self.prefetch:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
 
-    def make_batch(self, indexes, seed):
-        """The augmented examples `indexes` as network inputs."""
+    def augment_for(self, epoch):
+        """The transforms of `epoch` (1-based), or None."""
+        if self.augment and self.plain_from and epoch >= self.plain_from:
+            return self.augment.flips_only()
+        return self.augment
+
+    def make_batch(self, indexes, seed, augment):
+        """The examples `indexes`, transformed by `augment` (if any), as network inputs."""
         rng = np.random.default_rng(seed)
-        pairs = [self.augment(self.images[i], self.labels[i], rng) if self.augment
+        pairs = [augment(self.images[i], self.labels[i], rng) if augment
                  else (self.images[i], self.labels[i]) for i in indexes]
         images, labels = zip(*pairs)
         return np.stack(images).astype(np.float32), one_hot(np.stack(labels), self.num_classes)

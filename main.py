@@ -332,6 +332,10 @@ def parse_args(argv=None):
                         help='training augmentation over the defaults '
                              f'{",".join(f"{k}={v:g}" for k, v in transforms.DEFAULTS.items())}'
                              '; "none,flip=0.5" for flips only (default: %(default)s)')
+    parser.add_argument('--plain-epochs', type=int, metavar='N',
+                        help='train the last N epochs on flips only (and --train-crop): no zoom '
+                             'or colour jitter, so the last, low-rate steps fit the images as '
+                             'inference sees them (default: %(default)s)')
     parser.add_argument('--train-crop', type=train_crop_arg, metavar='HxW',
                         help='train on random HxW windows of the --image-shape images, '
                              'multiples of 32 (validation and inference see whole images); '
@@ -395,6 +399,9 @@ def parse_args(argv=None):
     for flag in ('epochs', 'batch_size', 'val_every', 'tb_images_every'):
         if getattr(args, flag) < 1:
             parser.error(f'argument --{flag.replace("_", "-")}: must be at least 1')
+    if not 0 <= args.plain_epochs <= args.epochs:
+        parser.error(f'argument --plain-epochs: {args.plain_epochs} must be from 0 to --epochs '
+                     f'({args.epochs})')
     crop = args.train_crop
     if crop and any(c > n for c, n in zip(crop, args.image_shape)):
         parser.error(f'argument --train-crop: {crop[0]}x{crop[1]} is larger than '
@@ -691,8 +698,9 @@ def run(argv=None):
     dataset, train_pairs, val_pairs = data_split(args)
     classes = dataset.classes
     augment = transforms.Augment(args.augment, args.train_crop)
-    get_batches_fn = helper.BatchGenerator(train_pairs, args.image_shape, dataset.read_label,
-                                           classes.num_classes, augment, args.seed)
+    get_batches_fn = helper.BatchGenerator(
+        train_pairs, args.image_shape, dataset.read_label, classes.num_classes, augment,
+        args.seed, plain_from=args.epochs - args.plain_epochs + 1 if args.plain_epochs else None)
     val_samples = evaluate.load_samples(val_pairs, dataset.read_label)
     class_weights = datasets.median_frequency_weights(get_batches_fn.labels, classes.num_classes) \
         if args.class_weights == 'median' else None
@@ -721,7 +729,8 @@ def run(argv=None):
             f'{len(train_pairs)} training and {len(val_pairs)} validation images at '
             f'{args.image_shape[0]}x{args.image_shape[1]}'
             + (f' (training on {crop[0]}x{crop[1]} crops)' if crop else '')
-            + f', epochs {start_epoch}..{args.epochs}')
+            + f', epochs {start_epoch}..{args.epochs}'
+            + (f' (the last {args.plain_epochs} on flips only)' if args.plain_epochs else ''))
 
         def predict(batch):
             return sess.run(probabilities, {input_image: batch, keep_prob: 1.0})

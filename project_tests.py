@@ -781,6 +781,8 @@ def test_main_keras_h5_encoder_in_process(tiny_data, tmp_path):
 @pytest.mark.parametrize('args, damage, message', [
     (['--image-shape', '100x64'], None, r"--image-shape: .*'100x64': height and width must be"),
     (['--epochs', '0'], None, r'--epochs: must be at least 1'),
+    (['--epochs', '3', '--plain-epochs', '4'], None,
+     r'--plain-epochs: 4 must be from 0 to --epochs \(3\)'),
     (['--image-shape', '64x64', '--train-crop', '96x32'], None,
      r'--train-crop: 96x32 is larger than --image-shape 64x64'),
     (['--encoder-weights', 'imagenet'], None, r"--encoder-weights: .*use udacity, none or"),

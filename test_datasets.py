@@ -8,6 +8,7 @@ import pytest
 
 import datasets
 import helper
+import transforms
 
 VOID = helper.VOID
 RGB = {0: (128, 128, 128), 1: (128, 0, 0), 2: (128, 64, 128)}
@@ -204,6 +205,20 @@ def test_batches_from_a_many_class_dataset(tmp_path):
     assert images.shape == (3, 32, 32, 3) and labels.shape == (3, 32, 32, 11)
     assert set(np.unique(labels.sum(-1))) == {0.0, 1.0}  # one-hot or void
     assert set(np.flatnonzero(labels.sum((0, 1, 2)))) == {0, 1, 3}
+
+
+def test_batches_from_plain_from_on_are_the_images_themselves(tmp_path):
+    dataset = datasets.open_dataset('camvid', str(make_camvid(tmp_path)))
+    batches = helper.BatchGenerator(dataset.train, (32, 32), dataset.read_label, 11,
+                                    transforms.Augment('flip=0,brightness=0.5'), seed=0,
+                                    plain_from=2)
+
+    def epoch():
+        images = np.concatenate([images for images, _ in batches(2)])
+        return sorted(images.tobytes() for images in images.astype(np.uint8))
+    originals = sorted(image.tobytes() for image in batches.images)
+    assert set(epoch()).isdisjoint(originals)  # epoch 1: every image jittered
+    assert epoch() == epoch() == originals  # epochs 2 and 3: the images as they are
 
 
 SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'shared', 'data')

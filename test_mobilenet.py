@@ -281,15 +281,17 @@ def read_metrics(run_dir):
 def test_main_trains_exports_evaluates_and_resumes_mobilenetv2_through_the_same_paths(
         tmp_path):
     data, run_dir = train_tiny_run(tmp_path, '--epochs', '2', '--lr-schedule', 'poly',
-                                   '--train-crop', '32x32', '--decoder', 'fpn')
+                                   '--train-crop', '32x32', '--decoder', 'fpn',
+                                   '--plain-epochs', '1')
     info = json.loads(open(os.path.join(run_dir, 'model', 'fcn.json')).read())
     assert (info['encoder'], info['decoder'], info['alpha']) == ('mobilenetv2', 'fpn', ALPHA)
     # Trained on 32x32 crops, exported and validated at the whole 32x64.
     assert info['image_shape'] == [32, 64]
     log = open(os.path.join(run_dir, 'train.log')).read()
-    assert 'at 32x64 (training on 32x32 crops)' in log
+    assert 'at 32x64 (training on 32x32 crops), epochs 1..2 (the last 1 on flips only)' in log
     config = os.path.join(run_dir, 'config.json')
     assert main.parse_args(['--config', config]).train_crop == (32, 32)
+    assert main.parse_args(['--config', config]).plain_epochs == 1
     assert main.parse_args(['--config', config, '--train-crop', 'none']).train_crop is None
     records = read_metrics(run_dir)
     best = next(r for r in records['epochs'] if r['epoch'] == records['best_epoch'])

@@ -118,6 +118,12 @@ def test_options_merge_over_defaults_and_describe_what_is_on():
     assert repr(only()) == "Augment('off')"
 
 
+def test_flips_only_keeps_the_flip_and_crop_and_switches_the_rest_off():
+    plain = transforms.Augment('flip=0.7,rotate=5,blur=1', crop=(16, 24)).flips_only()
+    assert plain.describe() == 'flip=0.7' and plain.crop == (16, 24)
+    assert transforms.Augment('flip=0').flips_only().describe() == 'off'
+
+
 def test_bad_arrays():
     augment = transforms.Augment()
     rng = np.random.default_rng(0)

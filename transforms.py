@@ -102,6 +102,12 @@ class Augment:
         self.options = {**DEFAULTS, **parse_options(options or {})}
         self.crop = tuple(crop) if crop else None
 
+    def flips_only(self):
+        """The same flips and crop without the other transforms: what main.py's --plain-epochs
+        trains on at the end, so the low-rate steps fit the images as inference sees them."""
+        return Augment({**{key: 0.0 for key in DEFAULTS}, 'flip': self.options['flip']},
+                       self.crop)
+
     def __repr__(self):
         return f'Augment({self.describe()!r}' + (f', crop={self.crop})' if self.crop else ')')
 
