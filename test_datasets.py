@@ -214,8 +214,9 @@ def test_batches_from_plain_from_on_are_the_images_themselves(tmp_path):
                                     plain_from=2)
 
     def epoch():
-        images = np.concatenate([images for images, _ in batches(2)])
-        return sorted(images.tobytes() for images in images.astype(np.uint8))
+        """One epoch's images, as sorted bytes."""
+        seen = np.concatenate([images for images, _ in batches(2)]).astype(np.uint8)
+        return sorted(image.tobytes() for image in seen)
     originals = sorted(image.tobytes() for image in batches.images)
     assert set(epoch()).isdisjoint(originals)  # epoch 1: every image jittered
     assert epoch() == epoch() == originals  # epochs 2 and 3: the images as they are
