@@ -41,6 +41,7 @@ import helper
 DEFAULTS = {'flip': 0.5, 'scale': 0.25, 'rotate': 0.0, 'shift': 0.0,
             'brightness': 0.1, 'contrast': 0.2, 'saturation': 0.2,
             'blur': 0.0, 'blur_sigma': 1.0, 'clahe': 0.0, 'clahe_clip': 2.0}
+OFF = {key: 0.0 for key in DEFAULTS}  # every transform switched off: the text item `none`
 
 # The allowed values of each option, both ends included.
 LIMITS = {'flip': (0, 1), 'scale': (0, 0.9), 'rotate': (0, 180), 'shift': (0, 0.5),
@@ -61,7 +62,7 @@ def parse_options(options):
     """
     if isinstance(options, str):
         items = [item for item in options.split(',') if item.strip()]
-        off = {key: 0.0 for key in DEFAULTS if items and items[0].strip() == 'none'}
+        off = OFF if items and items[0].strip() == 'none' else {}
         options = {**off, **dict(split_option(item) for item in items[1 if off else 0:])}
     parsed = {}
     for key, value in options.items():
@@ -105,8 +106,7 @@ class Augment:
     def flips_only(self):
         """The same flips and crop without the other transforms: what main.py's --plain-epochs
         trains on at the end, so the low-rate steps fit the images as inference sees them."""
-        return Augment({**{key: 0.0 for key in DEFAULTS}, 'flip': self.options['flip']},
-                       self.crop)
+        return Augment({**OFF, 'flip': self.options['flip']}, self.crop)
 
     def __repr__(self):
         return f'Augment({self.describe()!r}' + (f', crop={self.crop})' if self.crop else ')')
