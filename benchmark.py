@@ -1,11 +1,12 @@
 """Time the FCN on this CPU: training and inference per image for each encoder and image size,
 the inference FLOP rate against numpy's float32 matmul measured in the same run, and, for VGG16,
-the peer implementations (Keras, PyTorch) in ../shared/bench run one after the other.
+the peer implementations (Keras, PyTorch) in --peer-dir run one after the other.
 
-Each network is built exactly as main.py trains it (main.build_network with random weights,
-main.optimize, a default tf1.Session) and fed random images and one-hot labels:
+Each network is built exactly as main.py trains it (with random weights) and fed random images
+and one-hot labels:
 
-    python benchmark.py --encoders vgg16,mobilenetv2 --image-shapes 160x576,352x480 --json b.json
+    python benchmark.py --encoders vgg16,mobilenetv2 --image-shapes 160x576,352x480 \
+        --peer-dir PEERS_DIR --json b.json
 
 With --deploy RUN_DIR it times that trained model's deployment formats instead: the frozen
 TensorFlow graph and TFLite float32, float16 and int8 (export.py's code), each frozen and
@@ -17,47 +18,25 @@ and encoding included:
 
     python benchmark.py --deploy RUN_DIR --video-frames IMAGE_DIR --json d.json
 """
-import argparse
-import json
 import os
 import platform
-import re
-import resource
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
-import export
-import helper
-import main as fcn
-import predict
-
-tf, tf1 = fcn.tf, fcn.tf1
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_PEER_DIR = os.path.join(HERE, '..', 'shared', 'bench')
-PAUSE_S = 0.3  # between paired timings: longer than OpenBLAS's threads spin after a product
-PEERS = (('keras', 'peer_keras_fcn8s_vgg.py'), ('torch', 'peer_torch_fcn8s_vgg.py'))
-PEER_RESULT = re.compile(r'inference ([0-9.]+) s/img.*train ([0-9.]+) s/img')
-
-
-# Targets from the issues, printed beside the figures (not asserted anywhere).
-TARGETS = {('vgg16', 'inference_vs_numpy_percent'): '>= 80 % of numpy',
-           ('mobilenetv2', 'train_s_per_image', (352, 480)): '<= 0.18 s',
-           ('mobilenetv2', 'inference_ms_batch1', (352, 480)): '< 34 ms',
-           ('mobilenetv2', 'inference_ms_batch1', (160, 576)): '< 20 ms'}
+from roadseg import bench, cli, files, images
+from roadseg.errors import UserError
+from roadseg.model import mobilenet
+from roadseg.model.ops import tf
 
 
 def parse_args(argv=None):
-    """Options; a bad value is a helper.UserError."""
-    parser = helper.ArgumentParser(description=__doc__.split('\n\n')[0])
+    """Options; a bad value is a UserError."""
+    parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--encoders', default='vgg16,mobilenetv2',
                         help='comma-separated, of vgg16 and mobilenetv2 (default: %(default)s)')
-    parser.add_argument('--decoder', choices=sorted(fcn.mobilenet.DECODERS), default='fcn8s',
+    parser.add_argument('--decoder', choices=sorted(mobilenet.DECODERS), default='fcn8s',
                         help="mobilenetv2's decoder (default: %(default)s)")
     parser.add_argument('--image-shapes', default='160x576,352x480',
                         help='comma-separated HxW, multiples of 32 (default: %(default)s)')
@@ -68,7 +47,8 @@ def parse_args(argv=None):
                         help='timed runs after warm-up; the median is reported '
                              '(default: %(default)s)')
     parser.add_argument('--peer-dir', help='folder holding the peer scripts '
-                                           '(default: ../shared/bench beside this file)')
+                                           'peer_keras_fcn8s_vgg.py and peer_torch_fcn8s_vgg.py '
+                                           '(peers are skipped without it)')
     parser.add_argument('--torch-python', help='Python interpreter with torch, to run the '
                                                'PyTorch peer (skipped without it)')
     parser.add_argument('--json', help='also write every figure to this JSON file')
@@ -76,422 +56,68 @@ def parse_args(argv=None):
                         help="time this trained model's deployment formats instead")
     parser.add_argument('--deploy-shapes', default='160x576,384x1248',
                         help='sizes to freeze and convert the model at (default: %(default)s)')
-    parser.add_argument('--calibration-images', type=int, default=helper.CALIBRATION_IMAGES,
+    parser.add_argument('--calibration-images', type=int, default=images.CALIBRATION_IMAGES,
                         help="int8 calibration images from the run's training set "
                              "(default: %(default)s)")
     parser.add_argument('--video-frames', metavar='IMAGE_DIR',
                         help='with --deploy: segment a video of these images (looped to 100 '
                              'frames) with the fastest format at the first --deploy-shapes size')
-    parser.add_argument('--time-model', help=argparse.SUPPRESS)  # one format, in a child
     args = parser.parse_args(argv)
     args.encoders = [e.strip() for e in args.encoders.split(',') if e.strip()]
     unknown = sorted(set(args.encoders) - {'vgg16', 'mobilenetv2'})
     if unknown or not args.encoders:
-        raise helper.UserError(f'--encoders {",".join(unknown)}: use vgg16 and/or mobilenetv2')
-    args.image_shapes, args.deploy_shapes = (shapes_arg(text, flag) for text, flag in (
+        raise UserError(f'--encoders {",".join(unknown)}: use vgg16 and/or mobilenetv2')
+    args.image_shapes, args.deploy_shapes = (cli.shapes_arg(text, flag) for text, flag in (
         (args.image_shapes, '--image-shapes'), (args.deploy_shapes, '--deploy-shapes')))
     if args.deploy is not None and not os.path.isdir(args.deploy):
-        raise helper.UserError(f'--deploy {args.deploy}: no such run folder')
+        raise UserError(f'--deploy {args.deploy}: no such run folder')
     if args.video_frames is not None and not os.path.isdir(args.video_frames):
-        raise helper.UserError(f'--video-frames {args.video_frames}: folder not found')
+        raise UserError(f'--video-frames {args.video_frames}: folder not found')
     if args.batch_size < 1 or args.repeats < 1:
-        raise helper.UserError('--batch-size and --repeats must be at least 1')
+        raise UserError('--batch-size and --repeats must be at least 1')
     if args.peer_dir is not None and not os.path.isdir(args.peer_dir):
-        raise helper.UserError(f'--peer-dir {args.peer_dir}: folder not found')
+        raise UserError(f'--peer-dir {args.peer_dir}: folder not found')
     if args.torch_python is not None and not os.access(args.torch_python, os.X_OK):
-        raise helper.UserError(f'--torch-python {args.torch_python}: not an executable')
+        raise UserError(f'--torch-python {args.torch_python}: not an executable')
     return args
-
-
-def shapes_arg(text, flag):
-    """Comma-separated HxW sizes, multiples of 32."""
-    try:
-        return [fcn.image_shape_arg(s.strip()) for s in text.split(',')]
-    except argparse.ArgumentTypeError as e:
-        raise helper.UserError(f'{flag} {e}') from None
-
-
-def build_fcn(encoder, decoder, image_shape):
-    """The training graph of `encoder` for a [any batch, H, W, 3] input, in a new graph and
-    session with every variable initialised.
-
-    :return: (sess, net: main.Network, label placeholder, learning-rate placeholder, train_op)
-    """
-    graph = tf.Graph()
-    with graph.as_default():
-        tf1.set_random_seed(0)
-        sess = tf1.Session(graph=graph)
-        options = argparse.Namespace(encoder=encoder, decoder=decoder, alpha=1.0,
-                                     encoder_weights='none', weight_decay=1e-3, data_dir='.',
-                                     ema_decay=0.0)
-        net = fcn.build_network(sess, options, fcn.NUM_CLASSES, (None, *image_shape))
-        label = tf1.placeholder(tf.float32, [None, *image_shape, fcn.NUM_CLASSES], 'label')
-        learning_rate = tf1.placeholder(tf.float32, [], 'learning_rate')
-        _, train_op, _ = fcn.optimize(net.train_output, label, learning_rate, fcn.NUM_CLASSES)
-        net.initialise()
-    return sess, net, label, learning_rate, train_op
-
-
-def count_flops(output):
-    """FLOPs per image of the forward pass that computes `output`: its Conv2D ops
-    (2*out_h*out_w*kh*kw*cin*cout), depthwise convolutions (2*out_h*out_w*kh*kw*cin*multiplier)
-    and transposed convolutions (Conv2DBackpropInput, counted on their input size:
-    2*in_h*in_w*kh*kw*cin*cout). Needs static heights and widths; the backward pass of a
-    training graph is not counted."""
-    flops, seen, stack = 0, set(), [output.op]
-    while stack:
-        op = stack.pop()
-        if op in seen:
-            continue
-        seen.add(op)
-        stack.extend(t.op for t in op.inputs)
-        if op.type in ('Conv2D', 'DepthwiseConv2dNative'):
-            kh, kw, cin, cout = op.inputs[1].shape.as_list()
-            _, h, w, _ = op.outputs[0].shape.as_list()
-        elif op.type == 'Conv2DBackpropInput':
-            kh, kw, cout, cin = op.inputs[1].shape.as_list()
-            _, h, w, _ = op.inputs[2].shape.as_list()
-        else:
-            continue
-        flops += 2 * h * w * kh * kw * cin * cout
-    return flops
-
-
-def seconds(fn):
-    """Wall-clock seconds of one `fn()` call."""
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def time_call(fn, repeats, warmup=1):
-    """Median wall-clock seconds of `fn()` over `repeats` calls, after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    return statistics.median(seconds(fn) for _ in range(repeats))
-
-
-def numpy_matmul(n=4096):
-    """A function computing one n x n @ n x n float32 numpy product, and its FLOPs."""
-    rng = np.random.default_rng(0)
-    a, b = (rng.random((n, n), dtype=np.float32) for _ in range(2))
-    return (lambda: a @ b), 2 * n ** 3
-
-
-def numpy_matmul_gflops(repeats=3):
-    """numpy's float32 GFLOP/s on a 4096^3 product (median after one warm-up)."""
-    product, flop = numpy_matmul()
-    return flop / time_call(product, repeats) / 1e9
-
-
-def time_paired(fn, reference, repeats):
-    """Median seconds of `fn()`, and the median over calls of reference()'s time divided by
-    fn()'s, each fn() timed right after a reference() call. This machine's speed drifts by 20 %
-    and more within minutes; a pair sees the same state, so their ratio holds still where
-    either time alone does not. A pause follows each call: numpy's OpenBLAS threads spin for a
-    while after a product and would slow what runs next."""
-    fn(), reference()  # warm-up
-
-    def paused(call):
-        took = seconds(call)
-        time.sleep(PAUSE_S)
-        return took
-    pairs = [(paused(reference), paused(fn)) for _ in range(repeats)]
-    return (statistics.median(t for _, t in pairs),
-            statistics.median(ref / t for ref, t in pairs))
-
-
-def measure(encoder, decoder, image_shape, batch_size, repeats):
-    """Inference time per image at batch 1 and at `batch_size`, training time per image at
-    `batch_size`, and the forward FLOPs of one network."""
-    sess, net, label, learning_rate, train_op = build_fcn(encoder, decoder, image_shape)
-    rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (batch_size, *image_shape, 3)).astype(np.float32)
-    labels = np.eye(fcn.NUM_CLASSES, dtype=np.float32)[
-        rng.integers(0, fcn.NUM_CLASSES, (batch_size, *image_shape))]
-
-    def infer(batch):
-        return sess.run(net.output, {net.input_image: batch, net.keep_prob: 1.0})
-    train_feed = {net.input_image: images, label: labels, net.keep_prob: 0.5,
-                  learning_rate: 1e-4}
-    product, product_flop = numpy_matmul()
-    with sess:
-        single = time_call(lambda: infer(images[:1]), repeats)
-        batched, ratio = time_paired(lambda: infer(images), product, repeats)
-        batched /= batch_size
-        train = time_call(lambda: sess.run(train_op, train_feed), repeats) / batch_size
-    gflop = count_flops(net.output) / 1e9
-    return {'encoder': encoder, 'decoder': decoder if encoder == 'mobilenetv2' else 'fcn8s',
-            'image_shape': list(image_shape), 'gflop_per_image': gflop,
-            'inference_ms_batch1': 1e3 * single, 'inference_ms_per_image': 1e3 * batched,
-            'inference_gflops': gflop / batched, 'train_s_per_image': train,
-            # FLOP rate over numpy's, each batch timed right after a numpy product
-            'inference_vs_numpy_percent': 100 * gflop * batch_size / (product_flop / 1e9) * ratio}
-
-
-def run_peer(python, script, image_shape, batch_size):
-    """Run a peer script as `python script H W B`; its figures, or None with a note printed."""
-    try:
-        done = subprocess.run([python, script, *map(str, image_shape), str(batch_size)],
-                              capture_output=True, text=True, check=False)
-    except OSError as e:
-        print(f'note: peer {script} not run ({e})')
-        return None
-    lines = done.stdout.strip().splitlines()
-    found = PEER_RESULT.search(lines[-1]) if lines else None
-    if done.returncode or not found:
-        last = (done.stderr.strip().splitlines() or ['no output'])[-1]
-        print(f'note: peer {os.path.basename(script)} failed (exit {done.returncode}): {last}')
-        return None
-    return {'line': lines[-1], 'inference_s_per_image': float(found[1]),
-            'train_s_per_image': float(found[2])}
-
-
-def run_peers(args, measurement):
-    """Time the peers found in the peer folder at the size of a VGG16 `measurement` and compare
-    each with it (ratios of time per image: above 1, the project is slower)."""
-    peer_dir = args.peer_dir or DEFAULT_PEER_DIR
-    if not os.path.isdir(peer_dir):
-        print(f'note: no peer folder {os.path.normpath(peer_dir)}, peers skipped')
-        return {}
-    pythons = {'keras': sys.executable, 'torch': args.torch_python}
-    results = {}
-    for name, script in PEERS:
-        path = os.path.join(peer_dir, script)
-        if not pythons[name]:
-            print(f'note: {name} peer skipped (give --torch-python)')
-        elif not os.path.isfile(path):
-            print(f'note: no {path}, {name} peer skipped')
-        else:
-            peer = run_peer(pythons[name], path, measurement['image_shape'], args.batch_size)
-            if peer:
-                peer['inference_ratio'] = (measurement['inference_ms_per_image'] / 1e3
-                                           / peer['inference_s_per_image'])
-                peer['train_ratio'] = (measurement['train_s_per_image']
-                                       / peer['train_s_per_image'])
-                results[name] = peer
-    return results
-
-
-def target(measurement, key):
-    """The issue's target for this figure, or ''."""
-    shape = tuple(measurement['image_shape'])
-    return TARGETS.get((measurement['encoder'], key, shape),
-                       TARGETS.get((measurement['encoder'], key), ''))
-
-
-def print_table(results):
-    """The figures as an aligned table, then the peer ratios and the targets."""
-    print(f'\nFCN per image, batch {results["batch_size"]} (inference also at batch 1), median '
-          f'of {results["repeats"]}; TensorFlow {results["tensorflow"]}, numpy '
-          f'{results["numpy"]}, {results["cpus"]} CPUs; numpy float32 matmul 4096^3: '
-          f'{" and ".join(f"{g:.1f}" for g in results["numpy_gflops_runs"])} GFLOP/s before and '
-          f'after; "% numpy" pairs each timed batch with a numpy product run just before it)')
-    header = ('network', 'HxW', 'GFLOP', 'infer b1 ms', 'infer ms', 'GFLOP/s', '% numpy',
-              'train s')
-    rows = []
-    for m in results['measurements']:
-        name = m['encoder'] if m['encoder'] == 'vgg16' else f'{m["encoder"]}-{m["decoder"]}'
-        size = '{}x{}'.format(*m['image_shape'])
-        rows.append((name, size, f'{m["gflop_per_image"]:.1f}', f'{m["inference_ms_batch1"]:.1f}',
-                     f'{m["inference_ms_per_image"]:.1f}', f'{m["inference_gflops"]:.1f}',
-                     f'{m["inference_vs_numpy_percent"]:.0f}', f'{m["train_s_per_image"]:.3f}'))
-        for peer_name, peer in m.get('peers', {}).items():
-            rows.append((f'{peer_name} peer', size, '', '',
-                         f'{peer["inference_s_per_image"] * 1e3:.1f}', '', '',
-                         f'{peer["train_s_per_image"]:.3f}'))
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    for row in [header] + rows:
-        print('  ' + '  '.join(f'{v:<{w}}' if i < 2 else f'{v:>{w}}'
-                               for i, (v, w) in enumerate(zip(row, widths))))
-    for m in results['measurements']:
-        size = '{}x{}'.format(*m['image_shape'])
-        for peer_name, peer in m.get('peers', {}).items():
-            print(f'  project/{peer_name} at {size}: inference {peer["inference_ratio"]:.2f}x, '
-                  f'training {peer["train_ratio"]:.2f}x the time (above 1: project slower)')
-        for key in ('inference_vs_numpy_percent', 'inference_ms_batch1', 'train_s_per_image'):
-            if target(m, key):
-                print(f'  target {m["encoder"]} {size} {key}: {target(m, key)}; measured '
-                      f'{m[key]:.3g}')
-
-
-# ----------------------------------------------------------------------------------------------
-# Deployment formats (--deploy)
-# ----------------------------------------------------------------------------------------------
-
-DEPLOY_FORMATS = ('frozen', 'tflite32', 'tflite16', 'int8')
-FRAMES_PER_SECOND = re.compile(r'(\d+) frames in ([0-9.]+) s: ([0-9.]+) frames/s')
-
-
-def time_model(path, repeats):
-    """Latency at batch 1 and images per second at batch 8 of the model file at `path`, and
-    the peak resident memory of this process (one format per process, so it is that format's)."""
-    with predict.load_model(path) as model:
-        images = np.random.default_rng(0).integers(0, 256, (8, *model.image_shape, 3),
-                                                   dtype=np.uint8)
-        latency = time_call(lambda: model(images[:1]), repeats)
-        batch = time_call(lambda: model(images), max(1, repeats // 4))
-    return {'kind': model.kind, 'latency_ms': 1e3 * latency, 'batch8_images_per_s': 8 / batch,
-            'peak_rss_mb': peak_memory_mb()}
-
-
-def peak_memory_mb():
-    """This process's peak resident memory: /proc's VmHWM where there is one, as getrusage's
-    ru_maxrss survives fork and exec (a child of a big parent reports at least the parent's)."""
-    try:
-        with open('/proc/self/status') as f:
-            return next(int(line.split()[1]) for line in f if line.startswith('VmHWM:')) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def time_in_child(path, repeats):
-    """time_model in a fresh Python process."""
-    done = subprocess.run([sys.executable, os.path.abspath(__file__), '--time-model', path,
-                           '--repeats', str(repeats)], capture_output=True, text=True)
-    if done.returncode:
-        raise helper.UserError(f'timing {path} failed: '
-                               f'{(done.stderr.strip().splitlines() or ["no output"])[-1]}')
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def frozen_flops(path):
-    """Forward FLOPs per image of a frozen graph written by export.py."""
-    graph_def = tf1.GraphDef()
-    with open(path, 'rb') as f:
-        graph_def.ParseFromString(f.read())
-    with tf.Graph().as_default() as graph:
-        tf.graph_util.import_graph_def(graph_def, name='')
-        return count_flops(graph.get_tensor_by_name('probabilities:0'))
-
-
-def measure_deploy(args, numpy_gflops, folder):
-    """Freeze and convert the run's model at each size into `folder`, and time each format."""
-    model_folder = predict.model_folder(args.deploy)
-    info = predict.read_info(model_folder, args.deploy)
-    rows = []
-    for shape in args.deploy_shapes:
-        size = '{}x{}'.format(*shape)
-        print(f'freezing and converting the model at {size} ...')
-        options = argparse.Namespace(model=args.deploy, calibration_dir=None,
-                                     calibration_images=args.calibration_images,
-                                     output_dir=os.path.join(folder, size),
-                                     formats=list(DEPLOY_FORMATS))
-        paths = export.write_exports(options, {**info, 'image_shape': list(shape)}, model_folder)
-        gflop = frozen_flops(paths['frozen']) / 1e9
-        timed = {}
-        for fmt, path in paths.items():
-            print(f'timing {fmt} at {size} ...')
-            row = timed[fmt] = time_in_child(path, args.repeats)
-            row.update(format=fmt, path=path, image_shape=list(shape), gflop_per_image=gflop,
-                       gflops=gflop / (row['latency_ms'] / 1e3))
-            row['vs_numpy_percent'] = 100 * row['gflops'] / numpy_gflops
-        timed['int8']['int8_speedup_paired'] = int8_speedup(paths['frozen'], paths['int8'],
-                                                            args.repeats)
-        rows.extend(timed.values())
-    return rows
-
-
-def int8_speedup(frozen_path, int8_path, repeats):
-    """The frozen graph's batch-1 time over the int8 model's, both loaded in one process and
-    called in alternation (time_paired), so a slow minute of this machine slows both."""
-    print('timing frozen and int8 in alternation ...')
-    with predict.load_model(frozen_path) as frozen, predict.load_model(int8_path) as int8:
-        image = np.random.default_rng(0).integers(0, 256, (1, *int8.image_shape, 3),
-                                                  dtype=np.uint8)
-        return time_paired(lambda: int8(image), lambda: frozen(image), repeats)[1]
-
-
-def measure_video(frames_dir, rows, shape, folder):
-    """predict.py on a 100-frame video of the images in `frames_dir` with the fastest format
-    at `shape`: frames per second, decoding and encoding included."""
-    fastest = min((r for r in rows if r['image_shape'] == list(shape)),
-                  key=lambda r: r['latency_ms'])
-    paths = [p for p in predict.input_files([frames_dir], {})
-             if p.lower().endswith(predict.IMAGE_EXTENSIONS)]
-    if not paths:
-        raise helper.UserError(f'--video-frames {frames_dir}: no images there')
-    frames = [helper.read_rgb(p) for p in paths]
-    video = os.path.join(folder, 'frames.mp4')
-    with predict.open_video(video, 10, frames[0].shape[:2]) as writer:
-        for i in range(100):
-            writer.append_data(helper.resize_image(frames[i % len(frames)], frames[0].shape[:2]))
-    done = subprocess.run([sys.executable, os.path.join(HERE, 'predict.py'), '--model',
-                           fastest['path'], video, '--video', '--output-dir',
-                           os.path.join(folder, 'video')], capture_output=True, text=True)
-    found = FRAMES_PER_SECOND.search(done.stdout)
-    if done.returncode or not found:
-        raise helper.UserError(f'predict.py on {video} failed: {done.stderr.strip()[-300:]}')
-    return {'format': fastest['format'], 'image_shape': list(shape),
-            'frame_size': list(frames[0].shape[:2]), 'frames': int(found[1]),
-            'seconds': float(found[2]), 'frames_per_s': float(found[3])}
-
-
-def print_deploy_table(results):
-    """The deployment figures as an aligned table, with the issue's targets."""
-    print(f'\n{results["deploy"]}: median of {results["repeats"]} after a warm-up; TensorFlow '
-          f'{results["tensorflow"]}, {results["cpus"]} CPUs; numpy float32 matmul 4096^3: '
-          f'{results["numpy_gflops"]:.1f} GFLOP/s')
-    header = ('format', 'HxW', 'GFLOP', 'b1 ms', 'b8 img/s', 'GFLOP/s', '% numpy', 'peak MB')
-    rows = [(r['format'], '{}x{}'.format(*r['image_shape']), f'{r["gflop_per_image"]:.2f}',
-             f'{r["latency_ms"]:.1f}', f'{r["batch8_images_per_s"]:.1f}', f'{r["gflops"]:.1f}',
-             f'{r["vs_numpy_percent"]:.0f}', f'{r["peak_rss_mb"]:.0f}')
-            for r in results['formats']]
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    for row in [header] + rows:
-        print('  ' + '  '.join(f'{v:<{w}}' if i < 2 else f'{v:>{w}}'
-                               for i, (v, w) in enumerate(zip(row, widths))))
-    for shape in sorted({tuple(r['image_shape']) for r in results['formats']}):
-        rows = {r['format']: r for r in results['formats'] if tuple(r['image_shape']) == shape}
-        print(f'  int8 TFLite vs the float32 TensorFlow graph at {shape[0]}x{shape[1]}: '
-              f'{rows["frozen"]["latency_ms"] / rows["int8"]["latency_ms"]:.2f}x faster by the '
-              f'table, {rows["int8"]["int8_speedup_paired"]:.2f}x timed in alternation '
-              f'(target >= 2x)')
-    video = results.get('video')
-    if video:
-        print(f'  video: {video["frames"]} frames of {video["frame_size"][1]}x'
-              f'{video["frame_size"][0]} through predict.py with {video["format"]} at '
-              f'{video["image_shape"][0]}x{video["image_shape"][1]}: '
-              f'{video["frames_per_s"]:.1f} frames/s, decoding and encoding included '
-              f'(target >= 10)')
 
 
 def main(argv=None):
     """Measure each encoder at each size, numpy and the peers, or (--deploy) a trained model's
     deployment formats; print the table, optionally write JSON."""
     args = parse_args(argv)
-    if args.time_model:
-        print(json.dumps(time_model(args.time_model, args.repeats)))
-        return None
     results = {'batch_size': args.batch_size, 'repeats': args.repeats,
                'tensorflow': tf.__version__, 'numpy': np.__version__,
                'python': platform.python_version(), 'cpus': os.cpu_count(),
-               'numpy_gflops_runs': [numpy_matmul_gflops()]}
+               'numpy_gflops_runs': [bench.numpy_matmul_gflops()]}
     if args.deploy:
         results['numpy_gflops'] = results['numpy_gflops_runs'][0]
         results['deploy'] = os.path.abspath(args.deploy)
         with tempfile.TemporaryDirectory() as folder:
-            results['formats'] = measure_deploy(args, results['numpy_gflops'], folder)
+            results['formats'] = bench.measure_deploy(
+                args.deploy, args.deploy_shapes, args.calibration_images, args.repeats,
+                results['numpy_gflops'], folder)
             if args.video_frames:
-                results['video'] = measure_video(args.video_frames, results['formats'],
-                                                 args.deploy_shapes[0], folder)
-        print_deploy_table(results)
+                results['video'] = bench.measure_video(args.video_frames, results['formats'],
+                                                       args.deploy_shapes[0], folder)
+        bench.print_deploy_table(results)
     else:
         results['measurements'] = []
         for encoder in args.encoders:
             for shape in args.image_shapes:
                 print(f'timing {encoder} at {shape[0]}x{shape[1]}, batch {args.batch_size} ...')
-                m = measure(encoder, args.decoder, shape, args.batch_size, args.repeats)
+                m = bench.measure(encoder, args.decoder, shape, args.batch_size, args.repeats)
                 if encoder == 'vgg16':
-                    m['peers'] = run_peers(args, m)
+                    m['peers'] = bench.run_peers(args.peer_dir, args.torch_python,
+                                                 args.batch_size, m)
                 results['measurements'].append(m)
-        results['numpy_gflops_runs'].append(numpy_matmul_gflops())
-        print_table(results)
+        results['numpy_gflops_runs'].append(bench.numpy_matmul_gflops())
+        bench.print_table(results)
     if args.json:
-        helper.write_json(args.json, results)
+        files.write_json(args.json, results)
         print(f'wrote {args.json}')
     return results
 
 
 if __name__ == '__main__':
-    sys.exit(helper.main_guard(main))
+    sys.exit(cli.main_guard(main))

@@ -4,33 +4,24 @@ the epoch or, with --minutes, against the wall-clock minutes of training.
 
     python plot.py runs/20261121-192051 runs/20261121-203000 --output curve.png --minutes
 """
-import json
 import os
 import sys
 
-import helper
+from roadseg import cli, files
+from roadseg.errors import UserError
 
 
 def read_run(run_dir):
     """(label, epochs, minutes, training losses, validation IoUs) of a run folder."""
     path = os.path.join(run_dir, 'metrics.json')
-    try:
-        with open(path) as f:
-            records = json.load(f)['epochs']
-        with open(os.path.join(run_dir, 'config.json')) as f:
-            config = json.load(f)
-    except (OSError, ValueError, KeyError) as e:
-        raise helper.UserError(f'{run_dir}: not a run folder with metrics.json and config.json '
-                               f'({e})') from None
+    hint = 'not a run folder with metrics.json and config.json'
+    records = files.read_json(path, hint).get('epochs')
+    config = files.read_json(os.path.join(run_dir, 'config.json'), hint)
     if not records:
-        raise helper.UserError(f'{path}: no epoch recorded yet')
+        raise UserError(f'{path}: no epoch recorded yet')
     encoder = config.get('encoder', 'vgg16')
     if encoder == 'mobilenetv2':
         encoder += '-' + config.get('decoder', 'fcn8s')
-    if config.get('lovasz_weight'):
-        encoder += f' +{config["lovasz_weight"]:g} Lovasz'
-    if config.get('hard_pixels', 1) < 1:
-        encoder += f' hardest {config["hard_pixels"]:g}'
     if config.get('ema_decay'):
         encoder += f' EMA {config["ema_decay"]:g}'
     shape = config['image_shape']
@@ -73,13 +64,13 @@ def plot(runs, output, by_minutes=False, iou_min=None):
     figure.legend(*loss_axis.get_legend_handles_labels(), loc='lower center', ncol=2,
                   fontsize=8, frameon=False)
     figure.tight_layout(rect=(0, legend_height / height, 1, 1))
-    with helper.atomic_path(output) as tmp:
+    with files.atomic_path(output) as tmp:
         figure.savefig(tmp, format='png')
     plt.close(figure)
 
 
 def main(argv=None):
-    parser = helper.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('runs', nargs='+', metavar='RUN_DIR', help='run folders to plot')
     parser.add_argument('--output', default='curve.png', help='PNG to write (default: '
                                                               '%(default)s)')
@@ -92,4 +83,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(helper.main_guard(main))
+    sys.exit(cli.main_guard(main))

@@ -3,10 +3,9 @@ import cv2
 import numpy as np
 import pytest
 
-import helper
-import transforms
-
-VOID = helper.VOID
+from roadseg.data import transforms
+from roadseg.data.classes import VOID
+from roadseg.errors import UserError
 CLASSES = {0, 1, 2}
 PALETTE = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]], np.uint8)
 SWITCHES = ('flip', 'scale', 'rotate', 'shift', 'brightness', 'contrast', 'saturation', 'blur',
@@ -88,9 +87,9 @@ def test_parse_options_text_and_dict():
 
 @pytest.mark.parametrize('options', ['flip=0.5,zoom=0.2', {'zoom': 0.2}])
 def test_unknown_option_names_it_and_the_allowed_keys(options):
-    with pytest.raises(helper.UserError, match=r"'zoom'.*allowed: flip, scale, rotate, shift"):
+    with pytest.raises(UserError, match=r"'zoom'.*allowed: flip, scale, rotate, shift"):
         transforms.parse_options(options)
-    with pytest.raises(helper.UserError, match='zoom'):
+    with pytest.raises(UserError, match='zoom'):
         transforms.Augment(options)
 
 
@@ -100,12 +99,12 @@ def test_unknown_option_names_it_and_the_allowed_keys(options):
                                        ('flip=0.5,brightness', 'brightness'),
                                        ('contrast=', 'contrast')])
 def test_bad_option_value(text, key):
-    with pytest.raises(helper.UserError, match=key):
+    with pytest.raises(UserError, match=key):
         transforms.parse_options(text)
 
 
 def test_bad_value_in_a_dict():
-    with pytest.raises(helper.UserError, match='blur'):
+    with pytest.raises(UserError, match='blur'):
         transforms.Augment({'blur': None})
 
 
@@ -127,9 +126,9 @@ def test_flips_only_keeps_the_flip_and_crop_and_switches_the_rest_off():
 def test_bad_arrays():
     augment = transforms.Augment()
     rng = np.random.default_rng(0)
-    with pytest.raises(helper.UserError, match='same size'):
+    with pytest.raises(UserError, match='same size'):
         augment(np.zeros((4, 5, 3), np.uint8), np.zeros((4, 6), np.uint8), rng)
-    with pytest.raises(helper.UserError, match='float32'):
+    with pytest.raises(UserError, match='float32'):
         augment(np.zeros((4, 5, 3), np.float32), np.zeros((4, 5), np.uint8), rng)
 
 
@@ -236,7 +235,7 @@ def test_crop_cuts_the_same_window_of_image_and_label_at_random_places():
 
 
 def test_crop_larger_than_the_image_is_an_error():
-    with pytest.raises(helper.UserError, match='crop 64x32 is larger than the 60x80'):
+    with pytest.raises(UserError, match='crop 64x32 is larger than the 60x80'):
         transforms.Augment(crop=(64, 32))(PALETTE[class_map()], class_map(),
                                           np.random.default_rng(0))
 

@@ -3,25 +3,28 @@
 Builds the encoder that Udacity's SavedModel holds (13 convolutions, fc6 as a 7x7 convolution,
 fc7 as a 1x1 convolution, dropout through `keep_prob`) with the same tensor names, initialised at
 random or from Keras's ImageNet file `vgg16_weights_tf_dim_ordering_tf_kernels[_notop].h5`, and
-saves it as a SavedModel with Udacity's tag, so `main.load_vgg` reads either.
+saves it as a SavedModel with Udacity's tag, so `load_vgg` reads either; and downloads and loads
+Udacity's own.
 
 Every variant takes RGB images in 0..255 at `image_input:0` and does its own preprocessing:
 Keras weights were trained on Caffe-style input (BGR, ImageNet mean subtracted), random weights
 get per-channel standardisation.
 
-    python vgg.py data/vgg                                  # random initialisation
-    python vgg.py data/vgg --keras-h5 vgg16_weights_tf_dim_ordering_tf_kernels.h5
+    python -m roadseg.model.vgg data/vgg                    # random initialisation
+    python -m roadseg.model.vgg data/vgg --keras-h5 vgg16_weights_tf_dim_ordering_tf_kernels.h5
 """
+import os
 import sys
 
 import numpy as np
-import helper
 
-tf = helper.import_tensorflow()
+from roadseg import cli, files
+from roadseg.errors import UserError
+from roadseg.model.ops import tf, tf1
 
-tf1 = tf.compat.v1
-
+VGG_URL = 'https://s3-us-west-1.amazonaws.com/udacity-selfdrivingcar/vgg.zip'
 TAG = 'vgg16'
+TENSORS = ('image_input:0', 'keep_prob:0', 'layer3_out:0', 'layer4_out:0', 'layer7_out:0')
 BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 FC_WIDTH = 4096
 IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
@@ -82,13 +85,13 @@ def read_keras_h5(path):
                 if names:
                     weights[name] = [np.asarray(group[n]) for n in names]
     except (OSError, KeyError) as e:
-        raise helper.UserError(f'{path}: not a readable Keras weights file ({e})') from None
+        raise UserError(f'{path}: not a readable Keras weights file ({e})') from None
     convs = [f'block{b}_conv{c}' for b, widths in enumerate(BLOCKS, 1)
              for c in range(1, len(widths) + 1)]
     missing = [name for name in convs if name not in weights]
     if missing:
-        raise helper.UserError(f'{path}: no weights for layer {missing[0]}; expected Keras\'s '
-                               f'vgg16_weights_tf_dim_ordering_tf_kernels[_notop].h5')
+        raise UserError(f'{path}: no weights for layer {missing[0]}; expected Keras\'s '
+                        f'vgg16_weights_tf_dim_ordering_tf_kernels[_notop].h5')
     result = {name: weights[name] for name in convs}
     if 'fc1' in weights and 'fc2' in weights:
         fc1, fc2 = weights['fc1'], weights['fc2']
@@ -132,15 +135,37 @@ def save_vgg_saved_model(export_dir, keras_h5=None, blocks=BLOCKS, fc_width=FC_W
         sess.run(tf1.global_variables_initializer())
         if weights:
             assign_weights(sess, weights)
-        with helper.atomic_path(export_dir) as tmp:
+        with files.atomic_path(export_dir) as tmp:
             builder = tf1.saved_model.Builder(tmp)
             builder.add_meta_graph_and_variables(sess, [TAG])
             builder.save()
     return export_dir
 
 
+def maybe_download_pretrained_vgg(data_dir, url=VGG_URL, sha256=None):
+    """Make `data_dir/vgg` hold Udacity's VGG16 SavedModel, downloading vgg.zip if needed."""
+    return files.maybe_download_and_extract(url, os.path.join(data_dir, 'vgg'), sha256=sha256)
+
+
+def load_vgg(sess, vgg_path):
+    """Load the VGG16 SavedModel (tag `vgg16`) into `sess`.
+
+    :return: (image_input, keep_prob, layer3_out, layer4_out, layer7_out) tensors
+    """
+    try:
+        tf1.saved_model.loader.load(sess, [TAG], vgg_path)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise UserError(f'{vgg_path}: cannot load a SavedModel tagged {TAG!r} '
+                        f'({str(e).splitlines()[0]})') from None
+    try:
+        return tuple(sess.graph.get_tensor_by_name(name) for name in TENSORS)
+    except KeyError as e:
+        raise UserError(f'{vgg_path}: the SavedModel lacks a tensor the FCN needs ({e}); '
+                        f'expected {", ".join(TENSORS)}') from None
+
+
 def main(argv=None):
-    parser = helper.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('export_dir', help='folder to write the SavedModel to, e.g. data/vgg')
     parser.add_argument('--keras-h5', help="Keras's VGG16 ImageNet weights file (.h5)")
     parser.add_argument('--seed', type=int, default=0)
@@ -150,4 +175,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(helper.main_guard(main))
+    sys.exit(cli.main_guard(main))

@@ -1,4 +1,5 @@
-"""Training bookkeeping: the split, checkpoints, resume after SIGKILL, and evaluate.py."""
+"""Training bookkeeping: options, the split, checkpoints, resume after SIGKILL, evaluate.py and
+plot.py."""
 import json
 import os
 import signal
@@ -6,28 +7,62 @@ import subprocess
 import sys
 import time
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 
-import checkpoints
 import evaluate
-import helper
-import main
 import plot
-import project_tests as fixtures
+from roadseg import cli
+from roadseg.data import datasets
+from roadseg.errors import UserError
+from roadseg.model.ops import tf, tf1
+from roadseg.training import checkpoints
+from roadseg.training import config as options
+from tests.conftest import ROOT, make_kitti, save_tiny_vgg
 
-tf, tf1 = main.tf, main.tf1
+
+def test_config_file_overlays_the_defaults_and_flags_override_it(tmp_path):
+    config = tmp_path / 'small.json'
+    config.write_text(json.dumps({'epochs': 7, 'encoder': 'mobilenetv2',
+                                  'encoder_weights': 'none'}))
+    args = options.parse_args(['--config', str(config), '--batch-size', '3'])
+    assert (args.epochs, args.encoder, args.batch_size) == (7, 'mobilenetv2', 3)
+    assert args.image_shape == (160, 576) and args.learning_rate == 1e-4  # from the defaults
+    config.write_text(json.dumps({'epoch': 7}))
+    with pytest.raises(UserError, match=r"small.json: unknown option 'epoch'"):
+        options.parse_args(['--config', str(config)])
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--encoder', 'mobilenetv2'], '--encoder mobilenetv2 trains from scratch'),
+    (['--decoder', 'dilated'], '--decoder dilated is for mobilenetv2'),
+    (['--encoder', 'mobilenetv2', '--encoder-weights', 'none', '--alpha', '0'], '--alpha'),
+    (['--encoder-weights', 'none', '--ema-decay', '1'], r'--ema-decay: 1.0 must be in \[0, 1\)'),
+    (['--ema-decay', '0.99'], '--ema-decay needs an encoder built in the graph')])
+def test_encoder_options_that_do_not_fit_are_one_line_errors(argv, message):
+    with pytest.raises(UserError, match=message):
+        options.parse_args(argv)
+
+
+def test_an_older_runs_config_with_the_removed_options_at_no_op_values_still_reads(tmp_path):
+    path = tmp_path / 'config.json'
+    path.write_text(json.dumps({'epochs': 3, 'lovasz_weight': 0.0, 'hard_pixels': 1.0}))
+    assert options.parse_args(['--config', str(path)]).epochs == 3
+    path.write_text(json.dumps({'hard_pixels': 0.25}))
+    with pytest.raises(UserError, match=r"config.json: unknown option 'hard_pixels'"):
+        options.parse_args(['--config', str(path)])
 
 
 def test_split_is_deterministic_disjoint_and_sized():
     pairs = [(f'um_{i:06d}.png', f'um_road_{i:06d}.png') for i in range(289)]
-    train, val = helper.split_pairs(pairs, 0.166, seed=0)
+    train, val = datasets.split_pairs(pairs, 0.166, seed=0)
     assert len(val) == 48 and len(train) == 241
     assert sorted(train + val) == pairs
-    assert helper.split_pairs(pairs, 0.166, seed=0) == (train, val)
-    assert helper.split_pairs(pairs, 0.166, seed=1)[1] != val
-    with pytest.raises(helper.UserError, match='--val-fraction 1.0'):
-        helper.split_pairs(pairs, 1.0, seed=0)
+    assert datasets.split_pairs(pairs, 0.166, seed=0) == (train, val)
+    assert datasets.split_pairs(pairs, 0.166, seed=1)[1] != val
+    with pytest.raises(UserError, match='--val-fraction 1.0'):
+        datasets.split_pairs(pairs, 1.0, seed=0)
 
 
 @pytest.fixture
@@ -97,13 +132,13 @@ def test_no_checkpoint_restores_nothing(counter, tmp_path):
 def slow_data(tmp_path_factory):
     """40 labelled images, so that one epoch lasts a couple of seconds at 96x288."""
     data = tmp_path_factory.mktemp('resume') / 'data'
-    fixtures.make_kitti(data, stems=tuple(f'um_{i:06d}' for i in range(40)), size=(100, 300))
-    fixtures.save_tiny_vgg(str(data / 'vgg'))
+    make_kitti(data, stems=tuple(f'um_{i:06d}' for i in range(40)), size=(100, 300))
+    save_tiny_vgg(str(data / 'vgg'))
     return data
 
 
 def command(*args):
-    return [sys.executable, os.path.join(fixtures.HERE, 'main.py'), *args]
+    return [sys.executable, os.path.join(ROOT, 'main.py'), *args]
 
 
 def metrics_epochs(run_dir):
@@ -159,13 +194,13 @@ def test_resume_after_sigkill_in_epoch_2_then_evaluate(slow_data, tmp_path):
                                                        abs=1e-9)
     val_names = json.loads((run_dir / 'split.json').read_text())['val']
     assert sorted(os.listdir(run_dir / 'eval-val' / 'overlays')) == sorted(val_names)
-    probability = fixtures.iio.imread(run_dir / 'eval-val' / 'probabilities' /
+    probability = iio.imread(run_dir / 'eval-val' / 'probabilities' /
                                       val_names[0].replace('um_', 'um_road_'))
     assert probability.shape == (100, 300) and probability.dtype == np.uint8
 
 
 def test_evaluate_reports_bad_model_and_split(tmp_path, capsys):
-    assert helper.main_guard(evaluate.main, ['--model', str(tmp_path), '--data-dir',
+    assert cli.main_guard(evaluate.main, ['--model', str(tmp_path), '--data-dir',
                                              str(tmp_path)]) == 2
     assert 'neither a run folder with model/ nor a SavedModel' in capsys.readouterr().err
 
@@ -185,13 +220,12 @@ def test_plot_draws_the_curves_of_runs_and_rejects_other_folders(tmp_path):
                                                  'train_crop': '256x352', 'batch_size': 2}))
     assert plot.read_run(str(run))[0] == 'vgg16 352x480 crops 256x352 batch 2 (run)'
     (run / 'config.json').write_text(json.dumps({'encoder': 'mobilenetv2', 'decoder': 'fcn4s',
-                                                 'image_shape': '352x480', 'ema_decay': 0.9995,
-                                                 'hard_pixels': 0.25}))
-    assert plot.read_run(str(run))[0] == 'mobilenetv2-fcn4s hardest 0.25 EMA 0.9995 352x480 (run)'
+                                                 'image_shape': '352x480', 'ema_decay': 0.9995}))
+    assert plot.read_run(str(run))[0] == 'mobilenetv2-fcn4s EMA 0.9995 352x480 (run)'
     output = tmp_path / 'curve.png'
     plot.main([str(run), '--output', str(output), '--minutes', '--iou-min', '0.6'])
-    assert fixtures.iio.imread(output).shape[:2] == (440, 1100)  # one legend row below
-    with pytest.raises(helper.UserError, match='not a run folder'):
+    assert iio.imread(output).shape[:2] == (440, 1100)  # one legend row below
+    with pytest.raises(UserError, match='not a run folder'):
         plot.read_run(str(tmp_path))
 
 
@@ -202,7 +236,7 @@ def test_plot_draws_each_runs_iou_in_the_colour_of_its_loss(tmp_path):
     validated = ('b', [1, 2], [1, 2], [0.3, 0.2], [0.7, 0.8])
     output = tmp_path / 'curve.png'
     plot.plot([unvalidated, validated], str(output))
-    pixels = fixtures.iio.imread(output)[:400, :, :3]  # the panels, without the legend
+    pixels = iio.imread(output)[:400, :, :3]  # the panels, without the legend
     iou_panel = pixels[:, pixels.shape[1] // 2:].reshape(-1, 3)
     first, second = (np.round(255 * np.array(colors.to_rgb(f'C{i}'))) for i in (0, 1))
     assert (iou_panel == second).all(1).any()

@@ -12,11 +12,11 @@ import os
 import re
 import shutil
 
-import helper
+from roadseg import files
+from roadseg.errors import UserError
+from roadseg.graph_mode import import_tensorflow
 
-tf = helper.import_tensorflow()
-
-tf1 = tf.compat.v1
+tf = import_tensorflow()
 MANIFEST = 'manifest.json'
 PREFIX = 'model'
 
@@ -40,7 +40,7 @@ def folder_for(checkpoint_dir, epoch):
 def save(sess, saver, checkpoint_dir, epoch, keep=()):
     """Write the checkpoint of `epoch` atomically, then delete all but the two newest and the
     epochs in `keep` (the best one)."""
-    with helper.atomic_path(folder_for(checkpoint_dir, epoch)) as tmp:
+    with files.atomic_path(folder_for(checkpoint_dir, epoch)) as tmp:
         os.makedirs(tmp)
         saver.save(sess, os.path.join(tmp, PREFIX), write_meta_graph=False, write_state=False)
         manifest = {name: {'bytes': os.path.getsize(os.path.join(tmp, name)),
@@ -62,9 +62,8 @@ def epochs(checkpoint_dir):
 def problem(folder):
     """Why a checkpoint folder cannot be trusted, or None when its files match the manifest."""
     try:
-        with open(os.path.join(folder, MANIFEST)) as f:
-            expected = json.load(f)['files']
-    except (OSError, ValueError, KeyError) as e:
+        expected = files.read_json(os.path.join(folder, MANIFEST))['files']
+    except (UserError, KeyError) as e:
         return f'unreadable manifest ({e})'
     if sorted(expected) != _files(folder):
         return f'files {_files(folder)} differ from the manifest\'s {sorted(expected)}'

@@ -5,9 +5,9 @@ The network is built twice in one graph, a training tower and an inference tower
 variables (the second under `reuse=True`): batch normalisation and dropout differ between the two,
 and the inference tower stays free of control flow, so it freezes and converts as it is.
 """
-import helper
+from roadseg.graph_mode import import_tensorflow
 
-tf = helper.import_tensorflow()
+tf = import_tensorflow()
 tf1 = tf.compat.v1
 
 
@@ -30,7 +30,7 @@ def batch_norm(x, training, momentum, epsilon=1e-3, name='bn'):
     Training: normalise with the batch's statistics, put each (moving statistic, batch
     statistic) pair in BATCH_STATISTICS and the moving-average updates in UPDATE_OPS
     (`optimize` runs them with each step), once: not again when a later training-mode tower
-    reuses the variables (main.build_network's calibration tower). Inference: normalise with
+    reuses the variables (network.build_network's calibration tower). Inference: normalise with
     the moving statistics, which nothing changes. `momentum` is the moving averages' decay per
     step.
     """

@@ -1,5 +1,5 @@
 """Deployment: predict.py on images, folders, globs and videos at the inputs' own sizes;
-export.py's formats round-tripping through predict.load_model and agreeing with the original;
+export.py's formats round-tripping through inference.load_model and agreeing with the original;
 bad models, files and flags.
 
 One tiny FCN-8s (the tiny VGG encoder of project_tests, with dropout on keep_prob) is trained
@@ -21,13 +21,17 @@ from ai_edge_litert.interpreter import Interpreter
 
 import evaluate
 import export
-import helper
 import main
 import predict
-import project_tests as fixtures
-import vgg
-
-tf = helper.import_tensorflow()
+from roadseg import cli, inference, media
+from roadseg import export as formats
+from roadseg.data.batches import one_hot
+from roadseg.errors import PartlyFailed, UserError
+from roadseg.images import read_rgb, resize_image, resize_probabilities
+from roadseg.model import vgg
+from roadseg.model.ops import tf
+from roadseg.training import run as runs
+from tests.conftest import ROOT, TINY_BLOCKS, TINY_FC, make_kitti, save_partial_model
 tf1 = tf.compat.v1
 SHAPE = (32, 64)
 NAMES, COLORS = ['not road', 'road', 'sky'], [[255, 0, 0], [255, 0, 255], [0, 0, 255]]
@@ -52,13 +56,13 @@ def road_scene(rng, height, width):
 
 
 def save_tiny_model(path, num_classes=2, steps=0, seed=0):
-    """main.save_model of the tiny FCN at SHAPE after `steps` Adam steps on road scenes."""
+    """runs.save_model of the tiny FCN at SHAPE after `steps` Adam steps on road scenes."""
     with tf.Graph().as_default(), tf1.Session() as sess:
         tf1.set_random_seed(seed)
         image = tf1.placeholder(tf.float32, [None, None, None, 3], 'image_input')
         keep_prob = tf1.placeholder(tf.float32, [], 'keep_prob')
-        last = main.layers(*vgg.build_encoder(image, keep_prob, fixtures.TINY_BLOCKS,
-                                              fixtures.TINY_FC), num_classes)
+        last = main.layers(*vgg.build_encoder(image, keep_prob, TINY_BLOCKS,
+                                              TINY_FC), num_classes)
         label = tf1.placeholder(tf.float32, [None, None, None, num_classes])
         logits, train_op, _ = main.optimize(last, label, 1e-2, num_classes)
         probabilities = tf.reshape(tf.nn.softmax(logits), tf.shape(last))
@@ -67,8 +71,8 @@ def save_tiny_model(path, num_classes=2, steps=0, seed=0):
         for _ in range(steps):
             images, classes = zip(*(road_scene(rng, *SHAPE) for _ in range(4)))
             sess.run(train_op, {image: np.stack(images), keep_prob: 1.0,
-                                label: helper.one_hot(np.stack(classes), num_classes)})
-        main.save_model(sess, path, image, keep_prob, probabilities, {
+                                label: one_hot(np.stack(classes), num_classes)})
+        runs.save_model(sess, path, image, keep_prob, probabilities, {
             'image_shape': list(SHAPE), 'num_classes': num_classes,
             'class_names': NAMES[:num_classes], 'class_colors': COLORS[:num_classes],
             'dataset': 'kitti', 'label': 'road', 'classes': None, 'remap': None, 'epoch': 1,
@@ -81,7 +85,7 @@ def run_dir(tmp_path_factory):
     """A run folder: model/, config.json naming a KITTI-layout data_dir, split.json."""
     root = tmp_path_factory.mktemp('deploy')
     stems = [f'um_{i:06d}' for i in range(6)]
-    fixtures.make_kitti(root / 'data', stems=stems, size=(45, 77))
+    make_kitti(root / 'data', stems=stems, size=(45, 77))
     run = root / 'run'
     save_tiny_model(str(run / 'model'), steps=250)
     (run / 'config.json').write_text(json.dumps({'data_dir': str(root / 'data')}))
@@ -98,7 +102,7 @@ def run_data(run_dir):
 
 @pytest.fixture(scope='module')
 def original(run_dir):
-    with predict.load_model(str(run_dir)) as model:
+    with inference.load_model(str(run_dir)) as model:
         yield model
 
 
@@ -122,7 +126,7 @@ def inputs(tmp_path_factory):
 def write_video(path, frames=5, fps=7.5, size=(45, 77)):
     """An H.264 MP4 of road scenes (yuv444p: odd sizes allowed); returns its frames as read."""
     rng = np.random.default_rng(2)
-    writer = predict.open_video(str(path), fps, size)
+    writer = media.open_video(str(path), fps, size)
     for _ in range(frames):
         writer.append_data(road_scene(rng, *size)[0])
     writer.close()
@@ -140,14 +144,14 @@ def expected(model, image, rows=None, threshold=0.5):
     its rows `rows` (all by default); zero outside them."""
     top, bottom = rows or (0, image.shape[0])
     probability = np.zeros(image.shape[:2], np.float32)
-    small = model(helper.resize_image(image[top:bottom], SHAPE)[None])[0]
-    probability[top:bottom] = helper.full_size(small, (bottom - top, image.shape[1]))[..., 1]
+    small = model(resize_image(image[top:bottom], SHAPE)[None])[0]
+    probability[top:bottom] = resize_probabilities(small, (bottom - top, image.shape[1]))[..., 1]
     return probability, (probability >= threshold).astype(np.uint8)
 
 
 def run_predict(*args):
     """predict.main in this process; returns its exit status as the command line would."""
-    return helper.main_guard(predict.main, [str(a) for a in args])
+    return cli.main_guard(predict.main, [str(a) for a in args])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -164,11 +168,11 @@ def test_images_give_every_output_at_their_own_size(run_dir, original, inputs, t
                                        'um_road_000007.png']
     for name, stem, probability_png in (('um_000007.png', 'um_000007', 'um_road_000007.png'),
                                         ('street.jpg', 'street', 'street_prob.png')):
-        image = helper.read_rgb(inputs / name)
+        image = read_rgb(inputs / name)
         probability, mask = expected(original, image)
         assert 0.1 < mask.mean() < 0.9  # the trained model finds road, and not everywhere
         assert np.array_equal(iio.imread(out / f'{stem}_mask.png'), mask)
-        assert np.array_equal(iio.imread(out / f'{stem}.png'), helper.overlay(image, mask))
+        assert np.array_equal(iio.imread(out / f'{stem}.png'), inference.overlay(image, mask))
         written = iio.imread(out / probability_png)
         assert written.shape == image.shape[:2] and written.dtype == np.uint8
         assert np.abs(written.astype(int) - probability * 255).max() <= 0.5 + 1e-3
@@ -213,7 +217,7 @@ def test_explicit_unsupported_or_missing_file_is_listed(run_dir, tmp_path, capsy
 
 def test_crop_feeds_only_its_rows_and_counts_the_rest_as_not_road(run_dir, original, inputs,
                                                                    tmp_path):
-    image = helper.read_rgb(inputs / 'um_000007.png')
+    image = read_rgb(inputs / 'um_000007.png')
     assert run_predict('--model', run_dir, inputs / 'um_000007.png', '--output-dir', tmp_path,
                        '--mask', '--probability', '--crop', '10,-8') == 0
     mask = iio.imread(tmp_path / 'um_000007_mask.png')
@@ -230,7 +234,7 @@ def test_crop_feeds_only_its_rows_and_counts_the_rest_as_not_road(run_dir, origi
 
 
 def test_threshold(run_dir, original, inputs, tmp_path):
-    image = helper.read_rgb(inputs / 'um_000007.png')
+    image = read_rgb(inputs / 'um_000007.png')
     assert run_predict('--model', run_dir, inputs / 'um_000007.png', '--output-dir', tmp_path,
                        '--mask', '--threshold', '0.9') == 0
     mask = iio.imread(tmp_path / 'um_000007_mask.png')
@@ -256,7 +260,7 @@ def test_video_gives_overlaid_video_and_gif_at_its_frame_rate_and_size(run_dir, 
     for index, (frame, written) in enumerate(zip(frames, video)):
         mask = expected(original, frame)[1]
         assert np.array_equal(iio.imread(out / f'drive_{index:06d}_mask.png'), mask)
-        drawn = helper.overlay(frame, mask).astype(int)
+        drawn = inference.overlay(frame, mask).astype(int)
         assert np.abs(written - drawn).mean() < 8  # H.264 is lossy, the noise costly
         assert written[..., 1][mask == 1].mean() > written[..., 1][mask == 0].mean() + 40  # green
 
@@ -291,8 +295,8 @@ def test_video_failing_part_way_keeps_its_frames_but_leaves_no_video(run_dir, tm
     def fails_after_two_frames(source):
         source.fps = 7.5
         yield from frames[:2]
-        raise helper.UserError(f'{source.path}: damaged after frame 2')
-    monkeypatch.setattr(predict, 'read_video', fails_after_two_frames)
+        raise UserError(f'{source.path}: damaged after frame 2')
+    monkeypatch.setattr(media, 'read_video', fails_after_two_frames)
     out = tmp_path / 'out'
     assert run_predict('--model', run_dir, tmp_path / 'drive.mp4', '--output-dir', out, '--mask',
                        '--video', '--batch-size', 1) == 1
@@ -305,13 +309,13 @@ def test_many_classes_draw_the_palette_and_refuse_road_only_flags(tmp_path, inpu
     assert run_predict('--model', model, inputs / 'street.jpg', '--output-dir', tmp_path / 'out',
                        '--mask') == 0
     assert not iio.imread(tmp_path / 'out' / 'street_mask.png').any()
-    image = helper.read_rgb(inputs / 'street.jpg')
+    image = read_rgb(inputs / 'street.jpg')
     assert run_predict('--model', model, inputs / 'street.jpg', '--output-dir',
                        tmp_path / 'out', '--overlay') == 0
     assert np.array_equal(iio.imread(tmp_path / 'out' / 'street.png'),
-                          helper.overlay(image, np.zeros((50, 90)), [tuple(c) for c in COLORS]))
+                          inference.overlay(image, np.zeros((50, 90)), [tuple(c) for c in COLORS]))
     for flag in (['--probability'], ['--threshold', '0.7']):
-        with pytest.raises(helper.UserError, match=f'{flag[0]}: for two-class .* has 3 classes'):
+        with pytest.raises(UserError, match=f'{flag[0]}: for two-class .* has 3 classes'):
             predict.main(['--model', model, str(inputs), '--output-dir', str(tmp_path), *flag])
 
 
@@ -322,7 +326,7 @@ def test_many_classes_draw_the_palette_and_refuse_road_only_flags(tmp_path, inpu
     (['--batch-size', '0'], r'--batch-size: must be at least 1'),
 ])
 def test_bad_flags(run_dir, inputs, tmp_path, flags, message):
-    with pytest.raises(helper.UserError, match=message):
+    with pytest.raises(UserError, match=message):
         predict.main(['--model', str(run_dir), str(inputs), '--output-dir', str(tmp_path),
                       *flags])
 
@@ -338,16 +342,24 @@ def test_crop_leaving_no_rows_skips_that_image(run_dir, inputs, tmp_path, capsys
 def test_outputs_that_would_collide_or_replace_inputs_are_refused(run_dir, inputs, tmp_path):
     (tmp_path / 'other').mkdir()
     shutil.copy(inputs / 'street.jpg', tmp_path / 'other' / 'street.png')
-    with pytest.raises(helper.UserError, match='would write outputs of the same name'):
+    with pytest.raises(UserError, match='would write outputs of the same name'):
         predict.main(['--model', str(run_dir), str(inputs), str(tmp_path / 'other'),
                       '--output-dir', str(tmp_path / 'out')])
-    with pytest.raises(helper.UserError, match='holds the input .*um_000007.png'):
+    with pytest.raises(UserError, match='holds the input .*um_000007.png'):
         predict.main(['--model', str(run_dir), str(inputs / 'um_000007.png'), '--output-dir',
                       str(inputs)])
 
 
+def test_overlay_blends_green_only_on_the_mask():
+    image = np.full((2, 2, 3), 100, np.uint8)
+    mask = np.array([[True, False], [False, False]])
+    out = inference.overlay(image, mask)
+    assert out[0, 0].tolist() == [50, 178, 50]
+    assert np.all(out[~mask] == 100)
+
+
 # ----------------------------------------------------------------------------------------------
-# predict.load_model
+# inference: load_model and overlay
 # ----------------------------------------------------------------------------------------------
 
 def test_load_model_run_folder_and_savedmodel_folder(run_dir, original):
@@ -356,7 +368,7 @@ def test_load_model_run_folder_and_savedmodel_folder(run_dir, original):
     probabilities = original(np.zeros((3, *SHAPE, 3), np.uint8))
     assert probabilities.shape == (3, *SHAPE, 2) and probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(-1), 1, atol=1e-5)
-    with predict.load_model(str(run_dir / 'model')) as same:
+    with inference.load_model(str(run_dir / 'model')) as same:
         batch = np.random.default_rng(0).integers(0, 256, (2, *SHAPE, 3)).astype(np.float32)
         np.testing.assert_array_equal(same(batch), original(batch))
     with pytest.raises(ValueError, match=r'takes images \[N, 32, 64, 3\]'):
@@ -366,7 +378,7 @@ def test_load_model_run_folder_and_savedmodel_folder(run_dir, original):
 @pytest.mark.parametrize('name', ['model', 'export/model_float32.tflite'])
 def test_flip_tta_averages_with_the_mirrored_images_prediction(run_dir, exports, original, name):
     batch = np.random.default_rng(3).integers(0, 256, (2, *SHAPE, 3)).astype(np.uint8)
-    with predict.load_model(str(run_dir / name), flip=True) as flipped:
+    with inference.load_model(str(run_dir / name), flip=True) as flipped:
         averaged = flipped(batch)
     plain, mirrored = original(batch), original(batch[:, :, ::-1])[:, :, ::-1]
     assert np.abs(plain - mirrored).max() > 1e-3  # the model is not mirror-symmetric
@@ -374,10 +386,10 @@ def test_flip_tta_averages_with_the_mirrored_images_prediction(run_dir, exports,
 
 
 def test_predict_and_evaluate_flip_tta(run_dir, run_data, inputs, tmp_path, capsys):
-    image = helper.read_rgb(inputs / 'um_000007.png')
+    image = read_rgb(inputs / 'um_000007.png')
     assert run_predict('--model', run_dir, inputs / 'um_000007.png', '--output-dir', tmp_path,
                        '--mask', '--flip-tta') == 0
-    with predict.load_model(str(run_dir), flip=True) as flipped:
+    with inference.load_model(str(run_dir), flip=True) as flipped:
         assert np.array_equal(iio.imread(tmp_path / 'um_000007_mask.png'),
                               expected(flipped, image)[1])
     evaluate.main(['--model', str(run_dir), '--data-dir', run_data, '--flip-tta'])
@@ -398,7 +410,7 @@ def copy_model(run_dir, tmp_path, **info_changes):
 @pytest.mark.parametrize('make, message', [
     (lambda run, tmp: tmp / 'nowhere', r'nowhere: no such file or folder'),
     (lambda run, tmp: tmp, r'neither a run folder with model/ nor a SavedModel'),
-    (lambda run, tmp: fixtures.save_partial_model(str(tmp / 'vgg'), ('serve',)),
+    (lambda run, tmp: save_partial_model(str(tmp / 'vgg'), ('serve',)),
      r'vgg: no fcn.json beside it'),
     (lambda run, tmp: write(tmp / 'model.onnx', b'x'), r'model.onnx: not a model; expected'),
     (lambda run, tmp: write(tmp / 'model.pb', b'garbage', info=run), r'model.pb: not a frozen '
@@ -410,8 +422,8 @@ def copy_model(run_dir, tmp_path, **info_changes):
 ])
 def test_load_model_bad_models(run_dir, tmp_path, make, message):
     path = str(make(run_dir, tmp_path))
-    with pytest.raises(helper.UserError, match=message):
-        predict.load_model(path)
+    with pytest.raises(UserError, match=message):
+        inference.load_model(path)
 
 
 def write(path, data, info=None):
@@ -425,8 +437,8 @@ def test_export_with_other_training_size_in_fcn_json_is_refused(exports, tmp_pat
     shutil.copy(exports / 'model.pb', tmp_path / 'model.pb')
     info = json.loads((exports / 'fcn.json').read_text())
     (tmp_path / 'fcn.json').write_text(json.dumps({**info, 'image_shape': [64, 64]}))
-    with pytest.raises(helper.UserError, match=r'takes 32x64 images but its fcn.json says 64x64'):
-        predict.load_model(str(tmp_path / 'model.pb'))
+    with pytest.raises(UserError, match=r'takes 32x64 images but its fcn.json says 64x64'):
+        inference.load_model(str(tmp_path / 'model.pb'))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -449,7 +461,7 @@ def test_every_export_round_trips_and_agrees_with_the_original(exports, original
     images = np.stack([road_scene(rng, *SHAPE)[0] for _ in range(4)])
     reference = original(images)
     for kind, (loaded_kind, tolerance) in ROUND_TRIP.items():
-        with predict.load_model(str(exports / export.FILES[kind])) as model:
+        with inference.load_model(str(exports / formats.FILES[kind])) as model:
             assert model.kind == loaded_kind and model.info == original.info
             got = model(images)
         assert got.shape == reference.shape and got.dtype == np.float32
@@ -474,7 +486,7 @@ def test_subpixel_upsampling_computes_the_transposed_convolution(stride, size):
                                      'SAME')
         tf.identity(out, 'y')
         reference = sess.run(out, {inp: x})
-        graph_def = export.subpixel_upsampling(graph.as_graph_def())
+        graph_def = formats.subpixel_upsampling(graph.as_graph_def())
     assert 'Conv2DBackpropInput' not in {node.op for node in graph_def.node}
     with tf.Graph().as_default(), tf1.Session() as sess:
         tf.graph_util.import_graph_def(graph_def, name='')
@@ -483,19 +495,19 @@ def test_subpixel_upsampling_computes_the_transposed_convolution(stride, size):
 
 def test_tflite_exports_upsample_without_transpose_conv(exports):
     for kind in ('tflite32', 'int8'):
-        interpreter = Interpreter(str(exports / export.FILES[kind]))
+        interpreter = Interpreter(str(exports / formats.FILES[kind]))
         ops = {op['op_name'] for op in interpreter._get_ops_details()}
         assert 'DEPTH_TO_SPACE' in ops and 'TRANSPOSE_CONV' not in ops, (kind, ops)
 
 
 def test_tflite_models_run_without_importing_tensorflow(exports):
     code = ('import sys, numpy, predict\n'
-            'with predict.load_model(sys.argv[1]) as model:\n'
+            'with predict.inference.load_model(sys.argv[1]) as model:\n'
             '    out = model(numpy.zeros((1, *model.image_shape, 3), numpy.uint8))\n'
             'print(out.shape, "tensorflow" in sys.modules)')
     for kind in ('tflite32', 'int8'):
-        done = subprocess.run([sys.executable, '-c', code, str(exports / export.FILES[kind])],
-                              capture_output=True, text=True, check=True, cwd=fixtures.HERE)
+        done = subprocess.run([sys.executable, '-c', code, str(exports / formats.FILES[kind])],
+                              capture_output=True, text=True, check=True, cwd=ROOT)
         assert done.stdout.splitlines()[-1] == f'(1, {SHAPE[0]}, {SHAPE[1]}, 2) False', kind
 
 
@@ -503,7 +515,7 @@ def test_agreement_json(exports, original):
     agreement = json.loads((exports / 'agreement.json').read_text())
     assert agreement['images'] == 2 and agreement['metric'] == 'road IoU'
     assert 0.5 < agreement['original_iou'] <= 1  # the trained model sees the halves of road
-    assert set(agreement['exports']) == set(export.FILES)
+    assert set(agreement['exports']) == set(formats.FILES)
     for kind, result in agreement['exports'].items():
         assert result['within_tolerance'], (kind, result)
         assert abs(result['iou'] - agreement['original_iou'] - result['iou_difference']) < 1e-12
@@ -515,12 +527,12 @@ def test_agreement_json(exports, original):
 
 def test_check_dir_calibration_dir_and_an_export_outside_its_tolerance(run_dir, run_data,
                                                                        tmp_path, monkeypatch):
-    monkeypatch.setitem(export.TOLERANCES, 'tflite16', (1e-9, 1e-3))
+    monkeypatch.setitem(formats.TOLERANCES, 'tflite16', (1e-9, 1e-3))
     rng = np.random.default_rng(4)
     for i in range(8):
         iio.imwrite(tmp_path / f'scene{i}.png', road_scene(rng, 60, 90)[0])
     out = tmp_path / 'out'
-    with pytest.raises(helper.PartlyFailed, match=r'^tflite16 disagree with the original'):
+    with pytest.raises(PartlyFailed, match=r'^tflite16 disagree with the original'):
         export.main(['--model', str(run_dir), '--formats', 'tflite16,int8', '--check-dir',
                      run_data, '--calibration-dir', str(tmp_path), '--output-dir', str(out)])
     assert sorted(os.listdir(out)) == ['agreement.json', 'fcn.json',
@@ -540,7 +552,7 @@ def test_frozen_graph_is_inference_only(exports):
 
 
 def test_serving_savedmodel_takes_uint8_of_any_size(exports, original, inputs):
-    image = helper.read_rgb(inputs / 'street.jpg')
+    image = read_rgb(inputs / 'street.jpg')
     with tf.Graph().as_default(), tf1.Session() as sess:
         signature = tf1.saved_model.loader.load(sess, ['serve'], str(exports / 'savedmodel')) \
             .signature_def['serving_default']
@@ -593,9 +605,9 @@ def test_tf1_dropout_is_removed_too(tmp_path):
         noise = tf1.random_uniform(tf.shape(image)) * 1.0 + 0.0
         dropped = image / keep_prob * tf.floor(keep_prob + noise)
         probabilities = tf.nn.softmax(tf.stack([dropped[..., 0], 255 - dropped[..., 0]], -1))
-        main.save_model(sess, str(tmp_path / 'model'), image, keep_prob, probabilities,
+        runs.save_model(sess, str(tmp_path / 'model'), image, keep_prob, probabilities,
                         {'image_shape': list(SHAPE), 'num_classes': 2})
-    graph_def = export.frozen_graph(str(tmp_path / 'model'), {'image_shape': list(SHAPE)})
+    graph_def = formats.frozen_graph(str(tmp_path / 'model'), {'image_shape': list(SHAPE)})
     assert not {'RandomUniform', 'Floor'} & {node.op for node in graph_def.node}
     with tf.Graph().as_default(), tf1.Session() as sess:
         tf.graph_util.import_graph_def(graph_def, name='')
@@ -611,18 +623,18 @@ def test_a_model_without_dropout_freezes_without_keep_prob(tmp_path):
         image = tf1.placeholder(tf.float32, [None, None, None, 3], 'image_input')
         keep_prob = tf1.placeholder(tf.float32, [], 'keep_prob')
         probabilities = tf.nn.softmax(image[..., :2] / 255)
-        main.save_model(sess, str(tmp_path / 'model'), image, keep_prob, probabilities, {})
-    graph_def = export.frozen_graph(str(tmp_path / 'model'), {'image_shape': list(SHAPE)})
+        runs.save_model(sess, str(tmp_path / 'model'), image, keep_prob, probabilities, {})
+    graph_def = formats.frozen_graph(str(tmp_path / 'model'), {'image_shape': list(SHAPE)})
     assert [node.name for node in graph_def.node if node.op == 'Placeholder'] == ['image']
 
 
 def test_export_refuses_exports_and_missing_data(exports, tmp_path):
-    with pytest.raises(helper.UserError, match=r'a tflite-float32 model; export from a run'):
+    with pytest.raises(UserError, match=r'a tflite-float32 model; export from a run'):
         export.main(['--model', str(exports / 'model_float32.tflite')])
     bare = tmp_path / 'bare'
     shutil.copytree(exports.parent / 'model', bare)
-    with pytest.raises(helper.UserError, match=r'config.json: cannot read it .*--check-dir'):
+    with pytest.raises(UserError, match=r'config.json: cannot read it .*--check-dir'):
         export.main(['--model', str(bare), '--formats', 'frozen'])
-    with pytest.raises(helper.UserError, match=r"--formats: .*'onnx' is not a format"):
+    with pytest.raises(UserError, match=r"--formats: .*'onnx' is not a format"):
         export.main(['--model', str(bare), '--formats', 'frozen,onnx'])
     assert not (tmp_path / 'export').exists()

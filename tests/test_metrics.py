@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-import metrics
+from roadseg import metrics
 
 VOID = 255
 

@@ -4,16 +4,16 @@ that trains on a CPU, from scratch (no pretrained weights are used).
 Inverted residual blocks (1x1 expansion, 3x3 depthwise, linear 1x1 projection, a residual where
 shapes allow), batch normalisation and ReLU6, channel counts scaled by the width multiplier
 `alpha`. Four decoders:
-- 'fcn8s': the FCN decoder (`main.layers`) on the features at strides 8, 16 and 32, as on VGG16's
+- 'fcn8s': the FCN decoder (`decoders.fcn`) on the features at strides 8, 16 and 32, as on VGG16's
   pool3, pool4 and fc7;
 - 'fcn4s': the same and the stride-4 features, for sharper boundaries;
 - 'dilated': the stride-16 and stride-32 stages dilated instead of strided (output stride 8),
   with skips at strides 8 and 4;
-- 'fpn': the features at strides 4 to 32 merged as features, not as class scores (`pyramid`),
-  then scored and upsampled once.
+- 'fpn': the features at strides 4 to 32 merged as features, not as class scores
+  (`decoders.pyramid`), then scored and upsampled once.
 Images come in as RGB 0..255 and are scaled to -1..1 inside, as MobileNetV2 expects.
 """
-import ops
+from roadseg.model import ops
 
 tf, tf1 = ops.tf, ops.tf1
 
@@ -29,7 +29,6 @@ BN_MOMENTUM = 0.9
 # Strides of the features each decoder takes, finest first: (finer..., layer3, layer4, layer7).
 DECODERS = {'fcn8s': (8, 16, 32), 'fcn4s': (4, 8, 16, 32), 'dilated': (4, 8, 8),
             'fpn': (4, 8, 16, 32)}
-PYRAMID_CHANNELS = 64  # of the 'fpn' decoder's merged features
 
 
 def make_divisible(value, divisor=8):
@@ -87,23 +86,3 @@ def build_encoder(image_input, training, alpha=1.0, decoder='fcn8s'):
         last = LAST_CHANNELS if alpha <= 1 else make_divisible(LAST_CHANNELS * alpha)
         x = conv_bn(x, last, 1, 1, training, 'conv_last')
     return (*(skips[stride] for stride in DECODERS[decoder][:-1]), x)
-
-
-def pyramid(features, strides, training, channels=PYRAMID_CHANNELS):
-    """The top-down path of Lin et al.'s feature pyramid (FPN, 2017) in MobileNetV2's blocks:
-    layer 7 reduced to `channels` by a 1x1 convolution, then at each finer skip upsampled,
-    added to the skip's own 1x1 reduction and mixed by a 3x3 depthwise-separable convolution.
-    An FCN skip adds a linear 1x1 class score of each skip; here the fine features meet the
-    coarse ones before anything is scored, so boundaries are placed by a non-linear look at
-    both. Upsampling repeats pixels (nearest neighbour, as FPN does): its gradient is a sum,
-    where a bilinear resize's gradient made a training step a third slower on this CPU.
-    `features` and `strides` are finest first; returns the features at the finest stride."""
-    *skips, top = features
-    with tf1.variable_scope('pyramid'):
-        x = conv_bn(top, channels, 1, 1, training, f'lateral{strides[-1]}')
-        for skip, stride, coarser in zip(skips[::-1], strides[-2::-1], strides[::-1]):
-            x = tf.repeat(tf.repeat(x, coarser // stride, axis=1), coarser // stride, axis=2)
-            x = x + conv_bn(skip, channels, 1, 1, training, f'lateral{stride}')
-            x = depthwise_bn(x, 1, 1, training, f'merge{stride}_depthwise')
-            x = conv_bn(x, channels, 1, 1, training, f'merge{stride}_pointwise')
-    return x

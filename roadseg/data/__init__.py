@@ -1,0 +1,1 @@
+"""Data sets, their class files, the paired image+label transforms and the training batches."""

@@ -1,0 +1,174 @@
+"""Class files: a data set's class names and colours, and how its label files encode them, so
+a new data set needs no code:
+
+    {"encoding": "color",                       # labels are colours ("index": class numbers)
+     "classes": [{"name": "not road", "color": [255, 0, 0]},
+                 {"name": "road", "color": [255, 0, 255]}],
+     "void": {"color": [0, 0, 0]}}              # or {"value": 11} for index labels
+
+Every label becomes a uint8 class map with VOID (255) for ignored pixels.
+"""
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from roadseg.errors import UserError
+from roadseg.images import read_label_image
+
+VOID = 255  # class index stored for void pixels; one-hot rows of void pixels are all zero
+CLASS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), 'configs', 'classes')
+
+
+@dataclass
+class ClassSet:
+    """Class names and colours, and how label files encode them."""
+    names: list
+    colors: list
+    encoding: str = 'color'          # 'color': RGB labels; 'index': class-number labels
+    void_color: tuple = None         # with 'color' encoding
+    void_value: int = None           # with 'index' encoding
+    source: str = '(built in)'       # the file it came from, for error messages
+    lookup: np.ndarray = field(default=None, repr=False)  # label value -> class, for 'index'
+
+    def __post_init__(self):
+        if self.encoding == 'index':
+            self.lookup = np.full(256, -1, np.int16)
+            self.lookup[:len(self.names)] = np.arange(len(self.names))
+            if self.void_value is not None:
+                self.lookup[self.void_value] = VOID
+
+    @property
+    def num_classes(self):
+        return len(self.names)
+
+    def decode(self, label, path):
+        """A label image to a uint8 class map (VOID for void); values outside the set are a
+        UserError naming the file and the value."""
+        if self.encoding == 'index':
+            if label.ndim == 3:
+                raise UserError(f'{path}: colour label, but {self.source} says labels are '
+                                f'class numbers (single channel)')
+            classes = self.lookup[label]
+            bad = classes < 0
+            if bad.any():
+                y, x = np.argwhere(bad)[0]
+                raise UserError(f'{path}: label value {int(label[y, x])} at row {y}, '
+                                f'column {x} is not in {self.source} (classes 0..'
+                                f'{self.num_classes - 1}, void {self.void_value})')
+            return classes.astype(np.uint8)
+        if label.ndim != 3 or label.shape[2] != 3:
+            raise UserError(f'{path}: expected an RGB colour label ({self.source})')
+        code = _pack(label)
+        table = {_pack(np.array(c)): i for i, c in enumerate(self.colors)}
+        if self.void_color is not None:
+            table[_pack(np.array(self.void_color))] = VOID
+        keys = np.array(list(table))
+        values = np.array(list(table.values()), np.uint8)
+        order = np.argsort(keys)
+        position = np.clip(np.searchsorted(keys[order], code), 0, len(keys) - 1)
+        found = keys[order][position] == code
+        if not found.all():
+            y, x = np.argwhere(~found)[0]
+            raise UserError(f'{path}: colour {tuple(int(c) for c in label[y, x])} at row '
+                            f'{y}, column {x} ({int((~found).sum())} pixels) is not in '
+                            f'{self.source}')
+        return values[order][position]
+
+    def remapped(self, spec):
+        """A two-or-more-class set from `NAME=I[+I..][,NAME=..]`: the named groups of classes
+        become classes 1.., everything else class 0 ('other'); void stays void."""
+        groups = []
+        for part in spec.split(','):
+            name, _, members = part.partition('=')
+            try:
+                indexes = [int(v) for v in members.split('+')]
+            except ValueError:
+                raise UserError(f'--remap {spec!r}: {part!r} is not NAME=INDEX[+INDEX..]') \
+                    from None
+            wrong = [i for i in indexes if not 0 <= i < self.num_classes]
+            if not name.strip() or wrong:
+                raise UserError(f'--remap {spec!r}: {part!r} names no class of '
+                                f'{self.source} (0..{self.num_classes - 1})')
+            groups.append((name.strip(), indexes))
+        mapping = np.zeros(256, np.uint8)
+        mapping[VOID] = VOID
+        for new, (_, indexes) in enumerate(groups, 1):
+            mapping[indexes] = new
+        names = ['other'] + [name for name, _ in groups]
+        colors = [(0, 0, 0)] + [self.colors[indexes[0]] for _, indexes in groups]
+        return RemappedClassSet(names, colors, self.encoding, base=self, mapping=mapping,
+                                source=f'{self.source} remapped by {spec!r}')
+
+
+@dataclass
+class RemappedClassSet(ClassSet):
+    """A class set whose labels are decoded by another set, then mapped to new classes."""
+    base: ClassSet = None
+    mapping: np.ndarray = field(default=None, repr=False)
+
+    def decode(self, label, path):
+        return self.mapping[self.base.decode(label, path)]
+
+
+def _pack(rgb):
+    """RGB triples as single integers, for fast colour look-ups."""
+    rgb = np.asarray(rgb, np.int64)
+    return (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+
+
+def load_class_file(path):
+    """A ClassSet from a JSON class file (see the module docstring)."""
+    try:
+        with open(path) as f:
+            spec = json.load(f)
+        names = [c['name'] for c in spec['classes']]
+        colors = [tuple(int(v) for v in c['color']) for c in spec['classes']]
+        encoding = spec.get('encoding', 'color')
+        void = spec.get('void', {})
+        if encoding not in ('color', 'index') or not names:
+            raise ValueError('encoding must be "color" or "index", with at least one class')
+        return ClassSet(names, colors, encoding,
+                        void_color=tuple(void['color']) if 'color' in void else None,
+                        void_value=void.get('value'), source=path)
+    except FileNotFoundError:
+        raise UserError(f'{path}: class file not found') from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f'{path}: cannot parse the class file ({type(e).__name__}: {e})') \
+            from None
+
+
+def read_label_colors(path):
+    """CamVid's label_colors.txt (`R G B<tab>Name` per line) as a colour ClassSet; its `Void`
+    entry is the void colour."""
+    names, colors, void = [], [], None
+    try:
+        with open(path) as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                match = re.fullmatch(r'\s*(\d+)\s+(\d+)\s+(\d+)\s+(\S.*?)\s*', line)
+                if not match:
+                    raise UserError(f'{path}: line {number} is not "R G B Name"')
+                rgb, name = tuple(int(v) for v in match.groups()[:3]), match.group(4)
+                if name.lower() == 'void':
+                    void = rgb
+                else:
+                    names.append(name)
+                    colors.append(rgb)
+    except OSError as e:
+        raise UserError(f'{path}: cannot read ({e.strerror})') from None
+    return ClassSet(names, colors, 'color', void_color=void, source=path)
+
+
+def read_label(classes, path):
+    """A label file as a uint8 class map of `classes`, VOID for void."""
+    return classes.decode(read_label_image(path, classes.encoding == 'color'), path)
+
+
+def builtin(name):
+    """The class file configs/classes/`name`.json (kitti_road, camvid11)."""
+    return load_class_file(os.path.join(CLASS_DIR, name + '.json'))

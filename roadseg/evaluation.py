@@ -1,0 +1,116 @@
+"""Scoring a model on labelled images: per-class accuracy and IoU, pixel accuracy, mean and
+frequency-weighted IoU, for two classes the KITTI road devkit's MaxF/AP figures, and the time per
+image; optionally the overlays and KITTI's 8-bit road-probability PNGs."""
+import os
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from roadseg import files, inference, metrics
+from roadseg.data import datasets
+from roadseg.errors import UserError
+
+
+def evaluate(model, samples, output_dir=None, colors=(None, inference.OVERLAY_RGB),
+             label='road'):
+    """Segment each (name, RGB image, class map) sample with `model` (inference.segment),
+    score it at the label's own size and return the metrics.
+
+    With `output_dir`, writes overlays/ (drawn in `colors`) and, for two classes,
+    probabilities/ (8-bit class-1 probability PNGs named as KITTI's `label` ground truth).
+    """
+    confusion = metrics.ConfusionMatrix(model.num_classes)
+    road = metrics.RoadMetrics() if model.num_classes == 2 else None
+    inference.segment(model, [samples[0][1]])  # warm-up, not timed
+    seconds = []
+    for name, image, classes in tqdm(samples, desc='Evaluating', leave=False, disable=None):
+        start = time.perf_counter()
+        (probabilities,) = inference.segment(model, [image])
+        seconds.append(time.perf_counter() - start)
+        prediction = inference.classes_of(probabilities)
+        confusion.update(classes, prediction)
+        if road:
+            road.update(classes, probabilities[..., 1])
+        if output_dir:
+            stem = os.path.splitext(name)[0]
+            files.write_png(os.path.join(output_dir, 'overlays', stem + '.png'),
+                            inference.overlay(image, prediction, colors))
+            if road:
+                files.write_png(os.path.join(output_dir, 'probabilities',
+                                             inference.probability_name(stem, label)),
+                                metrics.quantize(probabilities[..., 1]))
+    results = confusion.results()
+    if road:
+        results['kitti_road'] = road.results()
+    results['ms_per_image'] = 1000 * float(np.median(seconds))
+    results['images'] = len(samples)
+    return results
+
+
+def key_metric(results):
+    """The figure that picks the best model: road IoU for two classes, else mean IoU."""
+    return results['iou'][1] if len(results['iou']) == 2 else results['mean_iou']
+
+
+def summary_line(results):
+    """The figures of one evaluation, in one line."""
+    figures = [f'road IoU {results["iou"][1]:.4f}' if len(results['iou']) == 2 else '',
+               f'mean IoU {results["mean_iou"]:.4f}',
+               f'pixel accuracy {results["pixel_accuracy"]:.4f}']
+    kitti = results.get('kitti_road')
+    if kitti and kitti['max_f'] is not None:
+        figures += [f'MaxF {kitti["max_f"]:.4f}', f'AP {kitti["average_precision"]:.4f}']
+    return ', '.join(f for f in figures if f)
+
+
+def _fmt(value):
+    return '   n/a' if value is None else f'{value:.4f}'
+
+
+def format_table(results, class_names):
+    """The metrics as a small text table."""
+    width = max(12, *(len(name) for name in class_names))
+    lines = [f'{"class":<{width}} {"accuracy":>8} {"IoU":>8}']
+    for name, accuracy, iou in zip(class_names, results['class_accuracy'], results['iou']):
+        lines.append(f'{name:<{width}} {_fmt(accuracy):>8} {_fmt(iou):>8}')
+    lines.append(f'pixel accuracy {_fmt(results["pixel_accuracy"])}, mean class accuracy '
+                 f'{_fmt(results["mean_class_accuracy"])}, mean IoU {_fmt(results["mean_iou"])}, '
+                 f'frequency-weighted IoU {_fmt(results["frequency_weighted_iou"])}')
+    kitti = results.get('kitti_road')
+    if kitti:
+        lines.append(f'KITTI road: MaxF {_fmt(kitti["max_f"])}, AP '
+                     f'{_fmt(kitti["average_precision"])}; at threshold {_fmt(kitti["threshold"])}:'
+                     f' precision {_fmt(kitti["precision"])}, recall {_fmt(kitti["recall"])}, '
+                     f'FPR {_fmt(kitti["fpr"])}, FNR {_fmt(kitti["fnr"])}')
+    mirrored = ', each also mirrored (--flip-tta)' if results.get('flip_tta') else ''
+    lines.append(f'{results["images"]} images, {results["ms_per_image"]:.1f} ms per image '
+                 f'(resized to the training size{mirrored}, segmented and resized back; median '
+                 f'after a warm-up)')
+    return '\n'.join(lines)
+
+
+def evaluation_data(path, data_dir, info, split):
+    """The model's data set in `data_dir` and the (image, label) pairs to evaluate: the run's
+    validation list (split.json) or every labelled image."""
+    dataset = datasets.open_dataset(info['dataset'], data_dir, info['label'], info['classes'],
+                                    info['remap'])
+    if dataset.classes.num_classes != info['num_classes']:
+        raise UserError(f'{data_dir}: {dataset.classes.num_classes} classes, but the model '
+                        f'predicts {info["num_classes"]}')
+    pairs = dataset.train + (dataset.val or [])
+    if split == 'all':
+        return dataset, pairs
+    # A run folder holds split.json; an export file lies in the run's export/ folder.
+    folders = [path] if os.path.isdir(path) else [os.path.dirname(path) or '.']
+    folders.append(os.path.dirname(os.path.abspath(folders[0])))
+    found = [f for f in (os.path.join(f, 'split.json') for f in folders) if os.path.isfile(f)]
+    if not found:
+        raise UserError(f'--split val needs a run folder holding split.json; {path} has none: '
+                        f'use --split all')
+    names = set(files.read_json(found[0], 'use --split all')['val'])
+    chosen = [pair for pair in pairs if os.path.basename(pair[0]) in names]
+    if len(chosen) != len(names):
+        raise UserError(f'{data_dir}: {len(names) - len(chosen)} of the run\'s validation '
+                        f'images are missing; is --data-dir the one it trained on?')
+    return dataset, chosen

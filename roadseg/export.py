@@ -1,0 +1,337 @@
+"""Exports of a trained model for deployment, each checked against the original.
+
+Formats (FILES): a TensorFlow Serving SavedModel that takes uint8 images of any size, a frozen
+inference GraphDef, and TFLite float32, float16 and full-integer int8 models whose transposed
+convolutions are rewritten as sub-pixel convolutions. Each export is loaded back with
+inference.load_model and scored next to the original (check): the IoU difference, the largest
+probability difference and the share of pixels whose class agrees, against TOLERANCES.
+"""
+import collections
+import os
+
+import numpy as np
+
+from roadseg import evaluation, files, images, inference, media
+from roadseg.data import datasets
+from roadseg.errors import UserError
+from roadseg.graph_mode import import_tensorflow, quiet_stderr
+
+tf = import_tensorflow()
+tf1 = tf.compat.v1
+
+FILES = {'savedmodel': 'savedmodel', 'frozen': 'model.pb', 'tflite32': 'model_float32.tflite',
+         'tflite16': 'model_float16.tflite', 'int8': 'model_int8.tflite'}
+# (largest probability difference, largest IoU difference) each export may show: float32 exports
+# differ from TensorFlow's own kernels by rounding only; float16 weights keep ~3 digits; int8
+# moves probabilities by many 1/256 steps near class boundaries, so only the IoU is bounded
+TOLERANCES = {'savedmodel': (1e-4, 1e-3), 'frozen': (1e-4, 1e-3), 'tflite32': (1e-3, 1e-3),
+              'tflite16': (2e-2, 5e-3), 'int8': (None, 2e-2)}
+RANDOM_OPS = ('RandomUniform', 'RandomStandardNormal', 'TruncatedNormal')
+
+
+# ----------------------------------------------------------------------------------------------
+# The frozen inference graph
+# ----------------------------------------------------------------------------------------------
+
+def frozen_graph(folder, info):
+    """main.py's SavedModel in `folder` as an inference-only GraphDef: variables folded to
+    constants, keep_prob fixed at 1.0 and dropout removed. Input `image` (float32 RGB 0..255,
+    [N, H, W, 3] at the training size), output `probabilities`."""
+    with tf.Graph().as_default() as graph, tf1.Session() as sess:
+        signature = tf1.saved_model.loader.load(sess, ['serve'], folder) \
+            .signature_def['serving_default']
+        names = {key: value.name for key, value in signature.inputs.items()}
+        output = signature.outputs['probabilities'].name
+        constants = tf1.graph_util.convert_variables_to_constants(
+            sess, graph.as_graph_def(), [output.split(':')[0]])
+    with tf.Graph().as_default() as graph:
+        image = tf1.placeholder(tf.float32, [None, *info['image_shape'], 3], 'image')
+        inputs = {names['image']: image}
+        used = {node.name for node in constants.node}
+        if 'keep_prob' in names and _producer(names['keep_prob']) in used:  # VGG's dropout
+            inputs[names['keep_prob']] = tf.constant(1.0, name='keep_prob_1')
+        (probabilities,) = tf.graph_util.import_graph_def(constants, inputs, [output], name='fcn')
+        tf.identity(probabilities, 'probabilities')
+    graph_def = tf1.graph_util.extract_sub_graph(graph.as_graph_def(), ['probabilities'])
+    return tf1.graph_util.extract_sub_graph(strip_dropout(graph_def, folder), ['probabilities'])
+
+
+def _producer(name):
+    """The node that produces the tensor `name` (`node:1`, `^node` -> `node`)."""
+    return name.lstrip('^').split(':')[0]
+
+
+def downstream(graph_def, start):
+    """The names of `start` and of every node that depends on it, nearest first."""
+    consumers = {}
+    for node in graph_def.node:
+        for name in node.input:
+            consumers.setdefault(_producer(name), []).append(node.name)
+    seen, queue = {start: None}, collections.deque([start])
+    while queue:
+        for name in consumers.get(queue.popleft(), []):
+            if name not in seen:
+                seen[name] = None
+                queue.append(name)
+    return list(seen)
+
+
+def strip_dropout(graph_def, path):
+    """Replace each dropout mask (keep_prob being 1) by the tensor it masks, in place.
+
+    Dropout multiplies (TF1: `x / keep_prob * floor(keep_prob + noise)`) or selects (TF2:
+    `where(noise >= rate, x / (1 - rate), 0)`) the image's features by a mask drawn from random
+    noise; the op doing that is the nearest one downstream of the noise with an input computed
+    from the image but not from the noise. It becomes an Identity of that input, and the noise
+    is left unused. Any other random op is an error: the graph would not be deterministic.
+    """
+    from_image = set(downstream(graph_def, 'image'))
+    nodes = {node.name: node for node in graph_def.node}
+    for noise_op in [node.name for node in graph_def.node if node.op in RANDOM_OPS]:
+        noise = downstream(graph_def, noise_op)
+        after_noise = set(noise)
+        masks = [(nodes[name], data) for name in noise
+                 if nodes[name].op in ('Mul', 'SelectV2', 'Select')
+                 for data in nodes[name].input
+                 if _producer(data) in from_image and _producer(data) not in after_noise]
+        if not masks:
+            raise UserError(f'{path}: the random op {noise_op} is not a dropout mask; '
+                            f'cannot make the graph deterministic')
+        mask, data = masks[0]
+        _rewrite_node(mask, 'Identity', data)
+    return graph_def
+
+
+def _rewrite_node(node, op, data):
+    """Turn `node` into the one-input `op` on `data`, in place: its name, and so every
+    consumer, stays; its attributes are reset to its type `T`, which the caller extends."""
+    dtype = node.attr['T'].type
+    node.op = op
+    node.ClearField('input')
+    node.ClearField('attr')
+    node.input.append(data)
+    node.attr['T'].type = dtype
+
+
+def subpixel_kernel(kernel, stride):
+    """The 3x3 convolution kernel that, followed by depth_to_space(stride), computes what a
+    SAME-padded 2*stride x 2*stride transposed convolution with stride `stride` does.
+
+    `kernel` is conv2d_transpose's [2s, 2s, out, in] filter. Output pixel s*q + r (in each
+    axis) sums input q + d times the filter tap t = r + s//2 - s*d for the taps inside the
+    filter; d is -1, 0 or 1, so a 3x3 window holds them all. The result is [3, 3, in, s*s*out],
+    its output channels ordered (row phase, column phase, class) as depth_to_space expects.
+    """
+    size, _, out_channels, in_channels = kernel.shape
+    if size != 2 * stride or kernel.shape[1] != size:
+        raise ValueError(f'a {kernel.shape[:2]} filter with stride {stride} is not 2s x 2s')
+    taps = np.zeros((3, stride), np.int64)  # filter tap of (offset d + 1, phase r), -1: none
+    for d in (-1, 0, 1):
+        t = np.arange(stride) + stride // 2 - stride * d
+        taps[d + 1] = np.where((t >= 0) & (t < size), t, -1)
+    result = np.zeros((3, 3, in_channels, stride, stride, out_channels), kernel.dtype)
+    for a, b in np.ndindex(3, 3):
+        for rh, rw in np.ndindex(stride, stride):
+            th, tw = taps[a, rh], taps[b, rw]
+            if th >= 0 and tw >= 0:
+                result[a, b, :, rh, rw, :] = kernel[th, tw].T
+    return result.reshape(3, 3, in_channels, stride * stride * out_channels)
+
+
+def subpixel_upsampling(graph_def):
+    """Replace each transposed convolution of the FCN decoder (2s x 2s filter, stride s, SAME,
+    output s times its input) by the equal 3x3 convolution and depth_to_space(s), in place.
+
+    TFLite's XNNPACK delegate runs quantised CONV_2D and DEPTH_TO_SPACE but not quantised
+    TRANSPOSE_CONV, which then takes longer than the whole int8 encoder. The graph must have a
+    fixed input size that is a multiple of 32, so that every output is s times its input.
+    """
+    nodes = {node.name: node for node in graph_def.node}
+
+    def constant(name):
+        node = nodes[_producer(name)]
+        while node.op == 'Identity':
+            node = nodes[_producer(node.input[0])]
+        if node.op != 'Const':
+            raise ValueError(f'{name} is not a constant')
+        return tf.make_ndarray(node.attr['value'].tensor)
+
+    for node in [n for n in graph_def.node if n.op == 'Conv2DBackpropInput']:
+        strides = list(node.attr['strides'].list.i)
+        kernel = constant(node.input[1])
+        if (node.attr['padding'].s != b'SAME' or node.attr['data_format'].s not in (b'', b'NHWC')
+                or strides[1] != strides[2] or kernel.shape[:2] != (2 * strides[1],) * 2):
+            continue  # not the decoder's kind of upsampling: left as it is
+        stride = strides[1]
+        conv = tf1.NodeDef(name=node.name + '/subpixel', op='Conv2D',
+                           input=[node.input[2], node.name + '/subpixel_kernel'])
+        conv.attr['T'].CopyFrom(node.attr['T'])
+        conv.attr['strides'].list.i.extend([1, 1, 1, 1])
+        conv.attr['padding'].s = b'SAME'
+        weights = tf1.NodeDef(name=node.name + '/subpixel_kernel', op='Const')
+        weights.attr['dtype'].CopyFrom(node.attr['T'])
+        weights.attr['value'].tensor.CopyFrom(tf.make_tensor_proto(
+            subpixel_kernel(kernel, stride)))
+        _rewrite_node(node, 'DepthToSpace', conv.name)
+        node.attr['block_size'].i = stride
+        graph_def.node.extend([weights, conv])
+    return graph_def
+
+
+# ----------------------------------------------------------------------------------------------
+# The formats
+# ----------------------------------------------------------------------------------------------
+
+def write_serving_model(path, graph_def, info):
+    """A SavedModel for TensorFlow Serving around the frozen graph: uint8 RGB images of any size
+    in, resized to the training size (bilinear, antialiased like PIL's, as inference resizes),
+    probabilities resized back to the input's size, and their argmax as uint8 `classes`."""
+    with tf.Graph().as_default(), tf1.Session() as sess:
+        image = tf1.placeholder(tf.uint8, [None, None, None, 3], 'image')
+        small = tf.image.resize(tf.cast(image, tf.float32), info['image_shape'], antialias=True)
+        (probabilities,) = tf.graph_util.import_graph_def(graph_def, {'image:0': small},
+                                                          ['probabilities:0'], name='fcn')
+        probabilities = tf.identity(tf.image.resize(probabilities, tf.shape(image)[1:3],
+                                                    antialias=True), 'probabilities')
+        classes = tf.cast(tf.argmax(probabilities, -1), tf.uint8, name='classes')
+        signature = tf1.saved_model.predict_signature_def(
+            inputs={'image': image}, outputs={'probabilities': probabilities, 'classes': classes})
+        with files.atomic_path(path) as tmp:
+            builder = tf1.saved_model.Builder(tmp)
+            builder.add_meta_graph_and_variables(
+                sess, [tf1.saved_model.tag_constants.SERVING],
+                signature_def_map={'serving_default': signature}, strip_default_attrs=True)
+            builder.save()
+            files.write_json(os.path.join(tmp, inference.MODEL_INFO), info)
+
+
+def tflite_model(graph_def, info, fmt, calibration=()):
+    """The frozen graph as a TFLite flatbuffer: 'tflite32', 'tflite16' (float16 weights) or
+    'int8' (full integer, activations calibrated on `calibration`, RGB images at the training
+    size; uint8 in and out: images are 8-bit anyway, and probabilities come out in 1/256 steps,
+    the levels of KITTI's probability PNGs). The transposed convolutions become sub-pixel
+    convolutions (subpixel_upsampling), which XNNPACK runs in every format."""
+    rewritten = tf1.GraphDef()
+    rewritten.CopyFrom(graph_def)
+    with tf.Graph().as_default() as graph, tf1.Session() as sess:
+        tf.graph_util.import_graph_def(subpixel_upsampling(rewritten), name='')
+        image = graph.get_tensor_by_name('image:0')
+        image.set_shape([1, *info['image_shape'], 3])
+        converter = tf1.lite.TFLiteConverter.from_session(
+            sess, [image], [graph.get_tensor_by_name('probabilities:0')])
+        if fmt in ('tflite16', 'int8'):
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        if fmt == 'tflite16':
+            converter.target_spec.supported_types = [tf.float16]
+        if fmt == 'int8':
+            converter.representative_dataset = lambda: ([sample[None].astype(np.float32)]
+                                                        for sample in calibration)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = converter.inference_output_type = tf.uint8
+        try:
+            with quiet_stderr():  # the converter's MLIR notices
+                return converter.convert()
+        except Exception as e:  # the converter raises ConverterError and others
+            raise UserError(f'{fmt}: TFLite conversion failed '
+                            f'({str(e).strip().splitlines()[0]})') from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: calibration images and the labelled check set
+# ----------------------------------------------------------------------------------------------
+
+def run_data(run_dir, info, split, hint):
+    """evaluation.evaluation_data on the run's own data set: the data_dir of its config.json."""
+    data_dir = files.read_json(os.path.join(run_dir, 'config.json'), hint)['data_dir']
+    try:
+        return evaluation.evaluation_data(run_dir, data_dir, info, split)
+    except UserError as e:
+        raise UserError(f'{e} (the data_dir of {run_dir}); {hint}') from None
+
+
+def calibration_images(model, info, calibration_dir=None, count=images.CALIBRATION_IMAGES):
+    """Up to `count` images of `calibration_dir` or, by default, of the training images of the
+    run folder `model`: at the default count, those its averaged weights' batch norm was
+    calibrated on."""
+    if calibration_dir:
+        source = f'--calibration-dir {calibration_dir}'
+        paths = [path for path in media.input_files([calibration_dir], {})
+                 if path.lower().endswith(datasets.IMAGE_EXTENSIONS)]
+    else:
+        source = f'the training images of {model}'
+        hint = 'int8 calibrates on the run\'s training images, or pass --calibration-dir'
+        names = set(files.read_json(os.path.join(model, 'split.json'), hint)['train'])
+        paths = [image for image, _ in run_data(model, info, 'all', hint)[1]
+                 if os.path.basename(image) in names]
+    if not paths:
+        raise UserError(f'{source}: no images to calibrate the int8 model on')
+    return images.calibration_images(paths, info['image_shape'], count)
+
+
+def check_samples(model, info, check_dir=None):
+    """The labelled (name, image, class map) samples the exports are checked on: every
+    labelled image of `check_dir`, or the validation images of the run folder `model`."""
+    if check_dir:
+        dataset, pairs = evaluation.evaluation_data(model, check_dir, info, 'all')
+    else:
+        dataset, pairs = run_data(model, info, 'val', 'or pass --check-dir, a labelled '
+                                  'folder in the layout the model was trained on')
+    if not pairs:
+        raise UserError('no labelled images to check the exports on; pass --check-dir')
+    return datasets.load_samples(pairs, dataset.read_label)
+
+
+# ----------------------------------------------------------------------------------------------
+# The check
+# ----------------------------------------------------------------------------------------------
+
+class Compared:
+    """An export as a model for evaluation.evaluate that also runs the original on each batch,
+    keeping the largest probability difference and the pixels whose classes agree."""
+
+    def __init__(self, export, original):
+        self.export, self.original = export, original
+        self.image_shape, self.num_classes = export.image_shape, export.num_classes
+        self.max_difference, self.agreeing, self.pixels = 0.0, 0, 0
+
+    def __call__(self, batch):
+        ours, theirs = self.export(batch), self.original(batch)
+        self.max_difference = max(self.max_difference, float(np.abs(ours - theirs).max()))
+        self.agreeing += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
+        self.pixels += theirs[..., 0].size
+        return ours
+
+
+def check(fmt, path, original, samples, reference):
+    """How the export at `path` agrees with `original` on `samples`; `reference` is the
+    original's own evaluation.evaluate key metric."""
+    with inference.load_model(path) as model:
+        compared = Compared(model, original)
+        results = evaluation.evaluate(compared, samples)
+    iou = evaluation.key_metric(results)
+    max_probability, max_iou = TOLERANCES[fmt]
+    return {'path': path, 'kind': model.kind, 'iou': iou, 'iou_difference': iou - reference,
+            'max_probability_difference': compared.max_difference,
+            'class_agreement': compared.agreeing / compared.pixels,
+            'tolerance': {'max_probability_difference': max_probability,
+                          'iou_difference': max_iou},
+            'within_tolerance': abs(iou - reference) <= max_iou and (
+                max_probability is None or compared.max_difference <= max_probability)}
+
+
+def write_exports(folder, info, output_dir, formats, calibration=()):
+    """Write main.py's SavedModel in `folder` in each of `formats` to `output_dir` (int8
+    calibrated on the images `calibration`); returns {format: path}."""
+    graph_def = frozen_graph(folder, info)
+    paths = {fmt: os.path.join(output_dir, FILES[fmt]) for fmt in formats}
+    if set(formats) - {'savedmodel'}:
+        files.write_json(os.path.join(output_dir, inference.MODEL_INFO), info)
+    for fmt, path in paths.items():
+        print(f'writing {path}')
+        if fmt == 'savedmodel':
+            write_serving_model(path, graph_def, info)
+        elif fmt == 'frozen':
+            files.write_bytes(path, graph_def.SerializeToString())
+        else:
+            files.write_bytes(path, tflite_model(graph_def, info, fmt, calibration))
+    return paths

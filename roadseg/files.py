@@ -1,0 +1,153 @@
+"""Files that are never seen half-written: atomic writes, JSON, verified downloads and
+traversal-safe zip extraction."""
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+
+import imageio.v3 as iio
+from tqdm import tqdm
+
+from roadseg.errors import UserError
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds.
+
+    Works for files and directories, so a reader never sees a half-written result.
+    """
+    path = os.path.abspath(path)
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=parent)
+    target = os.path.join(tmp, os.path.basename(path))
+    try:
+        yield target
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        os.replace(target, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path, value):
+    """Write `value` as indented JSON to `path` atomically."""
+    with atomic_path(path) as tmp, open(tmp, 'w') as f:
+        json.dump(value, f, indent=2)
+
+
+def read_json(path, hint=None):
+    """The JSON value in `path`; a missing or broken file is a UserError naming it, ending with
+    `hint` (what to do) when given."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise UserError(f'{path}: cannot read it ({reason})' + (f'; {hint}' if hint else '')) \
+            from None
+
+
+def write_bytes(path, data):
+    """Write `data` to `path` atomically."""
+    with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+        f.write(data)
+
+
+def write_png(path, pixels):
+    """Write an image array as a PNG at `path` atomically."""
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, pixels, extension='.png')
+
+
+def download(url, dest, sha256=None, timeout=30):
+    """Download `url` to `dest` with a progress bar, via a temporary name renamed when complete.
+
+    The byte count is checked against Content-Length and, when given, the SHA-256 digest.
+    Returns the digest. Raises UserError when offline or when the file is truncated or wrong.
+    """
+    name = os.path.basename(dest)
+    digest = hashlib.sha256()
+    received = 0
+    with atomic_path(dest) as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, 'wb') as out:
+                expected = int(response.headers.get('Content-Length') or 0) or None
+                with tqdm(total=expected, unit='B', unit_scale=True, desc=name, leave=False,
+                          disable=None) as bar:
+                    while chunk := response.read(1 << 20):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        received += len(chunk)
+                        bar.update(len(chunk))
+        except http.client.IncompleteRead as e:
+            raise UserError(f'download of {url} was cut off after {received + len(e.partial)} '
+                            f'bytes; run again to retry') from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            reason = getattr(e, 'reason', e)
+            raise UserError(f'could not download {url} ({reason})') from None
+        if expected is not None and received != expected:
+            raise UserError(f'download of {url} is truncated: {received} of {expected} bytes; '
+                            f'run again to retry')
+        if sha256 is not None and digest.hexdigest() != sha256.lower():
+            raise UserError(f'download of {url} has SHA-256 {digest.hexdigest()}, expected '
+                            f'{sha256}; the file on the server changed or was corrupted')
+    return digest.hexdigest()
+
+
+def safe_extract(zip_path, target_dir):
+    """Extract a zip archive, refusing members whose path would land outside `target_dir`."""
+    root = os.path.realpath(target_dir)
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            for member in archive.namelist():
+                dest = os.path.realpath(os.path.join(root, member))
+                if dest != root and not dest.startswith(root + os.sep):
+                    raise UserError(f'{zip_path}: member {member!r} would be written outside '
+                                    f'{target_dir}; refusing to extract this archive')
+            bad = archive.testzip()
+            if bad is not None:
+                raise UserError(f'{zip_path}: member {bad!r} is corrupt; delete the file and '
+                                f'download it again')
+            archive.extractall(root)
+    except zipfile.BadZipFile as e:
+        raise UserError(f'{zip_path}: not a valid zip file ({e}); delete it and download again') \
+            from None
+
+
+def maybe_download_and_extract(url, target, member=None, sha256=None):
+    """Make the folder `target` exist by downloading the zip at `url` and moving its folder
+    `member` (by default one named like `target`) there.
+
+    The zip is downloaded beside `target` and extracted into a temporary folder, and the folder
+    moved into place only when complete; offline, the error says what to download by hand.
+    """
+    if os.path.isdir(target):
+        return target
+    parent = os.path.dirname(os.path.abspath(target))
+    member = member or os.path.basename(os.path.normpath(target))
+    zip_path = os.path.join(parent, os.path.basename(url))
+    print(f'{target} not found; downloading {url}')
+    manual = (f'download {url} by hand and unzip it so that its {member}/ folder is {target}/')
+    try:
+        os.makedirs(parent, exist_ok=True)
+        download(url, zip_path, sha256=sha256)
+    except UserError as e:
+        raise UserError(f'{e}. To proceed offline, {manual}') from None
+    extract_dir = tempfile.mkdtemp(prefix='.extract-', dir=parent)
+    try:
+        safe_extract(zip_path, extract_dir)
+        if not os.path.isdir(os.path.join(extract_dir, member)):
+            raise UserError(f'{zip_path} has no {member}/ folder; {manual}')
+        os.replace(os.path.join(extract_dir, member), target)
+    finally:
+        shutil.rmtree(extract_dir, ignore_errors=True)
+    os.remove(zip_path)
+    return target

@@ -1,0 +1,319 @@
+"""The one inference path: load any model the project writes, segment images at their own size,
+and draw the result. main.py's samples, evaluate.py, predict.py and export.py's checks all run
+models through `segment`.
+
+`load_model(path)` opens a run folder, main.py's SavedModel, export.py's serving SavedModel, a
+frozen graph (.pb) or a TFLite model (.tflite); each needs the fcn.json that main.py and
+export.py write beside it (in the SavedModel folder, or in the folder holding the file).
+TensorFlow is imported only to open a SavedModel or a frozen graph: a TFLite model runs on LiteRT
+alone, without TensorFlow's 600 MB and seconds of start-up. `session_model` wraps a graph in a
+live session (training) the same way.
+"""
+import os
+import re
+
+import numpy as np
+from ai_edge_litert.interpreter import Interpreter
+from PIL import Image, ImageDraw
+
+from roadseg import files
+from roadseg.errors import UserError
+from roadseg.graph_mode import import_tensorflow, quiet_stderr
+from roadseg.images import resize_image, resize_probabilities
+
+MODEL_INFO = 'fcn.json'  # the model's training size, classes and data set, beside the model
+REQUIRED_INFO = ('image_shape', 'num_classes', 'class_names', 'class_colors')
+KITTI_NAME = re.compile(r'([a-z]+)_(\d+)')  # um_000001: category and number
+OVERLAY_RGB = (0, 255, 0)
+OVERLAY_ALPHA = 0.5
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------
+
+class Model:
+    """A loaded model: `model(images)` maps RGB images at the training size ([N, H, W, 3], uint8
+    or float in 0..255) to float32 class probabilities [N, H, W, C].
+
+    `kind` is savedmodel (main.py's), serving (export.py's uint8 SavedModel), frozen,
+    tflite-float32, tflite-float16, tflite-int8 or session (a graph being trained); `info` is
+    its fcn.json. With `flip` set, each image is also segmented mirrored and the two
+    predictions averaged (test-time augmentation: steadier edges for twice the inference time).
+    """
+
+    def __init__(self, path, kind, info, run, close=lambda: None):
+        self.path, self.kind, self.info = path, kind, info
+        self.image_shape = tuple(info['image_shape'])
+        self.num_classes = info['num_classes']
+        self.flip = False
+        self._run, self._close = run, close
+
+    def __call__(self, images):
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[1:] != (*self.image_shape, 3):
+            raise ValueError(f'{self.path} takes images [N, {self.image_shape[0]}, '
+                             f'{self.image_shape[1]}, 3], not {list(images.shape)}')
+        probabilities = self._run(images)
+        if self.flip:
+            mirrored = self._run(np.ascontiguousarray(images[:, :, ::-1]))
+            probabilities = (probabilities + mirrored[:, :, ::-1]) / 2
+        return probabilities
+
+    def close(self):
+        self._close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def model_folder(path):
+    """The SavedModel folder of a run folder (its model/) or of a SavedModel path itself."""
+    for folder in (os.path.join(path, 'model'), path):
+        if os.path.isfile(os.path.join(folder, 'saved_model.pb')):
+            return folder
+    raise UserError(f'--model {path}: neither a run folder with model/ nor a SavedModel')
+
+
+def read_info(folder, model_path):
+    """The fcn.json in `folder`: the training size, classes and data set of the model."""
+    path = os.path.join(folder, MODEL_INFO)
+    if not os.path.isfile(path):
+        raise UserError(f'--model {model_path}: no {MODEL_INFO} beside it; keep the '
+                        f'{MODEL_INFO} that main.py or export.py wrote with the model')
+    info = files.read_json(path)
+    missing = [key for key in REQUIRED_INFO if key not in info]
+    if missing:
+        raise UserError(f'{path}: no {missing[0]!r}; not the {MODEL_INFO} of a model')
+    return info
+
+
+def load_model(path, flip=False):
+    """The model at `path`: a run folder (its model/), a SavedModel folder (main.py's, or
+    export.py's serving model), a frozen graph `.pb` or a TFLite `.tflite` file, as a Model
+    (averaging each prediction with its mirror image's with `flip`)."""
+    model = _load(path)
+    model.flip = flip
+    return model
+
+
+def _load(path):
+    """load_model's loader for each kind of model."""
+    if not os.path.exists(path):
+        raise UserError(f'--model {path}: no such file or folder')
+    if os.path.isdir(path):
+        folder = model_folder(path)
+        return _saved_model(folder, read_info(folder, path))
+    loaders = {'.pb': _frozen_graph, '.tflite': _tflite}
+    loader = loaders.get(os.path.splitext(path)[1].lower())
+    if loader is None:
+        raise UserError(f'--model {path}: not a model; expected a run folder, a '
+                        f'SavedModel folder, a frozen graph (.pb) or a TFLite file (.tflite)')
+    return loader(path, read_info(os.path.dirname(path) or '.', path))
+
+
+def _check(path, info, input_shape, output_shape):
+    """Stop when the model's static input size or class count contradicts its fcn.json."""
+    height, width = info['image_shape']
+    if list(input_shape[1:3]) not in ([height, width], [None, None]):
+        raise UserError(f'--model {path}: takes {input_shape[1]}x{input_shape[2]} images '
+                        f'but its {MODEL_INFO} says {height}x{width}; that {MODEL_INFO} '
+                        f'belongs to another model')
+    if output_shape[-1] not in (info['num_classes'], None):
+        raise UserError(f'--model {path}: predicts {output_shape[-1]} classes but its '
+                        f'{MODEL_INFO} says {info["num_classes"]}; that {MODEL_INFO} '
+                        f'belongs to another model')
+
+
+def session_model(sess, image, probabilities, info, feeds=None, path='the session',
+                  kind='session', close=lambda: None):
+    """A Model running `probabilities` from `image` (uint8 or float32) in `sess`; `close` is
+    called when the model is closed (a loaded model's closes its session)."""
+    _check(path, info, _dims(image, 4), _dims(probabilities, 4))
+    dtype = image.dtype.as_numpy_dtype
+
+    def run(images):
+        return sess.run(probabilities, {image: _as_dtype(images, dtype), **(feeds or {})})
+    return Model(path, kind, info, run, close)
+
+
+def _session_model(path, kind, info, sess, image, probabilities, feeds=None):
+    """session_model for a session of its own, which is closed with the model (or at once
+    when the model does not fit its fcn.json)."""
+    try:
+        return session_model(sess, image, probabilities, info, feeds, path, kind, sess.close)
+    except UserError:
+        sess.close()
+        raise
+
+
+def _dims(tensor, rank):
+    """A tensor's static shape as a list, None for unknown sizes."""
+    return tensor.shape.as_list() if tensor.shape.rank is not None else [None] * rank
+
+
+def _as_dtype(images, dtype):
+    """Images in 0..255 as `dtype` (rounded and clipped for integer types)."""
+    if np.issubdtype(dtype, np.integer) and images.dtype != dtype:
+        return np.clip(np.round(images), 0, 255).astype(dtype)
+    return images.astype(dtype, copy=False)
+
+
+def _saved_model(folder, info):
+    """main.py's SavedModel (float images and keep_prob in) or export.py's (uint8 images in)."""
+    tf1 = import_tensorflow().compat.v1
+    sess = tf1.Session(graph=tf1.Graph())
+    try:
+        meta = tf1.saved_model.loader.load(sess, ['serve'], folder)
+        signature = meta.signature_def['serving_default']
+        image = sess.graph.get_tensor_by_name(signature.inputs['image'].name)
+        probabilities = sess.graph.get_tensor_by_name(signature.outputs['probabilities'].name)
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        sess.close()
+        raise UserError(f'{folder}: not a model written by main.py or export.py '
+                        f'({str(e).splitlines()[0]})') from None
+    keep_prob = signature.inputs.get('keep_prob')
+    return _session_model(folder, 'serving' if image.dtype == tf1.uint8 else 'savedmodel', info,
+                          sess, image, probabilities,
+                          {keep_prob.name: 1.0} if keep_prob is not None else None)
+
+
+def _frozen_graph(path, info):
+    """export.py's frozen GraphDef: `image` (float32) in, `probabilities` out."""
+    from google.protobuf.message import DecodeError
+    tf1 = import_tensorflow().compat.v1
+    graph = tf1.Graph()
+    try:
+        graph_def = tf1.GraphDef()
+        with open(path, 'rb') as f:
+            graph_def.ParseFromString(f.read())
+        with graph.as_default():
+            tf1.import_graph_def(graph_def, name='')
+        image = graph.get_tensor_by_name('image:0')
+        probabilities = graph.get_tensor_by_name('probabilities:0')
+    except (OSError, DecodeError, ValueError, KeyError) as e:
+        raise UserError(f'--model {path}: not a frozen graph written by export.py '
+                        f'({str(e).splitlines()[0]})') from None
+    return _session_model(path, 'frozen', info, tf1.Session(graph=graph), image, probabilities)
+
+
+def _tflite(path, info):
+    """export.py's TFLite model, run one image at a time (its tensors are sized for one image:
+    the decoder's output shapes are folded to batch 1 at conversion). Integer models take and
+    return tensors quantized with their own scale and zero point."""
+    try:
+        with quiet_stderr():  # without LiteRT's notice that XNNPACK runs the model
+            interpreter = Interpreter(model_path=path, num_threads=os.cpu_count())
+            interpreter.allocate_tensors()
+        (image,), (probabilities,) = (interpreter.get_input_details(),
+                                      interpreter.get_output_details())
+    except (ValueError, RuntimeError) as e:
+        raise UserError(f'--model {path}: not a TFLite model '
+                        f'({str(e).splitlines()[0]})') from None
+    _check(path, info, image['shape'].tolist(), probabilities['shape'].tolist())
+    if np.issubdtype(image['dtype'], np.integer):
+        kind = 'tflite-int8'
+    elif any(t['dtype'] == np.float16 for t in interpreter.get_tensor_details()):
+        kind = 'tflite-float16'
+    else:
+        kind = 'tflite-float32'
+
+    def run(images):
+        outputs = []
+        for one in images:
+            interpreter.set_tensor(image['index'], _quantize(one[None], image))
+            interpreter.invoke()
+            outputs.append(_dequantize(interpreter.get_tensor(probabilities['index']),
+                                       probabilities))
+        return np.concatenate(outputs)
+    return Model(path, kind, info, run)
+
+
+def _quantize(values, details):
+    """Float values as the TFLite tensor described by `details` (quantized when integer)."""
+    if not np.issubdtype(details['dtype'], np.integer):
+        return values.astype(details['dtype'])
+    scale, zero_point = details['quantization']
+    if values.dtype == details['dtype'] and (scale, zero_point) == (1, 0):
+        return values  # uint8 images into export.py's uint8 input: nothing to convert
+    limits = np.iinfo(details['dtype'])
+    return np.clip(np.round(values / scale + zero_point), limits.min, limits.max) \
+        .astype(details['dtype'])
+
+
+def _dequantize(values, details):
+    """A TFLite output tensor as float32 values."""
+    if not np.issubdtype(details['dtype'], np.integer):
+        return values.astype(np.float32)
+    scale, zero_point = details['quantization']
+    return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Segmentation and drawing
+# ----------------------------------------------------------------------------------------------
+
+def segment(model, images, rows=None):
+    """Class probabilities [height, width, classes] at each image's own size. The model sees
+    each image (or only its `rows`, (top, bottom) per image) resized to its training size;
+    rows outside are class 0 (probability 0 for every other class)."""
+    rows = rows or [(0, image.shape[0]) for image in images]
+    batch = np.stack([resize_image(image[top:bottom], model.image_shape)
+                      for image, (top, bottom) in zip(images, rows)])
+    results = []
+    for image, (top, bottom), probabilities in zip(images, rows, model(batch)):
+        if (top, bottom) == (0, image.shape[0]):
+            results.append(resize_probabilities(probabilities, image.shape[:2]))
+            continue
+        full = np.zeros(image.shape[:2] + (model.num_classes,), np.float32)
+        full[..., 0] = 1
+        full[top:bottom] = resize_probabilities(probabilities, (bottom - top, image.shape[1]))
+        results.append(full)
+    return results
+
+
+def classes_of(probabilities, threshold=None):
+    """The class map: with a `threshold` (two classes), road where its probability is at least
+    that; else the most probable class."""
+    if threshold is not None and probabilities.shape[-1] == 2:
+        return (probabilities[..., 1] >= threshold).astype(np.uint8)
+    return probabilities.argmax(-1).astype(np.uint8)
+
+
+def overlay(image, classes, colors=(None, OVERLAY_RGB)):
+    """Blend each class's colour into `image` where the class map `classes` has that class;
+    classes whose colour is None are not drawn (by default: road, class 1, in green)."""
+    out = image.copy()
+    for index, color in enumerate(colors):
+        if color is not None:
+            mask = classes == index
+            blend = (1 - OVERLAY_ALPHA) * image[mask].astype(np.float32) + \
+                OVERLAY_ALPHA * np.array(color, np.float32)
+            out[mask] = blend.round()
+    return out
+
+
+def overlay_colors(class_colors):
+    """What overlays draw: road in green for two classes, every class in its colour for more."""
+    return (None, OVERLAY_RGB) if len(class_colors) == 2 else tuple(map(tuple, class_colors))
+
+
+def write_legend(path, names, colors):
+    """A PNG with a colour swatch and the name of each drawn class."""
+    drawn = [(name, color) for name, color in zip(names, colors) if color is not None]
+    legend = Image.new('RGB', (220, 20 * len(drawn) + 4), 'white')
+    draw = ImageDraw.Draw(legend)
+    for row, (name, color) in enumerate(drawn):
+        draw.rectangle([4, 4 + 20 * row, 36, 20 + 20 * row], fill=tuple(color), outline='black')
+        draw.text((44, 6 + 20 * row), name, fill='black')
+    files.write_png(path, np.asarray(legend))
+
+
+def probability_name(stem, label='road'):
+    """The file name of an 8-bit road-probability PNG: KITTI's submission name for KITTI names
+    (`um_000001` -> `um_road_000001.png`), else `<stem>_prob.png`."""
+    match = KITTI_NAME.fullmatch(stem)
+    return f'{match[1]}_{label}_{match[2]}.png' if match else f'{stem}_prob.png'

@@ -1,0 +1,232 @@
+"""predict.py's inputs and outputs: images, folders, globs and videos read frame by frame, and
+the overlays, masks, probability PNGs, videos and GIFs written for them, each atomically."""
+import collections
+import contextlib
+import dataclasses
+import glob
+import os
+
+import imageio.v2 as iio2
+import imageio.v3 as iio
+
+from roadseg import files, inference, metrics
+from roadseg.data.datasets import IMAGE_EXTENSIONS
+from roadseg.errors import UserError
+from roadseg.images import read_rgb
+
+VIDEO_EXTENSIONS = ('.mp4', '.avi', '.mov')
+
+
+@dataclasses.dataclass
+class Source:
+    """One input file: an image, or a video whose frame rate is known once it is opened."""
+    path: str
+    fps: float = None
+
+    @property
+    def stem(self):
+        return os.path.splitext(os.path.basename(self.path))[0]
+
+    @property
+    def video(self):
+        return self.path.lower().endswith(VIDEO_EXTENSIONS)
+
+    def frame_name(self, index):
+        """What the outputs of frame `index` are named after: the image's stem, or the video's
+        stem and the frame number."""
+        return f'{self.stem}_{index:06d}' if self.video else self.stem
+
+
+Frame = collections.namedtuple('Frame', 'source index image rows')  # rows: the crop, top..bottom
+
+
+def _media(path):
+    """Whether `path` is a file with an image or video extension."""
+    return os.path.isfile(path) and path.lower().endswith(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+
+
+def input_files(inputs, bad):
+    """The files the INPUT arguments name: a file as given, a folder's images and videos
+    (sorted), a glob's matching images and videos (sorted). An argument naming none of them is
+    recorded in `bad` ({argument: message})."""
+    paths = {}  # ordered, without repeats
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(filter(_media, glob.glob(os.path.join(glob.escape(item), '*'))))
+            why = 'no images or videos in this folder'
+        elif os.path.isfile(item):
+            found, why = [item], None
+        else:
+            found = sorted(filter(_media, glob.glob(item)))
+            why = 'no image or video matches this pattern' if glob.has_magic(item) else \
+                'no such file or folder'
+        if not found:
+            bad[item] = f'{item}: {why}'
+        paths.update(dict.fromkeys(found))
+    return list(paths)
+
+
+def read_source(source):
+    """Yield the RGB frames of an image (one) or a video, read frame by frame."""
+    if source.video:
+        yield from read_video(source)
+    elif source.path.lower().endswith(IMAGE_EXTENSIONS):
+        yield read_rgb(source.path)
+    else:
+        raise UserError(f'{source.path}: unsupported file type; expected an image '
+                        f'({" ".join(IMAGE_EXTENSIONS)}) or a video '
+                        f'({" ".join(VIDEO_EXTENSIONS)})')
+
+
+def read_video(source):
+    """Yield a video's frames through imageio's ffmpeg plugin, setting `source.fps`."""
+    def unreadable(e, after):
+        return UserError(f'{source.path}: cannot read video frames{after} '
+                         f'({str(e).splitlines()[0]}); is it damaged or without video?')
+    try:
+        reader = iio2.get_reader(source.path, 'ffmpeg')
+        source.fps = float(reader.get_meta_data().get('fps') or 25)
+    except (OSError, RuntimeError, ValueError) as e:
+        raise unreadable(e, '') from None
+    count = 0
+    with reader:
+        try:
+            for frame in reader:
+                yield frame
+                count += 1
+        except (OSError, RuntimeError, ValueError) as e:
+            raise unreadable(e, f' after frame {count}') from None
+    if count == 0:
+        raise UserError(f'{source.path}: a video without frames')
+
+
+def frame_estimate(source):
+    """How many frames `source` will give, for the progress bar: a video's duration times its
+    frame rate (0 when unreadable: that is reported when it is read), 1 for anything else."""
+    if not source.video:
+        return 1
+    try:
+        meta = iio.immeta(source.path, plugin='FFMPEG')
+        return round(meta['duration'] * meta['fps'])
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def crop_rows(crop, height, path):
+    """(top, bottom) rows of an image of `height` rows that --crop keeps (all without it)."""
+    if crop is None:
+        return 0, height
+    top, bottom, _ = slice(*crop).indices(height)
+    if bottom <= top:
+        raise UserError(f'{path}: --crop {crop[0]},{crop[1]} leaves none of its {height} '
+                        f'rows')
+    return top, bottom
+
+
+def read_frames(sources, crop, bad):
+    """Yield a Frame for every frame of every source; a source that cannot be read (or not to
+    the end) is recorded in `bad` and the next one read."""
+    for source in sources:
+        try:
+            for index, image in enumerate(read_source(source)):
+                yield Frame(source, index, image, crop_rows(crop, image.shape[0], source.path))
+        except UserError as e:
+            bad[source.path] = str(e)
+
+
+def batched(items, size):
+    """Lists of up to `size` consecutive items."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def open_video(path, fps, shape):
+    """An H.264 MP4 writer. yuv420p, which every player plays, needs even sizes; odd-sized
+    frames (KITTI's are 375 rows) are written as yuv444p, so the video keeps the frames' size.
+    x264's veryfast preset: its default (medium) took 138 ms a KITTI frame here, more than the
+    model, decoding and drawing together; veryfast takes 30 ms for a file no larger."""
+    even = shape[0] % 2 == 0 and shape[1] % 2 == 0
+    return iio2.get_writer(path, format='FFMPEG', fps=fps, codec='libx264',
+                           pixelformat='yuv420p' if even else 'yuv444p', macro_block_size=1,
+                           ffmpeg_log_level='error', output_params=['-preset', 'veryfast'])
+
+
+def open_gif(path, fps):
+    """A looping GIF writer (Pillow keeps the frames until it closes: for short clips)."""
+    return iio2.get_writer(path, extension='.gif', mode='I', duration=1000 / fps, loop=0)
+
+
+class VideoFailed(Exception):
+    """Raised inside a video's writers to drop their half-written files."""
+
+
+class Outputs:
+    """Writes what the flags ask for at each frame's own size: overlays, masks and probability
+    PNGs per frame; an overlaid MP4 and GIF per video. Every file is written under a temporary
+    name and renamed when complete; a video that fails part-way leaves no video file."""
+
+    def __init__(self, output_dir, args, info, bad):
+        self.output_dir, self.args, self.bad = output_dir, args, bad
+        self.colors = inference.overlay_colors(info['class_colors'])
+        self.label = info.get('label') or 'road'
+        self.source, self.writers, self.stack = None, [], None
+
+    def write(self, frame, probabilities):
+        if frame.source is not self.source:
+            self.finish()
+            self.source = frame.source
+        classes = inference.classes_of(probabilities, self.args.threshold)
+        overlay = inference.overlay(frame.image, classes, self.colors)
+        name, video = frame.source.frame_name(frame.index), frame.source.video
+        if self.args.overlay or (self.args.default_outputs and not video):
+            self.png(name + '.png', overlay)
+        if self.args.mask:
+            self.png(name + '_mask.png', classes)
+        if self.args.probability:
+            self.png(inference.probability_name(name, self.label),
+                     metrics.quantize(probabilities[..., 1]))
+        if video and (self.args.video or self.args.gif or self.args.default_outputs):
+            if self.stack is None:
+                self.open_writers(frame.source, overlay.shape)
+            for writer in self.writers:
+                writer.append_data(overlay)
+
+    def png(self, name, pixels):
+        files.write_png(os.path.join(self.output_dir, name), pixels)
+
+    def open_writers(self, source, shape):
+        self.stack, self.writers = contextlib.ExitStack(), []
+        if self.args.video or self.args.default_outputs:
+            self.add_writer(source.stem + '_overlay.mp4',
+                            lambda path: open_video(path, source.fps, shape))
+        if self.args.gif:
+            self.add_writer(source.stem + '_overlay.gif', lambda path: open_gif(path, source.fps))
+
+    def add_writer(self, name, opener):
+        """A writer opened by `opener` on a temporary name, renamed to `name` by finish()."""
+        tmp = self.stack.enter_context(files.atomic_path(os.path.join(self.output_dir, name)))
+        writer = opener(tmp)
+        self.stack.callback(writer.close)
+        self.writers.append(writer)
+
+    def finish(self, failed=False):
+        """Close the current video's writers: their files are renamed into place when the video
+        was read to the end, dropped when it failed."""
+        stack, self.stack, self.writers = self.stack, None, []
+        if stack is None:
+            return
+        with contextlib.suppress(VideoFailed), stack:
+            if failed or self.source.path in self.bad:
+                raise VideoFailed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *_):
+        self.finish(failed=exc_type is not None)

@@ -1,0 +1,113 @@
+"""The whole network: the encoder chosen by the options, its decoder, and the two towers
+(training and inference) that share their weights, with the optional weight averages."""
+import collections
+
+from roadseg.errors import UserError
+from roadseg.model import decoders, mobilenet, ops, vgg
+
+tf, tf1 = ops.tf, ops.tf1
+
+
+Network = collections.namedtuple('Network', 'input_image keep_prob train_output output initialise '
+                                            'averaged calibrate')
+
+
+def build_network(sess, args, num_classes, input_shape=(None, None, None)):
+    """The FCN: the encoder chosen by --encoder and --encoder-weights with the --decoder
+    on it, as a training and an inference tower that share their weights.
+
+    Udacity's VGG16 is a frozen graph loaded as it is: its one tower serves both, dropout set by
+    keep_prob. The in-graph encoders are built twice: the inference tower without dropout and
+    with batch norm on its moving statistics, so validation, export and prediction run exactly
+    the graph that is deployed. `initialise()` initialises every variable not restored from a
+    SavedModel, then loads Keras weights when given. `input_shape` (batch, height, width) fixes
+    the input's shape for in-graph encoders (the benchmark counts FLOPs on static shapes).
+
+    With `args.ema_decay`, the inference tower reads an exponential moving average of the
+    trainable weights instead of the weights: `averaged(train_op)` is the training op that also
+    updates the averages after each step. Batch norm statistics gathered under the training
+    weights do not fit their average (as for stochastic weight averaging), so the inference
+    tower's statistics are measured anew for the averaged weights: `calibrate(images)` sets
+    them to the statistics of a batch of images run through the averaged weights, and does
+    nothing without --ema-decay.
+    """
+    restored, weights, averages, calibration = set(), None, {}, []
+    if args.encoder_weights == 'udacity':
+        try:
+            vgg_path = vgg.maybe_download_pretrained_vgg(args.data_dir)
+        except UserError as e:
+            raise UserError(f'{e}; or train from scratch with --encoder-weights none') \
+                from None
+        image_input, keep_prob, *features = vgg.load_vgg(sess, vgg_path)
+        restored = {v.name for v in tf1.global_variables()}
+        output = train_output = decoders.fcn(*features, num_classes, args.weight_decay)
+    else:
+        image_input = tf1.placeholder(tf.float32, [*input_shape, 3], 'image_input')
+        keep_prob = tf1.placeholder(tf.float32, [], 'keep_prob')
+        if args.encoder == 'mobilenetv2':
+            strides, skip_scales = mobilenet.DECODERS[args.decoder], (1, 1)
+
+            def encoder(training):
+                return mobilenet.build_encoder(image_input, training, args.alpha, args.decoder)
+        else:
+            if args.encoder_weights.startswith('keras-h5:'):
+                weights = vgg.read_keras_h5(args.encoder_weights[len('keras-h5:'):])
+            blocks, fc_width = vgg.encoder_shape(weights) if weights else (vgg.BLOCKS,
+                                                                           vgg.FC_WIDTH)
+            strides, skip_scales = decoders.VGG_STRIDES, decoders.VGG_SKIP_SCALES
+
+            def encoder(training):
+                return vgg.build_encoder(image_input, keep_prob, blocks, fc_width,
+                                         'caffe' if weights else 'standardize', training)
+
+        def tower(training):
+            if args.decoder == 'fpn':
+                return decoders.fpn(encoder(training), num_classes, training,
+                                      args.weight_decay, strides)
+            *finer, layer3, layer4, layer7 = encoder(training)
+            return decoders.fcn(layer3, layer4, layer7, num_classes, args.weight_decay, strides,
+                          skip_scales, finer)
+        train_output = tower(True)
+        if args.ema_decay:
+            averages = {v.ref(): tf1.get_variable(v.op.name + '/average', v.shape, v.dtype,
+                                                  tf1.zeros_initializer(), trainable=False)
+                        for v in tf1.global_variables()}  # the network's, so far
+            count = tf1.get_variable('average_count', [], tf.float32, tf1.zeros_initializer(),
+                                     trainable=False)
+
+        def averaged_getter(getter, *a, **kw):
+            variable = getter(*a, **kw)
+            return averages.get(variable.ref(), variable)
+        with tf1.variable_scope(tf1.get_variable_scope(), reuse=True,
+                                custom_getter=averaged_getter):
+            output = tower(False)
+            if averages:  # a training-mode tower on the averages, for its batch statistics
+                known = len(tf1.get_collection(ops.BATCH_STATISTICS))
+                tower(True)
+                calibration = [moving.assign(batch) for moving, batch
+                               in tf1.get_collection(ops.BATCH_STATISTICS)[known:]]
+
+    def initialise():
+        sess.run(tf1.variables_initializer([v for v in tf1.global_variables()
+                                            if v.name not in restored]))
+        if weights:
+            vgg.assign_weights(sess, weights)
+        sess.run([average.assign(v.deref()) for v, average in averages.items()])
+
+    def averaged(train_op):
+        """After each step, average <- d * average + (1 - d) * weight, where d ramps up as
+        min(ema_decay, (1 + n) / (10 + n)) at the n-th step, so early averages follow the
+        weights instead of remembering their random start."""
+        if not averages:
+            return train_op
+        with tf.control_dependencies([train_op]):
+            n = count.assign_add(1.0)
+            decay = tf.minimum(float(args.ema_decay), (1 + n) / (10 + n))
+            return tf.group([average.assign(decay * average + (1 - decay) * v.deref())
+                             for v, average in averages.items() if v.deref().trainable],
+                            name='train_and_average')
+
+    def calibrate(images):
+        if calibration:
+            sess.run(calibration, {image_input: images, keep_prob: 1.0})
+    return Network(image_input, keep_prob, train_output, output, initialise, averaged, calibrate)

@@ -1,0 +1,1 @@
+"""Training: options, the loss, the loop, checkpoints and the run folder."""

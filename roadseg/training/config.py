@@ -1,0 +1,172 @@
+"""main.py's options: configs/kitti_road.json, then what a --config file sets, then the flags;
+or, with --resume RUN_DIR, the options that run was started with."""
+import argparse
+import os
+
+from roadseg import cli, files
+from roadseg.data import datasets, transforms
+from roadseg.errors import UserError
+from roadseg.model import mobilenet
+
+DESCRIPTION = ('FCN road segmentation: train on KITTI Road, CamVid or a folder of images and '
+               'masks, validate, checkpoint, and write the model and overlays to a run folder.')
+OPTIONAL = {'resume', 'classes', 'remap', 'train_crop'}  # options that may stay unset
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), 'configs', 'kitti_road.json')
+# Options removed after they measured no gain (docs/experiments.md), at their no-op values:
+# dropped when read from an older run's config.json, so it still resumes.
+RETIRED = {'lovasz_weight': 0.0, 'hard_pixels': 1.0}
+
+
+def train_crop_arg(text):
+    """Parse `HxW` as image_shape_arg does, or `none` for whole images."""
+    return None if text.lower() == 'none' else cli.image_shape_arg(text)
+
+
+def encoder_weights_arg(text):
+    """Parse `udacity`, `none` or `keras-h5:PATH`."""
+    if text in ('udacity', 'none'):
+        return text
+    if text.startswith('keras-h5:'):
+        if not os.path.isfile(text[len('keras-h5:'):]):
+            raise argparse.ArgumentTypeError(f'{text[len("keras-h5:"):]}: file not found')
+        return text
+    raise argparse.ArgumentTypeError(f'{text!r}: use udacity, none or keras-h5:PATH')
+
+
+def load_config(path):
+    """The option defaults from a JSON config file (a run's config.json works too)."""
+    config = files.read_json(path, 'give a JSON file of options to --config')
+    for derived in ('versions', 'class_weight_values'):
+        config.pop(derived, None)
+    for name, no_op in RETIRED.items():  # run folders written before these options went
+        if config.get(name, no_op) == no_op:
+            config.pop(name, None)
+    return config
+
+
+def parse_args(argv=None):
+    """Options: configs/kitti_road.json, then what a --config file sets, then the flags."""
+    pre = cli.ArgumentParser(add_help=False)
+    pre.add_argument('--config', default=DEFAULT_CONFIG,
+                     help='JSON file of options over those of %(default)s')
+    config_path = pre.parse_known_args(argv)[0].config
+    parser = cli.ArgumentParser(description=DESCRIPTION, parents=[pre], prog='main.py')
+    parser.add_argument('--data-dir', help='the data set folder (KITTI: the folder holding '
+                                           'data_road/ and vgg/; default: %(default)s)')
+    parser.add_argument('--runs-dir', help='where run folders are made (default: %(default)s)')
+    parser.add_argument('--epochs', type=int, help='(default: %(default)s)')
+    parser.add_argument('--batch-size', type=int, help='(default: %(default)s)')
+    parser.add_argument('--learning-rate', type=float, help='Adam (default: %(default)s)')
+    parser.add_argument('--keep-prob', type=float, help='dropout keep probability in fc6/fc7 '
+                                                        '(default: %(default)s)')
+    parser.add_argument('--weight-decay', type=float, help='L2 on the decoder weights '
+                                                           '(default: %(default)s)')
+    parser.add_argument('--image-shape', type=cli.image_shape_arg,
+                        help='training size HxW, multiples of 32 (default: %(default)s)')
+    parser.add_argument('--dataset', choices=sorted(datasets.READERS),
+                        help='the data set layout in --data-dir (default: %(default)s)')
+    parser.add_argument('--label', choices=('road', 'lane'), help='KITTI ground truth to train '
+                                                                  'on (default: %(default)s)')
+    parser.add_argument('--classes', metavar='FILE',
+                        help="a JSON class file replacing the data set's own")
+    parser.add_argument('--remap', metavar='NAME=I[+I..][,..]',
+                        help='merge classes, e.g. road=3: road against everything else')
+    parser.add_argument('--augment', metavar='KEY=VALUE,..',
+                        help='training augmentation over the defaults '
+                             f'{",".join(f"{k}={v:g}" for k, v in transforms.DEFAULTS.items())}'
+                             '; "none,flip=0.5" for flips only (default: %(default)s)')
+    parser.add_argument('--plain-epochs', type=int, metavar='N',
+                        help='train the last N epochs on flips only (and --train-crop): no zoom '
+                             'or colour jitter, so the last, low-rate steps fit the images as '
+                             'inference sees them (default: %(default)s)')
+    parser.add_argument('--train-crop', type=train_crop_arg, metavar='HxW',
+                        help='train on random HxW windows of the --image-shape images, '
+                             'multiples of 32 (validation and inference see whole images); '
+                             'cheaper steps, so more of them in the same time; none: whole '
+                             'images (default: %(default)s)')
+    parser.add_argument('--class-weights', choices=('none', 'median'),
+                        help='weight the loss by median-frequency balancing of the training '
+                             'labels (default: %(default)s)')
+    parser.add_argument('--encoder', choices=('vgg16', 'mobilenetv2'),
+                        help='the backbone (default: %(default)s)')
+    parser.add_argument('--decoder', choices=sorted(mobilenet.DECODERS),
+                        help="mobilenetv2's decoder: fcn8s, the FCN decoder on strides "
+                             "8/16/32; fcn4s adds a stride-4 skip; dilated: stride-16/32 stages "
+                             "dilated with skips at 8/4; fpn: strides 4-32 merged as features "
+                             "(a feature pyramid), scored once (default: %(default)s)")
+    parser.add_argument('--alpha', type=float,
+                        help="mobilenetv2's width multiplier (default: %(default)s)")
+    parser.add_argument('--lr-schedule', choices=('constant', 'poly'),
+                        help="constant, or poly: decayed as (1 - step/steps)^0.9 to 0 "
+                             "(default: %(default)s)")
+    parser.add_argument('--ema-decay', type=float,
+                        help='validate, export and deploy an exponential moving average of the '
+                             'weights with this decay per step, e.g. 0.9995, its batch-norm '
+                             'statistics measured on 32 training images before every validation; '
+                             '0: the weights themselves (default: %(default)s)')
+    parser.add_argument('--encoder-weights', type=encoder_weights_arg,
+                        help="udacity (data-dir/vgg, downloaded if absent), keras-h5:PATH "
+                             "(Keras's VGG16 ImageNet file) or none (from scratch) "
+                             "(default: %(default)s)")
+    parser.add_argument('--seed', type=int, help='(default: %(default)s)')
+    parser.add_argument('--val-fraction', type=float,
+                        help='share of the labelled images held out for validation after every '
+                             'epoch, split with --seed (default: %(default)s)')
+    parser.add_argument('--val-every', type=int, metavar='N',
+                        help='validate every N epochs and after the last (with --ema-decay, '
+                             'measuring the averaged weights\' batch-norm statistics then too); '
+                             'the best model is chosen among those epochs (default: %(default)s)')
+    parser.add_argument('--tb-images-every', type=int,
+                        help='log validation overlays to TensorBoard every N epochs '
+                             '(default: %(default)s)')
+    parser.add_argument('--resume', metavar='RUN_DIR', default=None,
+                        help='continue an interrupted run from its last checkpoint, with its '
+                             'options and split')
+    config = {**load_config(DEFAULT_CONFIG), **load_config(config_path)}
+    unknown = sorted(set(config) - {a.dest for a in parser._actions})
+    if unknown:
+        raise UserError(f'{config_path}: unknown option {unknown[0]!r}')
+    parser.set_defaults(**config)
+    args = parser.parse_args(argv)
+    missing = [a.dest for a in parser._actions
+               if getattr(args, a.dest, 0) is None and a.dest not in OPTIONAL]
+    if missing:
+        raise UserError(f'{config_path}: no value for option {missing[0]!r}')
+    for flag in ('epochs', 'batch_size', 'val_every', 'tb_images_every'):
+        if getattr(args, flag) < 1:
+            parser.error(f'argument --{flag.replace("_", "-")}: must be at least 1')
+    if not 0 <= args.plain_epochs <= args.epochs:
+        parser.error(f'argument --plain-epochs: {args.plain_epochs} must be from 0 to --epochs '
+                     f'({args.epochs})')
+    crop = args.train_crop
+    if crop and any(c > n for c, n in zip(crop, args.image_shape)):
+        parser.error(f'argument --train-crop: {crop[0]}x{crop[1]} is larger than '
+                     f'--image-shape {args.image_shape[0]}x{args.image_shape[1]}')
+    if not 0 <= args.ema_decay < 1:
+        parser.error(f'argument --ema-decay: {args.ema_decay} must be in [0, 1)')
+    if args.ema_decay and args.encoder_weights == 'udacity':
+        parser.error('--ema-decay needs an encoder built in the graph (--encoder-weights none '
+                     'or keras-h5:PATH); the frozen udacity VGG16 has a single tower')
+    if args.alpha <= 0:
+        parser.error(f'argument --alpha: {args.alpha} must be above 0')
+    if args.encoder == 'mobilenetv2' and args.encoder_weights != 'none':
+        parser.error(f'--encoder mobilenetv2 trains from scratch: give --encoder-weights none '
+                     f'({args.encoder_weights} is a VGG16 encoder)')
+    if args.encoder == 'vgg16' and args.decoder != 'fcn8s':
+        parser.error(f'--decoder {args.decoder} is for mobilenetv2; VGG16 uses fcn8s')
+    return args
+
+
+def options(argv=None):
+    """The options of a new run, or of the interrupted run that --resume names (its config.json,
+    with `resume` set)."""
+    args = parse_args(argv)
+    if not args.resume:
+        return args
+    path = os.path.join(args.resume, 'config.json')
+    if not os.path.isfile(path):
+        raise UserError(f'--resume {args.resume}: no config.json there; not a run folder')
+    resumed = parse_args(['--config', path])
+    resumed.resume = args.resume
+    return resumed

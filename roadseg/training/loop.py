@@ -1,0 +1,66 @@
+"""The training loop and the learning-rate schedule."""
+import time
+
+from tqdm import tqdm
+
+
+def train(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_loss, input_image,
+             correct_label, keep_prob, learning_rate, keep_prob_value=0.5,
+             learning_rate_value=1e-4, log=print, start_epoch=1, on_step=None,
+             on_epoch_end=None):
+    """Train epochs `start_epoch`..`epochs`, showing a progress bar with the running loss and
+    reporting each epoch's mean loss through `log`.
+
+    `learning_rate_value` is a number or a function of the global step (0-based, counted from
+    the start of epoch 1). `on_step(loss)` is called after every step and
+    `on_epoch_end(epoch, mean_loss)` after every epoch (validation, checkpoints and summaries
+    hang there).
+    :return: the list of mean losses, one per epoch trained
+    """
+    batches = -(-len(get_batches_fn) // batch_size) if hasattr(get_batches_fn, '__len__') else None
+    rate = learning_rate_value if callable(learning_rate_value) else lambda _: learning_rate_value
+    step = (start_epoch - 1) * (batches or 0)
+    history = []
+    for epoch in range(start_epoch, epochs + 1):
+        start, total, seen, waited = time.time(), 0.0, 0, [0.0]
+        with tqdm(timed(get_batches_fn(batch_size), waited), total=batches,
+                  desc=f'Epoch {epoch}/{epochs}', leave=False, disable=None) as bar:
+            for images, labels in bar:
+                _, loss = sess.run([train_op, cross_entropy_loss],
+                                   {input_image: images, correct_label: labels,
+                                    keep_prob: keep_prob_value, learning_rate: rate(step)})
+                step += 1
+                total += loss * len(images)
+                seen += len(images)
+                bar.set_postfix(loss=f'{total / seen:.4f}')
+                if on_step:
+                    on_step(float(loss))
+        history.append(float(total / seen))
+        took = time.time() - start
+        log(f'epoch {epoch}/{epochs}: mean loss {history[-1]:.4f} ({took:.0f} s, {seen} images, '
+            f'{100 * waited[0] / took:.1f}% of it waiting for data)')
+        if on_epoch_end:
+            on_epoch_end(epoch, history[-1])
+    return history
+
+
+def timed(iterable, waited):
+    """Yield from `iterable`, adding the seconds spent waiting for each item to waited[0]."""
+    iterator = iter(iterable)
+    while True:
+        start = time.perf_counter()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        waited[0] += time.perf_counter() - start
+        yield item
+
+
+def learning_rate_schedule(args, steps_per_epoch):
+    """The learning rate at each global step (0-based): constant, or DeepLab's 'poly' decay
+    (1 - step / steps) ** 0.9 from --learning-rate towards 0 at the last step."""
+    if args.lr_schedule == 'constant':
+        return lambda step: args.learning_rate
+    steps = args.epochs * steps_per_epoch
+    return lambda step: args.learning_rate * max(0.0, 1 - step / steps) ** 0.9

@@ -1,0 +1,271 @@
+"""The run folder (KittiSeg's idea: everything a run made, in one place) and the bookkeeping
+around training: config.json, split.json, train.log, metrics.json, checkpoints/, the model/
+SavedModel with its fcn.json, TensorBoard events, and the overlays and legend at the end.
+"""
+import os
+import platform
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from roadseg import evaluation, files, images, inference
+from roadseg.data import datasets
+from roadseg.data.batches import BatchGenerator
+from roadseg.data.transforms import Augment
+from roadseg.errors import UserError
+from roadseg.model.ops import tf, tf1
+from roadseg.training import checkpoints
+
+
+class RunLog:
+    """Prints each message and appends it to a run's log file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __call__(self, message):
+        print(message)
+        with open(self.path, 'a') as f:
+            f.write(message + '\n')
+
+
+def new_run_dir(runs_dir):
+    """Create and return a fresh `runs_dir/<YYYYmmdd-HHMMSS>[-N]` folder."""
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    for n in range(1000):
+        path = os.path.join(runs_dir, stamp if n == 0 else f'{stamp}-{n}')
+        try:
+            os.makedirs(path)
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f'{runs_dir}: could not create a new run folder')
+
+
+# ----------------------------------------------------------------------------------------------
+# Data of a run
+# ----------------------------------------------------------------------------------------------
+
+def data_split(args):
+    """The data set and its (train pairs, validation pairs): the data set's own validation set,
+    else a seeded split of its labelled images; read back from split.json when resuming."""
+    dataset = datasets.open_dataset(args.dataset, args.data_dir, args.label, args.classes,
+                                    args.remap)
+    if not args.resume:
+        if dataset.val is not None:
+            return dataset, dataset.train, dataset.val
+        return (dataset,) + datasets.split_pairs(dataset.train, args.val_fraction, args.seed)
+    split = files.read_json(os.path.join(args.resume, 'split.json'), 'not a run folder?')
+    by_name = {os.path.basename(image): (image, label)
+               for image, label in dataset.train + (dataset.val or [])}
+    missing = [name for name in split['train'] + split['val'] if name not in by_name]
+    if missing:
+        raise UserError(f'--resume {args.resume}: {missing[0]} of its split is not in '
+                        f'{args.data_dir} any more')
+    return dataset, [by_name[n] for n in split['train']], [by_name[n] for n in split['val']]
+
+
+def batch_generator(args, dataset, train_pairs):
+    """The training batches of the options: augmented, the last --plain-epochs on flips only."""
+    return BatchGenerator(
+        train_pairs, args.image_shape, dataset.read_label, dataset.classes.num_classes,
+        Augment(args.augment, args.train_crop), args.seed,
+        plain_from=args.epochs - args.plain_epochs + 1 if args.plain_epochs else None)
+
+
+def class_weights(args, label_maps, num_classes):
+    """The loss's class weights: median-frequency balancing of the training labels, or None."""
+    if args.class_weights == 'median':
+        return datasets.median_frequency_weights(label_maps, num_classes)
+    return None
+
+
+def calibration_images(args, train_pairs):
+    """With --ema-decay, the training images whose statistics the averaged weights' batch norm
+    takes before each validation (network.build_network's calibrate); else None."""
+    if not args.ema_decay:
+        return None
+    return images.calibration_images([image for image, _ in train_pairs], args.image_shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# The run folder
+# ----------------------------------------------------------------------------------------------
+
+def save_config(run_dir, args, weights):
+    """Write every option and the library versions to run_dir/config.json."""
+    config = {k: v for k, v in vars(args).items() if k not in ('config', 'resume')}
+    for shape in ('image_shape', 'train_crop'):
+        if config[shape]:
+            config[shape] = '{}x{}'.format(*config[shape])
+    if weights is not None:
+        config['class_weight_values'] = [round(float(w), 6) for w in weights]
+    config['versions'] = {'tensorflow': tf.__version__, 'python': platform.python_version(),
+                          'numpy': np.__version__}
+    files.write_json(os.path.join(run_dir, 'config.json'), config)
+
+
+def start_run(sess, saver, args, train_pairs, val_pairs, weights):
+    """A new run folder with config.json and split.json, or the resumed run's state restored
+    from its newest sound checkpoint: (run folder, first epoch to train, earlier epoch records)."""
+    if not args.resume:
+        run_dir = new_run_dir(args.runs_dir)
+        save_config(run_dir, args, weights)
+        files.write_json(os.path.join(run_dir, 'split.json'),
+                         {'train': [os.path.basename(i) for i, _ in train_pairs],
+                          'val': [os.path.basename(i) for i, _ in val_pairs]})
+        return run_dir, 1, []
+    run_dir = args.resume
+    log = RunLog(os.path.join(run_dir, 'train.log'))
+    done = checkpoints.restore_latest(sess, saver, os.path.join(run_dir, 'checkpoints'), log)
+    log(f'resuming {run_dir} after epoch {done}' if done else
+        f'resuming {run_dir}: no usable checkpoint, starting from epoch 1')
+    path = os.path.join(run_dir, 'metrics.json')
+    records = files.read_json(path)['epochs'] if os.path.exists(path) else []
+    return run_dir, done + 1, [r for r in records if r['epoch'] <= done]
+
+
+def describe(run_dir, args, classes, train_pairs, val_pairs, start_epoch):
+    """The run log's first line: data, sizes and epochs."""
+    crop = args.train_crop
+    return (f'run {run_dir}: {args.dataset} with {classes.num_classes} classes, '
+            f'{len(train_pairs)} training and {len(val_pairs)} validation images at '
+            f'{args.image_shape[0]}x{args.image_shape[1]}'
+            + (f' (training on {crop[0]}x{crop[1]} crops)' if crop else '')
+            + f', epochs {start_epoch}..{args.epochs}'
+            + (f' (the last {args.plain_epochs} on flips only)' if args.plain_epochs else ''))
+
+
+def model_info(args, classes):
+    """The fcn.json of the run's model: what inference needs to use it."""
+    return {'image_shape': list(args.image_shape), 'num_classes': classes.num_classes,
+            'class_names': classes.names, 'class_colors': [list(c) for c in classes.colors],
+            'encoder': args.encoder, 'decoder': args.decoder, 'alpha': args.alpha,
+            'dataset': args.dataset, 'label': args.label, 'classes': args.classes,
+            'remap': args.remap}
+
+
+def save_model(sess, export_dir, input_image, keep_prob, probabilities, info):
+    """Save the network as a SavedModel (tag `serve`, signature `serving_default`: RGB 0..255
+    images at the training size in, per-pixel class probabilities out) with `info` as fcn.json."""
+    signature = tf1.saved_model.predict_signature_def(
+        inputs={'image': input_image, 'keep_prob': keep_prob},
+        outputs={'probabilities': probabilities})
+    with files.atomic_path(export_dir) as tmp:
+        builder = tf1.saved_model.Builder(tmp)
+        builder.add_meta_graph_and_variables(
+            sess, [tf1.saved_model.tag_constants.SERVING],
+            signature_def_map={'serving_default': signature})
+        builder.save()
+        files.write_json(os.path.join(tmp, inference.MODEL_INFO), info)
+
+
+def write_overlays(model, image_paths, output_dir, colors):
+    """Segment each image with `model` and write its overlay, at its original size and under
+    its own name, to `output_dir`; unreadable images are skipped and their errors returned."""
+    os.makedirs(output_dir, exist_ok=True)
+    print(f'Writing {len(image_paths)} overlays to {output_dir}')
+    bad = []
+    for path in tqdm(image_paths, desc='Inference', disable=None):
+        try:
+            image = images.read_rgb(path)
+        except UserError as e:
+            bad.append(str(e))
+            continue
+        (probabilities,) = inference.segment(model, [image])
+        name = os.path.splitext(os.path.basename(path))[0] + '.png'
+        files.write_png(os.path.join(output_dir, name),
+                        inference.overlay(image, inference.classes_of(probabilities), colors))
+    return bad
+
+
+# ----------------------------------------------------------------------------------------------
+# The monitor
+# ----------------------------------------------------------------------------------------------
+
+class RunMonitor:
+    """The bookkeeping around training: TensorBoard summaries every step, and after every epoch
+    metrics.json and the checkpoint, with validation and the export of the best model so far
+    after every --val-every epochs and the last.
+
+    `model` is the inference tower as an inference.Model; `export(epoch, key_metric)` writes it
+    to model/."""
+
+    def __init__(self, run_dir, sess, saver, model, export, val_samples, args, log, records,
+                 step, classes):
+        self.run_dir, self.sess, self.saver, self.classes = run_dir, sess, saver, classes
+        self.model, self.export, self.val_samples = model, export, val_samples
+        self.args, self.log, self.records, self.step_count = args, log, records, step
+        self.writer = tf1.summary.FileWriter(run_dir)
+        self.best = max((r for r in records if 'key_metric' in r),
+                        key=lambda r: r['key_metric'], default=None) if val_samples else None
+        self.clock = time.time()
+
+    def scalars(self, values, step):
+        self.writer.add_summary(tf1.Summary(value=[
+            tf1.Summary.Value(tag=tag, simple_value=value) for tag, value in values.items()
+            if value is not None]), step)
+
+    def validates(self, epoch):
+        """Whether `epoch` ends with validation: every --val-every epochs, and the last."""
+        return epoch % self.args.val_every == 0 or epoch == self.args.epochs
+
+    def step(self, loss):
+        self.step_count += 1
+        self.scalars({'train/loss': loss}, self.step_count)
+
+    def overlays(self, epoch, count=3):
+        """A few validation overlays, at the training size, as TensorBoard images."""
+        import imageio.v3 as iio
+        values = []
+        for name, image, _ in self.val_samples[:count]:
+            small = images.resize_image(image, self.args.image_shape)
+            classes = self.model(small[None])[0].argmax(-1)
+            drawn = inference.overlay(small, classes,
+                                      inference.overlay_colors(self.classes.colors))
+            png = iio.imwrite('<bytes>', drawn, extension='.png')
+            values.append(tf1.Summary.Value(tag=f'val/overlay/{name}', image=tf1.Summary.Image(
+                height=small.shape[0], width=small.shape[1], colorspace=3,
+                encoded_image_string=png)))
+        self.writer.add_summary(tf1.Summary(value=values), epoch)
+
+    def epoch_end(self, epoch, mean_loss):
+        now = time.time()
+        record = {'epoch': epoch, 'train_loss': mean_loss, 'seconds': now - self.clock}
+        self.clock = now
+        validated = bool(self.val_samples) and self.validates(epoch)
+        if validated:
+            results = evaluation.evaluate(self.model, self.val_samples)
+            record.update(val=results, key_metric=evaluation.key_metric(results))
+            self.log(f'epoch {epoch}: validation {evaluation.summary_line(results)}')
+            kitti = results.get('kitti_road', {})
+            self.scalars({'val/pixel_accuracy': results['pixel_accuracy'],
+                          'val/mean_iou': results['mean_iou'],
+                          'val/road_iou': results['iou'][1] if kitti else None,
+                          'val/max_f': kitti.get('max_f'),
+                          'val/average_precision': kitti.get('average_precision')}, epoch)
+            if epoch % self.args.tb_images_every == 0 or epoch == self.args.epochs:
+                self.overlays(epoch)
+        keep = {self.best['epoch']} if self.best else set()
+        checkpoints.save(self.sess, self.saver, os.path.join(self.run_dir, 'checkpoints'),
+                         epoch, keep)
+        if validated and (self.best is None or record['key_metric'] > self.best['key_metric']):
+            self.best = record
+            self.export(epoch, record['key_metric'])
+            self.log(f'epoch {epoch}: new best validation IoU {record["key_metric"]:.4f}, '
+                     f'model exported to {os.path.join(self.run_dir, "model")}')
+        self.records.append(record)
+        files.write_json(os.path.join(self.run_dir, 'metrics.json'),
+                         {'epochs': self.records, 'best_epoch': self.best and self.best['epoch']})
+        self.writer.flush()
+
+    def restore_best(self):
+        """Put the exported (best) model's weights back in the session, for the overlays; with
+        no validation, export the last epoch's."""
+        if self.best:
+            best = checkpoints.folder_for(os.path.join(self.run_dir, 'checkpoints'),
+                                          self.best['epoch'])
+            self.saver.restore(self.sess, os.path.join(best, checkpoints.PREFIX))
+        else:
+            self.export(self.args.epochs)

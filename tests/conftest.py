@@ -1,0 +1,226 @@
+"""Shared test fixtures: tiny synthetic data sets, a tiny VGG16 SavedModel, seeded graphs, and a
+local HTTP server for the downloads. Everything is made on the fly, offline.
+
+Test modules import the builders from here (`from tests.conftest import make_kitti`); pytest
+gives every test under tests/ the fixtures, and project_tests.py imports the ones it uses.
+"""
+import contextlib
+import http.server
+import io
+import os
+import subprocess
+import sys
+import threading
+import zipfile
+
+import h5py
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from roadseg.model import vgg
+from roadseg.model.ops import tf, tf1
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project's top level
+SHARED_DATA = os.path.join(ROOT, '..', 'shared', 'data')  # this repository's real data, if any
+TINY_BLOCKS = ((4, 4), (4, 4), (6, 6, 6), (8, 8, 8), (8, 8, 8))  # VGG16's 13 convolutions
+TINY_FC = 16
+ROAD, NOT_ROAD, VOID = (255, 0, 255), (255, 0, 0), (0, 0, 0)  # KITTI's ground-truth colours
+
+
+# ----------------------------------------------------------------------------------------------
+# Graphs and the tiny VGG16
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def own_graph():
+    """Each test builds into a graph of its own, seeded: initial weights are the same each run."""
+    with tf.Graph().as_default() as graph:
+        tf1.set_random_seed(0)
+        yield graph
+
+
+@pytest.fixture
+def sess(own_graph):
+    with tf1.Session(graph=own_graph) as session:
+        yield session
+
+
+def save_tiny_vgg(path, seed=0):
+    """A SavedModel with Udacity's signature and a few channels per layer."""
+    return vgg.save_vgg_saved_model(path, blocks=TINY_BLOCKS, fc_width=TINY_FC, seed=seed)
+
+
+def save_partial_model(path, tags):
+    """A SavedModel under `tags` with image_input, keep_prob and layer3_out only."""
+    with tf.Graph().as_default(), tf1.Session() as s:
+        image = tf1.placeholder(tf.float32, [None, None, None, 3], 'image_input')
+        tf1.placeholder(tf.float32, [], 'keep_prob')
+        tf.identity(image, 'layer3_out')
+        builder = tf1.saved_model.Builder(path)
+        builder.add_meta_graph_and_variables(s, list(tags))
+        builder.save()
+    return path
+
+
+@pytest.fixture(scope='module')
+def tiny_vgg(tmp_path_factory):
+    return save_tiny_vgg(str(tmp_path_factory.mktemp('model') / 'vgg'))
+
+
+def value_of(sess, name):
+    """The value of the session graph's variable called `name`."""
+    with sess.graph.as_default():
+        (variable,) = [v for v in tf1.global_variables() if v.name == name]
+    return sess.run(variable)
+
+
+def write_keras_h5(path, blocks=TINY_BLOCKS, fc=TINY_FC, top=True, seed=0):
+    """A weights file in the layout of Keras's vgg16_weights_tf_dim_ordering_tf_kernels.h5."""
+    rng = np.random.default_rng(seed)
+    weights, channels = {}, 3
+    for b, widths in enumerate(blocks, 1):
+        for c, width in enumerate(widths, 1):
+            weights[f'block{b}_conv{c}'] = [rng.normal(size=(3, 3, channels, width)),
+                                            rng.normal(size=width)]
+            channels = width
+    if top:
+        weights['fc1'] = [rng.normal(size=(7 * 7 * channels, fc)), rng.normal(size=fc)]
+        weights['fc2'] = [rng.normal(size=(fc, fc)), rng.normal(size=fc)]
+        weights['predictions'] = [rng.normal(size=(fc, 10)), rng.normal(size=10)]
+    with h5py.File(path, 'w') as f:
+        f.attrs['layer_names'] = [n.encode() for n in weights] + [b'flatten']
+        f.create_group('flatten').attrs['weight_names'] = []
+        for name, (kernel, bias) in weights.items():
+            group = f.create_group(name)
+            names = [f'{name}_W_1:0', f'{name}_b_1:0']
+            group.attrs['weight_names'] = [n.encode() for n in names]
+            group[names[0]] = kernel.astype(np.float32)
+            group[names[1]] = bias.astype(np.float32)
+    return weights
+
+
+# ----------------------------------------------------------------------------------------------
+# Synthetic KITTI data
+# ----------------------------------------------------------------------------------------------
+
+def label_rgb(height, width, left_is_road=True):
+    """A KITTI label: road on one half, not-road on the other, a black (void) top row."""
+    rgb = np.zeros((height, width, 3), np.uint8)
+    half = width // 2
+    rgb[:, :half] = ROAD if left_is_road else NOT_ROAD
+    rgb[:, half:] = NOT_ROAD if left_is_road else ROAD
+    rgb[0] = VOID
+    return rgb
+
+
+def road_coded_image(label):
+    """An image whose red channel says which class its label has: 250 road, 10 not road."""
+    image = np.full(label.shape, 100, np.uint8)
+    image[..., 0] = np.where(np.all(label == ROAD, axis=-1), 250, 10)
+    return image
+
+
+def make_kitti(root, stems=('um_000000', 'um_000001', 'um_000002'), size=(40, 70),
+               label='road', testing=()):
+    """A KITTI Road folder `root/data_road` with training pairs and optional testing images."""
+    training = os.path.join(root, 'data_road', 'training')
+    os.makedirs(os.path.join(training, 'image_2'), exist_ok=True)
+    os.makedirs(os.path.join(training, 'gt_image_2'), exist_ok=True)
+    for i, stem in enumerate(stems):
+        category, number = stem.split('_')
+        rgb = label_rgb(*size, left_is_road=i % 2 == 0)
+        iio.imwrite(os.path.join(training, 'image_2', stem + '.png'), road_coded_image(rgb))
+        iio.imwrite(os.path.join(training, 'gt_image_2', f'{category}_{label}_{number}.png'), rgb)
+    for stem, shape in testing:
+        folder = os.path.join(root, 'data_road', 'testing', 'image_2')
+        os.makedirs(folder, exist_ok=True)
+        rng = np.random.default_rng(len(stem))
+        iio.imwrite(os.path.join(folder, stem + '.png'),
+                    rng.integers(0, 256, shape + (3,), dtype=np.uint8))
+    return training
+
+
+def write_bad(path, kind):
+    """Overwrite a PNG with one kind of bad content."""
+    if kind == 'truncated':
+        data = open(path, 'rb').read()
+        open(path, 'wb').write(data[:len(data) // 2])
+    elif kind == 'not a png':
+        open(path, 'wb').write(b'hello')
+    elif kind == 'grayscale':
+        iio.imwrite(path, np.zeros((40, 70), np.uint8))
+    elif kind == 'rgba':
+        iio.imwrite(path, np.zeros((40, 70, 4), np.uint8))
+    elif kind == 'unknown colour':
+        rgb = label_rgb(40, 70)
+        rgb[5, 7] = (12, 34, 56)
+        iio.imwrite(path, rgb)
+    elif kind == 'other size':
+        iio.imwrite(path, label_rgb(41, 70))
+
+
+@pytest.fixture
+def tiny_data(tmp_path, tiny_vgg):
+    data = tmp_path / 'data'
+    make_kitti(data, stems=('um_000000', 'um_000001', 'um_000002', 'um_000003'),
+               testing=(('um_000000', (50, 90)), ('umm_000001', (45, 100))))
+    os.symlink(tiny_vgg, data / 'vgg')
+    return data
+
+
+# ----------------------------------------------------------------------------------------------
+# A local HTTP server, and main.py as a user runs it
+# ----------------------------------------------------------------------------------------------
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """Serves `files[path]`; a path ending in `?truncated` promises more bytes than it sends."""
+    files = {}
+
+    def do_GET(self):
+        path, _, mode = self.path.partition('?')
+        body = self.files.get(path)
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(body) + (1000 if mode == 'truncated' else 0)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def serve(files):
+    """An HTTP server on 127.0.0.1 serving `files`; yields its base URL."""
+    Handler.files = files
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f'http://127.0.0.1:{server.server_address[1]}'
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def zip_bytes(members):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, 'w') as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def leftovers(folder):
+    return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+
+
+def run_main(*args, cwd=ROOT, proxy=None):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3')
+    if proxy:
+        env.update(http_proxy=proxy, https_proxy=proxy, HTTP_PROXY=proxy, HTTPS_PROXY=proxy)
+    return subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=300)

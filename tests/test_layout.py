@@ -1,0 +1,71 @@
+"""The code's shape: the package never imports a top-level script, and no module imports another
+in a circle (checked statically, from every import statement, including those inside functions)."""
+import ast
+import os
+
+from tests.conftest import ROOT
+
+
+def import_graph(root=ROOT):
+    """{module: the project's modules it imports}: roadseg's modules by dotted name and the
+    top-level scripts by file name."""
+    paths = {name[:-3]: os.path.join(root, name) for name in os.listdir(root)
+             if name.endswith('.py')}
+    for folder, _, names in os.walk(os.path.join(root, 'roadseg')):
+        for name in names:
+            if name.endswith('.py'):
+                path = os.path.join(folder, name)
+                module = os.path.relpath(path, root)[:-3].replace(os.sep, '.')
+                paths[module.removesuffix('.__init__')] = path
+    graph = {}
+    for module, path in paths.items():
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+                imported.update(f'{node.module}.{alias.name}' for alias in node.names)
+        graph[module] = {name for name in imported if name in paths and name != module}
+    return graph
+
+
+def cycles(graph):
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index, low, stack, found = {}, {}, [], []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for other in graph[node]:
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while not component or component[-1] != node:
+                component.append(stack.pop())
+            if len(component) > 1:
+                found.append(sorted(component))
+    for node in graph:
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_cycles_finds_a_circle_and_only_circles():
+    assert cycles({'a': {'b'}, 'b': {'c'}, 'c': {'a'}, 'd': {'a'}}) == [['a', 'b', 'c']]
+    assert cycles({'a': {'b'}, 'b': set(), 'c': {'a', 'b'}}) == []
+
+
+def test_no_import_cycle_and_the_package_imports_no_script():
+    graph = import_graph()
+    scripts = {name for name in graph if not name.startswith('roadseg')}
+    assert {'main', 'helper', 'roadseg.inference', 'roadseg.model.network'} <= set(graph)
+    assert cycles(graph) == []
+    assert {module: graph[module] & scripts for module in graph
+            if module.startswith('roadseg') and graph[module] & scripts} == {}

@@ -1,0 +1,53 @@
+"""The model's parts: the decoder's upsampling kernel and the VGG16 encoder built from Keras's
+ImageNet weights file."""
+import functools
+
+import h5py
+import numpy as np
+import pytest
+
+import main
+from roadseg.errors import UserError
+from roadseg.model import decoders, vgg
+from roadseg.model.ops import tf
+from tests.conftest import TINY_FC, value_of, write_keras_h5
+
+
+def test_bilinear_kernel_upsamples_linearly(sess):
+    kernel = decoders.bilinear_kernel(4, 1)
+    np.testing.assert_allclose(kernel[:, :, 0, 0][0], [0.0625, 0.1875, 0.1875, 0.0625])
+    ramp = np.arange(8, dtype=np.float32).reshape(1, 1, 8, 1).repeat(8, axis=1)
+    up = sess.run(tf.nn.conv2d_transpose(ramp, kernel, [1, 16, 16, 1], 2, 'SAME'))
+    # away from the border, a linear ramp stays a linear ramp at half the slope
+    np.testing.assert_allclose(np.diff(up[0, 8, 2:14, 0]), 0.5, atol=1e-5)
+
+
+def test_keras_h5_weights_land_in_the_saved_model(sess, tmp_path):
+    weights = write_keras_h5(tmp_path / 'w.h5')
+    path = vgg.save_vgg_saved_model(str(tmp_path / 'vgg'), keras_h5=str(tmp_path / 'w.h5'))
+    main.load_vgg(sess, path)
+    get = functools.partial(value_of, sess)
+    np.testing.assert_allclose(get('block3_conv1/kernel:0'), weights['block3_conv1'][0],
+                               rtol=1e-6)
+    fc6 = get('fc6/kernel:0')
+    assert fc6.shape == (7, 7, 8, TINY_FC)
+    # Keras flattens block5_pool (7, 7, C) row-major: fc1's row (y * 7 + x) * C + c is fc6[y, x, c]
+    np.testing.assert_allclose(fc6[2, 3, 5], weights['fc1'][0][(2 * 7 + 3) * 8 + 5], rtol=1e-6)
+    np.testing.assert_allclose(get('fc7/kernel:0')[0, 0], weights['fc2'][0], rtol=1e-6)
+
+
+def test_keras_h5_without_required_layer_is_reported(tmp_path):
+    with h5py.File(tmp_path / 'bad.h5', 'w') as f:
+        f.create_group('block1_conv1').attrs['weight_names'] = []
+    with pytest.raises(UserError, match=r'bad.h5: no weights for layer block1_conv1'):
+        vgg.read_keras_h5(str(tmp_path / 'bad.h5'))
+    (tmp_path / 'text.h5').write_text('hello')
+    with pytest.raises(UserError, match=r'text.h5: not a readable Keras weights file'):
+        vgg.read_keras_h5(str(tmp_path / 'text.h5'))
+
+
+def test_caffe_preprocessing_is_bgr_minus_mean(sess):
+    rgb = tf.constant([[[[10.0, 20.0, 30.0]]]])
+    bgr = sess.run(vgg.preprocess(rgb, 'caffe'))
+    np.testing.assert_allclose(bgr[0, 0, 0], [30 - 103.939, 20 - 116.779, 10 - 123.68],
+                               rtol=1e-5)
