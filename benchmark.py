@@ -25,10 +25,9 @@ import tempfile
 
 import numpy as np
 
-from roadseg import bench, cli, files, images
+from roadseg import cli, files, images
 from roadseg.errors import UserError
-from roadseg.model import mobilenet
-from roadseg.model.ops import tf
+from roadseg.model import DECODERS
 
 
 def parse_args(argv=None):
@@ -36,7 +35,7 @@ def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--encoders', default='vgg16,mobilenetv2',
                         help='comma-separated, of vgg16 and mobilenetv2 (default: %(default)s)')
-    parser.add_argument('--decoder', choices=sorted(mobilenet.DECODERS), default='fcn8s',
+    parser.add_argument('--decoder', choices=sorted(DECODERS), default='fcn8s',
                         help="mobilenetv2's decoder (default: %(default)s)")
     parser.add_argument('--image-shapes', default='160x576,352x480',
                         help='comma-separated HxW, multiples of 32 (default: %(default)s)')
@@ -86,8 +85,9 @@ def main(argv=None):
     """Measure each encoder at each size, numpy and the peers, or (--deploy) a trained model's
     deployment formats; print the table, optionally write JSON."""
     args = parse_args(argv)
+    from roadseg import bench  # loads TensorFlow (seconds): only once the options are sound
     results = {'batch_size': args.batch_size, 'repeats': args.repeats,
-               'tensorflow': tf.__version__, 'numpy': np.__version__,
+               'tensorflow': bench.tf.__version__, 'numpy': np.__version__,
                'python': platform.python_version(), 'cpus': os.cpu_count(),
                'numpy_gflops_runs': [bench.numpy_matmul_gflops()]}
     if args.deploy:

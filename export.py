@@ -22,10 +22,10 @@ import argparse
 import os
 import sys
 
-from roadseg import cli, evaluation, export, files, inference, images
+from roadseg import cli, evaluation, files, images, inference
 from roadseg.errors import PartlyFailed, UserError
 
-FILES = export.FILES
+FILES = inference.EXPORT_FILES
 
 
 def formats_arg(text):
@@ -62,6 +62,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from roadseg import export  # loads TensorFlow (seconds): only once the options are sound
     with inference.load_model(args.model) as original:
         if original.kind != 'savedmodel':
             raise UserError(f'--model {args.model}: a {original.kind} model; export from a run '

@@ -11,11 +11,19 @@ The five functions of the classic project are here; the library behind them is r
 import os
 import sys
 
-from roadseg import cli, inference
-from roadseg.data import datasets
-from roadseg.model import decoders, network, vgg
-from roadseg.model.ops import tf, tf1
-from roadseg.training import config, loop, loss, run as runs
+from roadseg import cli
+from roadseg.training import config
+
+if __name__ == '__main__':  # answer --help and a bad option at once, before TensorFlow loads
+    status = cli.main_guard(config.options, sys.argv[1:])
+    if status:
+        sys.exit(status)
+
+from roadseg import inference  # noqa: E402  (these load TensorFlow, seconds)
+from roadseg.data import datasets  # noqa: E402
+from roadseg.model import decoders, network, vgg  # noqa: E402
+from roadseg.model.ops import tf, tf1  # noqa: E402
+from roadseg.training import loop, loss, run as runs  # noqa: E402
 
 NUM_CLASSES = 2  # KITTI: not road, road; other data sets size the head from their classes
 
@@ -53,7 +61,8 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
              on_epoch_end=None):
     """Train epochs `start_epoch`..`epochs` with a progress bar, reporting each epoch's mean loss
     through `log`; `learning_rate_value` is a number or a function of the global step;
-    `on_step(loss)` and `on_epoch_end(epoch, mean_loss)` hang validation and checkpoints on.
+    `on_step(loss)` and `on_epoch_end(epoch, mean_loss)` hang validation and checkpoints on;
+    a loss that is not finite stops training (a UserError).
 
     :return: the list of mean losses, one per epoch trained
     """
@@ -66,6 +75,7 @@ def run(argv=None):
     """Everything `python main.py` does: read and check the data, build the FCN, train with
     validation and checkpoints (or resume), export the best model and write overlays."""
     args = config.options(argv)
+    runs.fetch_downloads(args)
     dataset, train_pairs, val_pairs = runs.data_split(args)
     classes = dataset.classes
     get_batches_fn = runs.batch_generator(args, dataset, train_pairs)
@@ -111,12 +121,13 @@ def run(argv=None):
                  net.input_image, correct_label, net.keep_prob, learning_rate, args.keep_prob,
                  loop.learning_rate_schedule(args, batches), log, start_epoch, monitor.step,
                  epoch_end)
-        monitor.restore_best()
-        colors = inference.overlay_colors(classes.colors)
-        for message in runs.write_overlays(model, dataset.test_images, run_dir, colors):
+        monitor.finish()
+    colors = inference.overlay_colors(classes.colors)
+    with inference.load_model(run_dir) as exported:  # the overlays show the model shipped
+        for message in runs.write_overlays(exported, dataset.test_images, run_dir, colors):
             print(f'skipped {message}', file=sys.stderr)
-        inference.write_legend(os.path.join(run_dir, 'legend.png'), classes.names, colors)
-        log(f'model and overlays written to {run_dir}')
+    inference.write_legend(os.path.join(run_dir, 'legend.png'), classes.names, colors)
+    log(f'model and overlays written to {run_dir}')
     return run_dir
 
 

@@ -72,14 +72,15 @@ def plot(runs, output, by_minutes=False, iou_min=None):
 def main(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('runs', nargs='+', metavar='RUN_DIR', help='run folders to plot')
-    parser.add_argument('--output', default='curve.png', help='PNG to write (default: '
-                                                              '%(default)s)')
+    parser.add_argument('--output', help='PNG to write (default: curve.png in the first run '
+                                         'folder)')
     parser.add_argument('--minutes', action='store_true',
                         help='x axis in wall-clock minutes of training instead of epochs')
     parser.add_argument('--iou-min', type=float, help='lower end of the IoU axis, e.g. 0.85')
     args = parser.parse_args(argv)
-    plot([read_run(run) for run in args.runs], args.output, args.minutes, args.iou_min)
-    print(f'wrote {args.output}')
+    output = args.output or os.path.join(args.runs[0], 'curve.png')
+    plot([read_run(run) for run in args.runs], output, args.minutes, args.iou_min)
+    print(f'wrote {output}')
 
 
 if __name__ == '__main__':

@@ -17,6 +17,7 @@ import pytest
 import helper
 import main
 from roadseg import cli, inference
+from roadseg.data import datasets
 from roadseg.data import classes as class_files
 from roadseg.data.batches import one_hot
 from roadseg.errors import UserError
@@ -319,6 +320,8 @@ VGG_ZIP = zip_bytes({'vgg/saved_model.pb': b'model', 'vgg/variables/variables.in
 
 
 def test_download_good_file(tmp_path):
+    (tmp_path / '.vgg.zip.k1ll3d.tmp').write_bytes(b'half')  # left by a killed download
+    (tmp_path / '.extract-k1ll3d.tmp').mkdir()  # and by a killed extraction
     with serve({'/vgg.zip': VGG_ZIP}) as url:
         path = helper.maybe_download_pretrained_vgg(
             str(tmp_path), url=url + '/vgg.zip', sha256=hashlib.sha256(VGG_ZIP).hexdigest())
@@ -424,6 +427,9 @@ def test_main_keras_h5_encoder_in_process(tiny_data, tmp_path):
     ([], ('gt_image_2/um_road_000001.png', 'unknown colour'), r'um_road_000001.png: colour'),
     ([], ('image_2/um_000002.png', 'truncated'), r'um_000002.png: cannot read image'),
     (['--data-dir', 'no/such/dir'], None, r'--data-dir no/such/dir: folder not found'),
+    (['--val-fraction', '0.9'], None, r'--val-fraction 0.9 holds out all 4 labelled images'),
+    (['--runs-dir', '/dev/null/runs'], None, r'/dev/null/runs: Not a directory; check that the '
+                                             r'folder exists and is writable'),
     (['--encoder-weights', 'keras-h5:missing.h5'], None, r'missing.h5: file not found'),
 ])
 def test_main_bad_input_one_line_no_run_folder(tiny_data, tmp_path, capfd, args, damage,
@@ -441,6 +447,22 @@ def test_main_bad_input_one_line_no_run_folder(tiny_data, tmp_path, capfd, args,
     assert len(lines) == 1 and lines[0].startswith('error: '), stderr
     assert re.search(message, lines[0]), lines[0]
     assert leftovers(runs) == []
+
+
+def test_main_offline_names_every_missing_download_and_the_alternatives(tmp_path, capfd,
+                                                                       monkeypatch):
+    with serve({}) as url:
+        pass  # closed: nothing listens there any more
+    monkeypatch.setattr(datasets, 'KITTI_URL', url + '/data_road.zip')
+    monkeypatch.setattr(vgg, 'VGG_URL', url + '/vgg.zip')
+    (tmp_path / 'data').mkdir()
+    assert cli.main_guard(main.run, ['--data-dir', str(tmp_path / 'data'), '--runs-dir',
+                                     str(tmp_path / 'runs')]) == 2
+    (line,) = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert re.fullmatch(r'error: 2 download\(s\) failed: could not download .*data_road.zip .*'
+                        r'by hand .*data_road/ folder is .*Also could not download .*vgg.zip.* '
+                        r'vgg/ folder is .*--encoder-weights none.*--data-dir.*', line), line
+    assert leftovers(tmp_path / 'data') == [] and leftovers(tmp_path / 'runs') == []
 
 
 def test_main_without_vgg_offline_says_what_to_do(tiny_data, tmp_path):

@@ -14,12 +14,19 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def main_guard(fn, *args):
-    """Run `fn`, turning a UserError into one line on stderr and exit status 2 (a PartlyFailed:
-    exit status 1, an interruption: 130)."""
+    """Run `fn`, turning a UserError, or an OSError from the file system (a folder that cannot
+    be written, a full disk), into one line on stderr and exit status 2 (a PartlyFailed: exit
+    status 1, an interruption: 130). Files are written atomically, so nothing is left
+    half-written."""
     try:
         fn(*args)
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
+        return 2
+    except OSError as e:
+        where = f'{e.filename}: ' if e.filename else ''
+        print(f'error: {where}{e.strerror or e}; check that the folder exists and is writable '
+              f'and that the disk has space', file=sys.stderr)
         return 2
     except PartlyFailed as e:
         print(f'error: {e}', file=sys.stderr)

@@ -19,8 +19,8 @@ from roadseg.graph_mode import import_tensorflow, quiet_stderr
 tf = import_tensorflow()
 tf1 = tf.compat.v1
 
-FILES = {'savedmodel': 'savedmodel', 'frozen': 'model.pb', 'tflite32': 'model_float32.tflite',
-         'tflite16': 'model_float16.tflite', 'int8': 'model_int8.tflite'}
+FILES = inference.EXPORT_FILES
+
 # (largest probability difference, largest IoU difference) each export may show: float32 exports
 # differ from TensorFlow's own kernels by rounding only; float16 weights keep ~3 digits; int8
 # moves probabilities by many 1/256 steps near class boundaries, so only the IoU is bounded
@@ -203,6 +203,7 @@ def write_serving_model(path, graph_def, info):
                 signature_def_map={'serving_default': signature}, strip_default_attrs=True)
             builder.save()
             files.write_json(os.path.join(tmp, inference.MODEL_INFO), info)
+            files.write_manifest(tmp)
 
 
 def tflite_model(graph_def, info, fmt, calibration=()):
@@ -334,4 +335,8 @@ def write_exports(folder, info, output_dir, formats, calibration=()):
             files.write_bytes(path, graph_def.SerializeToString())
         else:
             files.write_bytes(path, tflite_model(graph_def, info, fmt, calibration))
+    if set(formats) - {'savedmodel'}:  # the file exports share one manifest, as one fcn.json
+        files.write_manifest(output_dir, sorted(
+            name for name in os.listdir(output_dir) if os.path.isfile(os.path.join(
+                output_dir, name)) and name not in (files.MANIFEST, 'agreement.json')))
     return paths

@@ -37,6 +37,18 @@ def atomic_path(path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def remove_temporaries(folder):
+    """Delete the hidden `.*.tmp` files and folders that atomic_path and the downloads leave
+    when their process is killed."""
+    for name in os.listdir(folder) if os.path.isdir(folder) else []:
+        if name.startswith('.') and name.endswith('.tmp'):
+            path = os.path.join(folder, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+
+
 def write_json(path, value):
     """Write `value` as indented JSON to `path` atomically."""
     with atomic_path(path) as tmp, open(tmp, 'w') as f:
@@ -53,6 +65,60 @@ def read_json(path, hint=None):
         reason = e.strerror if isinstance(e, OSError) and e.strerror else e
         raise UserError(f'{path}: cannot read it ({reason})' + (f'; {hint}' if hint else '')) \
             from None
+
+
+MANIFEST = 'manifest.json'  # in a model or checkpoint folder: its files' sizes and digests
+
+
+def sha256_of(path):
+    """The SHA-256 hex digest of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder, names=None, **extra):
+    """Write `folder/manifest.json`: the size and SHA-256 of each file in `names` (paths
+    relative to `folder`; by default every file below it), and the `extra` keys."""
+    if names is None:
+        names = sorted(os.path.relpath(os.path.join(root, name), folder)
+                       for root, _, found in os.walk(folder) for name in found
+                       if name != MANIFEST or root != folder)
+    listed = {name: {'bytes': os.path.getsize(os.path.join(folder, name)),
+                     'sha256': sha256_of(os.path.join(folder, name))} for name in names}
+    write_json(os.path.join(folder, MANIFEST), {**extra, 'files': listed})
+
+
+def manifest_problem(folder, names=None, complete=False):
+    """Why the files of `folder` do not match its manifest.json (only those of `names` it lists,
+    when given; with `complete`, also any file it does not list), or None when they match or
+    there is no manifest (models written before manifests)."""
+    path = os.path.join(folder, MANIFEST)
+    if not os.path.exists(path):
+        return 'no manifest.json' if complete else None
+    try:
+        listed = read_json(path)['files']
+    except (UserError, KeyError, TypeError) as e:
+        return f'unreadable manifest ({e})'
+    if complete:
+        present = sorted(os.path.relpath(os.path.join(root, name), folder)
+                         for root, _, found in os.walk(folder) for name in found
+                         if name != MANIFEST or root != folder)
+        if present != sorted(listed):
+            return f'files {present} differ from the manifest\'s {sorted(listed)}'
+    for name in sorted(listed) if names is None else names:
+        if name not in listed:
+            continue  # a file put there by hand: nothing to check it against
+        file = os.path.join(folder, name)
+        if not os.path.isfile(file):
+            return f'{name} is missing'
+        if os.path.getsize(file) != listed[name]['bytes']:
+            return f'{name} has {os.path.getsize(file)} bytes, expected {listed[name]["bytes"]}'
+        if sha256_of(file) != listed[name]['sha256']:
+            return f'{name} is corrupt (SHA-256 mismatch)'
+    return None
 
 
 def write_bytes(path, data):
@@ -134,6 +200,7 @@ def maybe_download_and_extract(url, target, member=None, sha256=None):
     parent = os.path.dirname(os.path.abspath(target))
     member = member or os.path.basename(os.path.normpath(target))
     zip_path = os.path.join(parent, os.path.basename(url))
+    remove_temporaries(parent)  # a download or extraction a kill interrupted
     print(f'{target} not found; downloading {url}')
     manual = (f'download {url} by hand and unzip it so that its {member}/ folder is {target}/')
     try:
@@ -141,7 +208,7 @@ def maybe_download_and_extract(url, target, member=None, sha256=None):
         download(url, zip_path, sha256=sha256)
     except UserError as e:
         raise UserError(f'{e}. To proceed offline, {manual}') from None
-    extract_dir = tempfile.mkdtemp(prefix='.extract-', dir=parent)
+    extract_dir = tempfile.mkdtemp(prefix='.extract-', suffix='.tmp', dir=parent)
     try:
         safe_extract(zip_path, extract_dir)
         if not os.path.isdir(os.path.join(extract_dir, member)):

@@ -24,6 +24,10 @@ from roadseg.images import resize_image, resize_probabilities
 MODEL_INFO = 'fcn.json'  # the model's training size, classes and data set, beside the model
 REQUIRED_INFO = ('image_shape', 'num_classes', 'class_names', 'class_colors')
 KITTI_NAME = re.compile(r'([a-z]+)_(\d+)')  # um_000001: category and number
+# The file each export format is written to (roadseg.export writes them, load_model reads them)
+EXPORT_FILES = {'savedmodel': 'savedmodel', 'frozen': 'model.pb',
+                'tflite32': 'model_float32.tflite', 'tflite16': 'model_float16.tflite',
+                'int8': 'model_int8.tflite'}
 OVERLAY_RGB = (0, 255, 0)
 OVERLAY_ALPHA = 0.5
 
@@ -106,13 +110,24 @@ def _load(path):
         raise UserError(f'--model {path}: no such file or folder')
     if os.path.isdir(path):
         folder = model_folder(path)
+        _verify(path, folder)
         return _saved_model(folder, read_info(folder, path))
     loaders = {'.pb': _frozen_graph, '.tflite': _tflite}
     loader = loaders.get(os.path.splitext(path)[1].lower())
     if loader is None:
         raise UserError(f'--model {path}: not a model; expected a run folder, a '
                         f'SavedModel folder, a frozen graph (.pb) or a TFLite file (.tflite)')
+    _verify(path, os.path.dirname(path) or '.', os.path.basename(path))
     return loader(path, read_info(os.path.dirname(path) or '.', path))
+
+
+def _verify(path, folder, name=None):
+    """Stop when the model's files do not match the manifest.json written with them (the
+    model folder's, or for a file that of the folder holding it)."""
+    reason = files.manifest_problem(folder, [name] if name else None)
+    if reason:
+        raise UserError(f'--model {path}: {reason}; the model is damaged: copy or export it '
+                        f'again')
 
 
 def _check(path, info, input_shape, output_shape):
@@ -171,9 +186,9 @@ def _saved_model(folder, info):
         signature = meta.signature_def['serving_default']
         image = sess.graph.get_tensor_by_name(signature.inputs['image'].name)
         probabilities = sess.graph.get_tensor_by_name(signature.outputs['probabilities'].name)
-    except (OSError, ValueError, RuntimeError, KeyError) as e:
-        sess.close()
-        raise UserError(f'{folder}: not a model written by main.py or export.py '
+    except (OSError, ValueError, RuntimeError, KeyError, tf1.errors.OpError) as e:
+        sess.close()  # OpError: a damaged variables file (DataLossError) without a manifest
+        raise UserError(f'{folder}: not a model written by main.py or export.py, or damaged '
                         f'({str(e).splitlines()[0]})') from None
     keep_prob = signature.inputs.get('keep_prob')
     return _session_model(folder, 'serving' if image.dtype == tf1.uint8 else 'savedmodel', info,

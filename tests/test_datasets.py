@@ -163,6 +163,16 @@ def test_folder_layout_with_index_masks(tmp_path):
     ('{"classes": [{"name": "x"}]}', r"classes.json: cannot parse .*KeyError: 'color'"),
     ('{"encoding": "hsv", "classes": [{"name": "x", "color": [1, 2, 3]}]}',
      r'encoding must be "color" or "index"'),
+    ('{"encoding": "index", "classes": [{"name": "x", "color": [1, 2, 3]}], '
+     '"void": {"value": 300}}', r'the void value 300 must be a label value from 1 to 255'),
+    ('{"encoding": "index", "classes": [{"name": "x", "color": [1, 2, 3]}, '
+     '{"name": "y", "color": [4, 5, 6]}], "void": {"value": 1}}', r'void value 1 must be'),
+    ('{"classes": [{"name": "road", "color": [1, 2, 3]}, {"name": "road", "color": [4, 5, 6]}]}',
+     r"the class name 'road' is given twice"),
+    ('{"classes": [{"name": "x", "color": [1, 2, 256]}]}',
+     r'colour \[1, 2, 256\] is not three values from 0 to 255'),
+    ('{"classes": [{"name": "x", "color": [1, 2, 3]}], "void": {"color": [0, 0]}}',
+     r'colour \[0, 0\] is not three values'),
 ])
 def test_class_file_that_does_not_parse(tmp_path, text, message):
     make_folder(tmp_path, {})

@@ -8,6 +8,7 @@ probabilities are far from uniform and exports have something to disagree about.
 """
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from ai_edge_litert.interpreter import Interpreter
 import evaluate
 import export
 import main
+import plot
 import predict
 from roadseg import cli, inference, media
 from roadseg import export as formats
@@ -399,12 +401,35 @@ def test_predict_and_evaluate_flip_tta(run_dir, run_data, inputs, tmp_path, caps
 
 
 def copy_model(run_dir, tmp_path, **info_changes):
-    """A copy of the run's model with fcn.json changed."""
+    """A copy of the run's model with fcn.json changed, without a manifest (as written before
+    models had one)."""
     folder = tmp_path / 'model'
     shutil.copytree(run_dir / 'model', folder)
     info = json.loads((folder / 'fcn.json').read_text())
     (folder / 'fcn.json').write_text(json.dumps({**info, **info_changes}))
+    (folder / 'manifest.json').unlink()
     return folder
+
+
+def truncated_variables(run_dir, tmp_path, manifest=True):
+    """A copy of the run's model whose variables file lost its second half."""
+    folder = tmp_path / 'model'
+    shutil.copytree(run_dir / 'model', folder)
+    (data,) = (folder / 'variables').glob('variables.data-*')
+    data.write_bytes(data.read_bytes()[:data.stat().st_size // 2])
+    if not manifest:
+        (folder / 'manifest.json').unlink()
+    return folder
+
+
+def flipped_byte(exports, tmp_path, name='model_int8.tflite'):
+    """A copy of the exports in which one byte of `name`'s weights is changed."""
+    folder = tmp_path / 'export'
+    shutil.copytree(exports, folder)
+    data = bytearray((folder / name).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (folder / name).write_bytes(bytes(data))
+    return folder / name
 
 
 @pytest.mark.parametrize('make, message', [
@@ -419,8 +444,16 @@ def copy_model(run_dir, tmp_path, **info_changes):
     (lambda run, tmp: write(tmp / 'alone.tflite', b'garbage'), r'alone.tflite: no fcn.json'),
     (lambda run, tmp: copy_model(run, tmp, num_classes=3),
      r'predicts 2 classes but its fcn.json says 3'),
+    (lambda run, tmp: truncated_variables(run, tmp),
+     r'model: variables/variables.data-00000-of-00001 has \d+ bytes, expected \d+; the model is '
+     r'damaged'),
+    (lambda run, tmp: truncated_variables(run, tmp, manifest=False),
+     r'model: not a model written by main.py or export.py, or damaged'),
+    (lambda run, tmp: flipped_byte(run / 'export', tmp),
+     r'model_int8.tflite: model_int8.tflite is corrupt \(SHA-256 mismatch\); the model is '
+     r'damaged'),
 ])
-def test_load_model_bad_models(run_dir, tmp_path, make, message):
+def test_load_model_bad_models(run_dir, exports, tmp_path, make, message):
     path = str(make(run_dir, tmp_path))
     with pytest.raises(UserError, match=message):
         inference.load_model(path)
@@ -454,9 +487,14 @@ ROUND_TRIP = {'savedmodel': ('serving', 1e-5), 'frozen': ('frozen', 1e-5),
 
 
 def test_every_export_round_trips_and_agrees_with_the_original(exports, original):
-    assert sorted(os.listdir(exports)) == ['agreement.json', 'fcn.json', 'model.pb',
-                                           'model_float16.tflite', 'model_float32.tflite',
-                                           'model_int8.tflite', 'savedmodel']
+    assert sorted(os.listdir(exports)) == ['agreement.json', 'fcn.json', 'manifest.json',
+                                           'model.pb', 'model_float16.tflite',
+                                           'model_float32.tflite', 'model_int8.tflite',
+                                           'savedmodel']
+    listed = json.loads((exports / 'manifest.json').read_text())['files']
+    assert sorted(listed) == ['fcn.json', 'model.pb', 'model_float16.tflite',
+                              'model_float32.tflite', 'model_int8.tflite']
+    assert 'manifest.json' in os.listdir(exports / 'savedmodel')  # the SavedModel has its own
     rng = np.random.default_rng(3)
     images = np.stack([road_scene(rng, *SHAPE)[0] for _ in range(4)])
     reference = original(images)
@@ -535,8 +573,8 @@ def test_check_dir_calibration_dir_and_an_export_outside_its_tolerance(run_dir, 
     with pytest.raises(PartlyFailed, match=r'^tflite16 disagree with the original'):
         export.main(['--model', str(run_dir), '--formats', 'tflite16,int8', '--check-dir',
                      run_data, '--calibration-dir', str(tmp_path), '--output-dir', str(out)])
-    assert sorted(os.listdir(out)) == ['agreement.json', 'fcn.json',
-                                            'model_float16.tflite', 'model_int8.tflite']
+    assert sorted(os.listdir(out)) == ['agreement.json', 'fcn.json', 'manifest.json',
+                                       'model_float16.tflite', 'model_int8.tflite']
     agreement = json.loads((out / 'agreement.json').read_text())
     assert agreement['images'] == 6  # every labelled image of --check-dir
     assert not agreement['exports']['tflite16']['within_tolerance']
@@ -638,3 +676,26 @@ def test_export_refuses_exports_and_missing_data(exports, tmp_path):
     with pytest.raises(UserError, match=r"--formats: .*'onnx' is not a format"):
         export.main(['--model', str(bare), '--formats', 'frozen,onnx'])
     assert not (tmp_path / 'export').exists()
+
+
+@pytest.mark.parametrize('command', ['evaluate', 'predict', 'export', 'plot'])
+def test_an_output_folder_that_cannot_be_written_is_one_line(run_dir, run_data, inputs, tmp_path,
+                                                              capfd, command):
+    """A folder under a file cannot be made, for root too (unlike a read-only folder)."""
+    (tmp_path / 'file').write_text('not a folder')
+    out = tmp_path / 'file' / 'out'
+    runs = tmp_path / 'runs'
+    (runs / 'run').mkdir(parents=True)
+    (runs / 'run' / 'config.json').write_text('{"encoder": "vgg16", "image_shape": "32x64"}')
+    (runs / 'run' / 'metrics.json').write_text('{"epochs": [{"epoch": 1, "train_loss": 1}]}')
+    fn, argv = {
+        'evaluate': (evaluate.main, ['--model', run_dir, '--data-dir', run_data,
+                                     '--output-dir', out]),
+        'predict': (predict.main, ['--model', run_dir, inputs, '--output-dir', out]),
+        'export': (export.main, ['--model', run_dir, '--formats', 'frozen', '--output-dir', out]),
+        'plot': (plot.main, [runs / 'run', '--output', out / 'curve.png'])}[command]
+    assert cli.main_guard(fn, [str(a) for a in argv]) == 2
+    (line,) = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert re.fullmatch(r'error: .*file.*: Not a directory; check that the folder exists and is '
+                        r'writable and that the disk has space', line), line
+    assert sorted(os.listdir(tmp_path)) == ['file', 'runs']  # no temporary file left behind

@@ -281,7 +281,7 @@ def read_metrics(run_dir):
 
 
 def test_main_trains_exports_evaluates_and_resumes_mobilenetv2_through_the_same_paths(
-        tmp_path):
+        tmp_path, monkeypatch):
     data, run_dir = train_tiny_run(tmp_path, '--epochs', '2', '--lr-schedule', 'poly',
                                    '--train-crop', '32x32', '--decoder', 'fpn',
                                    '--plain-epochs', '1')
@@ -317,6 +317,14 @@ def test_main_trains_exports_evaluates_and_resumes_mobilenetv2_through_the_same_
     assert redone[1]['val']['iou'] == pytest.approx(epoch2['val']['iou'], abs=1e-6)
     assert redone[1]['val']['kitti_road']['max_f'] == \
         pytest.approx(epoch2['val']['kitti_road']['max_f'], abs=1e-6)
+    # A finished run is extended with --epochs, from another folder, its data moved.
+    moved = tmp_path / 'moved'
+    os.rename(data, moved)
+    monkeypatch.chdir(tmp_path / 'runs')
+    main.run(['--resume', run_dir, '--epochs', '3', '--data-dir', str(moved)])
+    assert [r['epoch'] for r in read_metrics(run_dir)['epochs']] == [1, 2, 3]
+    saved = json.loads(open(config).read())
+    assert (saved['epochs'], saved['data_dir']) == (3, str(moved))
 
 
 def test_val_every_validates_and_exports_only_those_epochs_and_the_last(tmp_path):
@@ -340,3 +348,46 @@ def test_val_every_validates_and_exports_only_those_epochs_and_the_last(tmp_path
     redone = read_metrics(run_dir)['epochs']
     assert redone[2]['val']['iou'] == pytest.approx(records['epochs'][2]['val']['iou'],
                                                     abs=1e-6)
+
+
+def test_a_kill_at_an_epochs_commit_points_resumes_with_its_records_whole(tmp_path, monkeypatch):
+    """An epoch commits its export (when best), its checkpoint (which holds every record so
+    far) and metrics.json, in that order. Killed after the checkpoint, the resume rewrites the
+    records; killed after the export, it trains the epoch again to the same figures."""
+    def killed_at(target, name, epoch_of):
+        original = getattr(target, name)
+
+        def kill(*args, **kwargs):
+            if epoch_of(args) == 2:
+                raise KeyboardInterrupt  # as a SIGKILL would stop it, with no record written
+            return original(*args, **kwargs)
+        monkeypatch.setattr(target, name, kill)
+
+    killed_at(runs.RunMonitor, 'write_metrics', lambda args: len(args[0].records))
+    with pytest.raises(KeyboardInterrupt):
+        train_tiny_run(tmp_path / 'a', '--epochs', '2')
+    (run_a,) = (tmp_path / 'a' / 'runs').iterdir()
+    assert [r['epoch'] for r in read_metrics(run_a)['epochs']] == [1]
+    monkeypatch.undo()
+    main.run(['--resume', str(run_a)])  # nothing left to train: the records come back whole
+    assert 'resuming' in (run_a / 'train.log').read_text()
+    whole = read_metrics(run_a)
+    assert [r['epoch'] for r in whole['epochs']] == [1, 2]
+
+    killed_at(checkpoints, 'save', lambda args: args[3])
+    with pytest.raises(KeyboardInterrupt):
+        train_tiny_run(tmp_path / 'b', '--epochs', '2')
+    (run_b,) = (tmp_path / 'b' / 'runs').iterdir()
+    assert checkpoints.epochs(str(run_b / 'checkpoints')) == [1]
+    (run_b / '.model.x1y2.tmp').mkdir()  # what a kill during an export leaves
+    monkeypatch.undo()
+    main.run(['--resume', str(run_b)])
+    again = read_metrics(run_b)
+    assert [r['epoch'] for r in again['epochs']] == [1, 2]
+    for a, b in zip(whole['epochs'], again['epochs']):
+        assert b['train_loss'] == pytest.approx(a['train_loss'], abs=1e-6)
+        assert b.get('key_metric') == pytest.approx(a.get('key_metric'), abs=1e-6)
+    assert again['best_epoch'] == whole['best_epoch']
+    info = json.loads((run_b / 'model' / 'fcn.json').read_text())
+    assert info['epoch'] == again['best_epoch']
+    assert not [name for name in os.listdir(run_b) if name.endswith('.tmp')]

@@ -17,7 +17,7 @@ from roadseg import cli
 from roadseg.data import datasets
 from roadseg.errors import UserError
 from roadseg.model.ops import tf, tf1
-from roadseg.training import checkpoints
+from roadseg.training import checkpoints, loop
 from roadseg.training import config as options
 from tests.conftest import ROOT, make_kitti, save_tiny_vgg
 
@@ -43,6 +43,91 @@ def test_config_file_overlays_the_defaults_and_flags_override_it(tmp_path):
 def test_encoder_options_that_do_not_fit_are_one_line_errors(argv, message):
     with pytest.raises(UserError, match=message):
         options.parse_args(argv)
+
+
+@pytest.mark.parametrize('value, message', [
+    ([1, 2], r'small.json: a config file holds one JSON object of options.*not a list'),
+    ({'epochs': 2.5}, r'small.json: epochs is 2.5; --epochs takes a whole number'),
+    ({'epochs': True}, r'small.json: epochs is true; --epochs takes a whole number'),
+    ({'learning_rate': 'fast'}, r'learning_rate is "fast"; --learning-rate takes a number'),
+    ({'image_shape': 352}, r'image_shape is 352; --image-shape takes text'),
+    ({'encoder': 'resnet'}, r'encoder is "resnet"; --encoder takes one of vgg16, mobilenetv2'),
+])
+def test_config_values_of_a_wrong_type_or_choice_are_one_line_errors(tmp_path, value, message):
+    path = tmp_path / 'small.json'
+    path.write_text(json.dumps(value))
+    with pytest.raises(UserError, match=message):
+        options.parse_args(['--config', str(path)])
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--learning-rate', 'nan'], r'--learning-rate: nan must be a number above 0'),
+    (['--learning-rate', '-1'], r'--learning-rate: -1.0 must be a number above 0'),
+    (['--learning-rate', '0'], r'--learning-rate: 0.0 must be a number above 0'),
+    (['--weight-decay', '-0.1'], r'--weight-decay: -0.1 must be a number from 0 up'),
+    (['--keep-prob', '0'], r'--keep-prob: 0.0 must be above 0 and at most 1')])
+def test_rates_out_of_range_are_one_line_errors(argv, message):
+    with pytest.raises(UserError, match=message):
+        options.parse_args(argv)
+
+
+def test_a_loss_that_is_not_finite_stops_training_before_the_epoch_ends():
+    ends = []
+    with tf.Graph().as_default(), tf1.Session() as sess:
+        image, label = tf1.placeholder(tf.float32), tf1.placeholder(tf.float32)
+        keep_prob, rate = tf1.placeholder(tf.float32), tf1.placeholder(tf.float32)
+        losses = iter([0.5, float('nan')])
+        loss = tf1.py_func(lambda: np.float32(next(losses)), [], tf.float32)
+
+        def batches(batch_size):
+            for _ in range(3):
+                yield np.zeros((batch_size, 2, 2, 3)), np.zeros((batch_size, 2, 2, 2))
+        with pytest.raises(UserError, match=r'epoch 1, step 2: the training loss is nan; '
+                                            r'training diverged'):
+            loop.train(sess, 2, 1, batches, tf.no_op(), loss, image, label, keep_prob, rate,
+                       on_epoch_end=lambda *a: ends.append(a))
+    assert ends == []  # no checkpoint, validation or export after a diverged step
+
+
+def test_the_training_size_follows_the_data_set_unless_given(tmp_path):
+    assert options.parse_args([]).image_shape == (160, 576)  # KITTI
+    assert options.parse_args(['--dataset', 'camvid']).image_shape == (352, 480)
+    (tmp_path / 'images').mkdir()
+    iio.imwrite(tmp_path / 'images' / 'a.png', np.zeros((100, 200, 3), np.uint8))
+    args = options.parse_args(['--dataset', 'folder', '--data-dir', str(tmp_path)])
+    assert args.image_shape == (96, 192)
+    assert options.parse_args(['--dataset', 'camvid', '--image-shape', '64x64']).image_shape \
+        == (64, 64)
+
+
+@pytest.mark.parametrize('script', ['main.py', 'export.py', 'benchmark.py', 'evaluate.py',
+                                    'predict.py', 'plot.py'])
+def test_help_and_bad_options_answer_without_loading_tensorflow(tmp_path, script):
+    """Each command checks its options before TensorFlow loads (seconds): here TensorFlow is a
+    package that fails to import, so any import of it before the answer would show."""
+    (tmp_path / 'tensorflow').mkdir()
+    (tmp_path / 'tensorflow' / '__init__.py').write_text('raise ImportError("loaded")')
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    helped = subprocess.run([sys.executable, script, '--help'], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and 'usage:' in helped.stdout, helped.stderr
+    bad = subprocess.run([sys.executable, script, '--no-such-option'], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.startswith('error: ') and 'loaded' not in \
+        bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_resume_takes_only_more_epochs_and_a_moved_data_folder(tmp_path):
+    (tmp_path / 'config.json').write_text(json.dumps({'epochs': 3, 'batch_size': 2}))
+    args = options.options(['--resume', str(tmp_path), '--epochs', '5', '--data-dir=/x'])
+    assert (args.resume, args.epochs, args.batch_size, args.data_dir) == (str(tmp_path), 5, 2,
+                                                                          '/x')
+    assert options.options(['--resume', str(tmp_path)]).epochs == 3
+    with pytest.raises(UserError, match=r'takes only --epochs and --data-dir; --batch-size '
+                                        r'would change the run'):
+        options.options(['--resume', str(tmp_path), '--batch-size', '4'])
+    with pytest.raises(UserError, match=r'no config.json there; not a run folder'):
+        options.options(['--resume', str(tmp_path / 'nothing')])
 
 
 def test_an_older_runs_config_with_the_removed_options_at_no_op_values_still_reads(tmp_path):
@@ -224,6 +309,8 @@ def test_plot_draws_the_curves_of_runs_and_rejects_other_folders(tmp_path):
     assert plot.read_run(str(run))[0] == 'mobilenetv2-fcn4s EMA 0.9995 352x480 (run)'
     output = tmp_path / 'curve.png'
     plot.main([str(run), '--output', str(output), '--minutes', '--iou-min', '0.6'])
+    plot.main([str(run)])  # by default, into the run folder
+    assert iio.imread(run / 'curve.png').shape[:2] == (440, 1100)
     assert iio.imread(output).shape[:2] == (440, 1100)  # one legend row below
     with pytest.raises(UserError, match='not a run folder'):
         plot.read_run(str(tmp_path))

@@ -126,11 +126,13 @@ def load_class_file(path):
         with open(path) as f:
             spec = json.load(f)
         names = [c['name'] for c in spec['classes']]
-        colors = [tuple(int(v) for v in c['color']) for c in spec['classes']]
+        colors = [tuple(c['color']) for c in spec['classes']]
         encoding = spec.get('encoding', 'color')
         void = spec.get('void', {})
         if encoding not in ('color', 'index') or not names:
             raise ValueError('encoding must be "color" or "index", with at least one class')
+        check_classes(names, colors + ([void['color']] if 'color' in void else []),
+                      void.get('value'))
         return ClassSet(names, colors, encoding,
                         void_color=tuple(void['color']) if 'color' in void else None,
                         void_value=void.get('value'), source=path)
@@ -139,6 +141,24 @@ def load_class_file(path):
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f'{path}: cannot parse the class file ({type(e).__name__}: {e})') \
             from None
+
+
+def check_classes(names, colors, void_value):
+    """Raise ValueError unless the names are distinct text, every colour is three values from 0
+    to 255, and a void value is a label value (0..255) that no class has."""
+    if not all(isinstance(name, str) and name for name in names):
+        raise ValueError('every class needs a name')
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f'the class name {repeated[0]!r} is given twice')
+    for color in colors:
+        if len(color) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in color):
+            raise ValueError(f'colour {list(color)} is not three values from 0 to 255')
+    if void_value is not None and (isinstance(void_value, bool) or
+                                   not isinstance(void_value, int) or
+                                   not len(names) <= void_value <= 255):
+        raise ValueError(f'the void value {void_value!r} must be a label value from '
+                         f'{len(names)} to 255 (0..{len(names) - 1} are the classes)')
 
 
 def read_label_colors(path):

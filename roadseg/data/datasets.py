@@ -185,6 +185,9 @@ def folder(data_dir, **_):
 
 
 READERS = {'kitti': kitti, 'camvid': camvid, 'camvid32': camvid32, 'folder': folder}
+# The training size of each data set, multiples of 32: KITTI's 375x1242 frames at about half
+# (the FCN-8s seed project's), CamVid's 360x480 whole.
+IMAGE_SHAPES = {'kitti': (160, 576), 'camvid': (352, 480), 'camvid32': (352, 480)}
 DOWNLOADED = {'camvid'}  # readers that fetch their data set into a missing --data-dir
 
 
@@ -199,6 +202,18 @@ def open_dataset(name, data_dir, label='road', classes=None, remap=None):
     if remap:
         dataset.classes = dataset.classes.remapped(remap)
     return dataset
+
+
+def default_image_shape(name, data_dir):
+    """The training size when --image-shape is not given: the data set's (IMAGE_SHAPES), or for
+    a folder its first image's size rounded to multiples of 32."""
+    if name in IMAGE_SHAPES:
+        return IMAGE_SHAPES[name]
+    paths = sorted(p for p in glob.glob(os.path.join(data_dir, 'images', '*'))
+                   if p.lower().endswith(IMAGE_EXTENSIONS))
+    if not paths:
+        raise UserError(f'{os.path.join(data_dir, "images")}: no images found')
+    return tuple(max(32, round(n / 32) * 32) for n in read_rgb(paths[0]).shape[:2])
 
 
 def split_pairs(pairs, val_fraction, seed):

@@ -6,7 +6,7 @@ and work for unknown spatial sizes; L2 weight decay goes to REGULARIZATION_LOSSE
 """
 import numpy as np
 
-from roadseg.model import mobilenet, ops
+from roadseg.model import DECODERS, mobilenet, ops
 
 tf, tf1 = ops.tf, ops.tf1
 
@@ -84,7 +84,7 @@ def fcn(layer3, layer4, layer7, num_classes, weight_decay=1e-3, strides=VGG_STRI
 
 
 def fpn(features, num_classes, training, weight_decay=1e-3,
-        strides=mobilenet.DECODERS['fpn']):
+        strides=DECODERS['fpn']):
     """The 'fpn' decoder: the features merged top-down (`pyramid`), scored by a 1x1 convolution
     at the finest stride and upsampled from there to the input's size by a bilinear-initialised
     transposed convolution, as `fcn` ends.

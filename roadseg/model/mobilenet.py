@@ -13,7 +13,7 @@ shapes allow), batch normalisation and ReLU6, channel counts scaled by the width
   (`decoders.pyramid`), then scored and upsampled once.
 Images come in as RGB 0..255 and are scaled to -1..1 inside, as MobileNetV2 expects.
 """
-from roadseg.model import ops
+from roadseg.model import DECODERS, ops
 
 tf, tf1 = ops.tf, ops.tf1
 
@@ -26,9 +26,6 @@ WEIGHT_DECAY = 4e-5  # the paper's L2 on the encoder's kernels
 # initial statistics; from scratch, with a few thousand steps in all, its inference-mode model
 # was useless (road IoU 0.30 in the reference run) while 0.9 tracked the weights.
 BN_MOMENTUM = 0.9
-# Strides of the features each decoder takes, finest first: (finer..., layer3, layer4, layer7).
-DECODERS = {'fcn8s': (8, 16, 32), 'fcn4s': (4, 8, 16, 32), 'dilated': (4, 8, 8),
-            'fpn': (4, 8, 16, 32)}
 
 
 def make_divisible(value, divisor=8):

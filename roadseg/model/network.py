@@ -3,7 +3,7 @@
 import collections
 
 from roadseg.errors import UserError
-from roadseg.model import decoders, mobilenet, ops, vgg
+from roadseg.model import DECODERS, decoders, mobilenet, ops, vgg
 
 tf, tf1 = ops.tf, ops.tf1
 
@@ -45,7 +45,7 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
         image_input = tf1.placeholder(tf.float32, [*input_shape, 3], 'image_input')
         keep_prob = tf1.placeholder(tf.float32, [], 'keep_prob')
         if args.encoder == 'mobilenetv2':
-            strides, skip_scales = mobilenet.DECODERS[args.decoder], (1, 1)
+            strides, skip_scales = DECODERS[args.decoder], (1, 1)
 
             def encoder(training):
                 return mobilenet.build_encoder(image_input, training, args.alpha, args.decoder)

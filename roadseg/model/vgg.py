@@ -139,6 +139,7 @@ def save_vgg_saved_model(export_dir, keras_h5=None, blocks=BLOCKS, fc_width=FC_W
             builder = tf1.saved_model.Builder(tmp)
             builder.add_meta_graph_and_variables(sess, [TAG])
             builder.save()
+            files.write_manifest(tmp)
     return export_dir
 
 
@@ -152,9 +153,13 @@ def load_vgg(sess, vgg_path):
 
     :return: (image_input, keep_prob, layer3_out, layer4_out, layer7_out) tensors
     """
+    reason = files.manifest_problem(vgg_path) if os.path.isdir(vgg_path) else None
+    if reason:  # Udacity's vgg.zip has no manifest; the SavedModels written here have one
+        raise UserError(f'{vgg_path}: {reason}; the VGG16 SavedModel is damaged: write or '
+                        f'download it again')
     try:
         tf1.saved_model.loader.load(sess, [TAG], vgg_path)
-    except (OSError, RuntimeError, ValueError) as e:
+    except (OSError, RuntimeError, ValueError, tf1.errors.OpError) as e:
         raise UserError(f'{vgg_path}: cannot load a SavedModel tagged {TAG!r} '
                         f'({str(e).splitlines()[0]})') from None
     try:

@@ -1,16 +1,19 @@
 """main.py's options: configs/kitti_road.json, then what a --config file sets, then the flags;
 or, with --resume RUN_DIR, the options that run was started with."""
 import argparse
+import json
+import math
 import os
+import sys
 
 from roadseg import cli, files
 from roadseg.data import datasets, transforms
 from roadseg.errors import UserError
-from roadseg.model import mobilenet
+from roadseg.model import DECODERS
 
 DESCRIPTION = ('FCN road segmentation: train on KITTI Road, CamVid or a folder of images and '
                'masks, validate, checkpoint, and write the model and overlays to a run folder.')
-OPTIONAL = {'resume', 'classes', 'remap', 'train_crop'}  # options that may stay unset
+OPTIONAL = {'resume', 'classes', 'remap', 'train_crop', 'image_shape'}  # may stay unset
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), 'configs', 'kitti_road.json')
 # Options removed after they measured no gain (docs/experiments.md), at their no-op values:
@@ -37,6 +40,9 @@ def encoder_weights_arg(text):
 def load_config(path):
     """The option defaults from a JSON config file (a run's config.json works too)."""
     config = files.read_json(path, 'give a JSON file of options to --config')
+    if not isinstance(config, dict):
+        raise UserError(f'{path}: a config file holds one JSON object of options, '
+                        f'{{"option": value, ...}}, not a {type(config).__name__}')
     for derived in ('versions', 'class_weight_values'):
         config.pop(derived, None)
     for name, no_op in RETIRED.items():  # run folders written before these options went
@@ -63,7 +69,9 @@ def parse_args(argv=None):
     parser.add_argument('--weight-decay', type=float, help='L2 on the decoder weights '
                                                            '(default: %(default)s)')
     parser.add_argument('--image-shape', type=cli.image_shape_arg,
-                        help='training size HxW, multiples of 32 (default: %(default)s)')
+                        help="training size HxW, multiples of 32 (default: the data set's: "
+                             "KITTI 160x576, CamVid 352x480, a folder's first image rounded to "
+                             "multiples of 32)")
     parser.add_argument('--dataset', choices=sorted(datasets.READERS),
                         help='the data set layout in --data-dir (default: %(default)s)')
     parser.add_argument('--label', choices=('road', 'lane'), help='KITTI ground truth to train '
@@ -90,7 +98,7 @@ def parse_args(argv=None):
                              'labels (default: %(default)s)')
     parser.add_argument('--encoder', choices=('vgg16', 'mobilenetv2'),
                         help='the backbone (default: %(default)s)')
-    parser.add_argument('--decoder', choices=sorted(mobilenet.DECODERS),
+    parser.add_argument('--decoder', choices=sorted(DECODERS),
                         help="mobilenetv2's decoder: fcn8s, the FCN decoder on strides "
                              "8/16/32; fcn4s adds a stride-4 skip; dilated: stride-16/32 stages "
                              "dilated with skips at 8/4; fpn: strides 4-32 merged as features "
@@ -127,12 +135,15 @@ def parse_args(argv=None):
     unknown = sorted(set(config) - {a.dest for a in parser._actions})
     if unknown:
         raise UserError(f'{config_path}: unknown option {unknown[0]!r}')
+    check_config(parser, config, config_path)
     parser.set_defaults(**config)
     args = parser.parse_args(argv)
     missing = [a.dest for a in parser._actions
                if getattr(args, a.dest, 0) is None and a.dest not in OPTIONAL]
     if missing:
         raise UserError(f'{config_path}: no value for option {missing[0]!r}')
+    if args.image_shape is None:
+        args.image_shape = datasets.default_image_shape(args.dataset, args.data_dir)
     for flag in ('epochs', 'batch_size', 'val_every', 'tb_images_every'):
         if getattr(args, flag) < 1:
             parser.error(f'argument --{flag.replace("_", "-")}: must be at least 1')
@@ -143,6 +154,12 @@ def parse_args(argv=None):
     if crop and any(c > n for c, n in zip(crop, args.image_shape)):
         parser.error(f'argument --train-crop: {crop[0]}x{crop[1]} is larger than '
                      f'--image-shape {args.image_shape[0]}x{args.image_shape[1]}')
+    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
+        parser.error(f'argument --learning-rate: {args.learning_rate} must be a number above 0')
+    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
+        parser.error(f'argument --weight-decay: {args.weight_decay} must be a number from 0 up')
+    if not 0 < args.keep_prob <= 1:
+        parser.error(f'argument --keep-prob: {args.keep_prob} must be above 0 and at most 1')
     if not 0 <= args.ema_decay < 1:
         parser.error(f'argument --ema-decay: {args.ema_decay} must be in [0, 1)')
     if args.ema_decay and args.encoder_weights == 'udacity':
@@ -158,15 +175,49 @@ def parse_args(argv=None):
     return args
 
 
+def check_config(parser, config, path):
+    """Stop on a config value of the wrong type or outside its choices, naming the file: the
+    parser converts and checks only what comes from the command line."""
+    for action in parser._actions:
+        if action.dest not in config or action.dest == 'help':
+            continue
+        value, flag = config[action.dest], action.option_strings[-1]
+        if value is None:
+            continue  # an option left unset: reported below unless it may stay unset
+        if action.type in (int, float):
+            wanted = (int,) if action.type is int else (int, float)
+            if isinstance(value, bool) or not isinstance(value, wanted):
+                raise UserError(f'{path}: {action.dest} is {json.dumps(value)}; {flag} takes '
+                                f'{"a whole number" if action.type is int else "a number"}')
+        elif not isinstance(value, str):
+            raise UserError(f'{path}: {action.dest} is {json.dumps(value)}; {flag} takes text, '
+                            f'as on the command line')
+        if action.choices and value not in action.choices:
+            raise UserError(f'{path}: {action.dest} is {json.dumps(value)}; {flag} takes one of '
+                            f'{", ".join(map(str, action.choices))}')
+
+
+RESUME_FLAGS = ('--epochs', '--data-dir')  # what --resume may change: more epochs, moved data
+
+
 def options(argv=None):
-    """The options of a new run, or of the interrupted run that --resume names (its config.json,
-    with `resume` set)."""
+    """The options of a new run, or of the run that --resume names: its config.json, with
+    `resume` set and --epochs (to extend it) or --data-dir (data that moved) as given."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if not args.resume:
         return args
     path = os.path.join(args.resume, 'config.json')
     if not os.path.isfile(path):
         raise UserError(f'--resume {args.resume}: no config.json there; not a run folder')
-    resumed = parse_args(['--config', path])
+    given = [item for item in argv if item.startswith('--')]
+    refused = [item.split('=')[0] for item in given
+               if item.split('=')[0] not in RESUME_FLAGS + ('--resume',)]
+    if refused:
+        raise UserError(f'--resume {args.resume} takes only {" and ".join(RESUME_FLAGS)}; '
+                        f'{refused[0]} would change the run: start a new run for that')
+    kept = [item for index, item in enumerate(argv) if item.split('=')[0] in RESUME_FLAGS
+            or index and argv[index - 1] in RESUME_FLAGS]
+    resumed = parse_args(['--config', path] + kept)
     resumed.resume = args.resume
     return resumed

@@ -1,20 +1,23 @@
 """The training loop and the learning-rate schedule."""
+import math
 import time
 
 from tqdm import tqdm
 
+from roadseg.errors import UserError
+
 
 def train(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_loss, input_image,
-             correct_label, keep_prob, learning_rate, keep_prob_value=0.5,
-             learning_rate_value=1e-4, log=print, start_epoch=1, on_step=None,
-             on_epoch_end=None):
+          correct_label, keep_prob, learning_rate, keep_prob_value=0.5, learning_rate_value=1e-4,
+          log=print, start_epoch=1, on_step=None, on_epoch_end=None):
     """Train epochs `start_epoch`..`epochs`, showing a progress bar with the running loss and
     reporting each epoch's mean loss through `log`.
 
     `learning_rate_value` is a number or a function of the global step (0-based, counted from
     the start of epoch 1). `on_step(loss)` is called after every step and
     `on_epoch_end(epoch, mean_loss)` after every epoch (validation, checkpoints and summaries
-    hang there).
+    hang there). A loss that is not finite stops training with a UserError before the epoch
+    ends, so nothing computed from the diverged weights is checkpointed or exported.
     :return: the list of mean losses, one per epoch trained
     """
     batches = -(-len(get_batches_fn) // batch_size) if hasattr(get_batches_fn, '__len__') else None
@@ -30,6 +33,11 @@ def train(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_loss
                                    {input_image: images, correct_label: labels,
                                     keep_prob: keep_prob_value, learning_rate: rate(step)})
                 step += 1
+                if not math.isfinite(loss):
+                    raise UserError(
+                        f'epoch {epoch}, step {step}: the training loss is {loss}; training '
+                        f'diverged and stopped, keeping the checkpoints of the epochs before. '
+                        f'Lower --learning-rate and start again, or --resume the run')
                 total += loss * len(images)
                 seen += len(images)
                 bar.set_postfix(loss=f'{total / seen:.4f}')

@@ -14,6 +14,7 @@ from roadseg.data import datasets
 from roadseg.data.batches import BatchGenerator
 from roadseg.data.transforms import Augment
 from roadseg.errors import UserError
+from roadseg.model import vgg
 from roadseg.model.ops import tf, tf1
 from roadseg.training import checkpoints
 
@@ -47,6 +48,31 @@ def new_run_dir(runs_dir):
 # Data of a run
 # ----------------------------------------------------------------------------------------------
 
+def fetch_downloads(args):
+    """Download what the run needs and lacks (KITTI or CamVid, Udacity's VGG16) before anything
+    else; when that fails (offline), one error names every missing file, how to place it by
+    hand, and how to train without it."""
+    fetches = []
+    if args.dataset == 'kitti' and os.path.isdir(args.data_dir):
+        fetches.append(lambda: datasets.maybe_download_kitti(args.data_dir, datasets.KITTI_URL))
+    if args.dataset == 'camvid':
+        fetches.append(lambda: datasets.maybe_download_camvid(args.data_dir, datasets.CAMVID_URL))
+    if args.encoder_weights == 'udacity' and os.path.isdir(args.data_dir):
+        fetches.append(lambda: vgg.maybe_download_pretrained_vgg(args.data_dir, vgg.VGG_URL))
+    problems = []
+    for fetch in fetches:
+        try:
+            fetch()
+        except UserError as e:
+            problems.append(str(e))
+    if problems:
+        instead = ['--data-dir naming a copy of the data set you have']
+        if args.encoder_weights == 'udacity':
+            instead.insert(0, '--encoder-weights none to train VGG16 from scratch without vgg.zip')
+        raise UserError(f'{len(problems)} download(s) failed: ' + '. Also '.join(problems)
+                        + '. Or train without them: ' + '; '.join(instead))
+
+
 def data_split(args):
     """The data set and its (train pairs, validation pairs): the data set's own validation set,
     else a seeded split of its labelled images; read back from split.json when resuming."""
@@ -55,7 +81,11 @@ def data_split(args):
     if not args.resume:
         if dataset.val is not None:
             return dataset, dataset.train, dataset.val
-        return (dataset,) + datasets.split_pairs(dataset.train, args.val_fraction, args.seed)
+        train, val = datasets.split_pairs(dataset.train, args.val_fraction, args.seed)
+        if not train:
+            raise UserError(f'--val-fraction {args.val_fraction} holds out all {len(val)} '
+                            f'labelled images of {args.data_dir}; nothing is left to train on')
+        return dataset, train, val
     split = files.read_json(os.path.join(args.resume, 'split.json'), 'not a run folder?')
     by_name = {os.path.basename(image): (image, label)
                for image, label in dataset.train + (dataset.val or [])}
@@ -96,6 +126,7 @@ def calibration_images(args, train_pairs):
 def save_config(run_dir, args, weights):
     """Write every option and the library versions to run_dir/config.json."""
     config = {k: v for k, v in vars(args).items() if k not in ('config', 'resume')}
+    config['data_dir'] = os.path.abspath(args.data_dir)  # so the run resumes from anywhere
     for shape in ('image_shape', 'train_crop'):
         if config[shape]:
             config[shape] = '{}x{}'.format(*config[shape])
@@ -108,7 +139,11 @@ def save_config(run_dir, args, weights):
 
 def start_run(sess, saver, args, train_pairs, val_pairs, weights):
     """A new run folder with config.json and split.json, or the resumed run's state restored
-    from its newest sound checkpoint: (run folder, first epoch to train, earlier epoch records)."""
+    from its newest sound checkpoint: (run folder, first epoch to train, earlier epoch records).
+
+    The checkpoint is the commit point of an epoch: its manifest holds the records of every
+    epoch up to it, so a run killed between writing the checkpoint and metrics.json, or during
+    an export, resumes with its records whole; temporary folders a kill left are removed."""
     if not args.resume:
         run_dir = new_run_dir(args.runs_dir)
         save_config(run_dir, args, weights)
@@ -117,12 +152,18 @@ def start_run(sess, saver, args, train_pairs, val_pairs, weights):
                           'val': [os.path.basename(i) for i, _ in val_pairs]})
         return run_dir, 1, []
     run_dir = args.resume
+    checkpoint_dir = os.path.join(run_dir, 'checkpoints')
+    for folder in (run_dir, checkpoint_dir):
+        files.remove_temporaries(folder)
+    save_config(run_dir, args, weights)  # --epochs and --data-dir may have changed
     log = RunLog(os.path.join(run_dir, 'train.log'))
-    done = checkpoints.restore_latest(sess, saver, os.path.join(run_dir, 'checkpoints'), log)
+    done = checkpoints.restore_latest(sess, saver, checkpoint_dir, log)
     log(f'resuming {run_dir} after epoch {done}' if done else
         f'resuming {run_dir}: no usable checkpoint, starting from epoch 1')
-    path = os.path.join(run_dir, 'metrics.json')
-    records = files.read_json(path)['epochs'] if os.path.exists(path) else []
+    records = checkpoints.manifest(checkpoint_dir, done).get('records') if done else []
+    if records is None:  # a checkpoint written before its manifest held the records
+        path = os.path.join(run_dir, 'metrics.json')
+        records = files.read_json(path)['epochs'] if os.path.exists(path) else []
     return run_dir, done + 1, [r for r in records if r['epoch'] <= done]
 
 
@@ -148,7 +189,8 @@ def model_info(args, classes):
 
 def save_model(sess, export_dir, input_image, keep_prob, probabilities, info):
     """Save the network as a SavedModel (tag `serve`, signature `serving_default`: RGB 0..255
-    images at the training size in, per-pixel class probabilities out) with `info` as fcn.json."""
+    images at the training size in, per-pixel class probabilities out) with `info` as fcn.json
+    and a manifest.json of the files' sizes and digests, which loading checks."""
     signature = tf1.saved_model.predict_signature_def(
         inputs={'image': input_image, 'keep_prob': keep_prob},
         outputs={'probabilities': probabilities})
@@ -159,6 +201,7 @@ def save_model(sess, export_dir, input_image, keep_prob, probabilities, info):
             signature_def_map={'serving_default': signature})
         builder.save()
         files.write_json(os.path.join(tmp, inference.MODEL_INFO), info)
+        files.write_manifest(tmp)
 
 
 def write_overlays(model, image_paths, output_dir, colors):
@@ -231,6 +274,8 @@ class RunMonitor:
         self.writer.add_summary(tf1.Summary(value=values), epoch)
 
     def epoch_end(self, epoch, mean_loss):
+        """Validate (every --val-every epochs), export a new best model, then commit the epoch:
+        its checkpoint, whose manifest holds every record so far, then metrics.json."""
         now = time.time()
         record = {'epoch': epoch, 'train_loss': mean_loss, 'seconds': now - self.clock}
         self.clock = now
@@ -247,25 +292,39 @@ class RunMonitor:
                           'val/average_precision': kitti.get('average_precision')}, epoch)
             if epoch % self.args.tb_images_every == 0 or epoch == self.args.epochs:
                 self.overlays(epoch)
-        keep = {self.best['epoch']} if self.best else set()
-        checkpoints.save(self.sess, self.saver, os.path.join(self.run_dir, 'checkpoints'),
-                         epoch, keep)
         if validated and (self.best is None or record['key_metric'] > self.best['key_metric']):
             self.best = record
             self.export(epoch, record['key_metric'])
             self.log(f'epoch {epoch}: new best validation IoU {record["key_metric"]:.4f}, '
                      f'model exported to {os.path.join(self.run_dir, "model")}')
         self.records.append(record)
-        files.write_json(os.path.join(self.run_dir, 'metrics.json'),
-                         {'epochs': self.records, 'best_epoch': self.best and self.best['epoch']})
+        checkpoints.save(self.sess, self.saver, os.path.join(self.run_dir, 'checkpoints'),
+                         epoch, {self.best['epoch']} if self.best else set(),
+                         extra={'records': self.records})
+        self.write_metrics()
         self.writer.flush()
 
-    def restore_best(self):
-        """Put the exported (best) model's weights back in the session, for the overlays; with
-        no validation, export the last epoch's."""
-        if self.best:
-            best = checkpoints.folder_for(os.path.join(self.run_dir, 'checkpoints'),
-                                          self.best['epoch'])
-            self.saver.restore(self.sess, os.path.join(best, checkpoints.PREFIX))
-        else:
-            self.export(self.args.epochs)
+    def write_metrics(self):
+        files.write_json(os.path.join(self.run_dir, 'metrics.json'),
+                         {'epochs': self.records, 'best_epoch': self.best and self.best['epoch']})
+
+    def finish(self):
+        """Make model/ hold the best validated epoch (without validation, the last), which it
+        may not after a kill between an export and its epoch's checkpoint: re-exported from
+        that epoch's checkpoint, checked against its manifest first."""
+        self.write_metrics()
+        info = os.path.join(self.run_dir, 'model', inference.MODEL_INFO)
+        exported = files.read_json(info).get('epoch') if os.path.isfile(info) else None
+        if not self.best:
+            if exported != self.args.epochs:
+                self.export(self.args.epochs)
+            return
+        if exported == self.best['epoch']:
+            return
+        reason = checkpoints.restore(self.sess, self.saver,
+                                     os.path.join(self.run_dir, 'checkpoints'),
+                                     self.best['epoch'])
+        if reason:
+            raise UserError(f'{self.run_dir}: the best epoch\'s checkpoint is unusable ({reason})'
+                            f' and model/ holds epoch {exported}; train a new run')
+        self.export(self.best['epoch'], self.best['key_metric'])
