@@ -123,6 +123,8 @@ def run(argv=None):
                  epoch_end)
         monitor.finish()
     colors = inference.overlay_colors(classes.colors)
+    if dataset.test_note:
+        print(dataset.test_note)
     with inference.load_model(run_dir) as exported:  # the overlays show the model shipped
         for message in runs.write_overlays(exported, dataset.test_images, run_dir, colors):
             print(f'skipped {message}', file=sys.stderr)

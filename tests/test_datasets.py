@@ -259,6 +259,10 @@ def test_samples_fall_back_to_training_images(tmp_path, capsys):
     assert [os.path.basename(p) for p in paths] == ['um_000000.png', 'um_000001.png',
                                                     'um_000002.png']
     assert 'testing has no images' in capsys.readouterr().out
+    # Opening the data set (evaluate.py, export.py) keeps the note for when overlays are written
+    dataset = datasets.open_dataset('kitti', str(tmp_path))
+    assert dataset.test_images == paths and 'testing has no images' in dataset.test_note
+    assert capsys.readouterr().out == ''
 
 
 def test_download_kitti(tmp_path):

@@ -36,6 +36,7 @@ class Dataset:
     train: list
     val: list = None
     test_images: list = field(default_factory=list)
+    test_note: str = None  # said when overlays are written: what test_images stand in for
 
     def read_label(self, path):
         """A label file as a uint8 class map, VOID for void."""
@@ -96,16 +97,25 @@ def kitti_pairs(data_folder, label='road'):
     return [(images[stem], labels[stem]) for stem in sorted(labels)]
 
 
-def kitti_test_images(data_dir):
-    """The images to write overlays for: KITTI's testing set, else its training set (said so)."""
+def kitti_overlay_images(data_dir):
+    """(the images to write overlays for, a note when they are not KITTI's testing set): its
+    testing set, else its training set."""
     for split in ('testing', 'training'):
         paths = sorted(glob.glob(os.path.join(data_dir, 'data_road', split, 'image_2', '*.png')))
         if paths:
-            if split == 'training':
-                print(f'{data_dir}/data_road/testing has no images: writing overlays for the '
-                      f'training images instead')
-            return paths
+            return paths, None if split == 'testing' else (
+                f'{data_dir}/data_road/testing has no images: writing overlays for the '
+                f'training images instead')
     raise UserError(f'{data_dir}/data_road: no testing or training images to run inference on')
+
+
+def kitti_test_images(data_dir):
+    """The images to write overlays for (kitti_overlay_images), saying so when they are the
+    training set."""
+    paths, note = kitti_overlay_images(data_dir)
+    if note:
+        print(note)
+    return paths
 
 
 def pair_by_stem(image_dir, label_dir, label_stem=lambda stem: stem):
@@ -142,8 +152,9 @@ def kitti(data_dir, label='road'):
     Its overlays are made for testing/image_2."""
     maybe_download_kitti(data_dir)
     pairs = kitti_pairs(os.path.join(data_dir, 'data_road', 'training'), label)
-    return Dataset('kitti', class_files.builtin('kitti_road'), pairs,
-                   test_images=kitti_test_images(data_dir))
+    test_images, note = kitti_overlay_images(data_dir)  # said only when overlays are written
+    return Dataset('kitti', class_files.builtin('kitti_road'), pairs, test_images=test_images,
+                   test_note=note)
 
 
 def camvid(data_dir, **_):
