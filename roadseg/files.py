@@ -79,13 +79,18 @@ def sha256_of(path):
     return digest.hexdigest()
 
 
+def _files_below(folder):
+    """The paths, relative to `folder`, of every file below it but its own manifest."""
+    return sorted(os.path.relpath(os.path.join(root, name), folder)
+                  for root, _, found in os.walk(folder) for name in found
+                  if name != MANIFEST or root != folder)
+
+
 def write_manifest(folder, names=None, **extra):
     """Write `folder/manifest.json`: the size and SHA-256 of each file in `names` (paths
     relative to `folder`; by default every file below it), and the `extra` keys."""
     if names is None:
-        names = sorted(os.path.relpath(os.path.join(root, name), folder)
-                       for root, _, found in os.walk(folder) for name in found
-                       if name != MANIFEST or root != folder)
+        names = _files_below(folder)
     listed = {name: {'bytes': os.path.getsize(os.path.join(folder, name)),
                      'sha256': sha256_of(os.path.join(folder, name))} for name in names}
     write_json(os.path.join(folder, MANIFEST), {**extra, 'files': listed})
@@ -103,9 +108,7 @@ def manifest_problem(folder, names=None, complete=False):
     except (UserError, KeyError, TypeError) as e:
         return f'unreadable manifest ({e})'
     if complete:
-        present = sorted(os.path.relpath(os.path.join(root, name), folder)
-                         for root, _, found in os.walk(folder) for name in found
-                         if name != MANIFEST or root != folder)
+        present = _files_below(folder)
         if present != sorted(listed):
             return f'files {present} differ from the manifest\'s {sorted(listed)}'
     for name in sorted(listed) if names is None else names:

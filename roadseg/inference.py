@@ -117,8 +117,9 @@ def _load(path):
     if loader is None:
         raise UserError(f'--model {path}: not a model; expected a run folder, a '
                         f'SavedModel folder, a frozen graph (.pb) or a TFLite file (.tflite)')
-    _verify(path, os.path.dirname(path) or '.', os.path.basename(path))
-    return loader(path, read_info(os.path.dirname(path) or '.', path))
+    folder = os.path.dirname(path) or '.'
+    _verify(path, folder, os.path.basename(path))
+    return loader(path, read_info(folder, path))
 
 
 def _verify(path, folder, name=None):

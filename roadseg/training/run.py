@@ -264,7 +264,7 @@ class RunMonitor:
         values = []
         for name, image, _ in self.val_samples[:count]:
             small = images.resize_image(image, self.args.image_shape)
-            classes = self.model(small[None])[0].argmax(-1)
+            classes = inference.classes_of(self.model(small[None])[0])
             drawn = inference.overlay(small, classes,
                                       inference.overlay_colors(self.classes.colors))
             png = iio.imwrite('<bytes>', drawn, extension='.png')
