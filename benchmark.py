@@ -17,6 +17,14 @@ DIR, predict.py then segments a video made of those images with the fastest form
 and encoding included:
 
     python benchmark.py --deploy RUN_DIR --video-frames IMAGE_DIR --json d.json
+
+With --serve MODEL[,MODEL...] it load-tests serve.py on loopback instead (roadseg.bench_serve):
+1, 4 and 16 concurrent clients each posting --requests KITTI-sized JPEGs (of --serve-images, or
+synthetic), against predict.py on the same files; throughput, p50/p99 latency, mean batch size,
+errors and the server's peak memory:
+
+    python benchmark.py --serve RUN_DIR/export/model_int8.tflite,RUN_DIR/export/savedmodel \
+        --serve-images IMAGE_DIR --json s.json
 """
 import os
 import platform
@@ -61,6 +69,19 @@ def parse_args(argv=None):
     parser.add_argument('--video-frames', metavar='IMAGE_DIR',
                         help='with --deploy: segment a video of these images (looped to 100 '
                              'frames) with the fastest format at the first --deploy-shapes size')
+    parser.add_argument('--serve', metavar='MODEL[,MODEL...]',
+                        help='load-test serve.py with each of these models instead')
+    parser.add_argument('--serve-images', metavar='IMAGE_DIR',
+                        help='with --serve: images to send, resized to 1242x375 JPEGs '
+                             '(default: synthetic scenes)')
+    parser.add_argument('--clients', default='1,4,16',
+                        help='with --serve: comma-separated numbers of concurrent clients '
+                             '(default: %(default)s)')
+    parser.add_argument('--requests', type=int, default=200,
+                        help='with --serve: requests per client (default: %(default)s)')
+    parser.add_argument('--serve-seconds', type=float, default=300,
+                        help='with --serve: most seconds per load level; clients stop sending '
+                             'after it (default: %(default)s)')
     args = parser.parse_args(argv)
     args.encoders = [e.strip() for e in args.encoders.split(',') if e.strip()]
     unknown = sorted(set(args.encoders) - {'vgg16', 'mobilenetv2'})
@@ -72,6 +93,19 @@ def parse_args(argv=None):
         raise UserError(f'--deploy {args.deploy}: no such run folder')
     if args.video_frames is not None and not os.path.isdir(args.video_frames):
         raise UserError(f'--video-frames {args.video_frames}: folder not found')
+    try:
+        args.clients = [int(n) for n in args.clients.split(',')]
+    except ValueError:
+        raise UserError(f'--clients {args.clients}: comma-separated numbers, e.g. 1,4,16') \
+            from None
+    args.serve = args.serve.split(',') if args.serve else []
+    missing = [model for model in args.serve if not os.path.exists(model)]
+    if missing:
+        raise UserError(f'--serve {missing[0]}: no such model')
+    if args.serve_images is not None and not os.path.isdir(args.serve_images):
+        raise UserError(f'--serve-images {args.serve_images}: folder not found')
+    if min(args.clients) < 1 or args.requests < 1 or args.serve_seconds <= 0:
+        raise UserError('--clients, --requests and --serve-seconds must be positive')
     if args.batch_size < 1 or args.repeats < 1:
         raise UserError('--batch-size and --repeats must be at least 1')
     if args.peer_dir is not None and not os.path.isdir(args.peer_dir):
@@ -85,6 +119,17 @@ def main(argv=None):
     """Measure each encoder at each size, numpy and the peers, or (--deploy) a trained model's
     deployment formats; print the table, optionally write JSON."""
     args = parse_args(argv)
+    if args.serve:  # no TensorFlow in this process: the servers load the models
+        from roadseg import bench_serve
+        results = {'python': platform.python_version(), 'cpus': os.cpu_count(),
+                   'requests_per_client': args.requests,
+                   'serve': bench_serve.run(args.serve, args.serve_images, args.clients,
+                                            args.requests, args.serve_seconds)}
+        bench_serve.print_serve_table(results['serve'])
+        if args.json:
+            files.write_json(args.json, results)
+            print(f'wrote {args.json}')
+        return results
     from roadseg import bench  # loads TensorFlow (seconds): only once the options are sound
     results = {'batch_size': args.batch_size, 'repeats': args.repeats,
                'tensorflow': bench.tf.__version__, 'numpy': np.__version__,

@@ -7,7 +7,7 @@ when complete:
 
 | format | file | what it is |
 | --- | --- | --- |
-| savedmodel | savedmodel/ | TensorFlow Serving: `serving_default` takes uint8 RGB images of any size, returns `probabilities` and the uint8 class map `classes` at that size |
+| savedmodel | savedmodel/1/ | TensorFlow Serving (the version folder its server loads): `serving_default` takes uint8 RGB images of any size, returns `probabilities` and the uint8 class map `classes` at that size |
 | frozen | model.pb | GraphDef, variables folded to constants, dropout removed: `image` (float32 RGB 0..255 at the training size) in, `probabilities` out |
 | tflite32, tflite16 | model_float32.tflite, model_float16.tflite | TFLite, float32 or float16 weights, one image at a time; transposed convolutions rewritten as sub-pixel convolutions (same results), which XNNPACK runs quantised too |
 | int8 | model_int8.tflite | full-integer TFLite calibrated on training images: uint8 image in, uint8 probabilities (scale 1/256) out |

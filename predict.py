@@ -13,7 +13,6 @@ frames are named `<stem>_<frame number>`. Unreadable inputs are skipped and list
 --model takes a run folder, a SavedModel, a frozen graph (.pb) or a TFLite model (.tflite):
 see roadseg.inference. A TFLite model runs without importing TensorFlow.
 """
-import argparse
 import os
 import sys
 import time
@@ -22,20 +21,6 @@ from tqdm import tqdm
 
 from roadseg import cli, inference, media
 from roadseg.errors import PartlyFailed, UserError
-
-
-def crop_arg(text):
-    """Parse TOP,BOTTOM: the rows the model sees, as a Python slice (a negative BOTTOM counts
-    from the bottom edge, e.g. 120,-40)."""
-    try:
-        top, bottom = (int(v) for v in text.split(','))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'{text!r} is not TOP,BOTTOM, e.g. 120,-40') \
-            from None
-    if top < 0 or 0 <= bottom <= top:
-        raise argparse.ArgumentTypeError(
-            f'{text!r}: TOP must be 0 or more and BOTTOM below it (or negative: from the bottom)')
-    return top, bottom
 
 
 def parse_args(argv=None):
@@ -51,7 +36,7 @@ def parse_args(argv=None):
                        ('video', '<stem>_overlay.mp4 for each video, at its frame rate'),
                        ('gif', '<stem>_overlay.gif for each video')):
         parser.add_argument('--' + flag, action='store_true', help=what)
-    parser.add_argument('--crop', type=crop_arg, metavar='TOP,BOTTOM',
+    parser.add_argument('--crop', type=cli.crop_arg, metavar='TOP,BOTTOM',
                         help='segment only these rows (e.g. 120,-40: without the sky and the '
                              'bonnet); the rest counts as not road')
     parser.add_argument('--threshold', type=float,

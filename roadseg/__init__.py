@@ -12,5 +12,6 @@ Modules by role, each importing only those listed before it:
     training/                   options, loss, training loop, checkpoints, the run folder
     media                       predict.py's image and video inputs and outputs
     export                      frozen graph, serving SavedModel and TFLite exports, checked
-    bench                       benchmark.py's measurements
+    serving                     serve.py's HTTP app: TensorFlow Serving's API, the page, batching
+    bench, bench_serve          benchmark.py's measurements, and its load test of serve.py
 """

@@ -1,5 +1,6 @@
 """What every command-line script shares: an argument parser that reports a bad flag as one
-line, the guard that turns errors into one line and an exit status, and the size arguments."""
+line, the guard that turns errors into one line and an exit status, and the size and crop
+arguments."""
 import argparse
 import sys
 
@@ -55,3 +56,17 @@ def shapes_arg(text, flag):
         return [image_shape_arg(s.strip()) for s in text.split(',')]
     except argparse.ArgumentTypeError as e:
         raise UserError(f'{flag} {e}') from None
+
+
+def crop_arg(text):
+    """Parse TOP,BOTTOM: the rows the model sees, as a Python slice (a negative BOTTOM counts
+    from the bottom edge, e.g. 120,-40)."""
+    try:
+        top, bottom = (int(v) for v in text.split(','))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not TOP,BOTTOM, e.g. 120,-40') \
+            from None
+    if top < 0 or 0 <= bottom <= top:
+        raise argparse.ArgumentTypeError(
+            f'{text!r}: TOP must be 0 or more and BOTTOM below it (or negative: from the bottom)')
+    return top, bottom

@@ -26,6 +26,7 @@ FILES = inference.EXPORT_FILES
 # moves probabilities by many 1/256 steps near class boundaries, so only the IoU is bounded
 TOLERANCES = {'savedmodel': (1e-4, 1e-3), 'frozen': (1e-4, 1e-3), 'tflite32': (1e-3, 1e-3),
               'tflite16': (2e-2, 5e-3), 'int8': (None, 2e-2)}
+SERVING_VERSION = '1'  # the serving SavedModel's version folder, as TensorFlow Serving expects
 RANDOM_OPS = ('RandomUniform', 'RandomStandardNormal', 'TruncatedNormal')
 
 
@@ -185,7 +186,9 @@ def subpixel_upsampling(graph_def):
 def write_serving_model(path, graph_def, info):
     """A SavedModel for TensorFlow Serving around the frozen graph: uint8 RGB images of any size
     in, resized to the training size (bilinear, antialiased like PIL's, as inference resizes),
-    probabilities resized back to the input's size, and their argmax as uint8 `classes`."""
+    probabilities resized back to the input's size, and their argmax as uint8 `classes`.
+    `path` is the model's base path: the SavedModel goes into its version folder `1/`, the
+    layout TensorFlow Serving's server loads (--model_base_path=path)."""
     with tf.Graph().as_default(), tf1.Session() as sess:
         image = tf1.placeholder(tf.uint8, [None, None, None, 3], 'image')
         small = tf.image.resize(tf.cast(image, tf.float32), info['image_shape'], antialias=True)
@@ -197,13 +200,14 @@ def write_serving_model(path, graph_def, info):
         signature = tf1.saved_model.predict_signature_def(
             inputs={'image': image}, outputs={'probabilities': probabilities, 'classes': classes})
         with files.atomic_path(path) as tmp:
-            builder = tf1.saved_model.Builder(tmp)
+            version = os.path.join(tmp, SERVING_VERSION)
+            builder = tf1.saved_model.Builder(version)
             builder.add_meta_graph_and_variables(
                 sess, [tf1.saved_model.tag_constants.SERVING],
                 signature_def_map={'serving_default': signature}, strip_default_attrs=True)
             builder.save()
-            files.write_json(os.path.join(tmp, inference.MODEL_INFO), info)
-            files.write_manifest(tmp)
+            files.write_json(os.path.join(version, inference.MODEL_INFO), info)
+            files.write_manifest(version)
 
 
 def tflite_model(graph_def, info, fmt, calibration=()):
@@ -295,8 +299,8 @@ class Compared:
         self.image_shape, self.num_classes = export.image_shape, export.num_classes
         self.max_difference, self.agreeing, self.pixels = 0.0, 0, 0
 
-    def __call__(self, batch):
-        ours, theirs = self.export(batch), self.original(batch)
+    def __call__(self, batch, flip=None):
+        ours, theirs = self.export(batch, flip), self.original(batch, flip)
         self.max_difference = max(self.max_difference, float(np.abs(ours - theirs).max()))
         self.agreeing += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
         self.pixels += theirs[..., 0].size

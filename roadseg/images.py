@@ -1,6 +1,9 @@
 """Reading images and labels (any unreadable file is one UserError naming it) and resizing
 them: images and probabilities bilinearly, class maps by nearest neighbour so classes never
 blend."""
+import io
+
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -28,6 +31,49 @@ def read_rgb(path):
                                                                                image.mode)
         raise UserError(f'{path}: {kind} image, expected 8-bit RGB; convert it to RGB')
     return np.asarray(image)
+
+
+class TooLarge(UserError):
+    """An image with more pixels than the reader allows."""
+
+
+def decode_rgb(data, name, max_pixels=None):
+    """Image file bytes (JPEG, PNG, ...) as uint8 RGB HxWx3: grayscale and palette images are
+    expanded, an alpha channel dropped (what a person drops into a page). The size is checked
+    against `max_pixels` before the pixels are decoded (TooLarge); anything else that is not an
+    8-bit image is a UserError naming `name`."""
+    if not data:
+        raise UserError(f'{name}: empty; send the bytes of a JPEG or PNG image')
+    try:
+        image = Image.open(io.BytesIO(data))
+        if max_pixels and image.width * image.height > max_pixels:
+            raise TooLarge(f'{name}: {image.width}x{image.height} is over the limit of '
+                           f'{max_pixels} pixels; send a smaller image')
+        if image.mode not in ('RGB', 'RGBA', 'L', 'LA', 'P', '1'):
+            raise UserError(f'{name}: {image.mode} image, expected 8-bit RGB or grayscale')
+        return np.asarray(image.convert('RGB'))
+    except UserError:
+        raise
+    except Image.DecompressionBombError:  # PIL's own limit, far above any sane max_pixels
+        raise TooLarge(f'{name}: over the limit of {max_pixels} pixels; send a smaller '
+                       f'image') from None
+    except Image.UnidentifiedImageError:
+        raise UserError(f'{name}: not an image (neither JPEG, PNG nor another format Pillow '
+                        f'reads)') from None
+    except Exception as e:  # PIL raises many types for damaged images
+        raise UserError(f'{name}: cannot decode the image ({str(e).splitlines()[0]})') \
+            from None
+
+
+def encode_png(pixels):
+    """An image array (HxW or HxWx3 RGB, uint8) as PNG bytes, compressed fast (OpenCV's level
+    1: a KITTI frame in milliseconds, where level 6 costs tens)."""
+    if pixels.ndim == 3:
+        pixels = np.ascontiguousarray(pixels[..., ::-1])  # OpenCV writes BGR
+    ok, data = cv2.imencode('.png', pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise ValueError('OpenCV could not encode the PNG')
+    return data.tobytes()
 
 
 def read_label_image(path, rgb):

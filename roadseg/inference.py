@@ -53,13 +53,15 @@ class Model:
         self.flip = False
         self._run, self._close = run, close
 
-    def __call__(self, images):
+    def __call__(self, images, flip=None):
+        """Probabilities for `images`; `flip` (default: the model's own setting) averages them
+        with the mirrored images' for this call."""
         images = np.asarray(images)
         if images.ndim != 4 or images.shape[1:] != (*self.image_shape, 3):
             raise ValueError(f'{self.path} takes images [N, {self.image_shape[0]}, '
                              f'{self.image_shape[1]}, 3], not {list(images.shape)}')
         probabilities = self._run(images)
-        if self.flip:
+        if self.flip if flip is None else flip:
             mirrored = self._run(np.ascontiguousarray(images[:, :, ::-1]))
             probabilities = (probabilities + mirrored[:, :, ::-1]) / 2
         return probabilities
@@ -75,10 +77,15 @@ class Model:
 
 
 def model_folder(path):
-    """The SavedModel folder of a run folder (its model/) or of a SavedModel path itself."""
+    """The SavedModel folder of a run folder (its model/), of a SavedModel path itself, or of
+    TensorFlow Serving's model base path (its highest numbered version, as export.py writes)."""
     for folder in (os.path.join(path, 'model'), path):
         if os.path.isfile(os.path.join(folder, 'saved_model.pb')):
             return folder
+    versions = [int(name) for name in os.listdir(path) if name.isdigit() and os.path.isfile(
+        os.path.join(path, name, 'saved_model.pb'))] if os.path.isdir(path) else []
+    if versions:
+        return os.path.join(path, str(max(versions)))
     raise UserError(f'--model {path}: neither a run folder with model/ nor a SavedModel')
 
 
@@ -272,23 +279,34 @@ def _dequantize(values, details):
 # Segmentation and drawing
 # ----------------------------------------------------------------------------------------------
 
-def segment(model, images, rows=None):
+def segment(model, images, rows=None, flip=None):
     """Class probabilities [height, width, classes] at each image's own size. The model sees
     each image (or only its `rows`, (top, bottom) per image) resized to its training size;
-    rows outside are class 0 (probability 0 for every other class)."""
+    rows outside are class 0 (probability 0 for every other class). `flip` as in Model."""
     rows = rows or [(0, image.shape[0]) for image in images]
-    batch = np.stack([resize_image(image[top:bottom], model.image_shape)
-                      for image, (top, bottom) in zip(images, rows)])
-    results = []
-    for image, (top, bottom), probabilities in zip(images, rows, model(batch)):
-        if (top, bottom) == (0, image.shape[0]):
-            results.append(resize_probabilities(probabilities, image.shape[:2]))
-            continue
-        full = np.zeros(image.shape[:2] + (model.num_classes,), np.float32)
-        full[..., 0] = 1
-        full[top:bottom] = resize_probabilities(probabilities, (bottom - top, image.shape[1]))
-        results.append(full)
-    return results
+    batch = np.stack([model_input(image, span, model.image_shape)
+                      for image, span in zip(images, rows)])
+    return [full_size(probabilities, image.shape[:2], span)
+            for image, span, probabilities in zip(images, rows, model(batch, flip))]
+
+
+def model_input(image, rows, shape):
+    """What the model sees of `image`: its `rows` (top, bottom) resized to the training
+    `shape`."""
+    top, bottom = rows
+    return resize_image(image[top:bottom], shape)
+
+
+def full_size(probabilities, size, rows):
+    """The model's `probabilities` for the `rows` (top, bottom) of an image of `size`
+    (height, width), resized back to those rows; rows outside are class 0."""
+    top, bottom = rows
+    if (top, bottom) == (0, size[0]):
+        return resize_probabilities(probabilities, size)
+    full = np.zeros((*size, probabilities.shape[-1]), np.float32)
+    full[..., 0] = 1
+    full[top:bottom] = resize_probabilities(probabilities, (bottom - top, size[1]))
+    return full
 
 
 def classes_of(probabilities, threshold=None):

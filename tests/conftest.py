@@ -18,13 +18,18 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+import main
+from roadseg.data.batches import one_hot
 from roadseg.model import vgg
 from roadseg.model.ops import tf, tf1
+from roadseg.training import run as runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project's top level
 SHARED_DATA = os.path.join(ROOT, '..', 'shared', 'data')  # this repository's real data, if any
 TINY_BLOCKS = ((4, 4), (4, 4), (6, 6, 6), (8, 8, 8), (8, 8, 8))  # VGG16's 13 convolutions
 TINY_FC = 16
+SHAPE = (32, 64)  # the training size of the tiny deployable model (save_tiny_model)
+NAMES, COLORS = ['not road', 'road', 'sky'], [[255, 0, 0], [255, 0, 255], [0, 0, 255]]
 ROAD, NOT_ROAD, VOID = (255, 0, 255), (255, 0, 0), (0, 0, 0)  # KITTI's ground-truth colours
 
 
@@ -103,6 +108,59 @@ def write_keras_h5(path, blocks=TINY_BLOCKS, fc=TINY_FC, top=True, seed=0):
 # ----------------------------------------------------------------------------------------------
 # Synthetic KITTI data
 # ----------------------------------------------------------------------------------------------
+
+# ----------------------------------------------------------------------------------------------
+# A tiny trained model, as main.py saves it (predict, export, serve)
+# ----------------------------------------------------------------------------------------------
+
+def road_scene(rng, height, width):
+    """A road-coded image with a random road boundary (a horizon row, or a vertical edge with
+    road on a random side) and its class map."""
+    if rng.random() < 0.5:
+        road = np.arange(height)[:, None] >= rng.integers(height // 4, 3 * height // 4)
+    else:
+        road = np.arange(width)[None] < rng.integers(width // 4, 3 * width // 4)
+        road = road if rng.random() < 0.5 else ~road
+    road = np.broadcast_to(road, (height, width))
+    image = rng.normal(100, 15, (height, width, 3))
+    image[..., 0] = np.where(road, 250, 10) + rng.normal(0, 15, (height, width))
+    return np.clip(image, 0, 255).astype(np.uint8), road.astype(np.uint8)
+
+
+def save_tiny_model(path, num_classes=2, steps=0, seed=0):
+    """runs.save_model of the tiny FCN at SHAPE after `steps` Adam steps on road scenes."""
+    with tf.Graph().as_default(), tf1.Session() as sess:
+        tf1.set_random_seed(seed)
+        image = tf1.placeholder(tf.float32, [None, None, None, 3], 'image_input')
+        keep_prob = tf1.placeholder(tf.float32, [], 'keep_prob')
+        last = main.layers(*vgg.build_encoder(image, keep_prob, TINY_BLOCKS,
+                                              TINY_FC), num_classes)
+        label = tf1.placeholder(tf.float32, [None, None, None, num_classes])
+        logits, train_op, _ = main.optimize(last, label, 1e-2, num_classes)
+        probabilities = tf.reshape(tf.nn.softmax(logits), tf.shape(last))
+        sess.run(tf1.global_variables_initializer())
+        rng = np.random.default_rng(seed)
+        for _ in range(steps):
+            images, classes = zip(*(road_scene(rng, *SHAPE) for _ in range(4)))
+            sess.run(train_op, {image: np.stack(images), keep_prob: 1.0,
+                                label: one_hot(np.stack(classes), num_classes)})
+        runs.save_model(sess, path, image, keep_prob, probabilities, {
+            'image_shape': list(SHAPE), 'num_classes': num_classes,
+            'class_names': NAMES[:num_classes], 'class_colors': COLORS[:num_classes],
+            'dataset': 'kitti', 'label': 'road', 'classes': None, 'remap': None, 'epoch': 1,
+            'val_iou': None, 'encoder': 'a key predict.py does not know'})
+    return path
+
+
+@pytest.fixture(scope='module')
+def inputs(tmp_path_factory):
+    """A KITTI-named PNG of 45x77 and a JPEG of 50x90 in a folder."""
+    folder = tmp_path_factory.mktemp('inputs')
+    rng = np.random.default_rng(1)
+    iio.imwrite(folder / 'um_000007.png', road_scene(rng, 45, 77)[0])
+    iio.imwrite(folder / 'street.jpg', road_scene(rng, 50, 90)[0], quality=95)
+    return folder
+
 
 def label_rgb(height, width, left_is_road=True):
     """A KITTI label: road on one half, not-road on the other, a black (void) top row."""

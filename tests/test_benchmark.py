@@ -1,4 +1,5 @@
 """benchmark.py's FLOP count and options (its timings are figures to read, not to assert)."""
+import json
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import benchmark
 from roadseg import bench
 from roadseg.errors import UserError
 from roadseg.model.ops import tf, tf1
-from tests.conftest import ROOT
+from tests.conftest import ROOT, save_tiny_model
 
 
 def test_count_flops_of_conv_depthwise_and_transposed_conv():
@@ -26,7 +27,10 @@ def test_count_flops_of_conv_depthwise_and_transposed_conv():
     (['--encoders', 'resnet'], 'resnet'),
     (['--image-shapes', '160x570'], 'multiples of 32'),
     (['--batch-size', '0'], 'at least 1'),
-    (['--peer-dir', '/nowhere/at/all'], '/nowhere/at/all')])
+    (['--peer-dir', '/nowhere/at/all'], '/nowhere/at/all'),
+    (['--serve', '/no/model'], '--serve /no/model: no such model'),
+    (['--serve', '.', '--clients', '1,x'], '--clients 1,x: comma-separated numbers'),
+    (['--serve', '.', '--requests', '0'], 'must be positive')])
 def test_bad_options_are_one_line_errors(argv, message):
     with pytest.raises(UserError, match=message):
         benchmark.parse_args(argv)
@@ -55,3 +59,21 @@ def test_a_child_process_reports_its_own_peak_memory_not_its_parents():
 def test_peers_are_skipped_with_a_note_without_peer_dir(capsys):
     assert bench.run_peers(None, None, 4, {'image_shape': [32, 32]}) == {}
     assert 'no --peer-dir, peers skipped' in capsys.readouterr().out
+
+
+def test_serve_load_test_reports_every_level_against_predict(tmp_path, capsys):
+    """benchmark.py --serve on the tiny model, 2 levels of 3 requests a client."""
+    save_tiny_model(str(tmp_path / 'run' / 'model'), steps=20)
+    results = benchmark.main(['--serve', str(tmp_path / 'run'), '--clients', '1,3',
+                              '--requests', '3', '--json', str(tmp_path / 's.json')])
+    (result,) = results['serve']
+    assert [level['clients'] for level in result['levels']] == [1, 3]
+    assert [level['requests'] for level in result['levels']] == [3, 9]
+    assert all(level['errors'] == 0 and level['images_per_s'] > 0 and
+               level['p99_ms'] >= level['p50_ms'] > 0 for level in result['levels'])
+    assert result['levels'][0]['mean_batch'] == 1  # one client: one image a model call
+    assert 1 <= result['levels'][1]['mean_batch'] <= 3
+    assert len(result['predict_images_per_s_runs']) == 2 and result['server_peak_rss_mb'] > 50
+    out = capsys.readouterr().out
+    assert 'serve.py on loopback' in out and '% predict' in out
+    assert json.loads((tmp_path / 's.json').read_text())['serve'][0]['levels'][1]['clients'] == 3

@@ -22,65 +22,22 @@ from ai_edge_litert.interpreter import Interpreter
 
 import evaluate
 import export
-import main
 import plot
 import predict
 from roadseg import cli, inference, media
 from roadseg import export as formats
-from roadseg.data.batches import one_hot
 from roadseg.errors import PartlyFailed, UserError
 from roadseg.images import read_rgb, resize_image, resize_probabilities
-from roadseg.model import vgg
 from roadseg.model.ops import tf
 from roadseg.training import run as runs
-from tests.conftest import ROOT, TINY_BLOCKS, TINY_FC, make_kitti, save_partial_model
+from tests.conftest import (COLORS, ROOT, SHAPE, make_kitti, road_scene, save_partial_model,
+                            save_tiny_model)
 tf1 = tf.compat.v1
-SHAPE = (32, 64)
-NAMES, COLORS = ['not road', 'road', 'sky'], [[255, 0, 0], [255, 0, 255], [0, 0, 255]]
 
 
 # ----------------------------------------------------------------------------------------------
 # Fixtures: a trained tiny model in a run folder, its exports, input images and videos
 # ----------------------------------------------------------------------------------------------
-
-def road_scene(rng, height, width):
-    """A road-coded image with a random road boundary (a horizon row, or a vertical edge with
-    road on a random side) and its class map."""
-    if rng.random() < 0.5:
-        road = np.arange(height)[:, None] >= rng.integers(height // 4, 3 * height // 4)
-    else:
-        road = np.arange(width)[None] < rng.integers(width // 4, 3 * width // 4)
-        road = road if rng.random() < 0.5 else ~road
-    road = np.broadcast_to(road, (height, width))
-    image = rng.normal(100, 15, (height, width, 3))
-    image[..., 0] = np.where(road, 250, 10) + rng.normal(0, 15, (height, width))
-    return np.clip(image, 0, 255).astype(np.uint8), road.astype(np.uint8)
-
-
-def save_tiny_model(path, num_classes=2, steps=0, seed=0):
-    """runs.save_model of the tiny FCN at SHAPE after `steps` Adam steps on road scenes."""
-    with tf.Graph().as_default(), tf1.Session() as sess:
-        tf1.set_random_seed(seed)
-        image = tf1.placeholder(tf.float32, [None, None, None, 3], 'image_input')
-        keep_prob = tf1.placeholder(tf.float32, [], 'keep_prob')
-        last = main.layers(*vgg.build_encoder(image, keep_prob, TINY_BLOCKS,
-                                              TINY_FC), num_classes)
-        label = tf1.placeholder(tf.float32, [None, None, None, num_classes])
-        logits, train_op, _ = main.optimize(last, label, 1e-2, num_classes)
-        probabilities = tf.reshape(tf.nn.softmax(logits), tf.shape(last))
-        sess.run(tf1.global_variables_initializer())
-        rng = np.random.default_rng(seed)
-        for _ in range(steps):
-            images, classes = zip(*(road_scene(rng, *SHAPE) for _ in range(4)))
-            sess.run(train_op, {image: np.stack(images), keep_prob: 1.0,
-                                label: one_hot(np.stack(classes), num_classes)})
-        runs.save_model(sess, path, image, keep_prob, probabilities, {
-            'image_shape': list(SHAPE), 'num_classes': num_classes,
-            'class_names': NAMES[:num_classes], 'class_colors': COLORS[:num_classes],
-            'dataset': 'kitti', 'label': 'road', 'classes': None, 'remap': None, 'epoch': 1,
-            'val_iou': None, 'encoder': 'a key predict.py does not know'})
-    return path
-
 
 @pytest.fixture(scope='module')
 def run_dir(tmp_path_factory):
@@ -113,16 +70,6 @@ def exports(run_dir):
     """export.py's every format, checked on the run's validation images."""
     export.main(['--model', str(run_dir), '--calibration-images', '4'])
     return run_dir / 'export'
-
-
-@pytest.fixture(scope='module')
-def inputs(tmp_path_factory):
-    """A KITTI-named PNG of 45x77 and a JPEG of 50x90 in a folder."""
-    folder = tmp_path_factory.mktemp('inputs')
-    rng = np.random.default_rng(1)
-    iio.imwrite(folder / 'um_000007.png', road_scene(rng, 45, 77)[0])
-    iio.imwrite(folder / 'street.jpg', road_scene(rng, 50, 90)[0], quality=95)
-    return folder
 
 
 def write_video(path, frames=5, fps=7.5, size=(45, 77)):
@@ -494,7 +441,8 @@ def test_every_export_round_trips_and_agrees_with_the_original(exports, original
     listed = json.loads((exports / 'manifest.json').read_text())['files']
     assert sorted(listed) == ['fcn.json', 'model.pb', 'model_float16.tflite',
                               'model_float32.tflite', 'model_int8.tflite']
-    assert 'manifest.json' in os.listdir(exports / 'savedmodel')  # the SavedModel has its own
+    # the SavedModel has its own, in the version folder TensorFlow Serving loads
+    assert 'manifest.json' in os.listdir(exports / 'savedmodel' / '1')
     rng = np.random.default_rng(3)
     images = np.stack([road_scene(rng, *SHAPE)[0] for _ in range(4)])
     reference = original(images)
@@ -592,8 +540,8 @@ def test_frozen_graph_is_inference_only(exports):
 def test_serving_savedmodel_takes_uint8_of_any_size(exports, original, inputs):
     image = read_rgb(inputs / 'street.jpg')
     with tf.Graph().as_default(), tf1.Session() as sess:
-        signature = tf1.saved_model.loader.load(sess, ['serve'], str(exports / 'savedmodel')) \
-            .signature_def['serving_default']
+        signature = tf1.saved_model.loader.load(
+            sess, ['serve'], str(exports / 'savedmodel' / '1')).signature_def['serving_default']
         assert signature.inputs['image'].dtype == tf.uint8.as_datatype_enum
         probabilities, classes = sess.run(
             [signature.outputs['probabilities'].name, signature.outputs['classes'].name],
@@ -610,7 +558,7 @@ def test_serving_savedmodel_loads_in_a_fresh_eager_process(exports):
             'f = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]\n'
             'out = f(image=tf.constant(np.zeros((1, 45, 77, 3), np.uint8)))\n'
             'print(tuple(out["probabilities"].shape), tuple(out["classes"].shape))\n')
-    result = subprocess.run([sys.executable, '-c', code, str(exports / 'savedmodel')],
+    result = subprocess.run([sys.executable, '-c', code, str(exports / 'savedmodel' / '1')],
                             capture_output=True, text=True, timeout=120,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3'))
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,229 @@
+"""benchmark.py --serve: serve.py under load on loopback, against predict.py on the same files.
+
+For each model, serve.py runs as a subprocess on a free port of 127.0.0.1; for each number of
+concurrent clients, every client (a thread with its own connection) posts the same JPEGs to
+/segment?output=mask one after the other, `requests` times. Reported: throughput, p50 and p99
+latency, the mean batch size (from the server's /metrics), errors, and the server's peak
+resident memory. predict.py --mask on the same JPEGs is run before and after the service, and
+the mean of the two is the reference, so a slow minute of this machine weighs on both sides.
+"""
+import io
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import httpx2 as httpx
+import numpy as np
+from PIL import Image
+
+from roadseg import images, media
+from roadseg.data.datasets import IMAGE_EXTENSIONS
+from roadseg.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds serve.py
+KITTI_SIZE = (375, 1242)
+JPEG_QUALITY = 90
+START_TIMEOUT_S = 120
+REQUEST_TIMEOUT_S = 60
+FRAMES_PER_SECOND = re.compile(r'(\d+) frames in ([0-9.]+) s: ([0-9.]+) frames/s')
+
+
+def kitti_jpegs(folder, count=8):
+    """Up to `count` images of `folder` (or, without one, smooth synthetic street-like
+    scenes) at KITTI's 1242x375, as JPEG bytes."""
+    if folder:
+        paths = [p for p in media.input_files([folder], {})
+                 if p.lower().endswith(IMAGE_EXTENSIONS)][:count]
+        if not paths:
+            raise UserError(f'--serve-images {folder}: no images there')
+        pictures = [images.resize_image(images.read_rgb(p), KITTI_SIZE) for p in paths]
+    else:
+        rows, cols = np.mgrid[0:KITTI_SIZE[0], 0:KITTI_SIZE[1]]
+        pictures = [np.stack([(rows * 0.5 + cols * 0.1 * i) % 256, (cols * 0.2 + 40 * i) % 256,
+                              np.where(rows > KITTI_SIZE[0] // 2, 90, 200)], -1)
+                    .astype(np.uint8) for i in range(count)]
+    jpegs = []
+    for picture in pictures:
+        buffer = io.BytesIO()
+        Image.fromarray(picture).save(buffer, 'JPEG', quality=JPEG_QUALITY)
+        jpegs.append(buffer.getvalue())
+    return jpegs
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def peak_memory_mb(pid):
+    """A process's peak resident memory (VmHWM), in MB."""
+    with open(f'/proc/{pid}/status') as f:
+        return next(int(line.split()[1]) for line in f if line.startswith('VmHWM:')) / 1024
+
+
+def batch_totals(url):
+    """(model calls, images) so far, from the server's fcn_batch_size histogram."""
+    text = httpx.get(url + '/metrics', timeout=REQUEST_TIMEOUT_S).text
+    count = float(re.search(r'^fcn_batch_size_count (\S+)$', text, re.M)[1])
+    total = float(re.search(r'^fcn_batch_size_sum (\S+)$', text, re.M)[1])
+    return count, total
+
+
+class Server:
+    """serve.py as a user starts it, on a free port of 127.0.0.1, with `flags`; its output
+    goes to the file `log`."""
+
+    def __init__(self, model, log, *flags):
+        self.url = f'http://127.0.0.1:{free_port()}'
+        self.log_path, self.log = log, open(log, 'w')
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, 'serve.py'), '--model', str(model), '--port',
+             self.url.rsplit(':', 1)[1], *flags], stdout=self.log, stderr=subprocess.STDOUT,
+            cwd=ROOT)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                if httpx.get(self.url + '/healthz', timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        self.stop()
+        with open(log) as f:
+            said = f.read().strip().splitlines()
+        raise UserError(f'serve.py --model {model} did not start: '
+                        f'{said[-1] if said else "no output"} (see {log})')
+
+    def stop(self):
+        """SIGTERM, as a process manager stops it; its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=60)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            self.log.close()
+
+    def output(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+
+def load(url, jpegs, clients, requests, deadline_s):
+    """`clients` threads posting `requests` JPEGs each (fewer if `deadline_s` passes)."""
+    latencies, errors, lock = [], [], threading.Lock()
+    stop_at = time.monotonic() + deadline_s
+
+    def client(offset):
+        with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S) as http:
+            for i in range(requests):
+                if time.monotonic() > stop_at:
+                    return
+                start = time.perf_counter()
+                try:
+                    response = http.post('/segment?output=mask',
+                                         content=jpegs[(offset + i) % len(jpegs)],
+                                         headers={'Content-Type': 'image/jpeg'})
+                    failed = response.status_code != 200
+                except httpx.HTTPError as e:
+                    failed, response = True, e
+                with lock:
+                    (errors if failed else latencies).append(
+                        str(response) if failed else time.perf_counter() - start)
+
+    calls_before, images_before = batch_totals(url)
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - start
+    calls, served = (after - before for after, before in
+                     zip(batch_totals(url), (calls_before, images_before)))
+    p50, p99 = (float(np.percentile(latencies, q)) * 1e3 for q in (50, 99)) \
+        if latencies else (float('nan'),) * 2
+    return {'clients': clients, 'requests': len(latencies) + len(errors),
+            'images_per_s': len(latencies) / seconds, 'p50_ms': p50, 'p99_ms': p99,
+            'mean_batch': served / calls if calls else float('nan'), 'errors': len(errors),
+            'first_error': errors[0] if errors else None, 'seconds': seconds}
+
+
+def predict_rate(model, folder, output_dir):
+    """predict.py --mask's own frames per second on the JPEGs in `folder`."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'predict.py'), '--model', model,
+                           folder, '--mask', '--output-dir', output_dir],
+                          capture_output=True, text=True, cwd=ROOT)
+    found = FRAMES_PER_SECOND.search(done.stdout)
+    if done.returncode or not found:
+        raise UserError(f'predict.py --model {model} failed: {done.stderr.strip()[-300:]}')
+    return float(found[3])
+
+
+def measure_serve(models, jpegs, clients_levels, requests, deadline_s, folder):
+    """For each model: predict.py's rate, serve.py under each load, predict.py's rate again,
+    and the server's peak memory."""
+    inputs = os.path.join(folder, 'jpegs')
+    os.makedirs(inputs, exist_ok=True)
+    for i in range(requests):  # predict.py sees as many files as one client sends
+        with open(os.path.join(inputs, f'{i:04d}.jpg'), 'wb') as f:
+            f.write(jpegs[i % len(jpegs)])
+    results = []
+    for model in models:
+        print(f'predict.py --mask on {requests} JPEGs with {model} ...', flush=True)
+        rates = [predict_rate(model, inputs, os.path.join(folder, 'predicted'))]
+        server = Server(model, os.path.join(folder, f'serve-{len(results)}.log'))
+        try:
+            levels = []
+            for clients in clients_levels:
+                print(f'serve.py: {clients} clients x {requests} requests ...', flush=True)
+                levels.append(load(server.url, jpegs, clients, requests, deadline_s))
+            peak = peak_memory_mb(server.process.pid)
+        finally:
+            server.stop()
+        rates.append(predict_rate(model, inputs, os.path.join(folder, 'predicted')))
+        results.append({'model': model, 'levels': levels, 'server_peak_rss_mb': peak,
+                        'predict_images_per_s_runs': rates,
+                        'predict_images_per_s': statistics.mean(rates)})
+    return results
+
+
+def print_serve_table(results):
+    """The load figures per model and level, with the issue's targets."""
+    print(f'\nserve.py on loopback: POST /segment?output=mask, {KITTI_SIZE[1]}x{KITTI_SIZE[0]} '
+          f'JPEGs')
+    header = ('clients', 'requests', 'img/s', '% predict', 'p50 ms', 'p99 ms', 'p99/p50',
+              'mean batch', 'errors')
+    for result in results:
+        print(f'{result["model"]}: predict.py --mask {result["predict_images_per_s"]:.1f} '
+              f'img/s (runs before and after: '
+              f'{", ".join(f"{r:.1f}" for r in result["predict_images_per_s_runs"])}); '
+              f'server peak memory {result["server_peak_rss_mb"]:.0f} MB')
+        rows = [(str(r['clients']), str(r['requests']), f'{r["images_per_s"]:.1f}',
+                 f'{100 * r["images_per_s"] / result["predict_images_per_s"]:.0f}',
+                 f'{r["p50_ms"]:.0f}', f'{r["p99_ms"]:.0f}', f'{r["p99_ms"] / r["p50_ms"]:.2f}',
+                 f'{r["mean_batch"]:.2f}', str(r['errors'])) for r in result['levels']]
+        widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
+        for row in [header] + rows:
+            print('  ' + '  '.join(f'{v:>{w}}' for v, w in zip(row, widths)))
+        for r in result['levels']:
+            if r['first_error']:
+                print(f'  {r["clients"]} clients, first error: {r["first_error"]}')
+    print('targets (int8 TFLite at 160x576, 16 clients): >= 80 % of predict.py, '
+          'p99 <= 3x p50, no errors')
+
+
+def run(models, image_folder, clients_levels, requests, deadline_s):
+    """measure_serve in a temporary folder; the results."""
+    jpegs = kitti_jpegs(image_folder)
+    with tempfile.TemporaryDirectory() as folder:
+        return measure_serve(models, jpegs, clients_levels, requests, deadline_s, folder)

@@ -1,0 +1,506 @@
+"""serve.py's HTTP service: any model the project writes behind TensorFlow Serving's REST API,
+a PNG endpoint, a page to try it in a browser, health and Prometheus metrics.
+
+Every image goes the way predict.py's do (inference.model_input, the model, inference.full_size,
+inference.overlay): decoded and resized in a worker thread, then queued for the Batcher, which
+gathers concurrent requests into one model call (up to max_batch images, or what arrived within
+batch_timeout_ms of the first) on a thread of its own, so the event loop never waits for the
+model. Bad requests are answered 4xx with {"error": "..."} and never reach the model.
+
+    create_app(model, max_batch=8, batch_timeout_ms=5, max_pixels=40_000_000) -> FastAPI app
+"""
+import asyncio
+import base64
+import binascii
+import concurrent.futures
+import contextlib
+import json
+import os
+import sys
+import time
+import traceback
+
+import numpy as np
+import prometheus_client
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from roadseg import cli, images, inference, media, metrics
+from roadseg.errors import UserError
+
+MODEL_NAME, MODEL_VERSION = 'fcn', '1'
+PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'serving_page.html')
+SEGMENT_OUTPUTS = ('overlay', 'mask', 'probability')
+SEGMENT_QUERY = ('output', 'crop', 'flip_tta')
+RAW_TYPES = ('', 'application/octet-stream')  # and image/*: a raw image body
+# TensorFlow Serving's predict API: signature_name -> {output: dtype}. serving_default answers
+# what export.py's SavedModel answers under TensorFlow Serving; the others are smaller answers.
+# Outputs named *_bytes come back as {"b64": ...}, TensorFlow Serving's convention for bytes.
+SIGNATURES = {'serving_default': {'probabilities': 'DT_FLOAT', 'classes': 'DT_UINT8'},
+              'classes': {'classes': 'DT_UINT8'},
+              'road_probability': {'road_probability': 'DT_FLOAT'},
+              'mask_png': {'mask_bytes': 'DT_STRING'},
+              'probability_png': {'probability_bytes': 'DT_STRING'},
+              'overlay_png': {'overlay_bytes': 'DT_STRING'}}
+ROAD_ONLY = ('road_probability', 'probability_png', 'probability')
+DECIMALS = 4  # probabilities in JSON: float32 noise beyond this only lengthens the answer
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+
+
+class RequestFailed(Exception):
+    """A request the service answers with `status` and {"error": message}."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+
+
+# ----------------------------------------------------------------------------------------------
+# Batching
+# ----------------------------------------------------------------------------------------------
+
+class Batcher:
+    """Gathers images queued by concurrent requests into one model call: up to `max_batch`,
+    or whatever arrived within `timeout_s` of the first, as TensorFlow Serving batches. The
+    model runs on one thread of its own (a TFLite interpreter is not thread-safe); images that
+    ask for flip test-time augmentation are batched apart from those that do not."""
+
+    def __init__(self, model, max_batch, timeout_s, batch_sizes):
+        self.model, self.max_batch, self.timeout_s = model, max_batch, timeout_s
+        self.batch_sizes = batch_sizes  # a Prometheus histogram
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='model')
+        self.queue, self.task = None, None
+
+    def start(self):
+        self.queue = asyncio.Queue()
+        self.task = asyncio.get_running_loop().create_task(self._serve())
+
+    async def stop(self):
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        while not self.queue.empty():
+            _, _, future = self.queue.get_nowait()
+            future.cancel()
+        self.executor.shutdown(wait=True)
+
+    async def __call__(self, image, flip):
+        """The model's probabilities for one image at its training size."""
+        future = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait((image, flip, future))
+        return await future
+
+    async def _serve(self):
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + self.timeout_s
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self.queue.get_nowait() if not self.queue.empty() else
+                                 await asyncio.wait_for(self.queue.get(),
+                                                        deadline - loop.time()))
+                except asyncio.TimeoutError:
+                    break
+            for flip in (False, True):
+                group = [item for item in batch if item[1] == flip and not item[2].done()]
+                if group:
+                    await self._run(loop, group, flip)
+
+    async def _run(self, loop, group, flip):
+        self.batch_sizes.observe(len(group))
+        inputs = np.stack([image for image, _, _ in group])
+        try:
+            outputs = await loop.run_in_executor(self.executor, self.model, inputs, flip)
+        except Exception as e:  # the model failed: every request of the batch is told
+            for _, _, future in group:
+                if not future.done():
+                    future.set_exception(e)
+            return
+        for (_, _, future), probabilities in zip(group, outputs):
+            if not future.done():  # a client that went away has its future cancelled
+                future.set_result(probabilities)
+
+
+# ----------------------------------------------------------------------------------------------
+# Requests: TensorFlow Serving's JSON and raw images
+# ----------------------------------------------------------------------------------------------
+
+def parse_predict(body):
+    """A TensorFlow Serving predict request: (signature name, columnar or not, the images'
+    payloads: encoded bytes or uint8 arrays)."""
+    try:
+        request = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RequestFailed(400, f'malformed JSON ({e}); send {{"instances": [{{"b64": '
+                                 f'"<base64 JPEG or PNG>"}}]}}') from None
+    if not isinstance(request, dict):
+        raise RequestFailed(400, 'the request is not a JSON object; send {"instances": [...]} '
+                                 'or {"inputs": ...}')
+    unknown = sorted(set(request) - {'signature_name', 'instances', 'inputs'})
+    if unknown:
+        raise RequestFailed(400, f'unknown key {unknown[0]!r}; a request has "instances" or '
+                                 f'"inputs", and optionally "signature_name"')
+    if ('instances' in request) == ('inputs' in request):
+        raise RequestFailed(400, 'a request has exactly one of "instances" (row format) and '
+                                 '"inputs" (columnar format)')
+    signature = request.get('signature_name', 'serving_default')
+    if signature not in SIGNATURES:
+        raise RequestFailed(400, f'signature_name {signature!r} not found; choose from '
+                                 f'{", ".join(SIGNATURES)}')
+    columnar = 'inputs' in request
+    values = request['inputs'] if columnar else request['instances']
+    where = 'inputs' if columnar else 'instances'
+    if columnar and isinstance(values, dict) and 'b64' not in values:
+        if set(values) != {'image'}:
+            raise RequestFailed(400, f'inputs has keys {sorted(values)}; the only input is '
+                                     f'"image"')
+        values, where = values['image'], 'inputs.image'
+    if isinstance(values, dict) or _is_pixels(values):
+        values = [values]  # one image, not a list of them
+    if not isinstance(values, list) or not values:
+        raise RequestFailed(400, f'{where} must be a non-empty list of images')
+    return signature, columnar, [_payload(value, f'{where}[{i}]')
+                                 for i, value in enumerate(values)]
+
+
+def _is_pixels(value):
+    """Whether `value` is one [H][W][3] image as nested lists (not a list of images)."""
+    for _ in range(2):
+        if not isinstance(value, list) or not value:
+            return False
+        value = value[0]
+    return isinstance(value, list) and len(value) == 3 and \
+        all(isinstance(v, (int, float)) for v in value)
+
+
+def _payload(value, where):
+    """One instance: {"b64": ...}, {"image": ...} or an [H][W][3] array of 0..255."""
+    if isinstance(value, dict):
+        if set(value) == {'image'}:
+            return _payload(value['image'], where + '.image')
+        if set(value) != {'b64'}:
+            raise RequestFailed(400, f'{where} has keys {sorted(value)}; an image is '
+                                     f'{{"b64": "<base64 JPEG or PNG>"}} or an [H][W][3] array')
+        try:
+            return base64.b64decode(value['b64'], validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            raise RequestFailed(400, f'{where}.b64 does not decode as base64') from None
+    try:
+        pixels = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError):
+        pixels = None
+    if pixels is None or pixels.ndim != 3 or pixels.shape[-1] != 3 or not pixels.size or \
+            pixels.min() < 0 or pixels.max() > 255:
+        raise RequestFailed(400, f'{where} is neither {{"b64": ...}} nor an [H][W][3] array of '
+                                 f'values 0..255')
+    return np.round(pixels).astype(np.uint8)
+
+
+def _bool(text, name):
+    if text.lower() in ('1', 'true', 'yes'):
+        return True
+    if text.lower() in ('0', 'false', 'no', ''):
+        return False
+    raise RequestFailed(400, f'{name}={text}: use 1 or 0')
+
+
+def segment_options(query):
+    """/segment's query: (output, crop (TOP, BOTTOM) or None, flip)."""
+    unknown = sorted(set(query) - set(SEGMENT_QUERY))
+    if unknown:
+        raise RequestFailed(400, f'unknown query parameter {unknown[0]!r}; use '
+                                 f'{", ".join(SEGMENT_QUERY)}')
+    output = query.get('output', 'overlay')
+    if output not in SEGMENT_OUTPUTS:
+        raise RequestFailed(400, f'output={output}: choose from {", ".join(SEGMENT_OUTPUTS)}')
+    crop = None
+    if 'crop' in query:
+        try:
+            crop = cli.crop_arg(query['crop'])
+        except Exception as e:  # argparse.ArgumentTypeError
+            raise RequestFailed(400, f'crop={e}') from None
+    return output, crop, _bool(query.get('flip_tta', '0'), 'flip_tta')
+
+
+# ----------------------------------------------------------------------------------------------
+# The service
+# ----------------------------------------------------------------------------------------------
+
+class Service:
+    """The model, its batcher, the request handling and the metrics behind the app."""
+
+    def __init__(self, model, max_batch, batch_timeout_ms, max_pixels):
+        self.model, self.max_pixels = model, max_pixels
+        self.two_classes = model.num_classes == 2
+        self.threshold = 0.5 if self.two_classes else None  # predict.py's default
+        self.colors = inference.overlay_colors(model.info['class_colors'])
+        self.registry = prometheus_client.CollectorRegistry()
+        self.requests = prometheus_client.Counter(
+            'fcn_requests', 'HTTP requests by endpoint and status code',
+            ['endpoint', 'status'], registry=self.registry)
+        self.latency = prometheus_client.Histogram(
+            'fcn_request_seconds', 'Time from request to response, by endpoint', ['endpoint'],
+            registry=self.registry)
+        batch_sizes = prometheus_client.Histogram(
+            'fcn_batch_size', 'Images per model call', buckets=BATCH_BUCKETS,
+            registry=self.registry)
+        self.batcher = Batcher(model, max_batch, batch_timeout_ms / 1000, batch_sizes)
+        self.settings = {'max_batch': max_batch, 'batch_timeout_ms': batch_timeout_ms,
+                         'max_pixels': max_pixels}
+
+    # The pipeline: decode and resize (thread), model (batcher), resize back and draw (thread)
+
+    def prepare(self, payload, name, crop):
+        """(image, rows, model input) for encoded bytes or a pixel array."""
+        if isinstance(payload, np.ndarray):
+            image = payload
+            if image.shape[0] * image.shape[1] > self.max_pixels:
+                raise images.TooLarge(f'{name}: {image.shape[1]}x{image.shape[0]} is over the '
+                                      f'limit of {self.max_pixels} pixels')
+        else:
+            image = images.decode_rgb(payload, name, self.max_pixels)
+        rows = media.crop_rows(crop, image.shape[0], name)
+        return image, rows, inference.model_input(image, rows, self.model.image_shape)
+
+    async def segment(self, payload, name, crop=None, flip=False):
+        """The image and its class probabilities at its own size."""
+        image, rows, small = await run_in_threadpool(self.prepare, payload, name, crop)
+        probabilities = await self.batcher(small, flip)
+        return image, await run_in_threadpool(inference.full_size, probabilities,
+                                              image.shape[:2], rows)
+
+    def render(self, output, image, probabilities):
+        """predict.py's outputs: the overlay, the class map or the 8-bit road probability."""
+        if output == 'probability':
+            return metrics.quantize(probabilities[..., 1])
+        classes = inference.classes_of(probabilities, self.threshold)
+        return classes if output == 'mask' else inference.overlay(image, classes, self.colors)
+
+    def signature_outputs(self, signature, image, probabilities):
+        """One image's outputs under a predict signature, as JSON values."""
+        if signature in ROAD_ONLY and not self.two_classes:
+            raise RequestFailed(400, f'signature_name {signature!r} is for two-class (road) '
+                                     f'models; this model has {self.model.num_classes} classes')
+        values = {}
+        for output in SIGNATURES[signature]:
+            if output == 'probabilities':
+                values[output] = _rounded(probabilities)
+            elif output == 'classes':
+                values[output] = inference.classes_of(probabilities, self.threshold).tolist()
+            elif output == 'road_probability':
+                values[output] = _rounded(probabilities[..., 1])
+            else:
+                png = images.encode_png(self.render(output[:-len('_bytes')], image,
+                                                    probabilities))
+                values[output] = {'b64': base64.b64encode(png).decode('ascii')}
+        return values
+
+    # Endpoints
+
+    def check_servable(self, name, version=None):
+        if name != MODEL_NAME or version not in (None, MODEL_VERSION):
+            which = f'version {version} of ' if version else ''
+            raise RequestFailed(404, f'no {which}model {name!r}; this server serves '
+                                     f'{MODEL_NAME!r}, version {MODEL_VERSION}')
+
+    async def predict(self, request, name, version=None):
+        self.check_servable(name, version)
+        signature, columnar, payloads = parse_predict(await request.body())
+        where = 'inputs' if columnar else 'instances'
+        segmented = await asyncio.gather(*(self.segment(payload, f'{where}[{i}]')
+                                           for i, payload in enumerate(payloads)))
+        outputs = await run_in_threadpool(lambda: [
+            self.signature_outputs(signature, image, probabilities)
+            for image, probabilities in segmented])
+        names = list(SIGNATURES[signature])
+        if columnar:
+            answer = {key: [values[key] for values in outputs] for key in names}
+            return JSONResponse({'outputs': answer[names[0]] if len(names) == 1 else answer})
+        return JSONResponse({'predictions': [values[names[0]] if len(names) == 1 else values
+                                             for values in outputs]})
+
+    async def segment_png(self, request):
+        output, crop, flip = segment_options(request.query_params)
+        if output == 'probability' and not self.two_classes:
+            raise RequestFailed(400, f'output=probability is for two-class (road) models; this '
+                                     f'model has {self.model.num_classes} classes')
+        data, name = await _upload(request)
+        start = time.perf_counter()
+        image, probabilities = await self.segment(data, name, crop, flip)
+        png = await run_in_threadpool(
+            lambda: images.encode_png(self.render(output, image, probabilities)))
+        stem = os.path.splitext(os.path.basename(name))[0] if name != 'the body' else 'image'
+        return Response(png, media_type='image/png', headers={
+            'X-Inference-Ms': f'{1000 * (time.perf_counter() - start):.1f}',
+            'X-Image-Size': f'{image.shape[1]}x{image.shape[0]}',
+            'Content-Disposition': f'inline; filename="{stem}_{output}.png"'})
+
+    def status(self, name):
+        self.check_servable(name)
+        return {'model_version_status': [{'version': MODEL_VERSION, 'state': 'AVAILABLE',
+                                          'status': {'error_code': 'OK', 'error_message': ''}}]}
+
+    def metadata(self, name):
+        self.check_servable(name)
+        info = self.model.info
+        signatures = {
+            signature: {
+                'inputs': {'image': _tensor('DT_STRING', [-1], 'image')},
+                'outputs': {output: _tensor(dtype, _output_shape(output, info['num_classes']),
+                                            output)
+                            for output, dtype in outputs.items()},
+                'method_name': 'tensorflow/serving/predict'}
+            for signature, outputs in SIGNATURES.items()
+            if self.two_classes or signature not in ROAD_ONLY}
+        return {'model_spec': {'name': MODEL_NAME, 'signature_name': '',
+                               'version': MODEL_VERSION},
+                'metadata': {'signature_def': {'signature_def': signatures},
+                             'fcn': {'format': self.model.kind,
+                                     'image_shape': list(self.model.image_shape),
+                                     'num_classes': info['num_classes'],
+                                     'class_names': info['class_names'],
+                                     'class_colors': info['class_colors'],
+                                     'overlay_colors': [list(c) if c else None
+                                                        for c in self.colors],
+                                     **self.settings}}}
+
+
+def _rounded(values):
+    """Probabilities as JSON lists, rounded to DECIMALS (as float64: float32's nearest values
+    print with 17 digits)."""
+    return np.round(values.astype(np.float64), DECIMALS).tolist()
+
+
+def _tensor(dtype, dims, name):
+    """A TensorInfo as TensorFlow Serving's metadata writes it (-1: any size)."""
+    return {'dtype': dtype, 'name': f'{name}:0', 'tensor_shape': {
+        'dim': [{'size': str(size), 'name': ''} for size in dims], 'unknown_rank': False}}
+
+
+def _output_shape(output, num_classes):
+    return {'probabilities': [-1, -1, -1, num_classes], 'classes': [-1, -1, -1],
+            'road_probability': [-1, -1, -1]}.get(output, [-1])
+
+
+async def _upload(request):
+    """The image bytes of a /segment request and a name for messages: a multipart upload's
+    first file, or the raw body."""
+    kind = request.headers.get('content-type', '').split(';')[0].strip().lower()
+    if kind == 'multipart/form-data':
+        try:
+            form = await request.form()
+        except Exception as e:  # python-multipart's errors for a malformed body
+            raise RequestFailed(400, f'malformed multipart body ({e})') from None
+        uploads = [value for value in form.values() if hasattr(value, 'filename')]
+        if not uploads:
+            raise RequestFailed(400, 'multipart body without a file; send the image as a file '
+                                     'field (curl -F image=@photo.jpg)')
+        return await uploads[0].read(), uploads[0].filename or 'the upload'
+    if kind in RAW_TYPES or kind.startswith('image/'):
+        return await request.body(), 'the body'
+    raise RequestFailed(415, f'content type {kind!r} not supported; send the image as '
+                             f'image/jpeg, image/png, application/octet-stream or '
+                             f'multipart/form-data')
+
+
+# ----------------------------------------------------------------------------------------------
+# The app
+# ----------------------------------------------------------------------------------------------
+
+def create_app(model, max_batch=8, batch_timeout_ms=5.0, max_pixels=40_000_000):
+    """The FastAPI app serving `model` (an inference.Model, closed when the app stops)."""
+    service = Service(model, max_batch, batch_timeout_ms, max_pixels)
+    with open(PAGE, encoding='utf-8') as f:
+        page = f.read()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        service.batcher.start()
+        try:
+            yield
+        finally:
+            await service.batcher.stop()
+            model.close()
+
+    app = FastAPI(title='FCN road segmentation', lifespan=lifespan, docs_url=None,
+                  redoc_url=None, openapi_url=None)
+    app.state.service = service
+
+    @app.exception_handler(RequestFailed)
+    async def request_failed(request, e):
+        return JSONResponse({'error': str(e)}, e.status)
+
+    @app.exception_handler(UserError)
+    async def bad_image(request, e):  # what images.decode_rgb says of the bytes
+        return JSONResponse({'error': str(e)}, 413 if isinstance(e, images.TooLarge) else 400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, e):
+        message = e.detail
+        if e.status_code == 404:
+            message = f'no endpoint {request.url.path}; see GET / and GET /v1/models/fcn/metadata'
+        elif e.status_code == 405:
+            message = f'{request.method} is not allowed on {request.url.path}'
+        return JSONResponse({'error': message}, e.status_code)
+
+    @app.middleware('http')
+    async def measure(request, call_next):
+        """Count and time every request; answer an unexpected failure 500 with one JSON line
+        (the traceback goes to the server's log, not to the client)."""
+        start = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception as e:
+            traceback.print_exc(file=sys.stderr)
+            response = JSONResponse({'error': f'internal error: {type(e).__name__}: {e}'}, 500)
+        route = request.scope.get('route')
+        endpoint = route.path if route is not None else 'other'
+        service.requests.labels(endpoint, str(response.status_code)).inc()
+        service.latency.labels(endpoint).observe(time.perf_counter() - start)
+        return response
+
+    @app.post('/v1/models/{name}:predict')
+    async def predict(request: Request, name: str):
+        return await service.predict(request, name)
+
+    @app.post('/v1/models/{name}/versions/{version}:predict')
+    async def predict_version(request: Request, name: str, version: str):
+        return await service.predict(request, name, version)
+
+    @app.get('/v1/models/{name}')
+    async def status(name: str):
+        return service.status(name)
+
+    @app.get('/v1/models/{name}/metadata')
+    async def metadata(name: str):
+        return service.metadata(name)
+
+    @app.post('/segment')
+    async def segment(request: Request):
+        return await service.segment_png(request)
+
+    @app.get('/')
+    async def index():
+        return HTMLResponse(page)
+
+    @app.get('/healthz')
+    async def healthz():
+        return {'status': 'ok', 'model': MODEL_NAME, 'format': model.kind}
+
+    @app.get('/metrics')
+    async def prometheus():
+        return Response(prometheus_client.generate_latest(service.registry),
+                        media_type=prometheus_client.CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def app_from_environment():
+    """The app for one of uvicorn's worker processes (serve.py --workers N): the model and
+    settings serve.py put in ROADSEG_SERVE, loaded in this process."""
+    settings = json.loads(os.environ['ROADSEG_SERVE'])
+    model = inference.load_model(settings.pop('model'))
+    return create_app(model, **settings)

@@ -1,0 +1,104 @@
+"""Serve a trained model over HTTP: TensorFlow Serving's REST API, a PNG endpoint and a page to
+try it in a browser.
+
+    python serve.py --model runs/20261121-143000 [--host 127.0.0.1] [--port 8501] \\
+        [--max-batch 8] [--batch-timeout-ms 5] [--workers N] [--max-pixels 40000000]
+
+then open http://127.0.0.1:8501/ and drop an image. Endpoints (roadseg.serving):
+
+    POST /v1/models/fcn:predict   {"instances": [{"b64": "<JPEG or PNG>"}]} -> {"predictions": ...}
+    GET  /v1/models/fcn           status, as TensorFlow Serving answers it
+    GET  /v1/models/fcn/metadata  signatures, input size, classes, format
+    POST /segment?output=overlay|mask|probability&crop=TOP,BOTTOM&flip_tta=1   image -> PNG
+    GET  /  the page;  GET /healthz;  GET /metrics (Prometheus)
+
+--model takes whatever predict.py takes: a run folder, a SavedModel, a frozen graph (.pb) or a
+TFLite model (.tflite, run on LiteRT without importing TensorFlow). Concurrent requests are
+gathered into one model call of up to --max-batch images, waiting at most --batch-timeout-ms
+for more after the first. SIGTERM (or Ctrl-C) answers the requests in flight, then stops.
+"""
+import errno
+import json
+import os
+import signal
+import socket
+import sys
+
+from roadseg import cli, inference
+from roadseg.errors import UserError
+
+GRACE_S = 30  # how long a stopping server lets requests in flight finish
+
+
+def parse_args(argv=None):
+    parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--model', required=True,
+                        help='a run folder, a SavedModel folder, a frozen graph .pb or a .tflite')
+    parser.add_argument('--host', default='127.0.0.1',
+                        help='address to listen on (default: %(default)s, this machine only; '
+                             '0.0.0.0 for every interface)')
+    parser.add_argument('--port', type=int, default=8501,
+                        help="port (default: %(default)s, TensorFlow Serving's REST port)")
+    parser.add_argument('--max-batch', type=int, default=8,
+                        help='most images per model call (default: %(default)s)')
+    parser.add_argument('--batch-timeout-ms', type=float, default=5.0,
+                        help='how long a model call waits for more images after the first '
+                             '(default: %(default)s)')
+    parser.add_argument('--workers', type=int, default=1,
+                        help='server processes, each with its own copy of the model '
+                             '(default: %(default)s)')
+    parser.add_argument('--max-pixels', type=int, default=40_000_000,
+                        help='larger images are refused with 413 (default: %(default)s)')
+    args = parser.parse_args(argv)
+    for flag, value, low in (('--port', args.port, 1), ('--max-batch', args.max_batch, 1),
+                             ('--workers', args.workers, 1), ('--max-pixels', args.max_pixels, 1),
+                             ('--batch-timeout-ms', args.batch_timeout_ms, 0)):
+        if value < low:
+            parser.error(f'argument {flag}: must be at least {low}')
+    if args.port > 65535:
+        parser.error('argument --port: must be at most 65535')
+    return args
+
+
+def check_port(host, port):
+    """Stop with one line when `host:port` cannot be listened on (in use, or not this
+    machine's address), before the model is loaded."""
+    try:
+        family = socket.AF_INET6 if ':' in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as e:
+        why = 'in use; choose another --port' if e.errno == errno.EADDRINUSE else \
+            f'cannot listen there ({e.strerror or e})'
+        raise UserError(f'--host {host} --port {port}: {why}') from None
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    check_port(args.host, args.port)
+    import uvicorn  # after the options are sound: --help and bad flags answer at once
+
+    from roadseg import serving
+    settings = {'max_batch': args.max_batch, 'batch_timeout_ms': args.batch_timeout_ms,
+                'max_pixels': args.max_pixels}
+    model = inference.load_model(args.model)  # a model that does not load: one line, now
+    print(f'serving {args.model} ({model.kind}, {model.num_classes} classes, '
+          f'{model.image_shape[0]}x{model.image_shape[1]}) on http://{args.host}:{args.port}/',
+          flush=True)
+    common = {'host': args.host, 'port': args.port, 'timeout_graceful_shutdown': GRACE_S}
+    # uvicorn stops gracefully on SIGTERM, then raises it again for the handler it found: this
+    # one, so that a stop asked for ends with exit status 0
+    signal.signal(signal.SIGTERM, lambda *_: print('stopped on SIGTERM', flush=True))
+    if args.workers == 1:
+        uvicorn.run(serving.create_app(model, **settings), **common)
+    else:  # each worker process loads the model itself (roadseg.serving.app_from_environment)
+        model.close()
+        os.environ['ROADSEG_SERVE'] = json.dumps({'model': os.path.abspath(args.model),
+                                                  **settings})
+        uvicorn.run('roadseg.serving:app_from_environment', factory=True,
+                    workers=args.workers, **common)
+
+
+if __name__ == '__main__':
+    sys.exit(cli.main_guard(main))

@@ -1,0 +1,561 @@
+"""serve.py: the app in-process through its ASGI test client (TensorFlow Serving's formats, the
+PNG endpoint, the page, metrics, every bad request), the batcher, the real server as a
+subprocess stopped with SIGTERM mid-request, and the page in a real browser (Chromium).
+
+Answers are checked against predict.py's outputs for the same image file: the service must
+give exactly what the command line gives.
+"""
+import asyncio
+import base64
+import io
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx2 as httpx
+import imageio.v3 as iio
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+import predict
+import serve
+from roadseg import cli, inference, serving
+from roadseg.bench_serve import Server, free_port
+from roadseg.errors import UserError
+from tests.conftest import COLORS, ROOT, save_tiny_model
+
+SCENE = 'um_000007.png'  # a 45x77 PNG of the inputs fixture (and street.jpg, 50x90)
+
+
+# ----------------------------------------------------------------------------------------------
+# Fixtures: a tiny trained model, images, the app, predict.py's outputs
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp('serving') / 'run'
+    save_tiny_model(str(run / 'model'), steps=150)
+    return run
+
+
+@pytest.fixture(scope='module')
+def client(run_dir):
+    app = serving.create_app(inference.load_model(str(run_dir)), max_batch=4,
+                             batch_timeout_ms=20)
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def predicted(run_dir, image_path, folder, *flags):
+    """predict.py's outputs for one image: {suffix: pixels} of its overlay, mask and road
+    probability PNGs."""
+    assert cli.main_guard(predict.main, ['--model', str(run_dir), str(image_path),
+                                         '--output-dir', str(folder), '--overlay', '--mask',
+                                         '--probability', *flags]) == 0
+    stem = os.path.splitext(os.path.basename(image_path))[0]
+    return {'overlay': iio.imread(folder / f'{stem}.png'),
+            'mask': iio.imread(folder / f'{stem}_mask.png'),
+            'probability': iio.imread(folder / inference.probability_name(stem))}
+
+
+def png(response):
+    assert response.status_code == 200, response.text
+    assert response.headers['content-type'] == 'image/png'
+    return iio.imread(io.BytesIO(response.content))
+
+
+def b64(path):
+    return base64.b64encode(open(path, 'rb').read()).decode()
+
+
+# ----------------------------------------------------------------------------------------------
+# POST /segment
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('name', ['um_000007.png', 'street.jpg'])
+def test_segment_answers_what_predict_writes(client, run_dir, inputs, tmp_path, name):
+    expected = predicted(run_dir, inputs / name, tmp_path)
+    data = (inputs / name).read_bytes()
+    kind = 'image/png' if name.endswith('.png') else 'image/jpeg'
+    for output, pixels in expected.items():
+        response = client.post(f'/segment?output={output}', content=data,
+                               headers={'Content-Type': kind})
+        assert np.array_equal(png(response), pixels), output
+    assert response.headers['x-image-size'] == f'{pixels.shape[1]}x{pixels.shape[0]}'
+    assert float(response.headers['x-inference-ms']) > 0
+    assert np.any(expected['mask']) and not np.all(expected['mask'])  # the model sees road
+    # the default output is the overlay; a multipart upload works as a raw body does
+    response = client.post('/segment', files={'image': (name, data, kind)})
+    assert np.array_equal(png(response), expected['overlay'])
+    assert f'filename="{os.path.splitext(name)[0]}_overlay.png"' in \
+        response.headers['content-disposition']
+
+
+def test_segment_crop_and_flip_tta_as_predict(client, run_dir, inputs, tmp_path):
+    expected = predicted(run_dir, inputs / SCENE, tmp_path, '--crop', '10,-8',
+                         '--flip-tta')
+    response = client.post('/segment?output=mask&crop=10,-8&flip_tta=1',
+                           content=(inputs / SCENE).read_bytes(),
+                           headers={'Content-Type': 'image/png'})
+    assert np.array_equal(png(response), expected['mask'])
+    plain = client.post('/segment?output=probability&crop=10,-8',
+                        content=(inputs / SCENE).read_bytes(),
+                        headers={'Content-Type': 'image/png'})
+    assert not np.array_equal(png(plain), expected['probability'])  # flip_tta=1 mattered
+    assert not png(plain)[:10].any() and not png(plain)[37:].any()  # outside the crop: not road
+
+
+# ----------------------------------------------------------------------------------------------
+# TensorFlow Serving's REST API
+# ----------------------------------------------------------------------------------------------
+
+def test_predict_row_format_every_signature(client, run_dir, inputs, tmp_path):
+    expected = predicted(run_dir, inputs / 'street.jpg', tmp_path)
+    instances = [{'b64': b64(inputs / 'street.jpg')}, {'b64': b64(inputs / SCENE)}]
+    with inference.load_model(str(run_dir)) as model:
+        (probabilities,) = inference.segment(model, [iio.imread(inputs / 'street.jpg')])
+
+    answer = client.post('/v1/models/fcn:predict', json={'instances': instances}).json()
+    first, second = answer['predictions']
+    assert set(first) == {'probabilities', 'classes'}
+    np.testing.assert_allclose(first['probabilities'], probabilities, atol=5.1e-5)
+    assert np.array_equal(first['classes'], expected['mask'])
+    assert np.array(second['classes']).shape == (45, 77)
+
+    def only(signature):
+        (value, _) = client.post('/v1/models/fcn:predict', json={
+            'signature_name': signature, 'instances': instances}).json()['predictions']
+        return value
+    assert np.array_equal(only('classes'), expected['mask'])
+    np.testing.assert_allclose(only('road_probability'), probabilities[..., 1], atol=5.1e-5)
+    for signature, output in (('mask_png', 'mask'), ('probability_png', 'probability'),
+                              ('overlay_png', 'overlay')):
+        value = only(signature)
+        assert set(value) == {'b64'}  # TensorFlow Serving's form for bytes
+        assert np.array_equal(iio.imread(base64.b64decode(value['b64'])), expected[output])
+
+
+def test_predict_columnar_format_pixel_arrays_and_versions(client, inputs):
+    image = iio.imread(inputs / SCENE)
+    by_png = client.post('/v1/models/fcn:predict', json={
+        'signature_name': 'classes', 'instances': [{'b64': b64(inputs / SCENE)}]}).json()
+    # columnar, the named input, an [H][W][3] array as a client of the export would send
+    answer = client.post('/v1/models/fcn/versions/1:predict', json={
+        'signature_name': 'classes', 'inputs': {'image': [image.tolist()]}}).json()
+    assert answer == {'outputs': by_png['predictions']}
+    answer = client.post('/v1/models/fcn:predict', json={
+        'inputs': [{'b64': b64(inputs / SCENE)}]}).json()['outputs']
+    assert set(answer) == {'probabilities', 'classes'} and answer['classes'] == \
+        by_png['predictions']
+    answer = client.post('/v1/models/fcn:predict', json={
+        'signature_name': 'classes', 'instances': [{'image': {'b64': b64(inputs / SCENE)}},
+                                                   image.tolist()]}).json()
+    assert answer['predictions'] == by_png['predictions'] * 2
+
+
+def test_model_status_and_metadata_as_tensorflow_serving(client):
+    assert client.get('/v1/models/fcn').json() == {'model_version_status': [{
+        'version': '1', 'state': 'AVAILABLE', 'status': {'error_code': 'OK',
+                                                         'error_message': ''}}]}
+    meta = client.get('/v1/models/fcn/metadata').json()
+    assert meta['model_spec'] == {'name': 'fcn', 'signature_name': '', 'version': '1'}
+    signatures = meta['metadata']['signature_def']['signature_def']
+    assert set(signatures) == set(serving.SIGNATURES)
+    assert signatures['serving_default']['inputs']['image']['dtype'] == 'DT_STRING'
+    assert [d['size'] for d in signatures['serving_default']['outputs']['probabilities']
+            ['tensor_shape']['dim']] == ['-1', '-1', '-1', '2']
+    fcn = meta['metadata']['fcn']
+    assert fcn['format'] == 'savedmodel' and fcn['image_shape'] == [32, 64]
+    assert fcn['class_names'] == ['not road', 'road'] and fcn['num_classes'] == 2
+    assert fcn['overlay_colors'] == [None, list(inference.OVERLAY_RGB)]
+    assert fcn['max_batch'] == 4 and fcn['max_pixels'] == 40_000_000
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad requests: 4xx with one JSON line, and the service stays up
+# ----------------------------------------------------------------------------------------------
+
+PREDICT = '/v1/models/fcn:predict'
+BAD = [
+    ('raw bytes that are not an image', 'post', '/segment',
+     {'content': b'hello', 'headers': {'Content-Type': 'image/jpeg'}}, 400,
+     'the body: not an image'),
+    ('an empty body', 'post', '/segment', {'content': b'',
+                                           'headers': {'Content-Type': 'image/png'}},
+     400, 'the body: empty'),
+    ('a truncated PNG', 'post', '/segment', {'truncate': True}, 400, 'cannot decode'),
+    ('text', 'post', '/segment', {'content': b'hi', 'headers': {'Content-Type': 'text/plain'}},
+     415, "content type 'text/plain' not supported"),
+    ('a multipart form without a file', 'post', '/segment',
+     {'files': {'note': (None, b'no image')}}, 400, 'multipart body without a file'),
+    ('an unknown output', 'post', '/segment?output=sky', {'image': True}, 400,
+     'output=sky: choose from overlay, mask, probability'),
+    ('a crop that is not TOP,BOTTOM', 'post', '/segment?crop=a', {'image': True}, 400,
+     "crop='a' is not TOP,BOTTOM"),
+    ('a crop leaving no rows', 'post', '/segment?crop=50,60', {'image': True, 'crop': True},
+     400, 'leaves none of its 45 rows'),
+    ('a flip_tta that is not 0 or 1', 'post', '/segment?flip_tta=maybe', {'image': True}, 400,
+     'flip_tta=maybe: use 1 or 0'),
+    ('an unknown query parameter', 'post', '/segment?outptu=mask', {'image': True}, 400,
+     "unknown query parameter 'outptu'"),
+    ('malformed JSON', 'post', PREDICT, {'content': b'{"instances": ['}, 400,
+     'malformed JSON'),
+    ('JSON that is not an object', 'post', PREDICT, {'json': [1, 2]}, 400,
+     'not a JSON object'),
+    ('a wrong key', 'post', PREDICT, {'json': {'instance': []}}, 400, "unknown key 'instance'"),
+    ('both formats', 'post', PREDICT, {'json': {'instances': [], 'inputs': []}}, 400,
+     'exactly one of'),
+    ('no images', 'post', PREDICT, {'json': {'instances': []}}, 400, 'non-empty list'),
+    ('a b64 that does not decode', 'post', PREDICT, {'json': {'instances': [{'b64': '@@@'}]}},
+     400, 'instances[0].b64 does not decode as base64'),
+    ('a b64 that is not an image', 'post', PREDICT,
+     {'json': {'instances': [{'b64': base64.b64encode(b'hello').decode()}]}}, 400,
+     'instances[0]: not an image'),
+    ('an instance with wrong keys', 'post', PREDICT, {'json': {'instances': [{'png': 'x'}]}},
+     400, "instances[0] has keys ['png']"),
+    ('an array that is not an image', 'post', PREDICT, {'json': {'inputs': [[[1, 2]]]}}, 400,
+     'inputs[0] is neither'),
+    ('a named input that does not exist', 'post', PREDICT, {'json': {'inputs': {'x': []}}},
+     400, "inputs has keys ['x']"),
+    ('an unknown signature', 'post', PREDICT,
+     {'json': {'signature_name': 'sky', 'instances': [{'b64': 'AA=='}]}}, 400,
+     "signature_name 'sky' not found"),
+    ('another model', 'post', '/v1/models/other:predict', {'json': {'instances': []}}, 404,
+     "no model 'other'"),
+    ('another version', 'get', '/v1/models/fcn/versions/2:predict', {}, 405, 'not allowed'),
+    ('another version', 'post', '/v1/models/fcn/versions/2:predict',
+     {'json': {'instances': []}}, 404, "no version 2 of model 'fcn'"),
+    ('an unknown path', 'get', '/v2/nothing', {}, 404, 'no endpoint /v2/nothing'),
+    ('a GET where a POST is due', 'get', '/segment', {}, 405, 'GET is not allowed on /segment'),
+]
+
+
+@pytest.mark.parametrize('what, method, path, request_args, status, message', BAD,
+                         ids=[row[0] for row in BAD])
+def test_bad_requests_are_4xx_with_one_json_line(client, inputs, what, method, path,
+                                                 request_args, status, message):
+    request_args = dict(request_args)
+    data = (inputs / SCENE).read_bytes()
+    if request_args.pop('truncate', False):
+        request_args = {'content': data[:len(data) // 2],
+                        'headers': {'Content-Type': 'image/png'}}
+    if request_args.pop('image', False):
+        request_args.pop('crop', None)
+        request_args.update(content=data, headers={'Content-Type': 'image/png'})
+    response = getattr(client, method)(path, **request_args)
+    assert response.status_code == status, response.text
+    error = response.json()['error']
+    assert message in error and '\n' not in error and 'Traceback' not in error
+    assert client.get('/healthz').json()['status'] == 'ok'  # still up
+
+
+def test_images_over_max_pixels_are_413(run_dir, inputs):
+    app = serving.create_app(inference.load_model(str(run_dir)), max_pixels=45 * 77 - 1)
+    with TestClient(app) as small:
+        response = small.post('/segment', content=(inputs / SCENE).read_bytes(),
+                              headers={'Content-Type': 'image/png'})
+        assert response.status_code == 413
+        assert response.json()['error'] == ('the body: 77x45 is over the limit of 3464 pixels; '
+                                            'send a smaller image')
+        image = iio.imread(inputs / SCENE).tolist()
+        response = small.post(PREDICT, json={'instances': [image]})
+        assert response.status_code == 413 and 'instances[0]: 77x45' in response.json()['error']
+        response = small.post('/segment', content=(inputs / 'street.jpg').read_bytes()[:3000],
+                              headers={'Content-Type': 'image/jpeg'})
+        assert response.status_code == 413  # the size is read before the pixels are decoded
+
+
+def test_a_failing_model_is_a_500_json_line_and_the_service_stays_up(inputs, capsys):
+    def run(images):
+        if images[0, 0, 0, 0] == 0:
+            raise RuntimeError('out of memory')
+        return np.ones(images.shape[:3] + (2,), np.float32) / 2
+    info = {'image_shape': [32, 64], 'num_classes': 2, 'class_names': ['a', 'b'],
+            'class_colors': COLORS[:2]}
+    with TestClient(serving.create_app(inference.Model('fake', 'fake', info, run))) as c:
+        response = c.post(PREDICT, json={'instances': [np.zeros((4, 4, 3), int).tolist()]})
+        assert response.status_code == 500
+        assert response.json() == {'error': 'internal error: RuntimeError: out of memory'}
+        assert 'Traceback' in capsys.readouterr().err  # for the operator, not the client
+        response = c.post(PREDICT, json={'signature_name': 'classes',
+                                         'instances': [np.ones((4, 4, 3), int).tolist()]})
+        assert response.status_code == 200 and response.json()['predictions'] == \
+            [[[1] * 4] * 4]
+
+
+def test_many_classes_refuse_road_only_outputs(tmp_path, inputs):
+    save_tiny_model(str(tmp_path / 'model'), num_classes=3)
+    with TestClient(serving.create_app(inference.load_model(str(tmp_path)))) as c:
+        data = (inputs / SCENE).read_bytes()
+        response = c.post('/segment?output=probability', content=data,
+                          headers={'Content-Type': 'image/png'})
+        assert response.status_code == 400 and 'this model has 3 classes' in response.text
+        response = c.post(PREDICT, json={'signature_name': 'road_probability',
+                                         'instances': [{'b64': b64(inputs / SCENE)}]})
+        assert response.status_code == 400 and 'two-class' in response.text
+        overlay = png(c.post('/segment', content=data, headers={'Content-Type': 'image/png'}))
+        assert overlay.shape == (45, 77, 3)
+        meta = c.get('/v1/models/fcn/metadata').json()['metadata']
+        assert 'road_probability' not in meta['signature_def']['signature_def']
+        assert meta['fcn']['overlay_colors'] == COLORS  # every class drawn in its colour
+
+
+# ----------------------------------------------------------------------------------------------
+# The page, health and metrics
+# ----------------------------------------------------------------------------------------------
+
+def test_page_is_served_without_outside_scripts(client):
+    response = client.get('/')
+    assert response.status_code == 200 and response.headers['content-type'].startswith(
+        'text/html')
+    page = response.text
+    assert '<input type="file" id="file"' in page and 'fetch("/segment"' in page
+    assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing from the internet
+
+
+def test_metrics_count_requests_latencies_and_batch_sizes(run_dir, inputs):
+    with TestClient(serving.create_app(inference.load_model(str(run_dir)))) as c:
+        for _ in range(3):
+            png(c.post('/segment', content=(inputs / SCENE).read_bytes(),
+                       headers={'Content-Type': 'image/png'}))
+        c.post(PREDICT, json={'instances': [{'b64': b64(inputs / SCENE)}] * 2})
+        c.post('/segment', content=b'x', headers={'Content-Type': 'image/png'})
+        assert c.get('/healthz').json() == {'status': 'ok', 'model': 'fcn',
+                                            'format': 'savedmodel'}
+        text = c.get('/metrics').text
+    assert 'fcn_requests_total{endpoint="/segment",status="200"} 3.0' in text
+    assert 'fcn_requests_total{endpoint="/segment",status="400"} 1.0' in text
+    assert 'fcn_requests_total{endpoint="/v1/models/{name}:predict",status="200"} 1.0' in text
+    assert 'fcn_request_seconds_count{endpoint="/segment"} 4.0' in text
+    assert 'fcn_batch_size_count 4.0' in text and 'fcn_batch_size_sum 5.0' in text
+
+
+# ----------------------------------------------------------------------------------------------
+# The batcher
+# ----------------------------------------------------------------------------------------------
+
+class Recorder:
+    """A model that records the batches it is called with, slowly."""
+
+    def __init__(self, seconds=0.0):
+        self.calls, self.seconds = [], seconds
+
+    def __call__(self, images, flip):
+        self.calls.append((len(images), flip))
+        time.sleep(self.seconds)
+        return images[..., :2].astype(np.float32) + flip
+
+
+class Histogram:
+    def observe(self, value):
+        pass
+
+
+def batched(model, max_batch, timeout_s, requests):
+    """Run `requests` [(delay before queuing, flip)] through a Batcher; returns the outputs."""
+    async def go():
+        batcher = serving.Batcher(model, max_batch, timeout_s, Histogram())
+        batcher.start()
+
+        async def one(index, delay, flip):
+            await asyncio.sleep(delay)
+            return await batcher(np.full((2, 2, 3), index, np.uint8), flip)
+        try:
+            return await asyncio.gather(*(one(i, delay, flip)
+                                          for i, (delay, flip) in enumerate(requests)))
+        finally:
+            await batcher.stop()
+    return asyncio.run(go())
+
+
+def test_batcher_gathers_up_to_max_batch_and_answers_each_its_own():
+    model = Recorder()
+    outputs = batched(model, 4, 0.05, [(0, False)] * 10)
+    assert model.calls == [(4, False), (4, False), (2, False)]
+    assert [int(output[0, 0, 0]) for output in outputs] == list(range(10))
+
+
+def test_batcher_waits_at_most_the_timeout_and_batches_flips_apart():
+    model = Recorder()
+    batched(model, 8, 0.01, [(0, False), (0.2, False)])  # the second comes too late
+    assert model.calls == [(1, False), (1, False)]
+    model = Recorder()
+    outputs = batched(model, 8, 0.05, [(0, False), (0, True), (0, False)])
+    assert sorted(model.calls) == [(1, True), (2, False)]
+    assert [int(output[0, 0, 0]) for output in outputs] == [0, 2, 2]  # 1 + flip
+
+
+def test_batcher_never_blocks_the_event_loop():
+    async def go():
+        batcher = serving.Batcher(Recorder(seconds=0.5), 8, 0.001, Histogram())
+        batcher.start()
+        call = asyncio.ensure_future(batcher(np.zeros((2, 2, 3), np.uint8), False))
+        await asyncio.sleep(0.05)  # the model is running now
+        start = time.perf_counter()
+        await asyncio.sleep(0.01)
+        ticked = time.perf_counter() - start
+        await call
+        await batcher.stop()
+        return ticked
+    assert asyncio.run(go()) < 0.3
+
+
+# ----------------------------------------------------------------------------------------------
+# serve.py: start-up, the real server, SIGTERM, the browser
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('argv, message', [
+    (['--model', 'no/such/run'], '--model no/such/run: no such file or folder'),
+    (['--model', 'x', '--max-batch', '0'], 'argument --max-batch: must be at least 1'),
+    (['--model', 'x', '--port', '70000'], 'argument --port: must be at most 65535'),
+])
+def test_serve_stops_at_start_up_with_one_line(argv, message, capsys):
+    assert cli.main_guard(serve.main, argv + ['--port', str(free_port())]
+                          if '--port' not in argv else argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: {message}') and err.count('\n') == 1
+
+
+def test_serve_refuses_a_port_in_use(run_dir):
+    with socket.socket() as taken:
+        taken.bind(('127.0.0.1', 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(UserError, match=f'--port {port}: in use; choose another --port'):
+            serve.main(['--model', str(run_dir), '--port', str(port)])
+
+
+def test_the_service_imports_no_tensorflow():
+    """A .tflite model runs on LiteRT (test_deploy checks loading one); the server around it
+    must not pull TensorFlow in either."""
+    code = 'import sys, serve, uvicorn; from roadseg import serving; ' \
+           'print("tensorflow" in sys.modules)'
+    result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60)
+    assert result.stdout.strip() == 'False', result.stderr
+
+
+def test_sigterm_answers_every_request_in_flight_then_stops(run_dir, inputs, tmp_path):
+    # The batcher holds each batch open for 1.5 s, so the requests are still in flight
+    # when SIGTERM arrives.
+    server = Server(run_dir, tmp_path / 'serve.log', '--batch-timeout-ms', '1500',
+                    '--max-batch', '64')
+    data = (inputs / SCENE).read_bytes()
+    answers = []
+
+    def request():
+        answers.append(httpx.post(server.url + '/segment?output=mask', content=data,
+                                  headers={'Content-Type': 'image/png'}, timeout=60))
+    threads = [threading.Thread(target=request) for _ in range(6)]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        server.process.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(timeout=60)
+        assert server.process.wait(timeout=60) == 0
+    finally:
+        server.stop()
+    assert [answer.status_code for answer in answers] == [200] * 6
+    masks = [iio.imread(io.BytesIO(answer.content)) for answer in answers]
+    assert all(np.array_equal(mask, masks[0]) for mask in masks)
+    log = server.output()
+    assert 'Shutting down' in log and 'Traceback' not in log
+    with pytest.raises(httpx.TransportError):
+        httpx.get(server.url + '/healthz', timeout=2)
+
+
+def test_workers_each_load_the_model_and_answer(run_dir, inputs, tmp_path):
+    server = Server(run_dir, tmp_path / 'serve.log', '--workers', '2')
+    try:
+        answers = [httpx.post(server.url + '/segment?output=mask',
+                              content=(inputs / SCENE).read_bytes(),
+                              headers={'Content-Type': 'image/png'}, timeout=60)
+                   for _ in range(4)]
+        meta = httpx.get(server.url + '/v1/models/fcn/metadata', timeout=60).json()
+    finally:
+        assert server.stop() == 0
+    expected = predicted(run_dir, inputs / SCENE, tmp_path)['mask']
+    assert all(np.array_equal(png(answer), expected) for answer in answers)
+    assert meta['metadata']['fcn']['format'] == 'savedmodel'
+
+
+def browser():
+    """Headless Chromium through Debian's chromedriver, or a skip saying what is missing."""
+    webdriver = pytest.importorskip('selenium.webdriver', reason='selenium is not installed')
+    binary, driver = shutil.which('chromium'), shutil.which('chromedriver')
+    if not binary or not driver:
+        pytest.skip('Chromium and its driver are not installed (Debian: apt-get install '
+                    'chromium chromium-driver; .ci/run installs them)')
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ('--headless=new', '--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu',
+                 '--window-size=1200,900'):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver),
+                            options=options)
+
+
+READ_OVERLAY = '''
+const done = arguments[arguments.length - 1];
+fetch(document.getElementById("download").href).then((r) => r.blob()).then((blob) => {
+  const reader = new FileReader();
+  reader.onload = () => done(reader.result);
+  reader.readAsDataURL(blob);
+});
+'''
+
+
+DROP = '''
+const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+const transfer = new DataTransfer();
+transfer.items.add(new File([bytes], arguments[1], {type: "image/png"}));
+document.getElementById("drop").dispatchEvent(
+  new DragEvent("drop", {dataTransfer: transfer, bubbles: true, cancelable: true}));
+'''
+
+
+def test_page_in_a_real_browser_shows_predicts_overlay(run_dir, inputs, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    driver = browser()
+    server = Server(run_dir, tmp_path / 'serve.log')
+    try:
+        driver.set_script_timeout(30)
+        driver.get(server.url + '/')
+        WebDriverWait(driver, 30).until(
+            lambda d: 'road' in d.find_element(By.ID, 'legend').text)
+        driver.find_element(By.ID, 'file').send_keys(str(inputs / 'street.jpg'))
+        WebDriverWait(driver, 60).until(
+            lambda d: d.find_element(By.TAG_NAME, 'body').get_attribute('data-state') == 'done')
+        status = driver.find_element(By.ID, 'status').text
+        assert re.fullmatch(r'street\.jpg, 90x50: segmented in \d+ ms \(the server\'s part '
+                            r'[0-9.]+ ms\)', status), status
+        link = driver.find_element(By.ID, 'download')
+        assert link.get_attribute('download') == 'street_overlay.png'
+        shown = driver.execute_async_script(READ_OVERLAY)
+        overlay = iio.imread(base64.b64decode(shown.split(',', 1)[1]))
+        size = driver.execute_script('const i = document.getElementById("overlay"); '
+                                     'return [i.naturalWidth, i.naturalHeight];')
+        assert size == [90, 50]
+        driver.save_screenshot(str(tmp_path / 'page.png'))
+        assert iio.imread(tmp_path / 'page.png').shape[2] in (3, 4)
+        # dropping an image on the page does what choosing it does
+        driver.execute_script(DROP, b64(inputs / SCENE), 'um_000007.png')
+        WebDriverWait(driver, 60).until(lambda d: d.find_element(By.ID, 'status').text
+                                        .startswith('um_000007.png, 77x45: segmented in'))
+        dropped = driver.execute_async_script(READ_OVERLAY)
+    finally:
+        driver.quit()
+        server.stop()
+    assert np.array_equal(overlay, predicted(run_dir, inputs / 'street.jpg', tmp_path)['overlay'])
+    assert np.array_equal(iio.imread(base64.b64decode(dropped.split(',', 1)[1])),
+                          predicted(run_dir, inputs / SCENE, tmp_path)['overlay'])
