@@ -3,15 +3,18 @@
 Prints per-class accuracy and IoU, pixel accuracy, mean and frequency-weighted IoU, for two
 classes the KITTI road devkit's MaxF/AP figures, and the inference time per image; writes
 metrics.json and, with --save-images, overlays and (two classes) 8-bit road-probability PNGs,
-KITTI's submission format.
+KITTI's submission format. With --bev (KITTI, images with calib/ files), also the devkit's
+figures in the bird's-eye view per category (UM, UMM, UU, and URBAN over all), as KITTI's server
+ranks methods; with --save-images, a BEV picture per image in bev/.
 
     python evaluate.py --model runs/20261121-143000 --data-dir data --split val --save-images
 """
 import os
 import sys
 
-from roadseg import cli, evaluation, files, inference
+from roadseg import bev, cli, evaluation, files, inference
 from roadseg.data import datasets
+from roadseg.errors import UserError
 
 
 def default_output_dir(model, split, flip_tta=False):
@@ -21,6 +24,21 @@ def default_output_dir(model, split, flip_tta=False):
     if os.path.isdir(model):
         return os.path.join(model, name)
     return f'{os.path.splitext(model)[0]}-{name}'
+
+
+def bev_of(args, model, pairs):
+    """The bev.Evaluation --bev asks for, after checking that it can be done (None without
+    --bev)."""
+    if not args.bev:
+        return None
+    if model.num_classes != 2:
+        raise UserError(f'--bev: for two-class (road or lane) models; {args.model} has '
+                        f'{model.num_classes} classes')
+    bev_evaluation = bev.Evaluation([image for image, _ in pairs], model.info['label'])
+    if not bev_evaluation.calibrated():
+        raise UserError(f'--bev: none of the {len(pairs)} images has a calibration file '
+                        f'(KITTI keeps one per image in data_road/training/calib/)')
+    return bev_evaluation
 
 
 def main(argv=None):
@@ -39,18 +57,24 @@ def main(argv=None):
     parser.add_argument('--flip-tta', action='store_true',
                         help='average each prediction with that of the mirrored image '
                              '(test-time augmentation, twice the inference time)')
+    parser.add_argument('--bev', action='store_true',
+                        help="also score in KITTI's bird's-eye view, as its server ranks "
+                             "(images with a calib/ file; with --save-images, BEV pictures)")
     args = parser.parse_args(argv)
     with inference.load_model(args.model, flip=args.flip_tta) as model:
         dataset, pairs = evaluation.evaluation_data(args.model, args.data_dir, model.info,
                                                     args.split)
+        bev_evaluation = bev_of(args, model, pairs)
         output_dir = args.output_dir or default_output_dir(args.model, args.split, args.flip_tta)
         results = evaluation.evaluate(model, datasets.load_samples(pairs, dataset.read_label),
                                       output_dir if args.save_images else None,
                                       inference.overlay_colors(dataset.classes.colors),
-                                      model.info['label'])
+                                      model.info['label'], bev_evaluation)
     results.update(model=os.path.abspath(args.model), split=args.split, flip_tta=args.flip_tta,
                    classes=dataset.classes.names)
     print(evaluation.format_table(results, dataset.classes.names))
+    if bev_evaluation and bev_evaluation.note():
+        print(bev_evaluation.note())
     files.write_json(os.path.join(output_dir, 'metrics.json'), results)
     print(f'metrics written to {os.path.join(output_dir, "metrics.json")}')
 

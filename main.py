@@ -80,6 +80,7 @@ def run(argv=None):
     classes = dataset.classes
     get_batches_fn = runs.batch_generator(args, dataset, train_pairs)
     val_samples = datasets.load_samples(val_pairs, dataset.read_label)
+    bev_paths = runs.bev_paths(args, val_pairs, dataset.classes.num_classes)
     class_weights = runs.class_weights(args, get_batches_fn.labels, classes.num_classes)
     with tf.Graph().as_default(), tf1.Session() as sess:
         tf1.set_random_seed(args.seed)
@@ -110,7 +111,7 @@ def run(argv=None):
 
         batches = -(-len(get_batches_fn) // args.batch_size)
         monitor = runs.RunMonitor(run_dir, sess, saver, model, export, val_samples, args, log,
-                                  records, (start_epoch - 1) * batches, classes)
+                                  records, (start_epoch - 1) * batches, classes, bev_paths)
         calibration = runs.calibration_images(args, train_pairs)
 
         def epoch_end(epoch, mean_loss):

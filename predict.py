@@ -10,6 +10,9 @@ its colour), `--mask` `<name>_mask.png` (class numbers), `--probability` 8-bit r
 PNGs (KITTI's submission format, `um_000001` -> `um_road_000001.png`, else `<name>_prob.png`),
 `--video` `<stem>_overlay.mp4` at the video's frame rate, `--gif` `<stem>_overlay.gif`. A video's
 frames are named `<stem>_<frame number>`. Unreadable inputs are skipped and listed at the end.
+`--kitti-submission DIR` writes KITTI's road benchmark submission for its testing images (each
+with its calib/ file): the bird's-eye-view road probability maps in DIR/bev/, zipped into
+DIR/kitti_road_bev.zip (what KITTI's server takes), and the perspective maps in DIR/perspective/.
 --model takes a run folder, a SavedModel, a frozen graph (.pb) or a TFLite model (.tflite):
 see roadseg.inference. A TFLite model runs without importing TensorFlow.
 """
@@ -29,13 +32,18 @@ def parse_args(argv=None):
                         help='image or video files (.mp4 .avi .mov), folders or globs')
     parser.add_argument('--model', required=True,
                         help='a run folder, a SavedModel folder, a frozen graph .pb or a .tflite')
-    parser.add_argument('--output-dir', required=True, help='where the outputs are written')
+    parser.add_argument('--output-dir', help='where the outputs are written')
     for flag, what in (('overlay', '<name>.png: the classes drawn over the image'),
                        ('mask', '<name>_mask.png: class numbers'),
                        ('probability', '8-bit road-probability PNGs, KITTI\'s submission format'),
                        ('video', '<stem>_overlay.mp4 for each video, at its frame rate'),
                        ('gif', '<stem>_overlay.gif for each video')):
         parser.add_argument('--' + flag, action='store_true', help=what)
+    parser.add_argument('--kitti-submission', metavar='DIR',
+                        help="KITTI's road benchmark submission of the testing images: "
+                             "bird's-eye-view road probability maps in DIR/bev/ and zipped in "
+                             "DIR/kitti_road_bev.zip (KITTI's server takes the zip), and the "
+                             "perspective maps in DIR/perspective/")
     parser.add_argument('--crop', type=cli.crop_arg, metavar='TOP,BOTTOM',
                         help='segment only these rows (e.g. 120,-40: without the sky and the '
                              'bonnet); the rest counts as not road')
@@ -52,8 +60,12 @@ def parse_args(argv=None):
         parser.error('argument --batch-size: must be at least 1')
     if args.threshold is not None and not 0 < args.threshold <= 1:
         parser.error('argument --threshold: must be above 0 and at most 1')
-    args.default_outputs = not (args.overlay or args.mask or args.probability or args.video
-                                or args.gif)  # then overlays for images, a video for videos
+    flags = args.overlay or args.mask or args.probability or args.video or args.gif
+    if not args.output_dir and (flags or not args.kitti_submission):
+        parser.error('argument --output-dir is required' + (
+            ' for --overlay, --mask, --probability, --video and --gif' if flags else ''))
+    # without output flags: overlays for images, a video for videos (unless only submitting)
+    args.default_outputs = not flags and not args.kitti_submission
     return args
 
 
@@ -61,8 +73,9 @@ def check_options(args, model):
     """Options that need a two-class model."""
     if model.num_classes == 2:
         args.threshold = 0.5 if args.threshold is None else args.threshold
-    elif args.probability or args.threshold is not None:
-        flag = '--probability' if args.probability else '--threshold'
+    elif args.probability or args.kitti_submission or args.threshold is not None:
+        flag = '--probability' if args.probability else '--kitti-submission' \
+            if args.kitti_submission else '--threshold'
         raise UserError(f'{flag}: for two-class (road) models; {args.model} has '
                         f'{model.num_classes} classes')
 
@@ -87,8 +100,11 @@ def main(argv=None):
     with inference.load_model(args.model, flip=args.flip_tta) as model:
         check_options(args, model)
         sources = [media.Source(path) for path in media.input_files(args.inputs, bad)]
-        check_names(sources, args.output_dir)
-        os.makedirs(args.output_dir, exist_ok=True)
+        if args.kitti_submission:
+            media.check_submission(sources)
+        if args.output_dir:
+            check_names(sources, args.output_dir)
+            os.makedirs(args.output_dir, exist_ok=True)
         start, count = time.perf_counter(), 0
         with media.Outputs(args.output_dir, args, model.info, bad) as outputs, \
                 tqdm(total=sum(map(media.frame_estimate, sources)), unit='frame',
@@ -103,9 +119,19 @@ def main(argv=None):
                 bar.update(len(frames))
         seconds = time.perf_counter() - start
     print(f'{count} frames in {seconds:.1f} s: {count / max(seconds, 1e-9):.1f} frames/s '
-          f'(model {model.kind}); outputs in {args.output_dir}')
+          f'(model {model.kind})' + (f'; outputs in {args.output_dir}' if args.output_dir
+                                     else ''))
+    if args.kitti_submission and not bad:
+        path, counts = media.zip_submission(args.kitti_submission, sources,
+                                            model.info.get('label') or 'road')
+        print(f'KITTI submission: {sum(counts.values())} bird\'s-eye-view maps ('
+              f'{", ".join(f"{n} {c}" for c, n in sorted(counts.items()))}) in {path}; upload '
+              f'that zip to KITTI\'s road benchmark')
     for message in bad.values():
         print(f'skipped {message}', file=sys.stderr)
+    if bad and args.kitti_submission:
+        print('--kitti-submission: the zip was not written, as every test image needs its map',
+              file=sys.stderr)
     if bad:
         raise PartlyFailed(f'{len(bad)} input(s) failed (listed above); the others were '
                            f'processed')

@@ -7,18 +7,20 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from roadseg import files, inference, metrics
+from roadseg import bev, files, inference, metrics
 from roadseg.data import datasets
 from roadseg.errors import UserError
 
 
 def evaluate(model, samples, output_dir=None, colors=(None, inference.OVERLAY_RGB),
-             label='road'):
+             label='road', bev_evaluation=None):
     """Segment each (name, RGB image, class map) sample with `model` (inference.segment),
-    score it at the label's own size and return the metrics.
+    score it at the label's own size and return the metrics; with a bev.Evaluation, also in
+    KITTI's bird's-eye view (results['bev']).
 
     With `output_dir`, writes overlays/ (drawn in `colors`) and, for two classes,
-    probabilities/ (8-bit class-1 probability PNGs named as KITTI's `label` ground truth).
+    probabilities/ (8-bit class-1 probability PNGs named as KITTI's `label` ground truth), and
+    with a bev.Evaluation bev/ (bev.picture of each calibrated image).
     """
     confusion = metrics.ConfusionMatrix(model.num_classes)
     road = metrics.RoadMetrics() if model.num_classes == 2 else None
@@ -32,6 +34,11 @@ def evaluate(model, samples, output_dir=None, colors=(None, inference.OVERLAY_RG
         confusion.update(classes, prediction)
         if road:
             road.update(classes, probabilities[..., 1])
+        warp = bev_evaluation.update(name, classes, probabilities[..., 1]) \
+            if bev_evaluation else None
+        if output_dir and warp:
+            files.write_png(os.path.join(output_dir, 'bev', os.path.splitext(name)[0] + '.png'),
+                            bev.picture(warp, image, probabilities[..., 1], classes))
         if output_dir:
             stem = os.path.splitext(name)[0]
             files.write_png(os.path.join(output_dir, 'overlays', stem + '.png'),
@@ -43,6 +50,8 @@ def evaluate(model, samples, output_dir=None, colors=(None, inference.OVERLAY_RG
     results = confusion.results()
     if road:
         results['kitti_road'] = road.results()
+    if bev_evaluation:
+        results['bev'] = bev_evaluation.results()
     results['ms_per_image'] = 1000 * float(np.median(seconds))
     results['images'] = len(samples)
     return results
@@ -61,6 +70,10 @@ def summary_line(results):
     kitti = results.get('kitti_road')
     if kitti and kitti['max_f'] is not None:
         figures += [f'MaxF {kitti["max_f"]:.4f}', f'AP {kitti["average_precision"]:.4f}']
+    for name, bev_figures in results.get('bev', {}).get('categories', {}).items():
+        if name.startswith('URBAN') and bev_figures['max_f'] is not None:
+            figures += [f'BEV MaxF {bev_figures["max_f"]:.4f}',
+                        f'BEV AP {bev_figures["average_precision"]:.4f}']
     return ', '.join(f for f in figures if f)
 
 
@@ -83,10 +96,26 @@ def format_table(results, class_names):
                      f'{_fmt(kitti["average_precision"])}; at threshold {_fmt(kitti["threshold"])}:'
                      f' precision {_fmt(kitti["precision"])}, recall {_fmt(kitti["recall"])}, '
                      f'FPR {_fmt(kitti["fpr"])}, FNR {_fmt(kitti["fnr"])}')
+    if results.get('bev'):
+        lines.append(bev_table(results['bev']))
     mirrored = ', each also mirrored (--flip-tta)' if results.get('flip_tta') else ''
     lines.append(f'{results["images"]} images, {results["ms_per_image"]:.1f} ms per image '
                  f'(resized to the training size{mirrored}, segmented and resized back; median '
                  f'after a warm-up)')
+    return '\n'.join(lines)
+
+
+def bev_table(results):
+    """bev.Evaluation's figures per category, one row each, as the devkit prints them."""
+    count = results['images']
+    lines = [f'KITTI in bird\'s-eye view ({count} image{"s" * (count != 1)} with calibration): '
+             f'the devkit\'s figures at the MaxF threshold',
+             f'{"category":<12} {"MaxF":>8} {"AP":>8} {"PRE":>8} {"REC":>8} {"FPR":>8} '
+             f'{"FNR":>8}']
+    for name, figures in results['categories'].items():
+        lines.append(f'{name:<12} ' + ' '.join(
+            f'{_fmt(figures[key]):>8}' for key in ('max_f', 'average_precision', 'precision',
+                                                  'recall', 'fpr', 'fnr')))
     return '\n'.join(lines)
 
 

@@ -1,15 +1,17 @@
 """predict.py's inputs and outputs: images, folders, globs and videos read frame by frame, and
-the overlays, masks, probability PNGs, videos and GIFs written for them, each atomically."""
+the overlays, masks, probability PNGs, videos and GIFs written for them, each atomically; and
+KITTI's submission: bird's-eye-view road probability maps, zipped as its server takes them."""
 import collections
 import contextlib
 import dataclasses
 import glob
 import os
+import zipfile
 
 import imageio.v2 as iio2
 import imageio.v3 as iio
 
-from roadseg import files, inference, metrics
+from roadseg import bev, files, inference, metrics
 from roadseg.data.datasets import IMAGE_EXTENSIONS
 from roadseg.errors import UserError
 from roadseg.images import read_rgb
@@ -191,6 +193,10 @@ class Outputs:
         if self.args.probability:
             self.png(inference.probability_name(name, self.label),
                      metrics.quantize(probabilities[..., 1]))
+        if self.args.kitti_submission:
+            write_submission_maps(self.args.kitti_submission, frame.source.path,
+                                  inference.probability_name(name, self.label),
+                                  metrics.quantize(probabilities[..., 1]))
         if video and (self.args.video or self.args.gif or self.args.default_outputs):
             if self.stack is None:
                 self.open_writers(frame.source, overlay.shape)
@@ -230,3 +236,58 @@ class Outputs:
 
     def __exit__(self, exc_type, *_):
         self.finish(failed=exc_type is not None)
+
+
+# ----------------------------------------------------------------------------------------------
+# KITTI's submission
+# ----------------------------------------------------------------------------------------------
+
+def check_submission(sources):
+    """Stop before any work when an input cannot be submitted: a video, a name that is not
+    KITTI's (`um_000000`), or an image without a readable calibration (calib/ beside image_2/)."""
+    problems = {}
+    for source in sources:
+        if source.video:
+            problems.setdefault('videos', []).append(source.path)
+        elif bev.category(source.path) is None:
+            problems.setdefault("names that are not KITTI's (um_000000.png)", []).append(
+                source.path)
+        elif not os.path.isfile(bev.calibration_path(source.path)):
+            problems.setdefault('no calibration file', []).append(source.path)
+        else:
+            path = bev.calibration_path(source.path)
+            bev.road_homography(bev.read_calibration(path), path)
+    for what, paths in problems.items():
+        raise UserError(f'--kitti-submission: {len(paths)} input(s) with {what}, e.g. '
+                        f'{paths[0]}; it takes KITTI\'s testing images, each with its '
+                        f'calib/<name>.txt beside image_2/')
+
+
+def write_submission_maps(folder, image_path, name, probability):
+    """The perspective road probability and its bird's-eye view, as `name` in `folder`'s
+    perspective/ and bev/."""
+    files.write_png(os.path.join(folder, 'perspective', name), probability)
+    warp = bev.warp_for(image_path, probability.shape)
+    files.write_png(os.path.join(folder, 'bev', name), warp.to_bev(probability))
+
+
+def zip_submission(folder, sources, label):
+    """Zip the BEV maps of every input, at the zip's root as KITTI's server takes them, into
+    `folder`/kitti_<label>_bev.zip after checking that every input has its map; returns the zip's
+    path and the count per category."""
+    names = [inference.probability_name(source.stem, label) for source in sources]
+    missing = [name for name in names if not os.path.isfile(os.path.join(folder, 'bev', name))]
+    if missing:
+        raise UserError(f'--kitti-submission: {len(missing)} of {len(names)} test images have no '
+                        f'BEV map (e.g. {missing[0]}); the zip was not written')
+    path = os.path.join(folder, f'kitti_{label}_bev.zip')
+    with files.atomic_path(path) as tmp, zipfile.ZipFile(tmp, 'w', zipfile.ZIP_DEFLATED) as z:
+        for name in names:
+            z.write(os.path.join(folder, 'bev', name), name)
+    with zipfile.ZipFile(path) as z:
+        if sorted(z.namelist()) != sorted(names):
+            raise UserError(f'{path}: does not hold exactly the {len(names)} BEV maps')
+    counts = {}
+    for source in sources:
+        counts[bev.category(source.path)] = counts.get(bev.category(source.path), 0) + 1
+    return path, counts

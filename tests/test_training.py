@@ -52,6 +52,7 @@ def test_encoder_options_that_do_not_fit_are_one_line_errors(argv, message):
     ({'learning_rate': 'fast'}, r'learning_rate is "fast"; --learning-rate takes a number'),
     ({'image_shape': 352}, r'image_shape is 352; --image-shape takes text'),
     ({'encoder': 'resnet'}, r'encoder is "resnet"; --encoder takes one of vgg16, mobilenetv2'),
+    ({'val_bev': 'yes'}, r'val_bev is "yes"; --val-bev is true or false'),
 ])
 def test_config_values_of_a_wrong_type_or_choice_are_one_line_errors(tmp_path, value, message):
     path = tmp_path / 'small.json'

@@ -125,6 +125,9 @@ def parse_args(argv=None):
                         help='validate every N epochs and after the last (with --ema-decay, '
                              'measuring the averaged weights\' batch-norm statistics then too); '
                              'the best model is chosen among those epochs (default: %(default)s)')
+    parser.add_argument('--val-bev', action='store_true', default=None,
+                        help="also validate in KITTI's bird's-eye view, as its server ranks "
+                             "(the validation images that have calib/ files; two classes)")
     parser.add_argument('--tb-images-every', type=int,
                         help='log validation overlays to TensorBoard every N epochs '
                              '(default: %(default)s)')
@@ -184,7 +187,11 @@ def check_config(parser, config, path):
         value, flag = config[action.dest], action.option_strings[-1]
         if value is None:
             continue  # an option left unset: reported below unless it may stay unset
-        if action.type in (int, float):
+        if isinstance(action, argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise UserError(f'{path}: {action.dest} is {json.dumps(value)}; {flag} is '
+                                f'true or false')
+        elif action.type in (int, float):
             wanted = (int,) if action.type is int else (int, float)
             if isinstance(value, bool) or not isinstance(value, wanted):
                 raise UserError(f'{path}: {action.dest} is {json.dumps(value)}; {flag} takes '

@@ -9,7 +9,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from roadseg import evaluation, files, images, inference
+from roadseg import bev, evaluation, files, images, inference
 from roadseg.data import datasets
 from roadseg.data.batches import BatchGenerator
 from roadseg.data.transforms import Augment
@@ -71,6 +71,24 @@ def fetch_downloads(args):
             instead.insert(0, '--encoder-weights none to train VGG16 from scratch without vgg.zip')
         raise UserError(f'{len(problems)} download(s) failed: ' + '. Also '.join(problems)
                         + '. Or train without them: ' + '; '.join(instead))
+
+
+def bev_paths(args, val_pairs, num_classes):
+    """The validation images --val-bev scores in the bird's-eye view (None without it), after
+    checking that some have calibration."""
+    if not args.val_bev:
+        return None
+    if num_classes != 2:
+        raise UserError(f'--val-bev: for two-class (road or lane) training, not '
+                        f'{num_classes} classes')
+    paths = [image for image, _ in val_pairs]
+    if not paths:
+        raise UserError('--val-bev: there are no validation images; raise --val-fraction')
+    if not bev.Evaluation(paths).calibrated():
+        raise UserError(f'--val-bev: none of the {len(paths)} validation images has a '
+                        f'calibration file (KITTI keeps one per image in '
+                        f'data_road/training/calib/)')
+    return paths
 
 
 def data_split(args):
@@ -233,11 +251,13 @@ class RunMonitor:
     after every --val-every epochs and the last.
 
     `model` is the inference tower as an inference.Model; `export(epoch, key_metric)` writes it
-    to model/."""
+    to model/; with `bev_paths` (the validation images' paths, --val-bev) validation scores in
+    KITTI's bird's-eye view too."""
 
     def __init__(self, run_dir, sess, saver, model, export, val_samples, args, log, records,
-                 step, classes):
+                 step, classes, bev_paths=None):
         self.run_dir, self.sess, self.saver, self.classes = run_dir, sess, saver, classes
+        self.bev_paths = bev_paths
         self.model, self.export, self.val_samples = model, export, val_samples
         self.args, self.log, self.records, self.step_count = args, log, records, step
         self.writer = tf1.summary.FileWriter(run_dir)
@@ -281,7 +301,9 @@ class RunMonitor:
         self.clock = now
         validated = bool(self.val_samples) and self.validates(epoch)
         if validated:
-            results = evaluation.evaluate(self.model, self.val_samples)
+            results = evaluation.evaluate(
+                self.model, self.val_samples, bev_evaluation=bev.Evaluation(
+                    self.bev_paths, self.args.label) if self.bev_paths else None)
             record.update(val=results, key_metric=evaluation.key_metric(results))
             self.log(f'epoch {epoch}: validation {evaluation.summary_line(results)}')
             kitti = results.get('kitti_road', {})
@@ -289,7 +311,8 @@ class RunMonitor:
                           'val/mean_iou': results['mean_iou'],
                           'val/road_iou': results['iou'][1] if kitti else None,
                           'val/max_f': kitti.get('max_f'),
-                          'val/average_precision': kitti.get('average_precision')}, epoch)
+                          'val/average_precision': kitti.get('average_precision'),
+                          'val/bev_max_f': _urban_max_f(results)}, epoch)
             if epoch % self.args.tb_images_every == 0 or epoch == self.args.epochs:
                 self.overlays(epoch)
         if validated and (self.best is None or record['key_metric'] > self.best['key_metric']):
@@ -328,3 +351,10 @@ class RunMonitor:
             raise UserError(f'{self.run_dir}: the best epoch\'s checkpoint is unusable ({reason})'
                             f' and model/ holds epoch {exported}; train a new run')
         self.export(self.best['epoch'], self.best['key_metric'])
+
+
+def _urban_max_f(results):
+    """The bird's-eye view's MaxF over every category, when validation scored it."""
+    categories = results.get('bev', {}).get('categories', {})
+    return next((figures['max_f'] for name, figures in categories.items()
+                 if name.startswith('URBAN')), None)
