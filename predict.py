@@ -65,7 +65,7 @@ def parse_args(argv=None):
         parser.error('argument --output-dir is required' + (
             ' for --overlay, --mask, --probability, --video and --gif' if flags else ''))
     # without output flags: overlays for images, a video for videos (unless only submitting)
-    args.default_outputs = not flags and not args.kitti_submission
+    args.default_outputs = not flags and bool(args.output_dir)
     return args
 
 
@@ -102,8 +102,8 @@ def main(argv=None):
         sources = [media.Source(path) for path in media.input_files(args.inputs, bad)]
         if args.kitti_submission:
             media.check_submission(sources)
+        check_names(sources, args.output_dir or args.kitti_submission)
         if args.output_dir:
-            check_names(sources, args.output_dir)
             os.makedirs(args.output_dir, exist_ok=True)
         start, count = time.perf_counter(), 0
         with media.Outputs(args.output_dir, args, model.info, bad) as outputs, \
@@ -130,7 +130,8 @@ def main(argv=None):
     for message in bad.values():
         print(f'skipped {message}', file=sys.stderr)
     if bad and args.kitti_submission:
-        print('--kitti-submission: the zip was not written, as every test image needs its map',
+        print(f'--kitti-submission: no zip, as every test image needs its map'
+              f'{media.remove_submission_zip(args.kitti_submission, model.info)}',
               file=sys.stderr)
     if bad:
         raise PartlyFailed(f'{len(bad)} input(s) failed (listed above); the others were '

@@ -19,6 +19,7 @@ for more after the first. SIGTERM (or Ctrl-C) answers the requests in flight, th
 """
 import errno
 import json
+import math
 import os
 import signal
 import socket
@@ -55,6 +56,8 @@ def parse_args(argv=None):
                              ('--batch-timeout-ms', args.batch_timeout_ms, 0)):
         if value < low:
             parser.error(f'argument {flag}: must be at least {low}')
+    if not math.isfinite(args.batch_timeout_ms):
+        parser.error('argument --batch-timeout-ms: must be a finite number')
     if args.port > 65535:
         parser.error('argument --port: must be at most 65535')
     return args
@@ -74,6 +77,13 @@ def check_port(host, port):
         raise UserError(f'--host {host} --port {port}: {why}') from None
 
 
+def stopped(*_):
+    """SIGTERM before uvicorn runs (while the model loads), or raised again by uvicorn after its
+    graceful shutdown: a stop that was asked for, so exit status 0."""
+    print('stopped on SIGTERM', flush=True)
+    sys.exit(0)
+
+
 def main(argv=None):
     args = parse_args(argv)
     check_port(args.host, args.port)
@@ -82,14 +92,12 @@ def main(argv=None):
     from roadseg import serving
     settings = {'max_batch': args.max_batch, 'batch_timeout_ms': args.batch_timeout_ms,
                 'max_pixels': args.max_pixels}
+    signal.signal(signal.SIGTERM, stopped)
     model = inference.load_model(args.model)  # a model that does not load: one line, now
     print(f'serving {args.model} ({model.kind}, {model.num_classes} classes, '
           f'{model.image_shape[0]}x{model.image_shape[1]}) on http://{args.host}:{args.port}/',
           flush=True)
     common = {'host': args.host, 'port': args.port, 'timeout_graceful_shutdown': GRACE_S}
-    # uvicorn stops gracefully on SIGTERM, then raises it again for the handler it found: this
-    # one, so that a stop asked for ends with exit status 0
-    signal.signal(signal.SIGTERM, lambda *_: print('stopped on SIGTERM', flush=True))
     if args.workers == 1:
         uvicorn.run(serving.create_app(model, **settings), **common)
     else:  # each worker process loads the model itself (roadseg.serving.app_from_environment)

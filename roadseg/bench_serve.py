@@ -85,7 +85,8 @@ class Server:
         self.url = f'http://127.0.0.1:{free_port()}'
         self.log_path, self.log = log, open(log, 'w')
         self.process = subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, 'serve.py'), '--model', str(model), '--port',
+            [sys.executable, os.path.join(ROOT, 'serve.py'), '--model', os.path.abspath(model),
+             '--port',
              self.url.rsplit(':', 1)[1], *flags], stdout=self.log, stderr=subprocess.STDOUT,
             cwd=ROOT)
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -160,7 +161,8 @@ def load(url, jpegs, clients, requests, deadline_s):
 
 def predict_rate(model, folder, output_dir):
     """predict.py --mask's own frames per second on the JPEGs in `folder`."""
-    done = subprocess.run([sys.executable, os.path.join(ROOT, 'predict.py'), '--model', model,
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'predict.py'), '--model',
+                           os.path.abspath(model),
                            folder, '--mask', '--output-dir', output_dir],
                           capture_output=True, text=True, cwd=ROOT)
     found = FRAMES_PER_SECOND.search(done.stdout)

@@ -70,11 +70,21 @@ def summary_line(results):
     kitti = results.get('kitti_road')
     if kitti and kitti['max_f'] is not None:
         figures += [f'MaxF {kitti["max_f"]:.4f}', f'AP {kitti["average_precision"]:.4f}']
-    for name, bev_figures in results.get('bev', {}).get('categories', {}).items():
-        if name.startswith('URBAN') and bev_figures['max_f'] is not None:
-            figures += [f'BEV MaxF {bev_figures["max_f"]:.4f}',
-                        f'BEV AP {bev_figures["average_precision"]:.4f}']
+    bev_figures = bev_summary(results)
+    if bev_figures and bev_figures['max_f'] is not None:
+        figures += [f'BEV MaxF {bev_figures["max_f"]:.4f}',
+                    f'BEV AP {bev_figures["average_precision"]:.4f}']
     return ', '.join(f for f in figures if f)
+
+
+def bev_summary(results):
+    """The bird's-eye-view figures over every image: URBAN's for road, the one category's
+    (UM_LANE) for lanes; None when the evaluation had no BEV."""
+    categories = results.get('bev', {}).get('categories', {})
+    pooled = [figures for name, figures in categories.items() if name.startswith('URBAN')]
+    if pooled:
+        return pooled[0]
+    return next(iter(categories.values())) if len(categories) == 1 else None
 
 
 def _fmt(value):

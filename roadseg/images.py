@@ -61,8 +61,8 @@ def decode_rgb(data, name, max_pixels=None):
         raise UserError(f'{name}: not an image (neither JPEG, PNG nor another format Pillow '
                         f'reads)') from None
     except Exception as e:  # PIL raises many types for damaged images
-        raise UserError(f'{name}: cannot decode the image ({str(e).splitlines()[0]})') \
-            from None
+        raise UserError(f'{name}: cannot decode the image '
+                        f'({(str(e).splitlines() or [type(e).__name__])[0]})') from None
 
 
 def encode_png(pixels):

@@ -249,7 +249,7 @@ def check_submission(sources):
     for source in sources:
         if source.video:
             problems.setdefault('videos', []).append(source.path)
-        elif bev.category(source.path) is None:
+        elif not inference.KITTI_NAME.fullmatch(source.stem):
             problems.setdefault("names that are not KITTI's (um_000000.png)", []).append(
                 source.path)
         elif not os.path.isfile(bev.calibration_path(source.path)):
@@ -271,6 +271,21 @@ def write_submission_maps(folder, image_path, name, probability):
     files.write_png(os.path.join(folder, 'bev', name), warp.to_bev(probability))
 
 
+def submission_zip(folder, label):
+    """Where zip_submission writes the zip."""
+    return os.path.join(folder, f'kitti_{label}_bev.zip')
+
+
+def remove_submission_zip(folder, info):
+    """Remove an earlier run's zip, which a failed run must not leave to be uploaded; says so
+    (an empty string when there was none)."""
+    path = submission_zip(folder, info.get('label') or 'road')
+    if not os.path.isfile(path):
+        return ''
+    os.remove(path)
+    return f' (the earlier {path} was removed)'
+
+
 def zip_submission(folder, sources, label):
     """Zip the BEV maps of every input, at the zip's root as KITTI's server takes them, into
     `folder`/kitti_<label>_bev.zip after checking that every input has its map; returns the zip's
@@ -280,7 +295,7 @@ def zip_submission(folder, sources, label):
     if missing:
         raise UserError(f'--kitti-submission: {len(missing)} of {len(names)} test images have no '
                         f'BEV map (e.g. {missing[0]}); the zip was not written')
-    path = os.path.join(folder, f'kitti_{label}_bev.zip')
+    path = submission_zip(folder, label)
     with files.atomic_path(path) as tmp, zipfile.ZipFile(tmp, 'w', zipfile.ZIP_DEFLATED) as z:
         for name in names:
             z.write(os.path.join(folder, 'bev', name), name)

@@ -16,6 +16,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 import traceback
@@ -45,6 +46,7 @@ SIGNATURES = {'serving_default': {'probabilities': 'DT_FLOAT', 'classes': 'DT_UI
               'probability_png': {'probability_bytes': 'DT_STRING'},
               'overlay_png': {'overlay_bytes': 'DT_STRING'}}
 ROAD_ONLY = ('road_probability', 'probability_png', 'probability')
+MAX_IMAGES = 64  # images in one predict request
 DECIMALS = 4  # probabilities in JSON: float32 noise beyond this only lengthens the answer
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 
@@ -71,18 +73,20 @@ class Batcher:
         self.model, self.max_batch, self.timeout_s = model, max_batch, timeout_s
         self.batch_sizes = batch_sizes  # a Prometheus histogram
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix='model')
-        self.queue, self.task = None, None
+        self.queue, self.task, self.batch = None, None, []
 
     def start(self):
         self.queue = asyncio.Queue()
         self.task = asyncio.get_running_loop().create_task(self._serve())
 
     async def stop(self):
+        """Stop batching; requests still waiting (none after a graceful shutdown) are
+        cancelled."""
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
-        while not self.queue.empty():
-            _, _, future = self.queue.get_nowait()
+        waiting = self.batch + [self.queue.get_nowait() for _ in range(self.queue.qsize())]
+        for _, _, future in waiting:
             future.cancel()
         self.executor.shutdown(wait=True)
 
@@ -95,7 +99,7 @@ class Batcher:
     async def _serve(self):
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self.queue.get()]
+            self.batch = batch = [await self.queue.get()]
             deadline = loop.time() + self.timeout_s
             while len(batch) < self.max_batch:
                 try:
@@ -108,11 +112,12 @@ class Batcher:
                 group = [item for item in batch if item[1] == flip and not item[2].done()]
                 if group:
                     await self._run(loop, group, flip)
+            self.batch = []
 
     async def _run(self, loop, group, flip):
-        self.batch_sizes.observe(len(group))
-        inputs = np.stack([image for image, _, _ in group])
         try:
+            self.batch_sizes.observe(len(group))
+            inputs = np.stack([image for image, _, _ in group])
             outputs = await loop.run_in_executor(self.executor, self.model, inputs, flip)
         except Exception as e:  # the model failed: every request of the batch is told
             for _, _, future in group:
@@ -147,9 +152,9 @@ def parse_predict(body):
         raise RequestFailed(400, 'a request has exactly one of "instances" (row format) and '
                                  '"inputs" (columnar format)')
     signature = request.get('signature_name', 'serving_default')
-    if signature not in SIGNATURES:
-        raise RequestFailed(400, f'signature_name {signature!r} not found; choose from '
-                                 f'{", ".join(SIGNATURES)}')
+    if not isinstance(signature, str) or signature not in SIGNATURES:
+        raise RequestFailed(400, f'signature_name {json.dumps(signature)} not found; choose '
+                                 f'from {", ".join(SIGNATURES)}')
     columnar = 'inputs' in request
     values = request['inputs'] if columnar else request['instances']
     where = 'inputs' if columnar else 'instances'
@@ -162,6 +167,9 @@ def parse_predict(body):
         values = [values]  # one image, not a list of them
     if not isinstance(values, list) or not values:
         raise RequestFailed(400, f'{where} must be a non-empty list of images')
+    if len(values) > MAX_IMAGES:
+        raise RequestFailed(413, f'{where} holds {len(values)} images, over the limit of '
+                                 f'{MAX_IMAGES} a request; send them in several requests')
     return signature, columnar, [_payload(value, f'{where}[{i}]')
                                  for i, value in enumerate(values)]
 
@@ -279,11 +287,13 @@ class Service:
         classes = inference.classes_of(probabilities, self.threshold)
         return classes if output == 'mask' else inference.overlay(image, classes, self.colors)
 
-    def signature_outputs(self, signature, image, probabilities):
-        """One image's outputs under a predict signature, as JSON values."""
+    def check_signature(self, signature):
         if signature in ROAD_ONLY and not self.two_classes:
             raise RequestFailed(400, f'signature_name {signature!r} is for two-class (road) '
                                      f'models; this model has {self.model.num_classes} classes')
+
+    def signature_outputs(self, signature, image, probabilities):
+        """One image's outputs under a predict signature, as JSON values."""
         values = {}
         for output in SIGNATURES[signature]:
             if output == 'probabilities':
@@ -308,19 +318,28 @@ class Service:
 
     async def predict(self, request, name, version=None):
         self.check_servable(name, version)
-        signature, columnar, payloads = parse_predict(await request.body())
+        signature, columnar, payloads = await run_in_threadpool(parse_predict,
+                                                                await request.body())
+        self.check_signature(signature)
         where = 'inputs' if columnar else 'instances'
         segmented = await asyncio.gather(*(self.segment(payload, f'{where}[{i}]')
                                            for i, payload in enumerate(payloads)))
-        outputs = await run_in_threadpool(lambda: [
-            self.signature_outputs(signature, image, probabilities)
-            for image, probabilities in segmented])
+        return Response(await run_in_threadpool(self.answer, signature, columnar, segmented),
+                        media_type='application/json')
+
+    def answer(self, signature, columnar, segmented):
+        """TensorFlow Serving's answer as JSON bytes: predictions (row format) or outputs
+        (columnar), a single output unwrapped as TensorFlow Serving does."""
+        outputs = [self.signature_outputs(signature, image, probabilities)
+                   for image, probabilities in segmented]
         names = list(SIGNATURES[signature])
         if columnar:
             answer = {key: [values[key] for values in outputs] for key in names}
-            return JSONResponse({'outputs': answer[names[0]] if len(names) == 1 else answer})
-        return JSONResponse({'predictions': [values[names[0]] if len(names) == 1 else values
-                                             for values in outputs]})
+            body = {'outputs': answer[names[0]] if len(names) == 1 else answer}
+        else:
+            body = {'predictions': [values[names[0]] if len(names) == 1 else values
+                                    for values in outputs]}
+        return json.dumps(body, separators=(',', ':')).encode()
 
     async def segment_png(self, request):
         output, crop, flip = segment_options(request.query_params)
@@ -333,6 +352,7 @@ class Service:
         png = await run_in_threadpool(
             lambda: images.encode_png(self.render(output, image, probabilities)))
         stem = os.path.splitext(os.path.basename(name))[0] if name != 'the body' else 'image'
+        stem = re.sub(r'[^A-Za-z0-9._-]', '_', stem)  # HTTP headers are Latin-1
         return Response(png, media_type='image/png', headers={
             'X-Inference-Ms': f'{1000 * (time.perf_counter() - start):.1f}',
             'X-Image-Size': f'{image.shape[1]}x{image.shape[0]}',
@@ -368,6 +388,11 @@ class Service:
                                      **self.settings}}}
 
 
+def _first_line(error):
+    """An exception's message, first line only (TensorFlow's run over many)."""
+    return (str(error).strip().splitlines() or [''])[0]
+
+
 def _rounded(values):
     """Probabilities as JSON lists, rounded to DECIMALS (as float64: float32's nearest values
     print with 17 digits)."""
@@ -393,12 +418,15 @@ async def _upload(request):
         try:
             form = await request.form()
         except Exception as e:  # python-multipart's errors for a malformed body
-            raise RequestFailed(400, f'malformed multipart body ({e})') from None
-        uploads = [value for value in form.values() if hasattr(value, 'filename')]
-        if not uploads:
-            raise RequestFailed(400, 'multipart body without a file; send the image as a file '
-                                     'field (curl -F image=@photo.jpg)')
-        return await uploads[0].read(), uploads[0].filename or 'the upload'
+            raise RequestFailed(400, f'malformed multipart body ({_first_line(e)})') from None
+        try:
+            uploads = [value for value in form.values() if hasattr(value, 'filename')]
+            if not uploads:
+                raise RequestFailed(400, 'multipart body without a file; send the image as a '
+                                         'file field (curl -F image=@photo.jpg)')
+            return await uploads[0].read(), uploads[0].filename or 'the upload'
+        finally:
+            await form.close()
     if kind in RAW_TYPES or kind.startswith('image/'):
         return await request.body(), 'the body'
     raise RequestFailed(415, f'content type {kind!r} not supported; send the image as '
@@ -455,7 +483,8 @@ def create_app(model, max_batch=8, batch_timeout_ms=5.0, max_pixels=40_000_000):
             response = await call_next(request)
         except Exception as e:
             traceback.print_exc(file=sys.stderr)
-            response = JSONResponse({'error': f'internal error: {type(e).__name__}: {e}'}, 500)
+            response = JSONResponse(
+                {'error': f'internal error: {type(e).__name__}: {_first_line(e)}'}, 500)
         route = request.scope.get('route')
         endpoint = route.path if route is not None else 'other'
         service.requests.labels(endpoint, str(response.status_code)).inc()

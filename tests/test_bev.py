@@ -3,6 +3,7 @@ hand on a camera of known height, the round trip, the metrics on BEV maps made b
 real calibration of um_000000, and bad calibration files."""
 import json
 import os
+import shutil
 import zipfile
 
 import imageio.v3 as iio
@@ -12,9 +13,9 @@ import pytest
 import evaluate
 import main
 import predict
-from roadseg import bev
+from roadseg import bev, evaluation
 from roadseg.data.classes import VOID
-from roadseg.errors import UserError
+from roadseg.errors import PartlyFailed, UserError
 from tests.conftest import SHARED_DATA, make_kitti, save_tiny_model
 
 FOCAL, CX, CY, HEIGHT = 700.0, 620.0, 180.0, 1.6  # a level camera 1.6 m above the road
@@ -170,6 +171,14 @@ def test_evaluation_pools_categories_and_names_images_without_calibration(tmp_pa
                                  'the BEV figures (uu_000003.png)')
 
 
+def test_the_summary_figure_is_urban_for_road_and_the_one_category_for_lanes():
+    road = {'categories': {'UM_ROAD': {'max_f': 0.5}, 'URBAN_ROAD': {'max_f': 0.7}}}
+    lane = {'categories': {'UM_LANE': {'max_f': 0.6}}}
+    assert evaluation.bev_summary({'bev': road}) == {'max_f': 0.7}
+    assert evaluation.bev_summary({'bev': lane}) == {'max_f': 0.6}
+    assert evaluation.bev_summary({}) is None
+
+
 def test_picture_draws_probability_outline_and_unseen_cells():
     rows, columns = np.mgrid[0:IMAGE[0], 0:IMAGE[1]]
     x, z = road_point(rows, columns)
@@ -290,6 +299,24 @@ def test_kitti_submission_is_complete_and_zipped(tiny_kitti, tmp_path, capsys):
     warp = bev.Warp(bev.road_homography(bev.read_calibration_text(SMALL_CALIB)), SMALL)
     assert np.array_equal(bev_map, warp.to_bev(perspective))
     assert 'KITTI submission: 2 bird\'s-eye-view maps (1 um, 1 umm)' in capsys.readouterr().out
+
+
+def test_kitti_submission_with_output_dir_and_a_failed_image(tiny_kitti, tmp_path, capsys):
+    """With --output-dir the usual outputs are written too; an image that cannot be read
+    leaves no zip, not even an earlier run's."""
+    testing = tiny_kitti / 'data' / 'data_road' / 'testing'
+    predict.main(['--model', str(tiny_kitti / 'run'), str(testing / 'image_2'),
+                  '--kitti-submission', str(tmp_path / 'sub'), '--output-dir',
+                  str(tmp_path / 'out')])
+    assert sorted(os.listdir(tmp_path / 'out')) == ['um_000000.png', 'umm_000001.png']
+    assert (tmp_path / 'sub' / 'kitti_road_bev.zip').is_file()
+    shutil.copytree(testing, tmp_path / 'testing')
+    (tmp_path / 'testing' / 'image_2' / 'umm_000001.png').write_bytes(b'not a png')
+    with pytest.raises(PartlyFailed):
+        predict.main(['--model', str(tiny_kitti / 'run'), str(tmp_path / 'testing' / 'image_2'),
+                      '--kitti-submission', str(tmp_path / 'sub')])
+    assert not (tmp_path / 'sub' / 'kitti_road_bev.zip').exists()
+    assert 'no zip, as every test image needs its map (the earlier' in capsys.readouterr().err
 
 
 def test_kitti_submission_refuses_images_it_cannot_submit(tiny_kitti, tmp_path):

@@ -96,6 +96,8 @@ def test_segment_answers_what_predict_writes(client, run_dir, inputs, tmp_path, 
     assert np.array_equal(png(response), expected['overlay'])
     assert f'filename="{os.path.splitext(name)[0]}_overlay.png"' in \
         response.headers['content-disposition']
+    response = client.post('/segment', files={'image': ('道路 1.png', data, kind)})
+    assert 'filename="___1_overlay.png"' in response.headers['content-disposition']
 
 
 def test_segment_crop_and_flip_tta_as_predict(client, run_dir, inputs, tmp_path):
@@ -224,9 +226,14 @@ BAD = [
      'inputs[0] is neither'),
     ('a named input that does not exist', 'post', PREDICT, {'json': {'inputs': {'x': []}}},
      400, "inputs has keys ['x']"),
+    ('a signature_name that is not text', 'post', PREDICT,
+     {'json': {'signature_name': [], 'instances': [{'b64': 'AA=='}]}}, 400,
+     'signature_name [] not found'),
+    ('too many images', 'post', PREDICT, {'json': {'instances': [{'b64': 'AA=='}] * 65}}, 413,
+     'instances holds 65 images, over the limit of 64 a request'),
     ('an unknown signature', 'post', PREDICT,
      {'json': {'signature_name': 'sky', 'instances': [{'b64': 'AA=='}]}}, 400,
-     "signature_name 'sky' not found"),
+     'signature_name "sky" not found'),
     ('another model', 'post', '/v1/models/other:predict', {'json': {'instances': []}}, 404,
      "no model 'other'"),
     ('another version', 'get', '/v1/models/fcn/versions/2:predict', {}, 405, 'not allowed'),
@@ -415,6 +422,8 @@ def test_batcher_never_blocks_the_event_loop():
     (['--model', 'no/such/run'], '--model no/such/run: no such file or folder'),
     (['--model', 'x', '--max-batch', '0'], 'argument --max-batch: must be at least 1'),
     (['--model', 'x', '--port', '70000'], 'argument --port: must be at most 65535'),
+    (['--model', 'x', '--batch-timeout-ms', 'inf'], 'argument --batch-timeout-ms: must be a '
+                                                    'finite number'),
 ])
 def test_serve_stops_at_start_up_with_one_line(argv, message, capsys):
     assert cli.main_guard(serve.main, argv + ['--port', str(free_port())]

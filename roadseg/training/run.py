@@ -312,7 +312,8 @@ class RunMonitor:
                           'val/road_iou': results['iou'][1] if kitti else None,
                           'val/max_f': kitti.get('max_f'),
                           'val/average_precision': kitti.get('average_precision'),
-                          'val/bev_max_f': _urban_max_f(results)}, epoch)
+                          'val/bev_max_f': (evaluation.bev_summary(results) or {})
+                          .get('max_f')}, epoch)
             if epoch % self.args.tb_images_every == 0 or epoch == self.args.epochs:
                 self.overlays(epoch)
         if validated and (self.best is None or record['key_metric'] > self.best['key_metric']):
@@ -352,9 +353,3 @@ class RunMonitor:
                             f' and model/ holds epoch {exported}; train a new run')
         self.export(self.best['epoch'], self.best['key_metric'])
 
-
-def _urban_max_f(results):
-    """The bird's-eye view's MaxF over every category, when validation scored it."""
-    categories = results.get('bev', {}).get('categories', {})
-    return next((figures['max_f'] for name, figures in categories.items()
-                 if name.startswith('URBAN')), None)
