@@ -14,7 +14,6 @@ import sys
 
 from roadseg import bev, cli, evaluation, files, inference
 from roadseg.data import datasets
-from roadseg.errors import UserError
 
 
 def default_output_dir(model, split, flip_tta=False):
@@ -24,21 +23,6 @@ def default_output_dir(model, split, flip_tta=False):
     if os.path.isdir(model):
         return os.path.join(model, name)
     return f'{os.path.splitext(model)[0]}-{name}'
-
-
-def bev_of(args, model, pairs):
-    """The bev.Evaluation --bev asks for, after checking that it can be done (None without
-    --bev)."""
-    if not args.bev:
-        return None
-    if model.num_classes != 2:
-        raise UserError(f'--bev: for two-class (road or lane) models; {args.model} has '
-                        f'{model.num_classes} classes')
-    bev_evaluation = bev.Evaluation([image for image, _ in pairs], model.info['label'])
-    if not bev_evaluation.calibrated():
-        raise UserError(f'--bev: none of the {len(pairs)} images has a calibration file '
-                        f'(KITTI keeps one per image in data_road/training/calib/)')
-    return bev_evaluation
 
 
 def main(argv=None):
@@ -64,7 +48,8 @@ def main(argv=None):
     with inference.load_model(args.model, flip=args.flip_tta) as model:
         dataset, pairs = evaluation.evaluation_data(args.model, args.data_dir, model.info,
                                                     args.split)
-        bev_evaluation = bev_of(args, model, pairs)
+        bev_evaluation = bev.evaluation_for([image for image, _ in pairs], model.num_classes,
+                                            model.info['label'], '--bev') if args.bev else None
         output_dir = args.output_dir or default_output_dir(args.model, args.split, args.flip_tta)
         results = evaluation.evaluate(model, datasets.load_samples(pairs, dataset.read_label),
                                       output_dir if args.save_images else None,

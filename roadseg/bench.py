@@ -8,7 +8,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import statistics
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import time
 import numpy as np
 
 from roadseg import export, images, inference, media
+from roadseg.bench_serve import peak_memory_mb
 from roadseg.data.datasets import IMAGE_EXTENSIONS
 from roadseg.errors import UserError
 from roadseg.model import network
@@ -257,16 +257,6 @@ def time_model(path, repeats):
         batch = time_call(lambda: model(images), max(1, repeats // 4))
     return {'kind': model.kind, 'latency_ms': 1e3 * latency, 'batch8_images_per_s': 8 / batch,
             'peak_rss_mb': peak_memory_mb()}
-
-
-def peak_memory_mb():
-    """This process's peak resident memory: /proc's VmHWM where there is one, as getrusage's
-    ru_maxrss survives fork and exec (a child of a big parent reports at least the parent's)."""
-    try:
-        with open('/proc/self/status') as f:
-            return next(int(line.split()[1]) for line in f if line.startswith('VmHWM:')) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def time_in_child(path, repeats):

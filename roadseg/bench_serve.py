@@ -10,6 +10,7 @@ the mean of the two is the reference, so a slow minute of this machine weighs on
 import io
 import os
 import re
+import resource
 import signal
 import socket
 import statistics
@@ -63,10 +64,17 @@ def free_port():
         return s.getsockname()[1]
 
 
-def peak_memory_mb(pid):
-    """A process's peak resident memory (VmHWM), in MB."""
-    with open(f'/proc/{pid}/status') as f:
-        return next(int(line.split()[1]) for line in f if line.startswith('VmHWM:')) / 1024
+def peak_memory_mb(pid='self'):
+    """A process's peak resident memory: /proc's VmHWM where there is one, as getrusage's
+    ru_maxrss survives fork and exec (a child of a big parent reports at least the parent's);
+    getrusage serves only this process."""
+    try:
+        with open(f'/proc/{pid}/status') as f:
+            return next(int(line.split()[1]) for line in f if line.startswith('VmHWM:')) / 1024
+    except (OSError, StopIteration):
+        if pid != 'self':
+            raise
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def batch_totals(url):
@@ -86,9 +94,8 @@ class Server:
         self.log_path, self.log = log, open(log, 'w')
         self.process = subprocess.Popen(
             [sys.executable, os.path.join(ROOT, 'serve.py'), '--model', os.path.abspath(model),
-             '--port',
-             self.url.rsplit(':', 1)[1], *flags], stdout=self.log, stderr=subprocess.STDOUT,
-            cwd=ROOT)
+             '--port', self.url.rsplit(':', 1)[1], *flags],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline and self.process.poll() is None:
             try:
@@ -134,12 +141,15 @@ def load(url, jpegs, clients, requests, deadline_s):
                     response = http.post('/segment?output=mask',
                                          content=jpegs[(offset + i) % len(jpegs)],
                                          headers={'Content-Type': 'image/jpeg'})
-                    failed = response.status_code != 200
+                    error = None if response.status_code == 200 else str(response)
                 except httpx.HTTPError as e:
-                    failed, response = True, e
+                    error = str(e)
+                seconds = time.perf_counter() - start
                 with lock:
-                    (errors if failed else latencies).append(
-                        str(response) if failed else time.perf_counter() - start)
+                    if error:
+                        errors.append(error)
+                    else:
+                        latencies.append(seconds)
 
     calls_before, images_before = batch_totals(url)
     threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
@@ -162,8 +172,7 @@ def load(url, jpegs, clients, requests, deadline_s):
 def predict_rate(model, folder, output_dir):
     """predict.py --mask's own frames per second on the JPEGs in `folder`."""
     done = subprocess.run([sys.executable, os.path.join(ROOT, 'predict.py'), '--model',
-                           os.path.abspath(model),
-                           folder, '--mask', '--output-dir', output_dir],
+                           os.path.abspath(model), folder, '--mask', '--output-dir', output_dir],
                           capture_output=True, text=True, cwd=ROOT)
     found = FRAMES_PER_SECOND.search(done.stdout)
     if done.returncode or not found:

@@ -223,6 +223,19 @@ class Evaluation:
                 f'images have no calib/ file and are left out of the BEV figures ({shown})')
 
 
+def evaluation_for(image_paths, num_classes, label, flag, what='images'):
+    """An Evaluation of `image_paths` once it can be done: a two-class (road or lane) model, and
+    a calibration file for at least one image; else a UserError naming `flag`."""
+    if num_classes != 2:
+        raise UserError(f'{flag}: for two-class (road or lane) models, not {num_classes} '
+                        f'classes')
+    evaluation = Evaluation(image_paths, label)
+    if not evaluation.calibrated():
+        raise UserError(f'{flag}: none of the {len(image_paths)} {what} has a calibration file '
+                        f'(KITTI keeps one per image in data_road/training/calib/)')
+    return evaluation
+
+
 def picture(warp, image, road_probability, classes=None):
     """A BEV picture to check a warp by eye: the camera image on the road plane, the road
     probability blended in green, the ground truth's road outline in magenta (with `classes`),

@@ -37,6 +37,13 @@ class TooLarge(UserError):
     """An image with more pixels than the reader allows."""
 
 
+def check_pixels(width, height, name, max_pixels):
+    """TooLarge when a `width` x `height` image has more than `max_pixels` pixels."""
+    if max_pixels and width * height > max_pixels:
+        raise TooLarge(f'{name}: {width}x{height} is over the limit of {max_pixels} pixels; '
+                       f'send a smaller image')
+
+
 def decode_rgb(data, name, max_pixels=None):
     """Image file bytes (JPEG, PNG, ...) as uint8 RGB HxWx3: grayscale and palette images are
     expanded, an alpha channel dropped (what a person drops into a page). The size is checked
@@ -46,9 +53,7 @@ def decode_rgb(data, name, max_pixels=None):
         raise UserError(f'{name}: empty; send the bytes of a JPEG or PNG image')
     try:
         image = Image.open(io.BytesIO(data))
-        if max_pixels and image.width * image.height > max_pixels:
-            raise TooLarge(f'{name}: {image.width}x{image.height} is over the limit of '
-                           f'{max_pixels} pixels; send a smaller image')
+        check_pixels(image.width, image.height, name, max_pixels)
         if image.mode not in ('RGB', 'RGBA', 'L', 'LA', 'P', '1'):
             raise UserError(f'{name}: {image.mode} image, expected 8-bit RGB or grayscale')
         return np.asarray(image.convert('RGB'))

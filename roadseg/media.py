@@ -254,7 +254,7 @@ def check_submission(sources):
                 source.path)
         elif not os.path.isfile(bev.calibration_path(source.path)):
             problems.setdefault('no calibration file', []).append(source.path)
-        else:
+        else:  # a calibration that will not do stops the run now, not at that image
             path = bev.calibration_path(source.path)
             bev.road_homography(bev.read_calibration(path), path)
     for what, paths in problems.items():
@@ -302,7 +302,4 @@ def zip_submission(folder, sources, label):
     with zipfile.ZipFile(path) as z:
         if sorted(z.namelist()) != sorted(names):
             raise UserError(f'{path}: does not hold exactly the {len(names)} BEV maps')
-    counts = {}
-    for source in sources:
-        counts[bev.category(source.path)] = counts.get(bev.category(source.path), 0) + 1
-    return path, counts
+    return path, dict(collections.Counter(bev.category(source.path) for source in sources))

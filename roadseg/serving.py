@@ -265,9 +265,7 @@ class Service:
         """(image, rows, model input) for encoded bytes or a pixel array."""
         if isinstance(payload, np.ndarray):
             image = payload
-            if image.shape[0] * image.shape[1] > self.max_pixels:
-                raise images.TooLarge(f'{name}: {image.shape[1]}x{image.shape[0]} is over the '
-                                      f'limit of {self.max_pixels} pixels')
+            images.check_pixels(image.shape[1], image.shape[0], name, self.max_pixels)
         else:
             image = images.decode_rgb(payload, name, self.max_pixels)
         rows = media.crop_rows(crop, image.shape[0], name)
@@ -287,10 +285,12 @@ class Service:
         classes = inference.classes_of(probabilities, self.threshold)
         return classes if output == 'mask' else inference.overlay(image, classes, self.colors)
 
-    def check_signature(self, signature):
-        if signature in ROAD_ONLY and not self.two_classes:
-            raise RequestFailed(400, f'signature_name {signature!r} is for two-class (road) '
-                                     f'models; this model has {self.model.num_classes} classes')
+    def check_road_only(self, name, what):
+        """Refuse a road-only signature or /segment output `name` (asked for as `what`) when
+        the model has more than two classes."""
+        if name in ROAD_ONLY and not self.two_classes:
+            raise RequestFailed(400, f'{what} is for two-class (road) models; this model has '
+                                     f'{self.model.num_classes} classes')
 
     def signature_outputs(self, signature, image, probabilities):
         """One image's outputs under a predict signature, as JSON values."""
@@ -320,7 +320,7 @@ class Service:
         self.check_servable(name, version)
         signature, columnar, payloads = await run_in_threadpool(parse_predict,
                                                                 await request.body())
-        self.check_signature(signature)
+        self.check_road_only(signature, f'signature_name {signature!r}')
         where = 'inputs' if columnar else 'instances'
         segmented = await asyncio.gather(*(self.segment(payload, f'{where}[{i}]')
                                            for i, payload in enumerate(payloads)))
@@ -343,9 +343,7 @@ class Service:
 
     async def segment_png(self, request):
         output, crop, flip = segment_options(request.query_params)
-        if output == 'probability' and not self.two_classes:
-            raise RequestFailed(400, f'output=probability is for two-class (road) models; this '
-                                     f'model has {self.model.num_classes} classes')
+        self.check_road_only(output, f'output={output}')
         data, name = await _upload(request)
         start = time.perf_counter()
         image, probabilities = await self.segment(data, name, crop, flip)

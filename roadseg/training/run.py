@@ -78,16 +78,10 @@ def bev_paths(args, val_pairs, num_classes):
     checking that some have calibration."""
     if not args.val_bev:
         return None
-    if num_classes != 2:
-        raise UserError(f'--val-bev: for two-class (road or lane) training, not '
-                        f'{num_classes} classes')
     paths = [image for image, _ in val_pairs]
     if not paths:
         raise UserError('--val-bev: there are no validation images; raise --val-fraction')
-    if not bev.Evaluation(paths).calibrated():
-        raise UserError(f'--val-bev: none of the {len(paths)} validation images has a '
-                        f'calibration file (KITTI keeps one per image in '
-                        f'data_road/training/calib/)')
+    bev.evaluation_for(paths, num_classes, args.label, '--val-bev', 'validation images')
     return paths
 
 
