@@ -58,6 +58,11 @@ def parse_args(argv=None):
                                            '(peers are skipped without it)')
     parser.add_argument('--torch-python', help='Python interpreter with torch, to run the '
                                                'PyTorch peer (skipped without it)')
+    parser.add_argument('--precisions', metavar='VARIANT[,VARIANT...]',
+                        help='instead: time training and inference in each variant, in turn '
+                             'within each repeat: float32, bfloat16, float16, each optionally '
+                             '+xla (e.g. float32,bfloat16,float32+xla); speed-ups over the first; '
+                             'with --peer-dir, the Keras peer in float32 and mixed_bfloat16')
     parser.add_argument('--json', help='also write every figure to this JSON file')
     parser.add_argument('--deploy', metavar='RUN_DIR',
                         help="time this trained model's deployment formats instead")
@@ -108,6 +113,12 @@ def parse_args(argv=None):
         raise UserError('--clients, --requests and --serve-seconds must be positive')
     if args.batch_size < 1 or args.repeats < 1:
         raise UserError('--batch-size and --repeats must be at least 1')
+    args.precisions = args.precisions.split(',') if args.precisions else []
+    for variant in args.precisions:
+        precision, _, xla = variant.partition('+')
+        if precision not in ('float32', 'bfloat16', 'float16') or xla not in ('', 'xla'):
+            raise UserError(f'--precisions {variant}: use float32, bfloat16 or float16, each '
+                            f'optionally +xla')
     if args.peer_dir is not None and not os.path.isdir(args.peer_dir):
         raise UserError(f'--peer-dir {args.peer_dir}: folder not found')
     if args.torch_python is not None and not os.access(args.torch_python, os.X_OK):
@@ -130,6 +141,8 @@ def main(argv=None):
             files.write_json(args.json, results)
             print(f'wrote {args.json}')
         return results
+    if any(v.endswith('+xla') for v in args.precisions):  # XLA clusters CPU graphs only so
+        os.environ.setdefault('TF_XLA_FLAGS', '--tf_xla_cpu_global_jit')
     from roadseg import bench  # loads TensorFlow (seconds): only once the options are sound
     results = {'batch_size': args.batch_size, 'repeats': args.repeats,
                'tensorflow': bench.tf.__version__, 'numpy': np.__version__,
@@ -146,6 +159,11 @@ def main(argv=None):
                 results['video'] = bench.measure_video(args.video_frames, results['formats'],
                                                        args.deploy_shapes[0], folder)
         bench.print_deploy_table(results)
+    elif args.precisions:
+        results['precisions'] = bench.measure_precision_variants(
+            args.encoders, args.decoder, args.image_shapes, args.batch_size, args.repeats,
+            args.precisions, args.peer_dir)
+        bench.print_precision_table(results)
     else:
         results['measurements'] = []
         for encoder in args.encoders:

@@ -21,9 +21,9 @@ if __name__ == '__main__':  # answer --help and a bad option at once, before Ten
 
 from roadseg import inference  # noqa: E402  (these load TensorFlow, seconds)
 from roadseg.data import datasets  # noqa: E402
-from roadseg.model import decoders, network, vgg  # noqa: E402
+from roadseg.model import decoders, network, ops, vgg  # noqa: E402
 from roadseg.model.ops import tf, tf1  # noqa: E402
-from roadseg.training import loop, loss, run as runs  # noqa: E402
+from roadseg.training import distribute, loop, loss, run as runs  # noqa: E402
 
 NUM_CLASSES = 2  # KITTI: not road, road; other data sets size the head from their classes
 
@@ -46,13 +46,15 @@ def layers(vgg_layer3_out, vgg_layer4_out, vgg_layer7_out, num_classes, weight_d
                         weight_decay)
 
 
-def optimize(nn_last_layer, correct_label, learning_rate, num_classes, class_weights=None):
-    """Softmax cross-entropy over the non-void pixels plus weight decay, minimised with Adam.
+def optimize(nn_last_layer, correct_label, learning_rate, num_classes, class_weights=None,
+             loss_scale=False):
+    """Softmax cross-entropy over the non-void pixels plus weight decay, minimised with Adam
+    (with dynamic loss scaling for float16 when `loss_scale`).
 
     :return: (logits [pixels, num_classes], train_op, cross_entropy_loss)
     """
     return loss.optimize(nn_last_layer, correct_label, learning_rate, num_classes,
-                         class_weights)
+                         class_weights, loss_scale)
 
 
 def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_loss, input_image,
@@ -72,34 +74,43 @@ def train_nn(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_l
 
 
 def run(argv=None):
-    """Everything `python main.py` does: read and check the data, build the FCN, train with
-    validation and checkpoints (or resume), export the best model and write overlays."""
+    """Everything `python main.py` does: read and check the data, build the FCN on the devices
+    of --distribute, train with validation and checkpoints (or resume), export the best model
+    and write overlays. Under multi-worker, the chief alone writes; the others train beside it."""
     args = config.options(argv)
+    setup = distribute.setup(args)
     runs.fetch_downloads(args)
     dataset, train_pairs, val_pairs = runs.data_split(args)
     classes = dataset.classes
-    get_batches_fn = runs.batch_generator(args, dataset, train_pairs)
-    val_samples = datasets.load_samples(val_pairs, dataset.read_label)
+    get_batches_fn = runs.batch_generator(args, dataset, train_pairs, setup)
+    val_samples = datasets.load_samples(val_pairs, dataset.read_label) if setup.is_chief else []
     bev_paths = runs.bev_paths(args, val_pairs, dataset.classes.num_classes)
     class_weights = runs.class_weights(args, get_batches_fn.labels, classes.num_classes)
-    with tf.Graph().as_default(), tf1.Session() as sess:
+    with tf.Graph().as_default(), setup.scope(), setup.session() as sess, \
+            distribute.failures(args, setup):
         tf1.set_random_seed(args.seed)
         net = network.build_network(sess, args, classes.num_classes)
         correct_label = tf1.placeholder(tf.float32, [None, None, None, classes.num_classes],
                                         'label')
         learning_rate = tf1.placeholder(tf.float32, [], 'learning_rate')
-        _, train_op, cross_entropy_loss = optimize(net.train_output, correct_label,
-                                                   learning_rate, classes.num_classes,
-                                                   class_weights)
+
+        def replica_step(train_output):  # once per replica under --distribute
+            _, train_op, replica_loss = optimize(
+                train_output, ops.replica_share(correct_label), learning_rate,
+                classes.num_classes, class_weights, args.precision == 'float16')
+            return train_op, replica_loss
+        train_op, cross_entropy_loss = distribute.step_ops(
+            ops.for_each_replica(replica_step, net.train_output))
         train_op = net.averaged(train_op)
         probabilities = tf.nn.softmax(net.output, name='probabilities')
         saver = tf1.train.Saver(max_to_keep=None)
         net.initialise()
 
         run_dir, start_epoch, records = runs.start_run(sess, saver, args, train_pairs, val_pairs,
-                                                       class_weights)
+                                                       class_weights, setup.is_chief)
         get_batches_fn.epoch = start_epoch - 1
-        log = runs.RunLog(os.path.join(run_dir, 'train.log'))
+        log = runs.RunLog(run_dir and os.path.join(run_dir, 'train.log'))
+        log(setup.describe())
         log(runs.describe(run_dir, args, classes, train_pairs, val_pairs, start_epoch))
         info = runs.model_info(args, classes)
         model = inference.session_model(sess, net.input_image, probabilities, info,
@@ -110,18 +121,22 @@ def run(argv=None):
                             probabilities, {**info, 'epoch': epoch, 'val_iou': key_metric})
 
         batches = -(-len(get_batches_fn) // args.batch_size)
-        monitor = runs.RunMonitor(run_dir, sess, saver, model, export, val_samples, args, log,
-                                  records, (start_epoch - 1) * batches, classes, bev_paths)
+        monitor = setup.is_chief and runs.RunMonitor(
+            run_dir, sess, saver, model, export, val_samples, args, log, records,
+            (start_epoch - 1) * batches, classes, bev_paths)
         calibration = runs.calibration_images(args, train_pairs)
 
         def epoch_end(epoch, mean_loss):
-            if monitor.validates(epoch):
-                net.calibrate(calibration)
-            monitor.epoch_end(epoch, mean_loss)
+            if runs.validates(args, epoch):
+                net.calibrate(calibration)  # on every worker, so that all stay alike
+            if monitor:
+                monitor.epoch_end(epoch, mean_loss)
         train_nn(sess, args.epochs, args.batch_size, get_batches_fn, train_op, cross_entropy_loss,
                  net.input_image, correct_label, net.keep_prob, learning_rate, args.keep_prob,
-                 loop.learning_rate_schedule(args, batches), log, start_epoch, monitor.step,
-                 epoch_end)
+                 loop.learning_rate_schedule(args, batches), log, start_epoch,
+                 monitor and monitor.step, epoch_end)
+        if not monitor:
+            return None
         monitor.finish()
     colors = inference.overlay_colors(classes.colors)
     if dataset.test_note:

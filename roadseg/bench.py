@@ -36,16 +36,16 @@ TARGETS = {('vgg16', 'inference_vs_numpy_percent'): '>= 80 % of numpy',
            ('mobilenetv2', 'inference_ms_batch1', (160, 576)): '< 20 ms'}
 
 
-def build_fcn(encoder, decoder, image_shape):
+def build_fcn(encoder, decoder, image_shape, config=None):
     """The training graph of `encoder` for a [any batch, H, W, 3] input, in a new graph and
-    session with every variable initialised.
+    session (of ConfigProto `config`) with every variable initialised.
 
     :return: (sess, net: network.Network, label placeholder, learning-rate placeholder, train_op)
     """
     graph = tf.Graph()
     with graph.as_default():
         tf1.set_random_seed(0)
-        sess = tf1.Session(graph=graph)
+        sess = tf1.Session(graph=graph, config=config)
         options = argparse.Namespace(encoder=encoder, decoder=decoder, alpha=1.0,
                                      encoder_weights='none', weight_decay=1e-3, data_dir='.',
                                      ema_decay=0.0)
@@ -154,11 +154,96 @@ def measure(encoder, decoder, image_shape, batch_size, repeats):
             'inference_vs_numpy_percent': 100 * gflop * batch_size / (product_flop / 1e9) * ratio}
 
 
-def run_peer(python, script, image_shape, batch_size):
+def measure_precisions(encoder, decoder, image_shape, batch_size, repeats, variants):
+    """Inference and training seconds per image at `batch_size` of each variant (name, session
+    config) of one graph, the variants timed in turn within each repeat, so that all see the
+    machine in the same state; and each variant's time over the first's, per repeat, median."""
+    sessions = []
+    for _, config in variants:
+        sess, net, label, learning_rate, train_op = build_fcn(encoder, decoder, image_shape,
+                                                              config)
+        sessions.append((sess, net, label, learning_rate, train_op))
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (batch_size, *image_shape, 3)).astype(np.float32)
+    labels = np.eye(NUM_CLASSES, dtype=np.float32)[
+        rng.integers(0, NUM_CLASSES, (batch_size, *image_shape))]
+    calls = []
+    for sess, net, label, learning_rate, train_op in sessions:
+        infer = {net.input_image: images, net.keep_prob: 1.0}
+        train = {**infer, label: labels, net.keep_prob: 0.5, learning_rate: 1e-4}
+        calls.append((lambda s=sess, n=net, f=infer: s.run(n.output, f),
+                      lambda s=sess, t=train_op, f=train: s.run(t, f)))
+    for infer, train in calls:  # warm-up: graph optimisation, the first allocations
+        infer(), train()
+    times = [[(seconds(infer) / batch_size, seconds(train) / batch_size)
+              for infer, train in calls] for _ in range(repeats)]
+    for sess, *_ in sessions:
+        sess.close()
+    results = []
+    for index, (name, _) in enumerate(variants):
+        mine = [run[index] for run in times]
+        results.append({'encoder': encoder, 'decoder': decoder, 'image_shape': list(image_shape),
+                        'variant': name,
+                        'inference_s_per_image': statistics.median(i for i, _ in mine),
+                        'train_s_per_image': statistics.median(t for _, t in mine),
+                        'inference_speedup': statistics.median(
+                            run[0][0] / run[index][0] for run in times),
+                        'train_speedup': statistics.median(
+                            run[0][1] / run[index][1] for run in times)})
+    return results
+
+
+def measure_precision_variants(encoders, decoder, shapes, batch_size, repeats, variants,
+                               peer_dir=None):
+    """measure_precisions for each encoder and size; the Keras VGG16 peer in its float32 and
+    mixed_bfloat16 policies beside VGG16 when `peer_dir` holds it."""
+    from roadseg.training import distribute
+    configs = [(v, distribute.session_config(v.partition('+')[0], v.endswith('+xla')))
+               for v in variants]
+    rows = []
+    for encoder in encoders:
+        for shape in shapes:
+            print(f'timing {encoder} at {shape[0]}x{shape[1]}, batch {batch_size}: '
+                  f'{", ".join(variants)} ...')
+            rows += measure_precisions(encoder, decoder, shape, batch_size, repeats, configs)
+            script = peer_dir and os.path.join(peer_dir, PEERS[0][1])
+            if encoder == 'vgg16' and script and os.path.isfile(script):
+                for policy in ('float32', 'mixed_bfloat16'):
+                    peer = run_peer(sys.executable, script, shape, batch_size,
+                                    {'KERAS_PRECISION': policy})
+                    if peer:
+                        rows.append({'encoder': 'keras peer', 'decoder': decoder,
+                                     'image_shape': list(shape), 'variant': policy, **peer})
+    return rows
+
+
+def print_precision_table(results):
+    """The precision variants' times per image and speed-ups, with the Keras peer's times."""
+    print(f'\nPer image at batch {results["batch_size"]}, median of {results["repeats"]} '
+          f'repeats, the variants timed in turn within each (speed-up: the first variant\'s time '
+          f'over this one\'s, per repeat); TensorFlow {results["tensorflow"]}, '
+          f'{results["cpus"]} CPUs')
+    header = ('network', 'HxW', 'variant', 'infer s', 'x', 'train s', 'x')
+    rows = []
+    for m in results['precisions']:
+        name = m['encoder'] if m['encoder'] != 'mobilenetv2' else f'mobilenetv2-{m["decoder"]}'
+        rows.append((name, '{}x{}'.format(*m['image_shape']), m['variant'],
+                     f'{m["inference_s_per_image"]:.3f}',
+                     f'{m["inference_speedup"]:.2f}' if 'inference_speedup' in m else '',
+                     f'{m["train_s_per_image"]:.3f}',
+                     f'{m["train_speedup"]:.2f}' if 'train_speedup' in m else ''))
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+    for row in [header] + rows:
+        print('  ' + '  '.join(f'{v:<{w}}' if i < 3 else f'{v:>{w}}'
+                               for i, (v, w) in enumerate(zip(row, widths))))
+
+
+def run_peer(python, script, image_shape, batch_size, environment=None):
     """Run a peer script as `python script H W B`; its figures, or None with a note printed."""
     try:
         done = subprocess.run([python, script, *map(str, image_shape), str(batch_size)],
-                              capture_output=True, text=True, check=False)
+                              capture_output=True, text=True, check=False,
+                              env={**os.environ, **(environment or {})})
     except OSError as e:
         print(f'note: peer {script} not run ({e})')
         return None

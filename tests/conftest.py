@@ -80,18 +80,22 @@ def value_of(sess, name):
     return sess.run(variable)
 
 
-def write_keras_h5(path, blocks=TINY_BLOCKS, fc=TINY_FC, top=True, seed=0):
-    """A weights file in the layout of Keras's vgg16_weights_tf_dim_ordering_tf_kernels.h5."""
+def write_keras_h5(path, blocks=TINY_BLOCKS, fc=TINY_FC, top=True, seed=0, trainable=False):
+    """A weights file in the layout of Keras's vgg16_weights_tf_dim_ordering_tf_kernels.h5;
+    `trainable`: kernels He-scaled and biases 0, so that activations keep their scale."""
     rng = np.random.default_rng(seed)
+
+    def layer(*shape):
+        scale = np.sqrt(2 / np.prod(shape[:-1])) if trainable else 1.0
+        return [rng.normal(size=shape) * scale, rng.normal(size=shape[-1]) * (not trainable)]
     weights, channels = {}, 3
     for b, widths in enumerate(blocks, 1):
         for c, width in enumerate(widths, 1):
-            weights[f'block{b}_conv{c}'] = [rng.normal(size=(3, 3, channels, width)),
-                                            rng.normal(size=width)]
+            weights[f'block{b}_conv{c}'] = layer(3, 3, channels, width)
             channels = width
     if top:
-        weights['fc1'] = [rng.normal(size=(7 * 7 * channels, fc)), rng.normal(size=fc)]
-        weights['fc2'] = [rng.normal(size=(fc, fc)), rng.normal(size=fc)]
+        weights['fc1'] = layer(7 * 7 * channels, fc)
+        weights['fc2'] = layer(fc, fc)
         weights['predictions'] = [rng.normal(size=(fc, 10)), rng.normal(size=10)]
     with h5py.File(path, 'w') as f:
         f.attrs['layer_names'] = [n.encode() for n in weights] + [b'flatten']

@@ -118,13 +118,19 @@ def test_help_and_bad_options_answer_without_loading_tensorflow(tmp_path, script
         bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
 
 
-def test_resume_takes_only_more_epochs_and_a_moved_data_folder(tmp_path):
-    (tmp_path / 'config.json').write_text(json.dumps({'epochs': 3, 'batch_size': 2}))
+def test_resume_takes_only_more_epochs_a_moved_data_folder_and_where_it_runs(tmp_path):
+    (tmp_path / 'config.json').write_text(json.dumps({'epochs': 3, 'batch_size': 2,
+                                                      'distribute': 'multi-worker'}))
     args = options.options(['--resume', str(tmp_path), '--epochs', '5', '--data-dir=/x'])
     assert (args.resume, args.epochs, args.batch_size, args.data_dir) == (str(tmp_path), 5, 2,
                                                                           '/x')
     assert options.options(['--resume', str(tmp_path)]).epochs == 3
-    with pytest.raises(UserError, match=r'takes only --epochs and --data-dir; --batch-size '
+    args = options.options(['--resume', str(tmp_path), '--distribute', 'none', '--xla',
+                            '--precision', 'bfloat16', '--step-timeout', '20'])
+    assert (args.distribute, args.xla, args.precision, args.step_timeout, args.epochs) == \
+        ('none', True, 'bfloat16', 20, 3)
+    with pytest.raises(UserError, match=r'takes only --epochs, --data-dir, --distribute, '
+                                        r'--precision, --xla, --step-timeout; --batch-size '
                                         r'would change the run'):
         options.options(['--resume', str(tmp_path), '--batch-size', '4'])
     with pytest.raises(UserError, match=r'no config.json there; not a run folder'):

@@ -17,14 +17,20 @@ class BatchGenerator:
     (float32 images, one-hot labels) batches, prepared ahead by background threads.
 
     All pairs are read and checked once, at construction, so bad files are reported before any
-    training starts; `len()` is the number of pairs. Every batch draws its randomness from its
-    own generator seeded by (seed, epoch, batch), so results do not depend on thread timing and
-    a resumed run that sets `epoch` sees the batches the uninterrupted run would have. From
-    epoch `plain_from` on, `augment` is cut down to its flips and crop (--plain-epochs).
+    training starts; `len()` is the number of pairs. Every image of a batch draws its
+    randomness from its own generator seeded by (seed, epoch, batch, place in the batch), so
+    results do not depend on thread timing and a resumed run that sets `epoch` sees the batches
+    the uninterrupted run would have. From epoch `plain_from` on, `augment` is cut down to its
+    flips and crop (--plain-epochs).
+
+    For training on `replicas` replicas over `shard[1]` workers, the batch size is the global
+    batch's: each batch is cut to a multiple of `replicas` (the short last one loses up to
+    replicas - 1 images, different ones each epoch), and worker `shard[0]` gets its contiguous
+    share, transformed exactly as a single process transforms those images.
     """
 
     def __init__(self, pairs, image_shape, read_label, num_classes, augment=None, seed=None,
-                 workers=2, prefetch=4, plain_from=None):
+                 workers=2, prefetch=4, plain_from=None, replicas=1, shard=(0, 1)):
         self.image_shape = tuple(image_shape)
         self.num_classes = num_classes
         self.augment = augment
@@ -32,6 +38,7 @@ class BatchGenerator:
         self.seed = seed
         self.epoch = 0
         self.workers, self.prefetch = workers, prefetch
+        self.replicas, self.shard = replicas, shard
         self.images, self.labels = load_training_pairs(pairs, image_shape, read_label)
 
     def __len__(self):
@@ -46,7 +53,14 @@ class BatchGenerator:
         with ThreadPoolExecutor(self.workers) as pool:
             pending = collections.deque()
             for indexes, seed in zip(batches, epoch_seed.spawn(len(batches))):
-                pending.append(pool.submit(self.make_batch, indexes, seed, augment))
+                seeds = seed.spawn(len(indexes))
+                size = len(indexes) - len(indexes) % self.replicas
+                share = size // self.shard[1]
+                mine = slice(self.shard[0] * share, (self.shard[0] + 1) * share)
+                if not share:
+                    continue
+                pending.append(pool.submit(self.make_batch, indexes[mine], seeds[mine],
+                                           augment))
                 if len(pending) > self.prefetch:
                     yield pending.popleft().result()
             while pending:
@@ -58,10 +72,10 @@ class BatchGenerator:
             return self.augment.flips_only()
         return self.augment
 
-    def make_batch(self, indexes, seed, augment):
-        """The examples `indexes`, transformed by `augment` (if any), as network inputs."""
-        rng = np.random.default_rng(seed)
-        pairs = [augment(self.images[i], self.labels[i], rng) if augment
-                 else (self.images[i], self.labels[i]) for i in indexes]
+    def make_batch(self, indexes, seeds, augment):
+        """The examples `indexes`, transformed by `augment` (if any) with the generators of
+        `seeds`, one each, as network inputs."""
+        pairs = [augment(self.images[i], self.labels[i], np.random.default_rng(seed)) if augment
+                 else (self.images[i], self.labels[i]) for i, seed in zip(indexes, seeds)]
         images, labels = zip(*pairs)
         return np.stack(images).astype(np.float32), one_hot(np.stack(labels), self.num_classes)

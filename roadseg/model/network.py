@@ -33,6 +33,10 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
     """
     restored, weights, averages, calibration = set(), None, {}, []
     if args.encoder_weights == 'udacity':
+        if ops.replicas() > 1:
+            raise UserError('--encoder-weights udacity is a frozen graph, which tf.distribute '
+                            'cannot replicate; train the same VGG16 built in the graph with '
+                            '--encoder-weights none or keras-h5:PATH, or use --distribute none')
         try:
             vgg_path = vgg.maybe_download_pretrained_vgg(args.data_dir)
         except UserError as e:
@@ -47,8 +51,8 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
         if args.encoder == 'mobilenetv2':
             strides, skip_scales = DECODERS[args.decoder], (1, 1)
 
-            def encoder(training):
-                return mobilenet.build_encoder(image_input, training, args.alpha, args.decoder)
+            def encoder(images, training):
+                return mobilenet.build_encoder(images, training, args.alpha, args.decoder)
         else:
             if args.encoder_weights.startswith('keras-h5:'):
                 weights = vgg.read_keras_h5(args.encoder_weights[len('keras-h5:'):])
@@ -56,18 +60,19 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
                                                                            vgg.FC_WIDTH)
             strides, skip_scales = decoders.VGG_STRIDES, decoders.VGG_SKIP_SCALES
 
-            def encoder(training):
-                return vgg.build_encoder(image_input, keep_prob, blocks, fc_width,
+            def encoder(images, training):
+                return vgg.build_encoder(images, keep_prob, blocks, fc_width,
                                          'caffe' if weights else 'standardize', training)
 
-        def tower(training):
+        def tower(images, training):
             if args.decoder == 'fpn':
-                return decoders.fpn(encoder(training), num_classes, training,
-                                      args.weight_decay, strides)
-            *finer, layer3, layer4, layer7 = encoder(training)
+                return decoders.fpn(encoder(images, training), num_classes, training,
+                                    args.weight_decay, strides)
+            *finer, layer3, layer4, layer7 = encoder(images, training)
             return decoders.fcn(layer3, layer4, layer7, num_classes, args.weight_decay, strides,
-                          skip_scales, finer)
-        train_output = tower(True)
+                                skip_scales, finer)
+        train_output = ops.for_each_replica(
+            lambda: tower(ops.replica_share(image_input), True))
         if args.ema_decay:
             averages = {v.ref(): tf1.get_variable(v.op.name + '/average', v.shape, v.dtype,
                                                   tf1.zeros_initializer(), trainable=False)
@@ -80,10 +85,10 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
             return averages.get(variable.ref(), variable)
         with tf1.variable_scope(tf1.get_variable_scope(), reuse=True,
                                 custom_getter=averaged_getter):
-            output = tower(False)
+            output = tower(image_input, False)
             if averages:  # a training-mode tower on the averages, for its batch statistics
                 known = len(tf1.get_collection(ops.BATCH_STATISTICS))
-                tower(True)
+                tower(image_input, True)
                 calibration = [moving.assign(batch) for moving, batch
                                in tf1.get_collection(ops.BATCH_STATISTICS)[known:]]
 

@@ -110,11 +110,17 @@ def encoder_shape(weights):
 
 
 def assign_weights(sess, weights):
-    """Load `read_keras_h5`'s weights into the encoder variables of the session's graph."""
+    """Load `read_keras_h5`'s weights into the encoder variables of the session's graph (fed
+    through placeholders, which replicated variables take too, rather than as constants)."""
     variables = {v.name: v for v in tf1.global_variables()}
-    for name, (kernel, bias) in weights.items():
-        variables[f'{name}/kernel:0'].load(kernel, sess)
-        variables[f'{name}/bias:0'].load(bias, sess)
+    assigns, feed = [], {}
+    for name, pair in weights.items():
+        for part, value in zip(('kernel', 'bias'), pair):
+            variable = variables[f'{name}/{part}:0']
+            placeholder = tf1.placeholder(tf.float32, variable.shape)
+            assigns.append(variable.assign(placeholder))
+            feed[placeholder] = value
+    sess.run(assigns, feed)
 
 
 def save_vgg_saved_model(export_dir, keras_h5=None, blocks=BLOCKS, fc_width=FC_WIDTH, seed=0):

@@ -131,6 +131,21 @@ def parse_args(argv=None):
     parser.add_argument('--tb-images-every', type=int,
                         help='log validation overlays to TensorBoard every N epochs '
                              '(default: %(default)s)')
+    parser.add_argument('--distribute', choices=('auto', 'none', 'mirrored', 'multi-worker'),
+                        help='auto: every visible GPU (mirrored) when there are two or more, '
+                             'else one device; mirrored: the GPUs of this machine; '
+                             'multi-worker: the machines of TF_CONFIG, each with its GPUs. '
+                             '--batch-size stays the global batch (default: %(default)s)')
+    parser.add_argument('--precision', choices=('float32', 'bfloat16', 'float16'),
+                        help='mixed precision, weights kept in float32: bfloat16 on CPUs with '
+                             'AVX512-BF16 or AMX, float16 on GPUs with dynamic loss scaling '
+                             '(default: %(default)s)')
+    parser.add_argument('--xla', action='store_true', default=None,
+                        help='compile the graph with XLA')
+    parser.add_argument('--step-timeout', type=float, metavar='SECONDS',
+                        help='multi-worker: how long a step waits for the other workers before '
+                             'the run stops (a worker has died); covers the chief\'s validation '
+                             'and export at each epoch\'s end (default: %(default)s)')
     parser.add_argument('--resume', metavar='RUN_DIR', default=None,
                         help='continue an interrupted run from its last checkpoint, with its '
                              'options and split')
@@ -159,6 +174,8 @@ def parse_args(argv=None):
                      f'--image-shape {args.image_shape[0]}x{args.image_shape[1]}')
     if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
         parser.error(f'argument --learning-rate: {args.learning_rate} must be a number above 0')
+    if not (math.isfinite(args.step_timeout) and args.step_timeout > 0):
+        parser.error(f'argument --step-timeout: {args.step_timeout} must be a number above 0')
     if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
         parser.error(f'argument --weight-decay: {args.weight_decay} must be a number from 0 up')
     if not 0 < args.keep_prob <= 1:
@@ -204,7 +221,9 @@ def check_config(parser, config, path):
                             f'{", ".join(map(str, action.choices))}')
 
 
-RESUME_FLAGS = ('--epochs', '--data-dir')  # what --resume may change: more epochs, moved data
+# What --resume may change: more epochs, moved data, and where and how fast it runs.
+RESUME_FLAGS = ('--epochs', '--data-dir', '--distribute', '--precision', '--xla',
+                '--step-timeout')
 
 
 def options(argv=None):
@@ -221,7 +240,7 @@ def options(argv=None):
     refused = [item.split('=')[0] for item in given
                if item.split('=')[0] not in RESUME_FLAGS + ('--resume',)]
     if refused:
-        raise UserError(f'--resume {args.resume} takes only {" and ".join(RESUME_FLAGS)}; '
+        raise UserError(f'--resume {args.resume} takes only {", ".join(RESUME_FLAGS)}; '
                         f'{refused[0]} would change the run: start a new run for that')
     kept = [item for index, item in enumerate(argv) if item.split('=')[0] in RESUME_FLAGS
             or index and argv[index - 1] in RESUME_FLAGS]

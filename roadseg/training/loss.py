@@ -1,13 +1,23 @@
 """The loss and its optimiser."""
+from roadseg.model import ops
 from roadseg.model.ops import tf, tf1
 
 
-def optimize(nn_last_layer, correct_label, learning_rate, num_classes, class_weights=None):
+def optimize(nn_last_layer, correct_label, learning_rate, num_classes, class_weights=None,
+             loss_scale=False):
     """Softmax cross-entropy over non-void pixels (label rows of all zeros are ignored), plus the
     collected weight decay, minimised with Adam; batch-norm updates run with each step.
 
     With `class_weights`, each pixel's cross-entropy is weighted by its class's weight and the
     sum divided by the summed weights (a weighted mean).
+
+    Built per replica under a tf.distribute strategy, each replica's loss is its share of the
+    global batch's: its pixels' sum over the summed weights of every replica's pixels, plus
+    1/replicas of the weight decay. The optimiser sums the replicas' gradients, which makes
+    the step that of one device on the global batch.
+
+    `loss_scale` (--precision float16) scales the loss dynamically before the gradients, so that
+    small float16 gradients do not underflow, and skips a step whose gradients overflow.
     :return: (logits [pixels, num_classes], train_op, loss): the loss without weight decay
     """
     logits = tf.reshape(nn_last_layer, (-1, num_classes), name='logits')
@@ -16,8 +26,16 @@ def optimize(nn_last_layer, correct_label, learning_rate, num_classes, class_wei
     weights = tf.reduce_sum(labels * (1.0 if class_weights is None else
                                       tf.constant(class_weights, tf.float32)), axis=1)
     loss = tf.math.divide(tf.reduce_sum(weights * per_pixel),
-                          tf.maximum(tf.reduce_sum(weights), 1e-6), name='cross_entropy_loss')
-    total_loss = loss + tf1.losses.get_regularization_loss()
-    with tf.control_dependencies(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)):
-        train_op = tf1.train.AdamOptimizer(learning_rate).minimize(total_loss)
+                          tf.maximum(ops.cross_replica_sum(tf.reduce_sum(weights)), 1e-6),
+                          name='cross_entropy_loss')
+    decay = tf1.get_collection(ops.replica_collection(tf1.GraphKeys.REGULARIZATION_LOSSES))
+    total_loss = loss + (tf.add_n(decay, 'total_regularization_loss') / ops.replicas()
+                         if decay else 0.0)
+    with tf.control_dependencies(tf1.get_collection(
+            ops.replica_collection(tf1.GraphKeys.UPDATE_OPS))):
+        optimizer = tf1.train.AdamOptimizer(learning_rate)
+        if loss_scale:
+            optimizer = tf1.mixed_precision.MixedPrecisionLossScaleOptimizer(optimizer,
+                                                                             'dynamic')
+        train_op = optimizer.minimize(total_loss)
     return logits, train_op, loss

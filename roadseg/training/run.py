@@ -20,15 +20,17 @@ from roadseg.training import checkpoints
 
 
 class RunLog:
-    """Prints each message and appends it to a run's log file."""
+    """Prints each message and appends it to a run's log file (none: prints only, as a worker
+    that is not the chief does)."""
 
     def __init__(self, path):
         self.path = path
 
     def __call__(self, message):
         print(message)
-        with open(self.path, 'a') as f:
-            f.write(message + '\n')
+        if self.path:
+            with open(self.path, 'a') as f:
+                f.write(message + '\n')
 
 
 def new_run_dir(runs_dir):
@@ -108,12 +110,14 @@ def data_split(args):
     return dataset, [by_name[n] for n in split['train']], [by_name[n] for n in split['val']]
 
 
-def batch_generator(args, dataset, train_pairs):
-    """The training batches of the options: augmented, the last --plain-epochs on flips only."""
+def batch_generator(args, dataset, train_pairs, setup):
+    """The training batches of the options: augmented, the last --plain-epochs on flips only;
+    this worker's share of every global batch under --distribute (`setup`)."""
     return BatchGenerator(
         train_pairs, args.image_shape, dataset.read_label, dataset.classes.num_classes,
         Augment(args.augment, args.train_crop), args.seed,
-        plain_from=args.epochs - args.plain_epochs + 1 if args.plain_epochs else None)
+        plain_from=args.epochs - args.plain_epochs + 1 if args.plain_epochs else None,
+        replicas=setup.replicas, shard=(setup.worker, setup.workers))
 
 
 def class_weights(args, label_maps, num_classes):
@@ -149,13 +153,18 @@ def save_config(run_dir, args, weights):
     files.write_json(os.path.join(run_dir, 'config.json'), config)
 
 
-def start_run(sess, saver, args, train_pairs, val_pairs, weights):
+def start_run(sess, saver, args, train_pairs, val_pairs, weights, writes=True):
     """A new run folder with config.json and split.json, or the resumed run's state restored
     from its newest sound checkpoint: (run folder, first epoch to train, earlier epoch records).
 
     The checkpoint is the commit point of an epoch: its manifest holds the records of every
     epoch up to it, so a run killed between writing the checkpoint and metrics.json, or during
-    an export, resumes with its records whole; temporary folders a kill left are removed."""
+    an export, resumes with its records whole; temporary folders a kill left are removed.
+    A worker that is not the chief (`writes` false) makes no folder and only restores."""
+    if not writes:
+        done = (checkpoints.restore_latest(sess, saver, os.path.join(args.resume, 'checkpoints'),
+                                           print) if args.resume else 0)
+        return None, done + 1, []
     if not args.resume:
         run_dir = new_run_dir(args.runs_dir)
         save_config(run_dir, args, weights)
@@ -180,9 +189,10 @@ def start_run(sess, saver, args, train_pairs, val_pairs, weights):
 
 
 def describe(run_dir, args, classes, train_pairs, val_pairs, start_epoch):
-    """The run log's first line: data, sizes and epochs."""
+    """The run log's line on data, sizes and epochs (a worker that is not the chief has no
+    run folder)."""
     crop = args.train_crop
-    return (f'run {run_dir}: {args.dataset} with {classes.num_classes} classes, '
+    return (f'run {run_dir or "(written by the chief)"}: {args.dataset} with {classes.num_classes} classes, '
             f'{len(train_pairs)} training and {len(val_pairs)} validation images at '
             f'{args.image_shape[0]}x{args.image_shape[1]}'
             + (f' (training on {crop[0]}x{crop[1]} crops)' if crop else '')
@@ -202,7 +212,8 @@ def model_info(args, classes):
 def save_model(sess, export_dir, input_image, keep_prob, probabilities, info):
     """Save the network as a SavedModel (tag `serve`, signature `serving_default`: RGB 0..255
     images at the training size in, per-pixel class probabilities out) with `info` as fcn.json
-    and a manifest.json of the files' sizes and digests, which loading checks."""
+    and a manifest.json of the files' sizes and digests, which loading checks. Devices are
+    cleared: a graph built for several GPUs or workers loads on any one machine."""
     signature = tf1.saved_model.predict_signature_def(
         inputs={'image': input_image, 'keep_prob': keep_prob},
         outputs={'probabilities': probabilities})
@@ -210,7 +221,7 @@ def save_model(sess, export_dir, input_image, keep_prob, probabilities, info):
         builder = tf1.saved_model.Builder(tmp)
         builder.add_meta_graph_and_variables(
             sess, [tf1.saved_model.tag_constants.SERVING],
-            signature_def_map={'serving_default': signature})
+            signature_def_map={'serving_default': signature}, clear_devices=True)
         builder.save()
         files.write_json(os.path.join(tmp, inference.MODEL_INFO), info)
         files.write_manifest(tmp)
@@ -239,6 +250,11 @@ def write_overlays(model, image_paths, output_dir, colors):
 # The monitor
 # ----------------------------------------------------------------------------------------------
 
+def validates(args, epoch):
+    """Whether `epoch` ends with validation: every --val-every epochs, and the last."""
+    return epoch % args.val_every == 0 or epoch == args.epochs
+
+
 class RunMonitor:
     """The bookkeeping around training: TensorBoard summaries every step, and after every epoch
     metrics.json and the checkpoint, with validation and the export of the best model so far
@@ -265,8 +281,7 @@ class RunMonitor:
             if value is not None]), step)
 
     def validates(self, epoch):
-        """Whether `epoch` ends with validation: every --val-every epochs, and the last."""
-        return epoch % self.args.val_every == 0 or epoch == self.args.epochs
+        return validates(self.args, epoch)
 
     def step(self, loss):
         self.step_count += 1
