@@ -63,6 +63,10 @@ def parse_args(argv=None):
                              'within each repeat: float32, bfloat16, float16, each optionally '
                              '+xla (e.g. float32,bfloat16,float32+xla); speed-ups over the first; '
                              'with --peer-dir, the Keras peer in float32 and mixed_bfloat16')
+    parser.add_argument('--loader', metavar='DATASET:PATH',
+                        help='instead: the training loader\'s own rate in images per second '
+                             '(reading, augmenting, batching) on a data set, e.g. '
+                             'camvid:data/camvid, beside what one GPU consumes')
     parser.add_argument('--json', help='also write every figure to this JSON file')
     parser.add_argument('--deploy', metavar='RUN_DIR',
                         help="time this trained model's deployment formats instead")
@@ -113,6 +117,12 @@ def parse_args(argv=None):
         raise UserError('--clients, --requests and --serve-seconds must be positive')
     if args.batch_size < 1 or args.repeats < 1:
         raise UserError('--batch-size and --repeats must be at least 1')
+    if args.loader is not None:
+        kind, _, path = args.loader.partition(':')
+        if kind not in ('kitti', 'camvid', 'camvid32', 'folder') or not os.path.isdir(path):
+            raise UserError(f'--loader {args.loader}: give DATASET:PATH, DATASET one of kitti, '
+                            f'camvid, camvid32, folder, and PATH its folder')
+        args.loader = (kind, path)
     args.precisions = args.precisions.split(',') if args.precisions else []
     for variant in args.precisions:
         precision, _, xla = variant.partition('+')
@@ -140,6 +150,13 @@ def main(argv=None):
         if args.json:
             files.write_json(args.json, results)
             print(f'wrote {args.json}')
+        return results
+    if args.loader:  # no TensorFlow needed
+        from roadseg import bench_loader
+        results = {'loader': bench_loader.measure(*args.loader, args.batch_size, args.repeats)}
+        bench_loader.print_loader(results['loader'])
+        if args.json:
+            files.write_json(args.json, results)
         return results
     if any(v.endswith('+xla') for v in args.precisions):  # XLA clusters CPU graphs only so
         os.environ.setdefault('TF_XLA_FLAGS', '--tf_xla_cpu_global_jit')

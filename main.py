@@ -84,7 +84,7 @@ def run(argv=None):
     classes = dataset.classes
     get_batches_fn = runs.batch_generator(args, dataset, train_pairs, setup)
     val_samples = datasets.load_samples(val_pairs, dataset.read_label) if setup.is_chief else []
-    bev_paths = runs.bev_paths(args, val_pairs, dataset.classes.num_classes)
+    bev_paths = setup.is_chief and runs.bev_paths(args, val_pairs, dataset.classes.num_classes)
     class_weights = runs.class_weights(args, get_batches_fn.labels, classes.num_classes)
     with tf.Graph().as_default(), setup.scope(), setup.session() as sess, \
             distribute.failures(args, setup):
@@ -108,6 +108,7 @@ def run(argv=None):
 
         run_dir, start_epoch, records = runs.start_run(sess, saver, args, train_pairs, val_pairs,
                                                        class_weights, setup.is_chief)
+        distribute.check_same_epoch(sess, setup, start_epoch)
         get_batches_fn.epoch = start_epoch - 1
         log = runs.RunLog(run_dir and os.path.join(run_dir, 'train.log'))
         log(setup.describe())
@@ -120,7 +121,7 @@ def run(argv=None):
             runs.save_model(sess, os.path.join(run_dir, 'model'), net.input_image, net.keep_prob,
                             probabilities, {**info, 'epoch': epoch, 'val_iou': key_metric})
 
-        batches = -(-len(get_batches_fn) // args.batch_size)
+        batches = loop.steps_per_epoch(get_batches_fn, args.batch_size)
         monitor = setup.is_chief and runs.RunMonitor(
             run_dir, sess, saver, model, export, val_samples, args, log, records,
             (start_epoch - 1) * batches, classes, bev_paths)

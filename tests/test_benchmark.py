@@ -10,7 +10,7 @@ import benchmark
 from roadseg import bench
 from roadseg.errors import UserError
 from roadseg.model.ops import tf, tf1
-from tests.conftest import ROOT, save_tiny_model
+from tests.conftest import ROOT, make_kitti, save_tiny_model
 
 
 def test_count_flops_of_conv_depthwise_and_transposed_conv():
@@ -30,7 +30,10 @@ def test_count_flops_of_conv_depthwise_and_transposed_conv():
     (['--peer-dir', '/nowhere/at/all'], '/nowhere/at/all'),
     (['--serve', '/no/model'], '--serve /no/model: no such model'),
     (['--serve', '.', '--clients', '1,x'], '--clients 1,x: comma-separated numbers'),
-    (['--serve', '.', '--requests', '0'], 'must be positive')])
+    (['--serve', '.', '--requests', '0'], 'must be positive'),
+    (['--loader', 'coco:.'], '--loader coco:.: give DATASET:PATH'),
+    (['--loader', 'kitti:/nowhere'], 'give DATASET:PATH'),
+    (['--precisions', 'float32,int4'], '--precisions int4: use float32, bfloat16 or float16')])
 def test_bad_options_are_one_line_errors(argv, message):
     with pytest.raises(UserError, match=message):
         benchmark.parse_args(argv)
@@ -77,3 +80,25 @@ def test_serve_load_test_reports_every_level_against_predict(tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'serve.py on loopback' in out and '% predict' in out
     assert json.loads((tmp_path / 's.json').read_text())['serve'][0]['levels'][1]['clients'] == 3
+
+
+def test_loader_rate_is_measured_on_the_data_set(tmp_path, capsys):
+    make_kitti(tmp_path, stems=tuple(f'um_{i:06d}' for i in range(6)), size=(40, 70))
+    results = benchmark.main(['--loader', f'kitti:{tmp_path}', '--batch-size', '4',
+                              '--repeats', '2', '--json', str(tmp_path / 'loader.json')])
+    loader = results['loader']
+    assert (loader['images'], loader['image_shape'], len(loader['runs'])) == (6, [160, 576], 2)
+    assert loader['images_per_second'] > 0
+    assert json.loads((tmp_path / 'loader.json').read_text())['loader'] == loader
+    out = capsys.readouterr().out
+    assert 'images/s' in out and 'one A100 training VGG16 FCN-8s at 160x576 consumes' in out
+
+
+def test_precision_variants_are_timed_in_turn(monkeypatch):
+    times = iter([4.0, 8.0, 2.0, 4.0] * 2)  # a's inference and training, then b's, twice
+    monkeypatch.setattr(bench, 'seconds', lambda fn: next(times))
+    rows = bench.measure_precisions('mobilenetv2', 'fcn8s', (32, 32), 2, 2,
+                                    [('a', None), ('b', None)])
+    assert [r['variant'] for r in rows] == ['a', 'b']
+    assert (rows[1]['inference_s_per_image'], rows[1]['train_s_per_image']) == (1.0, 2.0)
+    assert (rows[1]['inference_speedup'], rows[1]['train_speedup']) == (2.0, 2.0)

@@ -148,6 +148,10 @@ def test_each_worker_takes_its_share_of_every_global_batch(tmp_path):
     assert [len(images) for images, _ in whole] == [4, 4, 3]
     shares = [epoch(replicas=2, shard=(w, 2)) for w in range(2)]
     assert [len(images) for images, _ in shares[0]] == [2, 2, 1]  # 3 cut to 2, one each
+    for count, replicas, steps in ((11, 1, 3), (11, 2, 3), (9, 2, 2), (9, 1, 3), (8, 2, 2)):
+        batches = BatchGenerator(dataset.train[:count], (32, 32), dataset.read_label, 2,
+                                 replicas=replicas)
+        assert batches.steps(4) == steps == len(list(batches(4)))
     for index, (images, labels) in enumerate(whole):
         kept = len(images) - len(images) % 2
         np.testing.assert_array_equal(np.concatenate([s[index][0] for s in shares]),
@@ -243,7 +247,11 @@ def test_tf_config_missing_or_malformed_is_one_line(monkeypatch):
         with pytest.raises(UserError, match=message):
             distribute.read_tf_config()
     monkeypatch.setenv('TF_CONFIG', cluster(1, [1, 2]))
-    assert distribute.read_tf_config() == (['127.0.0.1:1', '127.0.0.1:2'], ('worker', 1))
+    assert distribute.read_tf_config() == (['127.0.0.1:1', '127.0.0.1:2'], ('worker', 1), 1)
+    monkeypatch.setenv('TF_CONFIG', json.dumps({  # Kubeflow's: a chief, then the workers
+        'cluster': {'chief': ['c:1'], 'worker': ['w:1', 'w:2']},
+        'task': {'type': 'worker', 'index': 0}}))
+    assert distribute.read_tf_config() == (['c:1', 'w:1', 'w:2'], ('worker', 0), 1)
 
 
 def test_a_batch_that_does_not_split_among_the_replicas_is_refused():

@@ -129,9 +129,11 @@ def test_resume_takes_only_more_epochs_a_moved_data_folder_and_where_it_runs(tmp
                             '--precision', 'bfloat16', '--step-timeout', '20'])
     assert (args.distribute, args.xla, args.precision, args.step_timeout, args.epochs) == \
         ('none', True, 'bfloat16', 20, 3)
+    (tmp_path / 'config.json').write_text(json.dumps({'epochs': 3, 'xla': True}))
+    assert options.options(['--resume', str(tmp_path), '--no-xla']).xla is False
     with pytest.raises(UserError, match=r'takes only --epochs, --data-dir, --distribute, '
-                                        r'--precision, --xla, --step-timeout; --batch-size '
-                                        r'would change the run'):
+                                        r'--precision, --xla, --no-xla, --step-timeout; '
+                                        r'--batch-size would change the run'):
         options.options(['--resume', str(tmp_path), '--batch-size', '4'])
     with pytest.raises(UserError, match=r'no config.json there; not a run folder'):
         options.options(['--resume', str(tmp_path / 'nothing')])

@@ -44,6 +44,11 @@ class BatchGenerator:
     def __len__(self):
         return len(self.images)
 
+    def steps(self, batch_size):
+        """The batches an epoch yields: a short last batch cut to nothing is not one."""
+        last = len(self) % batch_size
+        return len(self) // batch_size + (last - last % self.replicas > 0)
+
     def __call__(self, batch_size):
         self.epoch += 1
         epoch_seed = np.random.SeedSequence([self.seed or 0, self.epoch])

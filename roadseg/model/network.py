@@ -33,10 +33,6 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
     """
     restored, weights, averages, calibration = set(), None, {}, []
     if args.encoder_weights == 'udacity':
-        if ops.replicas() > 1:
-            raise UserError('--encoder-weights udacity is a frozen graph, which tf.distribute '
-                            'cannot replicate; train the same VGG16 built in the graph with '
-                            '--encoder-weights none or keras-h5:PATH, or use --distribute none')
         try:
             vgg_path = vgg.maybe_download_pretrained_vgg(args.data_dir)
         except UserError as e:

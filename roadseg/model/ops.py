@@ -102,8 +102,8 @@ def cross_replica_mean(value):
 
 
 def weight(name, shape, initializer, weight_decay=0.0):
-    """A variable whose L2 penalty (times `weight_decay`) goes to REGULARIZATION_LOSSES, once:
-    not again when a second tower reuses it."""
+    """A variable whose L2 penalty (times `weight_decay`) goes to the replica's
+    REGULARIZATION_LOSSES, once per replica: not again when a later tower reuses it."""
     variable = tf1.get_variable(name, shape, initializer=initializer)
     if weight_decay and first_use():
         tf1.add_to_collection(replica_collection(tf1.GraphKeys.REGULARIZATION_LOSSES),

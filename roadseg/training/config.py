@@ -140,8 +140,9 @@ def parse_args(argv=None):
                         help='mixed precision, weights kept in float32: bfloat16 on CPUs with '
                              'AVX512-BF16 or AMX, float16 on GPUs with dynamic loss scaling '
                              '(default: %(default)s)')
-    parser.add_argument('--xla', action='store_true', default=None,
-                        help='compile the graph with XLA')
+    parser.add_argument('--xla', action=argparse.BooleanOptionalAction, default=None,
+                        help='compile the graph with XLA, on GPUs (refused on CPUs, where it '
+                             'measured no gain)')
     parser.add_argument('--step-timeout', type=float, metavar='SECONDS',
                         help='multi-worker: how long a step waits for the other workers before '
                              'the run stops (a worker has died); covers the chief\'s validation '
@@ -204,7 +205,7 @@ def check_config(parser, config, path):
         value, flag = config[action.dest], action.option_strings[-1]
         if value is None:
             continue  # an option left unset: reported below unless it may stay unset
-        if isinstance(action, argparse._StoreTrueAction):
+        if isinstance(action, (argparse._StoreTrueAction, argparse.BooleanOptionalAction)):
             if not isinstance(value, bool):
                 raise UserError(f'{path}: {action.dest} is {json.dumps(value)}; {flag} is '
                                 f'true or false')
@@ -222,13 +223,14 @@ def check_config(parser, config, path):
 
 
 # What --resume may change: more epochs, moved data, and where and how fast it runs.
-RESUME_FLAGS = ('--epochs', '--data-dir', '--distribute', '--precision', '--xla',
+RESUME_FLAGS = ('--epochs', '--data-dir', '--distribute', '--precision', '--xla', '--no-xla',
                 '--step-timeout')
 
 
 def options(argv=None):
     """The options of a new run, or of the run that --resume names: its config.json, with
-    `resume` set and --epochs (to extend it) or --data-dir (data that moved) as given."""
+    `resume` set and the RESUME_FLAGS given: --epochs (to extend it), --data-dir (data that
+    moved), and where and how it runs (--distribute, --precision, --[no-]xla, --step-timeout)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if not args.resume:

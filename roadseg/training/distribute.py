@@ -17,28 +17,22 @@ import json
 import os
 
 from roadseg.errors import UserError
+from roadseg.model import ops
 from roadseg.model.ops import tf, tf1
 
-KINDS = ('auto', 'none', 'mirrored', 'multi-worker')
-PRECISIONS = ('float32', 'bfloat16', 'float16')
 BF16_FLAGS = ('avx512_bf16', 'amx_bf16')  # /proc/cpuinfo flags of CPUs oneDNN runs bf16 on
 
 
 class Setup:
-    """The devices and session of a training run (`setup(args)` makes one)."""
+    """The devices and session of a training run (`setup(args)` makes one); `worker` is this
+    process's index among the `workers` of the cluster (the chief first), 0 of 1 alone."""
 
-    def __init__(self, kind, strategy=None, server=None, task=('worker', 0), workers=1,
-                 config=None):
+    def __init__(self, kind, strategy=None, server=None, worker=0, workers=1, config=None):
         self.kind, self.strategy, self.server = kind, strategy, server
-        self.task, self.workers = task, workers
+        self.worker, self.workers = worker, workers
         self.config = config or tf1.ConfigProto()
         self.replicas = strategy.num_replicas_in_sync if strategy else 1
         self.devices = list(strategy.extended.worker_devices) if strategy else []
-
-    @property
-    def worker(self):
-        """This worker's index among the workers (0 for a single process)."""
-        return self.task[1]
 
     @property
     def is_chief(self):
@@ -93,6 +87,7 @@ def session_config(precision='float32', xla=False):
     float16 through the CUDA one (GPUs). Variables stay float32 either way; only the ops that
     gain from it compute in the lower precision."""
     config = tf1.ConfigProto()
+    config.gpu_options.allow_growth = True  # a Session given a config ignores set_memory_growth
     rewrites = config.graph_options.rewrite_options
     if precision == 'bfloat16':
         if not cpu_flags() & set(BF16_FLAGS):
@@ -112,8 +107,8 @@ def session_config(precision='float32', xla=False):
 
 
 def read_tf_config():
-    """TF_CONFIG's (cluster workers, (task type, index)), checked, with one clear line on what
-    is wrong."""
+    """TF_CONFIG's (cluster addresses, chief first; (task type, index); this task's index
+    among all), checked, with one clear line on what is wrong."""
     text = os.environ.get('TF_CONFIG')
     if not text:
         raise UserError('--distribute multi-worker reads the cluster from the TF_CONFIG '
@@ -128,7 +123,8 @@ def read_tf_config():
                         '{"type": "worker", "index": N}}: ' + text[:200]) from None
     if kind not in ('worker', 'chief') or not 0 <= index < len(config['cluster'].get(kind, [])):
         raise UserError(f'TF_CONFIG: task {kind} {index} is not in its cluster {text[:200]}')
-    return workers, (kind, index)
+    chiefs = len(config['cluster'].get('chief', []))
+    return workers, (kind, index), index + (chiefs if kind == 'worker' else 0)
 
 
 def setup(args):
@@ -156,7 +152,7 @@ def setup(args):
             config.device_count['CPU'] = len(devices)
         strategy = tf1.distribute.MirroredStrategy(devices)
         return check_batch(Setup(kind, strategy, config=config), args.batch_size)
-    workers, task = read_tf_config()
+    workers, task, worker = read_tf_config()
     strategy = tf1.distribute.experimental.MultiWorkerMirroredStrategy()
     config = strategy.update_config_proto(config)
     config.operation_timeout_in_ms = int(args.step_timeout * 1000)
@@ -165,9 +161,9 @@ def setup(args):
                                       job_name=task[0], task_index=task[1], config=config,
                                       start=True)
     except (tf.errors.UnknownError, tf.errors.InvalidArgumentError) as e:
-        raise UserError(f'TF_CONFIG: this worker cannot listen on {workers[task[1]]} '
+        raise UserError(f'TF_CONFIG: this worker cannot listen on {workers[worker]} '
                         f'({e.message.splitlines()[0]}); is the port in use?') from None
-    return check_batch(Setup(kind, strategy, server, task, len(workers), config),
+    return check_batch(Setup(kind, strategy, server, worker, len(workers), config),
                        args.batch_size)
 
 
@@ -188,6 +184,23 @@ def step_ops(per_replica):
     train_op, loss = per_replica
     return (tf.group(strategy.experimental_local_results(train_op)),
             strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None))
+
+
+def check_same_epoch(sess, setup_, epoch):
+    """Stop unless every worker resumes at `epoch`: workers that restored different
+    checkpoints (a run folder seen differently) would train apart, then hang. One all-reduce of
+    the epoch and its square, equal to replicas x epoch and replicas x epoch^2 only when all
+    agree."""
+    if setup_.workers == 1:
+        return
+    value = tf1.placeholder(tf.float32, [])
+    sums = ops.for_each_replica(lambda: ops.cross_replica_sum(tf.stack([value, value * value])))
+    total, squares = sess.run(setup_.strategy.experimental_local_results(sums)[0],
+                              {value: epoch})
+    if total != setup_.replicas * epoch or squares != setup_.replicas * epoch ** 2:
+        raise UserError(f'worker {setup_.worker} resumes at epoch {epoch} and the others do not; '
+                        'start every worker with --resume and the same run folder, on storage '
+                        'they all read')
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ def train(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_loss
     ends, so nothing computed from the diverged weights is checkpointed or exported.
     :return: the list of mean losses, one per epoch trained
     """
-    batches = -(-len(get_batches_fn) // batch_size) if hasattr(get_batches_fn, '__len__') else None
+    batches = steps_per_epoch(get_batches_fn, batch_size)
     rate = learning_rate_value if callable(learning_rate_value) else lambda _: learning_rate_value
     step = (start_epoch - 1) * (batches or 0)
     history = []
@@ -50,6 +50,13 @@ def train(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_loss
         if on_epoch_end:
             on_epoch_end(epoch, history[-1])
     return history
+
+
+def steps_per_epoch(get_batches_fn, batch_size):
+    """The steps of an epoch of `get_batches_fn` (None where it cannot tell)."""
+    if hasattr(get_batches_fn, 'steps'):
+        return get_batches_fn.steps(batch_size)
+    return -(-len(get_batches_fn) // batch_size) if hasattr(get_batches_fn, '__len__') else None
 
 
 def timed(iterable, waited):

@@ -192,7 +192,8 @@ def describe(run_dir, args, classes, train_pairs, val_pairs, start_epoch):
     """The run log's line on data, sizes and epochs (a worker that is not the chief has no
     run folder)."""
     crop = args.train_crop
-    return (f'run {run_dir or "(written by the chief)"}: {args.dataset} with {classes.num_classes} classes, '
+    where = run_dir or '(written by the chief)'
+    return (f'run {where}: {args.dataset} with {classes.num_classes} classes, '
             f'{len(train_pairs)} training and {len(val_pairs)} validation images at '
             f'{args.image_shape[0]}x{args.image_shape[1]}'
             + (f' (training on {crop[0]}x{crop[1]} crops)' if crop else '')
@@ -281,6 +282,7 @@ class RunMonitor:
             if value is not None]), step)
 
     def validates(self, epoch):
+        """Whether `epoch` ends with validation (run.validates)."""
         return validates(self.args, epoch)
 
     def step(self, loss):
