@@ -62,11 +62,8 @@ def main(kind, encoder, steps, init, out, h5=None):
         def step(output):
             _, train_op, replica_loss = loss.optimize(output, ops.replica_share(label), RATE, 2,
                                                       CLASS_WEIGHTS if weighted else None)
-            gradients = tf.gradients(replica_loss, tf1.trainable_variables())
-            if setup.strategy:  # the sum over replicas, which the optimiser applies
-                gradients = tf.distribute.get_replica_context().merge_call(
-                    lambda strategy, *g: strategy.extended.batch_reduce_to(
-                        tf.distribute.ReduceOp.SUM, [(x, x) for x in g]), args=gradients)
+            gradients = [ops.cross_replica_sum(g)  # summed, as the optimiser applies them
+                         for g in tf.gradients(replica_loss, tf1.trainable_variables())]
             return train_op, replica_loss, gradients
         train_op, total, gradients = ops.for_each_replica(step, net.train_output)
         trained = [v.op.name for v in tf1.trainable_variables()]

@@ -76,10 +76,16 @@ def _all_reduce(value, reduce_op):
         args=(tf.stop_gradient(value),))
 
 
+def synchronising():
+    """Whether the graph being built is one of several replicas' (in a replica context of a
+    strategy with more than one), where batch statistics and normalisers are all-reduced."""
+    return replicas() > 1 and replica_index() is not None
+
+
 def cross_replica_sum(value):
     """The sum of `value` over the replicas, as a constant of the gradient (e.g. a loss's
     normaliser); `value` itself with one replica."""
-    if replicas() == 1 or replica_index() is None:
+    if not synchronising():
         return value
     return _all_reduce(value, tf.distribute.ReduceOp.SUM)
 
@@ -94,7 +100,7 @@ def cross_replica_mean(value):
     replicas' gradients, as for one tensor computed from the whole batch. (The replica
     context's own all_reduce cannot take the gradient of a MirroredStrategy graph in graph
     mode: it looks the other replicas' variables up by name and fails.)"""
-    if replicas() == 1 or replica_index() is None:
+    if not synchronising():
         return value
     with tf1.get_default_graph().gradient_override_map({'Identity': 'RoadsegCrossReplicaMean'}):
         local = tf.identity(value)
@@ -140,7 +146,7 @@ def batch_norm(x, training, momentum, epsilon=1e-3, name='bn'):
         if not training:
             return tf1.nn.fused_batch_norm(x, gamma, beta, moving_mean, moving_variance,
                                            epsilon, is_training=False)[0]
-        if replicas() > 1 and replica_index() is not None:
+        if synchronising():
             y, mean, variance = synchronised_batch_norm(x, gamma, beta, epsilon)
         else:
             y, mean, variance = tf1.nn.fused_batch_norm(x, gamma, beta, epsilon=epsilon)
