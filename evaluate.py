@@ -31,8 +31,10 @@ def main(argv=None):
                         help='a run folder, a SavedModel folder, a frozen graph .pb or a .tflite')
     parser.add_argument('--data-dir', required=True,
                         help='the data set folder, in the layout the model was trained on')
-    parser.add_argument('--split', choices=('val', 'all'), default='val',
-                        help="the run's validation images, or every labelled image")
+    parser.add_argument('--split', choices=('val', 'seen', 'all'), default='val',
+                        help="the run's validation images (under --val-groups, its held-out "
+                             "groups), the unseen images of its training groups (seen), or "
+                             "every labelled image")
     parser.add_argument('--output-dir', help='where metrics.json (and images) go '
                                              '(default: MODEL/eval-SPLIT, MODEL-eval-SPLIT '
                                              'beside a model file)')

@@ -80,10 +80,12 @@ def run(argv=None):
     args = config.options(argv)
     setup = distribute.setup(args)
     runs.fetch_downloads(args)
-    dataset, train_pairs, val_pairs = runs.data_split(args)
+    dataset, train_pairs, val_pairs, seen_pairs = runs.data_split(args)
     classes = dataset.classes
     get_batches_fn = runs.batch_generator(args, dataset, train_pairs, setup)
-    val_samples = datasets.load_samples(val_pairs, dataset.read_label) if setup.is_chief else []
+    val_samples, seen_samples = ([datasets.load_samples(pairs, dataset.read_label)
+                                  for pairs in (val_pairs, seen_pairs)]
+                                 if setup.is_chief else ([], []))
     bev_paths = setup.is_chief and runs.bev_paths(args, val_pairs, dataset.classes.num_classes)
     class_weights = runs.class_weights(args, get_batches_fn.labels, classes.num_classes)
     with tf.Graph().as_default(), setup.scope(), setup.session() as sess, \
@@ -106,13 +108,14 @@ def run(argv=None):
         saver = tf1.train.Saver(max_to_keep=None)
         net.initialise()
 
-        run_dir, start_epoch, records = runs.start_run(sess, saver, args, train_pairs, val_pairs,
-                                                       class_weights, setup.is_chief)
+        split = train_pairs, val_pairs, seen_pairs
+        run_dir, start_epoch, records = runs.start_run(sess, saver, args, split, class_weights,
+                                                       setup.is_chief)
         distribute.check_same_epoch(sess, setup, start_epoch)
         get_batches_fn.epoch = start_epoch - 1
         log = runs.RunLog(run_dir and os.path.join(run_dir, 'train.log'))
         log(setup.describe())
-        log(runs.describe(run_dir, args, classes, train_pairs, val_pairs, start_epoch))
+        log(runs.describe(run_dir, args, classes, split, start_epoch))
         info = runs.model_info(args, classes)
         model = inference.session_model(sess, net.input_image, probabilities, info,
                                         {net.keep_prob: 1.0})
@@ -124,7 +127,7 @@ def run(argv=None):
         batches = loop.steps_per_epoch(get_batches_fn, args.batch_size)
         monitor = setup.is_chief and runs.RunMonitor(
             run_dir, sess, saver, model, export, val_samples, args, log, records,
-            (start_epoch - 1) * batches, classes, bev_paths)
+            (start_epoch - 1) * batches, classes, bev_paths, seen_samples)
         calibration = runs.calibration_images(args, train_pairs)
 
         def epoch_end(epoch, mean_loss):

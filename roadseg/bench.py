@@ -48,7 +48,7 @@ def build_fcn(encoder, decoder, image_shape, config=None):
         sess = tf1.Session(graph=graph, config=config)
         options = argparse.Namespace(encoder=encoder, decoder=decoder, alpha=1.0,
                                      encoder_weights='none', weight_decay=1e-3, data_dir='.',
-                                     ema_decay=0.0)
+                                     ema_decay=0.0, input_norm='fixed')
         net = network.build_network(sess, options, NUM_CLASSES, (None, *image_shape))
         label = tf1.placeholder(tf.float32, [None, *image_shape, NUM_CLASSES], 'label')
         learning_rate = tf1.placeholder(tf.float32, [], 'learning_rate')

@@ -131,7 +131,8 @@ def bev_table(results):
 
 def evaluation_data(path, data_dir, info, split):
     """The model's data set in `data_dir` and the (image, label) pairs to evaluate: the run's
-    validation list (split.json) or every labelled image."""
+    validation images or, with `seen`, the training groups' unseen images (split.json), or every
+    labelled image (`all`)."""
     dataset = datasets.open_dataset(info['dataset'], data_dir, info['label'], info['classes'],
                                     info['remap'])
     if dataset.classes.num_classes != info['num_classes']:
@@ -145,11 +146,14 @@ def evaluation_data(path, data_dir, info, split):
     folders.append(os.path.dirname(os.path.abspath(folders[0])))
     found = [f for f in (os.path.join(f, 'split.json') for f in folders) if os.path.isfile(f)]
     if not found:
-        raise UserError(f'--split val needs a run folder holding split.json; {path} has none: '
-                        f'use --split all')
-    names = set(files.read_json(found[0], 'use --split all')['val'])
+        raise UserError(f'--split {split} needs a run folder holding split.json; {path} has '
+                        f'none: use --split all')
+    names = set(files.read_json(found[0], 'use --split all').get(split, []))
+    if not names:
+        raise UserError(f'--split {split}: {found[0]} lists no such images (only a run with '
+                        f'--val-groups has unseen images of its training groups)')
     chosen = [pair for pair in pairs if os.path.basename(pair[0]) in names]
     if len(chosen) != len(names):
-        raise UserError(f'{data_dir}: {len(names) - len(chosen)} of the run\'s validation '
+        raise UserError(f'{data_dir}: {len(names) - len(chosen)} of the run\'s {split} '
                         f'images are missing; is --data-dir the one it trained on?')
     return dataset, chosen

@@ -47,7 +47,7 @@ def main(kind, encoder, steps, init, out, h5=None):
     encoder, _, decoder = encoder.partition(':')
     args = argparse.Namespace(
         encoder=encoder, decoder=decoder or 'fcn8s', alpha=0.35, weight_decay=1e-3,
-        ema_decay=0.5,
+        ema_decay=0.5, input_norm='fixed',
         encoder_weights=f'keras-h5:{h5}' if encoder == 'vgg16' else 'none', data_dir='.',
         distribute='none' if kind == 'single' else kind, precision='float32', xla=False,
         step_timeout=60.0, batch_size=GLOBAL_BATCH)

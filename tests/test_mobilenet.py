@@ -19,10 +19,10 @@ from tests.conftest import make_kitti
 ALPHA = 0.1  # 8 channels in most layers: fast, yet every block is built
 
 
-def network_args(encoder='mobilenetv2', decoder='fcn8s', ema_decay=0.0):
+def network_args(encoder='mobilenetv2', decoder='fcn8s', ema_decay=0.0, input_norm='fixed'):
     return argparse.Namespace(encoder=encoder, decoder=decoder, alpha=ALPHA,
                               encoder_weights='none', weight_decay=1e-3, data_dir='.',
-                              ema_decay=ema_decay)
+                              ema_decay=ema_decay, input_norm=input_norm)
 
 
 @pytest.fixture
@@ -65,6 +65,30 @@ def test_both_towers_keep_unknown_input_sizes(encoder, decoder, monkeypatch):
             out = sess.run([net.train_output, net.output],
                            {net.input_image: images(2, shape), net.keep_prob: 0.5})
             assert [o.shape for o in out] == [(2, *shape, 3)] * 2
+
+
+def test_input_norm_image_maps_each_images_channels_to_one_mean_and_deviation():
+    """--input-norm image: an image and the same image darkened, with less contrast and a
+    tint (a per-channel affine change) reach the encoder alike, so the network's outputs agree."""
+    batch = images(2)
+    tinted = batch * np.array([0.3, 0.35, 0.5], np.float32) + np.array([5, 8, 20], np.float32)
+    with tf.Graph().as_default(), tf1.Session() as sess:
+        normal = sess.run(network.normalised(tf.constant(batch)))
+        np.testing.assert_allclose(normal.mean(axis=(1, 2)), network.NORMAL_MEAN, atol=1e-3)
+        np.testing.assert_allclose(normal.std(axis=(1, 2)), network.NORMAL_STD, rtol=1e-3)
+        for norm, agree in (('image', True), ('fixed', False)):
+            with tf1.variable_scope(norm):
+                tf1.set_random_seed(0)
+                net = network.build_network(sess, network_args(input_norm=norm), 2)
+            net.initialise()
+            rng = np.random.default_rng(0)  # the score layers and offsets start at zero
+            for v in tf1.trainable_variables(norm):
+                if not sess.run(v).any():
+                    v.load(rng.normal(0, 0.1, v.shape.as_list()).astype(np.float32), sess)
+            plain, dusk = (sess.run(net.output, {net.input_image: x, net.keep_prob: 1.0})
+                           for x in (batch, tinted))
+            change = np.abs(plain - dusk).max() / np.abs(plain).max()
+            assert change < 1e-4 if agree else change > 1e-3
 
 
 def test_each_decoder_gets_the_features_at_its_strides():

@@ -8,14 +8,15 @@ from roadseg.data.classes import VOID
 from roadseg.errors import UserError
 CLASSES = {0, 1, 2}
 PALETTE = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]], np.uint8)
-SWITCHES = ('flip', 'scale', 'rotate', 'shift', 'brightness', 'contrast', 'saturation', 'blur',
-            'clahe')
+SWITCHES = ('flip', 'scale', 'rotate', 'shift', 'brightness', 'contrast', 'saturation', 'gamma',
+            'hue', 'blur', 'clahe', 'noise')
 GEOMETRIC = {'flip': {'flip': 1}, 'scale': {'scale': 0.4}, 'rotate': {'rotate': 20},
              'shift': {'shift': 0.2}, 'all': {'flip': 0.5, 'scale': 0.4, 'rotate': 20,
                                               'shift': 0.2}}
 PHOTOMETRIC = {'brightness': {'brightness': 0.3}, 'contrast': {'contrast': 0.5},
                'saturation': {'saturation': 0.8}, 'blur': {'blur': 1, 'blur_sigma': 3},
-               'clahe': {'clahe': 1, 'clahe_clip': 4}}
+               'clahe': {'clahe': 1, 'clahe_clip': 4}, 'gamma': {'gamma': 0.8},
+               'hue': {'hue': 0.2}, 'noise': {'noise': 0.05}}
 EVERYTHING = {k: v for options in [*GEOMETRIC.values(), *PHOTOMETRIC.values()]
               for k, v in options.items()}
 SEEDS = range(8)
@@ -352,6 +353,48 @@ def test_saturation_keeps_luma_and_gray_pixels():
     assert changed >= len(SEEDS) - 2
 
 
+def test_gamma_is_monotonic_keeps_black_and_white_and_darkens_or_lifts():
+    image, label = square_scene()
+    image[0, :2] = [[0, 0, 0], [255, 255, 255]]
+    means = []
+    for seed in SEEDS:
+        out, _ = only(gamma=0.8)(image, label, np.random.default_rng(seed))
+        order = np.argsort(image.ravel(), kind='stable')
+        assert (np.diff(out.ravel()[order].astype(int)) >= 0).all()
+        np.testing.assert_array_equal(out[0, :2], image[0, :2])
+        means.append(out.mean() - image.mean())
+    assert min(means) < -5 and max(means) > 5
+
+
+def test_hue_turns_colours_and_keeps_value_and_grays():
+    image, label = mid_scene()
+    image[:, :20] = image[:, :20, :1]  # a gray band
+    image[:, 20:30] = [200, 60, 60]  # a red band
+    turns = []
+    for seed in SEEDS:
+        out, _ = only(hue=0.2)(image, label, np.random.default_rng(seed))
+        np.testing.assert_array_equal(out[:, :20], image[:, :20])
+        # HSV's value, the largest channel, stays within rounding
+        assert np.abs(out.max(axis=2).astype(int) - image.max(axis=2)).max() <= 2
+        hue = cv2.cvtColor(out[:1, 20:30], cv2.COLOR_RGB2HSV)[0, :, 0].astype(int) * 2
+        turns.append((hue[0] + 180) % 360 - 180)  # red is 0 degrees
+        assert (hue == hue[0]).all()
+    assert max(abs(t) for t in turns) <= 0.2 * 360 + 2
+    assert min(turns) < -20 and max(turns) > 20
+
+
+def test_noise_is_centred_and_at_most_its_strength():
+    image, label = mid_scene()
+    deviations = []
+    for seed in SEEDS:
+        out, out_label = only(noise=0.05)(image, label, np.random.default_rng(seed))
+        np.testing.assert_array_equal(out_label, label)
+        change = out.astype(float) - image
+        assert abs(change.mean()) < 0.5
+        deviations.append(change.std())
+    assert max(deviations) <= 0.05 * 255 * 1.05 and max(deviations) > 3
+
+
 @pytest.mark.parametrize('name', ['blur', 'clahe'])
 def test_blur_and_clahe_happen_with_their_probability(name):
     augment = only(**{**PHOTOMETRIC[name], name: 0.5})
@@ -378,6 +421,7 @@ def test_same_seed_same_output_different_seed_different_output():
 
 
 @pytest.mark.parametrize('options', [{k: 0 for k in transforms.DEFAULTS},
+                                     {**{k: 0 for k in SWITCHES}, 'blur_sigma': 3},
                                      {**{k: 0 for k in SWITCHES}, 'blur': 1, 'blur_sigma': 0},
                                      {**{k: 0 for k in SWITCHES}, 'clahe': 1, 'clahe_clip': 0}])
 def test_zero_strengths_change_nothing(options):

@@ -9,8 +9,12 @@ Options, each switched off by 0 (its strength or its probability):
   brightness  offset added to all channels, uniform in +-brightness x 255
   contrast    factor about the image mean, uniform in [1 - contrast, 1 + contrast]
   saturation  factor of the blend with grayscale, uniform in [1 - saturation, 1 + saturation]
+  gamma       exponent of (value / 255), exp(uniform(-gamma, gamma)): above 1 darkens the mid
+              tones as dusk does, below 1 lifts them
+  hue         rotation of every pixel's hue, uniform in +-hue x 360 degrees
   blur        probability of a Gaussian blur with sigma uniform in [0, blur_sigma]
   clahe       probability of CLAHE on the L channel of LAB, clip limit clahe_clip, 8x8 tiles
+  noise       Gaussian sensor noise on every value, its deviation uniform in [0, noise x 255]
 
 A training crop (`Augment(options, crop=(h, w))`, --train-crop) cuts a random h x w
 window out of the transformed pair, last of the geometric steps: the network sees every part of
@@ -18,18 +22,19 @@ the scene at its full resolution, at a fraction of the step's cost.
 
 Defaults follow the FCN / KITTI / CamVid seed projects: flip 0.5, a mild +-25 % zoom with
 crop or pad (the DeepLab-style scale-and-crop, narrowed for small training sizes), and colour
-jitter of +-10 % brightness, +-20 % contrast and saturation. Rotation, shift, blur and CLAHE are
-off: road scenes come from a level camera at a fixed height, rotation and shift add void
-corners, and blur and CLAHE suit only some data sets; turned on, blur uses sigma up to 1 and
-CLAHE a clip limit of 2.
+jitter of +-10 % brightness, +-20 % contrast and saturation. Rotation, shift, gamma, hue, blur,
+CLAHE and noise are off: road scenes come from a level camera at a fixed height, rotation and
+shift add void corners, and the others suit only some data sets; turned on, blur uses sigma up
+to 1 and CLAHE a clip limit of 2. The CamVid configurations turn gamma, hue, blur and noise on
+and widen the jitter, for other drives and dusk light (docs/experiments.md, "Unseen drives").
 
 Flip, zoom with crop or pad, rotation and shift are one affine matrix, applied with one
 cv2.warpAffine per array: bilinear for the image, nearest neighbour for the label, so class
 indices never blend; pixels from outside the source become 0 in the image and VOID in the label.
 Then the photometric transforms change the image only: the three jitters as one colour matrix
-(cv2.transform rounds and saturates to uint8), then blur, then CLAHE. They may lift the padded
-0s, which are void in the label. All randomness comes from the `rng` argument, and OpenCV
-releases the GIL, so loader threads can share one Augment.
+(cv2.transform rounds and saturates to uint8), gamma as a lookup table, hue in HSV, then blur,
+CLAHE and noise. They may lift the padded 0s, which are void in the label. All randomness comes
+from the `rng` argument, and OpenCV releases the GIL, so loader threads can share one Augment.
 """
 import math
 
@@ -40,14 +45,15 @@ from roadseg.data.classes import VOID
 from roadseg.errors import UserError
 
 DEFAULTS = {'flip': 0.5, 'scale': 0.25, 'rotate': 0.0, 'shift': 0.0,
-            'brightness': 0.1, 'contrast': 0.2, 'saturation': 0.2,
-            'blur': 0.0, 'blur_sigma': 1.0, 'clahe': 0.0, 'clahe_clip': 2.0}
+            'brightness': 0.1, 'contrast': 0.2, 'saturation': 0.2, 'gamma': 0.0, 'hue': 0.0,
+            'blur': 0.0, 'blur_sigma': 1.0, 'clahe': 0.0, 'clahe_clip': 2.0, 'noise': 0.0}
 OFF = {key: 0.0 for key in DEFAULTS}  # every transform switched off: the text item `none`
 
 # The allowed values of each option, both ends included.
 LIMITS = {'flip': (0, 1), 'scale': (0, 0.9), 'rotate': (0, 180), 'shift': (0, 0.5),
-          'brightness': (0, 1), 'contrast': (0, 1), 'saturation': (0, 1),
-          'blur': (0, 1), 'blur_sigma': (0, 10), 'clahe': (0, 1), 'clahe_clip': (0, 40)}
+          'brightness': (0, 1), 'contrast': (0, 1), 'saturation': (0, 1), 'gamma': (0, 2),
+          'hue': (0, 0.5), 'blur': (0, 1), 'blur_sigma': (0, 10), 'clahe': (0, 1),
+          'clahe_clip': (0, 40), 'noise': (0, 0.5)}
 
 # A probability and its strength: the transform is on only when both are above 0.
 PAIRED = {'blur': 'blur_sigma', 'blur_sigma': 'blur', 'clahe': 'clahe_clip', 'clahe_clip': 'clahe'}
@@ -131,7 +137,8 @@ class Augment:
                             f'of the same size, got {image.dtype} {image.shape} and '
                             f'{label.dtype} {label.shape}')
         image, label = self.warped(image, label, rng)
-        return self.equalized(self.blurred(self.jittered(image, rng), rng), rng), label
+        image = self.toned(self.jittered(image, rng), rng)
+        return self.noisy(self.equalized(self.blurred(image, rng), rng), rng), label
 
     def geometry(self, shape, rng):
         """This call's flip, zoom with crop or pad, rotation and shift as one 3x3 matrix taking
@@ -189,6 +196,20 @@ class Augment:
         matrix[:, 3] = b + (1 - c) * np.mean(cv2.mean(image)[:3])
         return cv2.transform(image, matrix)
 
+    def toned(self, image, rng):
+        """Gamma as a lookup table on every channel, then a hue rotation in HSV."""
+        if self.is_on('gamma'):
+            exponent = math.exp(rng.uniform(-self.options['gamma'], self.options['gamma']))
+            table = np.round(255 * (np.arange(256) / 255) ** exponent).astype(np.uint8)
+            image = cv2.LUT(image, table)
+        if self.is_on('hue'):
+            # OpenCV's 8-bit hue runs 0..179, in steps of 2 degrees
+            shift = round(rng.uniform(-1, 1) * self.options['hue'] * 180)
+            hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+            hsv[..., 0] = (hsv[..., 0].astype(np.int16) + shift) % 180
+            image = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+        return image
+
     def blurred(self, image, rng):
         """Gaussian blur with probability `blur`, sigma uniform in [0, blur_sigma]."""
         if not self.happens('blur', rng):
@@ -205,3 +226,11 @@ class Augment:
         clahe = cv2.createCLAHE(clipLimit=self.options['clahe_clip'], tileGridSize=(8, 8))
         lightness, a, b = cv2.split(cv2.cvtColor(image, cv2.COLOR_RGB2LAB))
         return cv2.cvtColor(cv2.merge((clahe.apply(lightness), a, b)), cv2.COLOR_LAB2RGB)
+
+    def noisy(self, image, rng):
+        """Gaussian noise of a deviation uniform in [0, noise x 255], rounded and clipped."""
+        if not self.is_on('noise'):
+            return image
+        sigma = rng.uniform(0, self.options['noise'] * 255)
+        noise = rng.standard_normal(image.shape, dtype=np.float32) * sigma
+        return np.clip(image + noise + 0.5, 0, 255).astype(np.uint8)

@@ -8,6 +8,19 @@ from roadseg.model import DECODERS, decoders, mobilenet, ops, vgg
 tf, tf1 = ops.tf, ops.tf1
 
 
+# --input-norm image maps each image's channels to this mean and deviation (0..255 scale), about
+# those of a daylight street scene, before the encoder's own preprocessing
+NORMAL_MEAN, NORMAL_STD = 127.5, 64.0
+
+
+def normalised(images):
+    """Each image's channels shifted and scaled to NORMAL_MEAN and NORMAL_STD: a grey-world white
+    balance and contrast stretch in the graph, so that dusk, glare and tint reach the encoder
+    alike (--input-norm image)."""
+    mean, variance = tf.nn.moments(images, axes=[1, 2], keepdims=True)
+    return (images - mean) * (NORMAL_STD * tf.math.rsqrt(variance + 1.0)) + NORMAL_MEAN
+
+
 Network = collections.namedtuple('Network', 'input_image keep_prob train_output output initialise '
                                             'averaged calibrate')
 
@@ -61,6 +74,8 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
                                          'caffe' if weights else 'standardize', training)
 
         def tower(images, training):
+            if args.input_norm == 'image':
+                images = normalised(images)
             if args.decoder == 'fpn':
                 return decoders.fpn(encoder(images, training), num_classes, training,
                                     args.weight_decay, strides)

@@ -13,7 +13,8 @@ from roadseg.model import DECODERS
 
 DESCRIPTION = ('FCN road segmentation: train on KITTI Road, CamVid or a folder of images and '
                'masks, validate, checkpoint, and write the model and overlays to a run folder.')
-OPTIONAL = {'resume', 'classes', 'remap', 'train_crop', 'image_shape'}  # may stay unset
+# Options that may stay unset
+OPTIONAL = {'resume', 'classes', 'remap', 'train_crop', 'image_shape', 'val_groups', 'group_by'}
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), 'configs', 'kitti_road.json')
 # Options removed after they measured no gain (docs/experiments.md), at their no-op values:
@@ -113,6 +114,10 @@ def parse_args(argv=None):
                              'weights with this decay per step, e.g. 0.9995, its batch-norm '
                              'statistics measured on 32 training images before every validation; '
                              '0: the weights themselves (default: %(default)s)')
+    parser.add_argument('--input-norm', choices=('fixed', 'image'),
+                        help="fixed: the encoder's own scaling of 0..255 values; image: first "
+                             "each image's channels to one mean and deviation, in the graph, "
+                             "for other light (in-graph encoders) (default: %(default)s)")
     parser.add_argument('--encoder-weights', type=encoder_weights_arg,
                         help="udacity (data-dir/vgg, downloaded if absent), keras-h5:PATH "
                              "(Keras's VGG16 ImageNet file) or none (from scratch) "
@@ -121,6 +126,15 @@ def parse_args(argv=None):
     parser.add_argument('--val-fraction', type=float,
                         help='share of the labelled images held out for validation after every '
                              'epoch, split with --seed (default: %(default)s)')
+    parser.add_argument('--val-groups', metavar='GROUP[,GROUP..]',
+                        help='hold out every image of these groups (CamVid: drives such as '
+                             '0001TP; KITTI: um, umm, uu) for validation, which picks the best '
+                             'model; the training groups\' own unseen images are scored beside '
+                             'it (docs/generalisation.md)')
+    parser.add_argument('--group-by', metavar='REGEX|FILE.json',
+                        help="what an image's group is: a regular expression over its file "
+                             "stem (the first capture group), or a JSON file of {stem: group} "
+                             "(default: CamVid's drive prefix, KITTI's category)")
     parser.add_argument('--val-every', type=int, metavar='N',
                         help='validate every N epochs and after the last (with --ema-decay, '
                              'measuring the averaged weights\' batch-norm statistics then too); '
@@ -186,6 +200,9 @@ def parse_args(argv=None):
     if args.ema_decay and args.encoder_weights == 'udacity':
         parser.error('--ema-decay needs an encoder built in the graph (--encoder-weights none '
                      'or keras-h5:PATH); the frozen udacity VGG16 has a single tower')
+    if args.input_norm != 'fixed' and args.encoder_weights == 'udacity':
+        parser.error('--input-norm image needs an encoder built in the graph (--encoder-weights '
+                     'none or keras-h5:PATH); the frozen udacity VGG16 takes its input as it is')
     if args.alpha <= 0:
         parser.error(f'argument --alpha: {args.alpha} must be above 0')
     if args.encoder == 'mobilenetv2' and args.encoder_weights != 'none':

@@ -10,7 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from roadseg import bev, evaluation, files, images, inference
-from roadseg.data import datasets
+from roadseg.data import datasets, groups
 from roadseg.data.batches import BatchGenerator
 from roadseg.data.transforms import Augment
 from roadseg.errors import UserError
@@ -88,26 +88,58 @@ def bev_paths(args, val_pairs, num_classes):
 
 
 def data_split(args):
-    """The data set and its (train pairs, validation pairs): the data set's own validation set,
-    else a seeded split of its labelled images; read back from split.json when resuming."""
+    """The data set and its (train pairs, validation pairs, seen pairs); read back from
+    split.json when resuming.
+
+    Validation picks the best model. It is the data set's own validation set, else a seeded
+    --val-fraction split; with --val-groups, every labelled image of those groups, none of
+    which trains. Then the seen pairs, images of the training groups that do not train either
+    (the data set's validation images outside the held-out groups, else a --val-fraction split
+    of the training groups), are scored beside it: the in-group figure next to the cross-group
+    one. Without --val-groups there are none."""
     dataset = datasets.open_dataset(args.dataset, args.data_dir, args.label, args.classes,
                                     args.remap)
-    if not args.resume:
-        if dataset.val is not None:
-            return dataset, dataset.train, dataset.val
-        train, val = datasets.split_pairs(dataset.train, args.val_fraction, args.seed)
-        if not train:
-            raise UserError(f'--val-fraction {args.val_fraction} holds out all {len(val)} '
-                            f'labelled images of {args.data_dir}; nothing is left to train on')
-        return dataset, train, val
+    if args.resume:
+        return (dataset,) + resumed_split(args, dataset)
+    if args.val_groups:
+        return (dataset,) + group_split(args, dataset)
+    if dataset.val is not None:
+        return dataset, dataset.train, dataset.val, []
+    train, val = datasets.split_pairs(dataset.train, args.val_fraction, args.seed)
+    if not train:
+        raise UserError(f'--val-fraction {args.val_fraction} holds out all {len(val)} '
+                        f'labelled images of {args.data_dir}; nothing is left to train on')
+    return dataset, train, val, []
+
+
+def group_split(args, dataset):
+    """(train, validation, seen) pairs with the --val-groups held out (data_split)."""
+    group_of = groups.grouper(args.dataset, args.group_by)
+    wanted = [group.strip() for group in args.val_groups.split(',') if group.strip()]
+    groups.check_groups(wanted, groups.count(dataset.train + (dataset.val or []), group_of))
+    train, val = groups.hold_out(dataset.train, wanted, group_of)
+    if dataset.val is not None:
+        seen, held = groups.hold_out(dataset.val, wanted, group_of)
+        val += held
+    else:
+        train, seen = datasets.split_pairs(train, args.val_fraction, args.seed)
+    if not train:
+        raise UserError(f'--val-groups {args.val_groups} holds out every training image of '
+                        f'{args.data_dir}; leave at least one group to train on')
+    return train, val, seen
+
+
+def resumed_split(args, dataset):
+    """The (train, validation, seen) pairs of the run --resume names, from its split.json."""
     split = files.read_json(os.path.join(args.resume, 'split.json'), 'not a run folder?')
     by_name = {os.path.basename(image): (image, label)
                for image, label in dataset.train + (dataset.val or [])}
-    missing = [name for name in split['train'] + split['val'] if name not in by_name]
+    names = {key: split.get(key, []) for key in ('train', 'val', 'seen')}
+    missing = [name for listed in names.values() for name in listed if name not in by_name]
     if missing:
         raise UserError(f'--resume {args.resume}: {missing[0]} of its split is not in '
                         f'{args.data_dir} any more')
-    return dataset, [by_name[n] for n in split['train']], [by_name[n] for n in split['val']]
+    return tuple([by_name[n] for n in names[key]] for key in ('train', 'val', 'seen'))
 
 
 def batch_generator(args, dataset, train_pairs, setup):
@@ -153,9 +185,10 @@ def save_config(run_dir, args, weights):
     files.write_json(os.path.join(run_dir, 'config.json'), config)
 
 
-def start_run(sess, saver, args, train_pairs, val_pairs, weights, writes=True):
+def start_run(sess, saver, args, split, weights, writes=True):
     """A new run folder with config.json and split.json, or the resumed run's state restored
     from its newest sound checkpoint: (run folder, first epoch to train, earlier epoch records).
+    `split` is the (train, validation, seen) pairs of data_split, recorded in split.json.
 
     The checkpoint is the commit point of an epoch: its manifest holds the records of every
     epoch up to it, so a run killed between writing the checkpoint and metrics.json, or during
@@ -168,9 +201,13 @@ def start_run(sess, saver, args, train_pairs, val_pairs, weights, writes=True):
     if not args.resume:
         run_dir = new_run_dir(args.runs_dir)
         save_config(run_dir, args, weights)
-        files.write_json(os.path.join(run_dir, 'split.json'),
-                         {'train': [os.path.basename(i) for i, _ in train_pairs],
-                          'val': [os.path.basename(i) for i, _ in val_pairs]})
+        record = {key: [os.path.basename(image) for image, _ in pairs]
+                  for key, pairs in zip(('train', 'val', 'seen'), split)}
+        if args.val_groups:
+            group_of = groups.grouper(args.dataset, args.group_by)
+            record['groups'] = {key: groups.count(pairs, group_of)
+                                for key, pairs in zip(('train', 'val', 'seen'), split)}
+        files.write_json(os.path.join(run_dir, 'split.json'), record)
         return run_dir, 1, []
     run_dir = args.resume
     checkpoint_dir = os.path.join(run_dir, 'checkpoints')
@@ -188,14 +225,18 @@ def start_run(sess, saver, args, train_pairs, val_pairs, weights, writes=True):
     return run_dir, done + 1, [r for r in records if r['epoch'] <= done]
 
 
-def describe(run_dir, args, classes, train_pairs, val_pairs, start_epoch):
+def describe(run_dir, args, classes, split, start_epoch):
     """The run log's line on data, sizes and epochs (a worker that is not the chief has no
-    run folder)."""
+    run folder); `split` is data_split's (train, validation, seen) pairs."""
+    train, val, seen = split
     crop = args.train_crop
     where = run_dir or '(written by the chief)'
+    held = f' (held-out groups {args.val_groups})' if args.val_groups else ''
     return (f'run {where}: {args.dataset} with {classes.num_classes} classes, '
-            f'{len(train_pairs)} training and {len(val_pairs)} validation images at '
-            f'{args.image_shape[0]}x{args.image_shape[1]}'
+            f'{len(train)} training and {len(val)} validation images{held}'
+            + (f', {len(seen)} unseen images of the training groups scored beside'
+               if seen else '')
+            + f', at {args.image_shape[0]}x{args.image_shape[1]}'
             + (f' (training on {crop[0]}x{crop[1]} crops)' if crop else '')
             + f', epochs {start_epoch}..{args.epochs}'
             + (f' (the last {args.plain_epochs} on flips only)' if args.plain_epochs else ''))
@@ -263,12 +304,13 @@ class RunMonitor:
 
     `model` is the inference tower as an inference.Model; `export(epoch, key_metric)` writes it
     to model/; with `bev_paths` (the validation images' paths, --val-bev) validation scores in
-    KITTI's bird's-eye view too."""
+    KITTI's bird's-eye view too. `seen_samples`, images of the training groups that do not
+    train (data_split), are scored at each validation beside it but never pick the model."""
 
     def __init__(self, run_dir, sess, saver, model, export, val_samples, args, log, records,
-                 step, classes, bev_paths=None):
+                 step, classes, bev_paths=None, seen_samples=()):
         self.run_dir, self.sess, self.saver, self.classes = run_dir, sess, saver, classes
-        self.bev_paths = bev_paths
+        self.bev_paths, self.seen_samples = bev_paths, seen_samples
         self.model, self.export, self.val_samples = model, export, val_samples
         self.args, self.log, self.records, self.step_count = args, log, records, step
         self.writer = tf1.summary.FileWriter(run_dir)
@@ -325,6 +367,12 @@ class RunMonitor:
                           'val/average_precision': kitti.get('average_precision'),
                           'val/bev_max_f': (evaluation.bev_summary(results) or {})
                           .get('max_f')}, epoch)
+            if self.seen_samples:
+                record['seen'] = evaluation.evaluate(self.model, self.seen_samples)
+                self.log(f'epoch {epoch}: training groups\' unseen images '
+                         f'{evaluation.summary_line(record["seen"])}')
+                self.scalars({'seen/mean_iou': record['seen']['mean_iou'],
+                              'seen/key_metric': evaluation.key_metric(record['seen'])}, epoch)
             if epoch % self.args.tb_images_every == 0 or epoch == self.args.epochs:
                 self.overlays(epoch)
         if validated and (self.best is None or record['key_metric'] > self.best['key_metric']):
@@ -343,11 +391,24 @@ class RunMonitor:
         files.write_json(os.path.join(self.run_dir, 'metrics.json'),
                          {'epochs': self.records, 'best_epoch': self.best and self.best['epoch']})
 
+    def headline(self):
+        """The best epoch's figures in one line: validation (the held-out groups under
+        --val-groups) and, beside it, the training groups' unseen images when there are any."""
+        best, held = self.best, self.args.val_groups
+        line = (f'best epoch {best["epoch"]}: '
+                + (f'held-out groups {held}' if held else 'validation')
+                + f' {evaluation.summary_line(best["val"])}')
+        if 'seen' in best:
+            line += f'; training groups\' unseen images {evaluation.summary_line(best["seen"])}'
+        return line
+
     def finish(self):
         """Make model/ hold the best validated epoch (without validation, the last), which it
         may not after a kill between an export and its epoch's checkpoint: re-exported from
         that epoch's checkpoint, checked against its manifest first."""
         self.write_metrics()
+        if self.best:
+            self.log(self.headline())
         info = os.path.join(self.run_dir, 'model', inference.MODEL_INFO)
         exported = files.read_json(info).get('epoch') if os.path.isfile(info) else None
         if not self.best:
