@@ -5,7 +5,7 @@ Modules by role, each importing only those listed before it:
     errors, graph_mode, cli     one-line errors, TensorFlow in graph mode, the scripts' plumbing
     files, images               atomic writes, JSON, downloads, extraction; image reading/resizing
     metrics                     the streaming confusion matrix and KITTI's MaxF/AP
-    data/                       class files, data sets and their split, transforms, batches
+    data/                       class files, data sets, their groups and split, transforms, batches
     bev                         KITTI's bird's-eye view: calibration, the devkit's warp, scoring
     model/                      graph ops, the VGG16 and MobileNetV2 encoders, decoders, network
     inference                   load_model / segment / overlay: the one inference path
