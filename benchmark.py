@@ -35,14 +35,17 @@ import numpy as np
 
 from roadseg import cli, files, images
 from roadseg.errors import UserError
-from roadseg.model import DECODERS
+from roadseg.model import DECODERS, TIRAMISU_DEPTHS
+
+NETWORKS = ('vgg16', 'mobilenetv2', *(f'tiramisu{depth}' for depth in TIRAMISU_DEPTHS))
 
 
 def parse_args(argv=None):
     """Options; a bad value is a UserError."""
     parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--encoders', default='vgg16,mobilenetv2',
-                        help='comma-separated, of vgg16 and mobilenetv2 (default: %(default)s)')
+                        help=f'comma-separated, of {", ".join(NETWORKS)} (tiramisu: FC-DenseNet '
+                             f'at that depth) (default: %(default)s)')
     parser.add_argument('--decoder', choices=sorted(DECODERS), default='fcn8s',
                         help="mobilenetv2's decoder (default: %(default)s)")
     parser.add_argument('--image-shapes', default='160x576,352x480',
@@ -93,9 +96,9 @@ def parse_args(argv=None):
                              'after it (default: %(default)s)')
     args = parser.parse_args(argv)
     args.encoders = [e.strip() for e in args.encoders.split(',') if e.strip()]
-    unknown = sorted(set(args.encoders) - {'vgg16', 'mobilenetv2'})
+    unknown = sorted(set(args.encoders) - set(NETWORKS))
     if unknown or not args.encoders:
-        raise UserError(f'--encoders {",".join(unknown)}: use vgg16 and/or mobilenetv2')
+        raise UserError(f'--encoders {",".join(unknown)}: use any of {", ".join(NETWORKS)}')
     args.image_shapes, args.deploy_shapes = (cli.shapes_arg(text, flag) for text, flag in (
         (args.image_shapes, '--image-shapes'), (args.deploy_shapes, '--deploy-shapes')))
     if args.deploy is not None and not os.path.isdir(args.deploy):

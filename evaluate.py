@@ -12,14 +12,14 @@ ranks methods; with --save-images, a BEV picture per image in bev/.
 import os
 import sys
 
-from roadseg import bev, cli, evaluation, files, inference
+from roadseg import bev, cli, crf, evaluation, files, inference
 from roadseg.data import datasets
 
 
-def default_output_dir(model, split, flip_tta=False):
+def default_output_dir(model, split, flip_tta=False, crf=False):
     """MODEL/eval-SPLIT for a model folder, MODEL-without-extension-eval-SPLIT for a file;
-    with a -flip suffix for --flip-tta, so neither evaluation replaces the other."""
-    name = f'eval-{split}' + ('-flip' if flip_tta else '')
+    with a -flip suffix for --flip-tta and -crf for --crf, so no evaluation replaces another."""
+    name = f'eval-{split}' + ('-flip' if flip_tta else '') + ('-crf' if crf else '')
     if os.path.isdir(model):
         return os.path.join(model, name)
     return f'{os.path.splitext(model)[0]}-{name}'
@@ -46,19 +46,22 @@ def main(argv=None):
     parser.add_argument('--bev', action='store_true',
                         help="also score in KITTI's bird's-eye view, as its server ranks "
                              "(images with a calib/ file; with --save-images, BEV pictures)")
+    crf.add_flag(parser)
     args = parser.parse_args(argv)
-    with inference.load_model(args.model, flip=args.flip_tta) as model:
+    with inference.load_model(args.model, flip=args.flip_tta,
+                              refine=crf.refiner(args.crf)) as model:
         dataset, pairs = evaluation.evaluation_data(args.model, args.data_dir, model.info,
                                                     args.split)
         bev_evaluation = bev.evaluation_for([image for image, _ in pairs], model.num_classes,
                                             model.info['label'], '--bev') if args.bev else None
-        output_dir = args.output_dir or default_output_dir(args.model, args.split, args.flip_tta)
+        output_dir = args.output_dir or default_output_dir(args.model, args.split, args.flip_tta,
+                                                           bool(args.crf))
         results = evaluation.evaluate(model, datasets.load_samples(pairs, dataset.read_label),
                                       output_dir if args.save_images else None,
                                       inference.overlay_colors(dataset.classes.colors),
                                       model.info['label'], bev_evaluation)
     results.update(model=os.path.abspath(args.model), split=args.split, flip_tta=args.flip_tta,
-                   classes=dataset.classes.names)
+                   crf=args.crf and crf.read_parameters(args.crf), classes=dataset.classes.names)
     print(evaluation.format_table(results, dataset.classes.names))
     if bev_evaluation and bev_evaluation.note():
         print(bev_evaluation.note())

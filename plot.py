@@ -22,6 +22,8 @@ def read_run(run_dir):
     encoder = config.get('encoder', 'vgg16')
     if encoder == 'mobilenetv2':
         encoder += '-' + config.get('decoder', 'fcn8s')
+    elif encoder == 'tiramisu':
+        encoder += str(config['depth'])
     if config.get('ema_decay'):
         encoder += f' EMA {config["ema_decay"]:g}'
     shape = config['image_shape']

@@ -22,7 +22,7 @@ import time
 
 from tqdm import tqdm
 
-from roadseg import cli, inference, media
+from roadseg import cli, crf, inference, media
 from roadseg.errors import PartlyFailed, UserError
 
 
@@ -55,6 +55,7 @@ def parse_args(argv=None):
     parser.add_argument('--flip-tta', action='store_true',
                         help='average each prediction with that of the mirrored frame '
                              '(test-time augmentation, twice the inference time)')
+    crf.add_flag(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error('argument --batch-size: must be at least 1')
@@ -97,7 +98,8 @@ def check_names(sources, output_dir):
 def main(argv=None):
     args = parse_args(argv)
     bad = {}
-    with inference.load_model(args.model, flip=args.flip_tta) as model:
+    with inference.load_model(args.model, flip=args.flip_tta,
+                              refine=crf.refiner(args.crf)) as model:
         check_options(args, model)
         sources = [media.Source(path) for path in media.input_files(args.inputs, bad)]
         if args.kitti_submission:

@@ -25,7 +25,7 @@ import signal
 import socket
 import sys
 
-from roadseg import cli, inference
+from roadseg import cli, crf, inference
 from roadseg.errors import UserError
 
 GRACE_S = 30  # how long a stopping server lets requests in flight finish
@@ -50,6 +50,7 @@ def parse_args(argv=None):
                              '(default: %(default)s)')
     parser.add_argument('--max-pixels', type=int, default=40_000_000,
                         help='larger images are refused with 413 (default: %(default)s)')
+    crf.add_flag(parser)
     args = parser.parse_args(argv)
     for flag, value, low in (('--port', args.port, 1), ('--max-batch', args.max_batch, 1),
                              ('--workers', args.workers, 1), ('--max-pixels', args.max_pixels, 1),
@@ -93,17 +94,20 @@ def main(argv=None):
     settings = {'max_batch': args.max_batch, 'batch_timeout_ms': args.batch_timeout_ms,
                 'max_pixels': args.max_pixels}
     signal.signal(signal.SIGTERM, stopped)
-    model = inference.load_model(args.model)  # a model that does not load: one line, now
+    # a model that does not load, or --crf without pydensecrf2: one line, now
+    model = inference.load_model(args.model, refine=crf.refiner(args.crf))
     print(f'serving {args.model} ({model.kind}, {model.num_classes} classes, '
-          f'{model.image_shape[0]}x{model.image_shape[1]}) on http://{args.host}:{args.port}/',
-          flush=True)
+          f'{model.image_shape[0]}x{model.image_shape[1]}'
+          + (f', dense CRF of {args.crf}' if args.crf else '')
+          + f') on http://{args.host}:{args.port}/', flush=True)
     common = {'host': args.host, 'port': args.port, 'timeout_graceful_shutdown': GRACE_S}
     if args.workers == 1:
         uvicorn.run(serving.create_app(model, **settings), **common)
     else:  # each worker process loads the model itself (roadseg.serving.app_from_environment)
         model.close()
-        os.environ['ROADSEG_SERVE'] = json.dumps({'model': os.path.abspath(args.model),
-                                                  **settings})
+        os.environ['ROADSEG_SERVE'] = json.dumps({
+            'model': os.path.abspath(args.model),
+            'crf': args.crf and os.path.abspath(args.crf), **settings})
         uvicorn.run('roadseg.serving:app_from_environment', factory=True,
                     workers=args.workers, **common)
 

@@ -36,9 +36,20 @@ TARGETS = {('vgg16', 'inference_vs_numpy_percent'): '>= 80 % of numpy',
            ('mobilenetv2', 'inference_ms_batch1', (160, 576)): '< 20 ms'}
 
 
+def network_options(encoder, decoder):
+    """main.py's network options for a benchmark's network name: vgg16, mobilenetv2 (with
+    `decoder`), or tiramisu56, tiramisu67 or tiramisu103 (FC-DenseNet at that depth)."""
+    depth = 103  # read by tiramisu only
+    if encoder.startswith('tiramisu'):
+        encoder, decoder, depth = 'tiramisu', 'tiramisu', int(encoder[len('tiramisu'):])
+    return argparse.Namespace(encoder=encoder, decoder=decoder, alpha=1.0, depth=depth,
+                              encoder_weights='none', weight_decay=1e-3, data_dir='.',
+                              ema_decay=0.0, input_norm='fixed')
+
+
 def build_fcn(encoder, decoder, image_shape, config=None):
-    """The training graph of `encoder` for a [any batch, H, W, 3] input, in a new graph and
-    session (of ConfigProto `config`) with every variable initialised.
+    """The training graph of the network `encoder` (network_options) for a [any batch, H, W, 3]
+    input, in a new graph and session (of ConfigProto `config`) with every variable initialised.
 
     :return: (sess, net: network.Network, label placeholder, learning-rate placeholder, train_op)
     """
@@ -46,10 +57,8 @@ def build_fcn(encoder, decoder, image_shape, config=None):
     with graph.as_default():
         tf1.set_random_seed(0)
         sess = tf1.Session(graph=graph, config=config)
-        options = argparse.Namespace(encoder=encoder, decoder=decoder, alpha=1.0,
-                                     encoder_weights='none', weight_decay=1e-3, data_dir='.',
-                                     ema_decay=0.0, input_norm='fixed')
-        net = network.build_network(sess, options, NUM_CLASSES, (None, *image_shape))
+        net = network.build_network(sess, network_options(encoder, decoder), NUM_CLASSES,
+                                    (None, *image_shape))
         label = tf1.placeholder(tf.float32, [None, *image_shape, NUM_CLASSES], 'label')
         learning_rate = tf1.placeholder(tf.float32, [], 'learning_rate')
         _, train_op, _ = loss.optimize(net.train_output, label, learning_rate, NUM_CLASSES)
@@ -145,8 +154,10 @@ def measure(encoder, decoder, image_shape, batch_size, repeats):
         batched, ratio = time_paired(lambda: infer(images), product, repeats)
         batched /= batch_size
         train = time_call(lambda: sess.run(train_op, train_feed), repeats) / batch_size
+        parameters = int(sum(np.prod(v.shape.as_list()) for v in tf1.trainable_variables()))
     gflop = count_flops(net.output) / 1e9
-    return {'encoder': encoder, 'decoder': decoder if encoder == 'mobilenetv2' else 'fcn8s',
+    return {'encoder': encoder, 'decoder': network_options(encoder, decoder).decoder
+            if encoder != 'vgg16' else 'fcn8s', 'parameters': parameters,
             'image_shape': list(image_shape), 'gflop_per_image': gflop,
             'inference_ms_batch1': 1e3 * single, 'inference_ms_per_image': 1e3 * batched,
             'inference_gflops': gflop / batched, 'train_s_per_image': train,
@@ -296,17 +307,18 @@ def print_table(results):
           f'{results["numpy"]}, {results["cpus"]} CPUs; numpy float32 matmul 4096^3: '
           f'{" and ".join(f"{g:.1f}" for g in results["numpy_gflops_runs"])} GFLOP/s before and '
           f'after; "% numpy" pairs each timed batch with a numpy product run just before it)')
-    header = ('network', 'HxW', 'GFLOP', 'infer b1 ms', 'infer ms', 'GFLOP/s', '% numpy',
-              'train s')
+    header = ('network', 'HxW', 'M params', 'GFLOP', 'infer b1 ms', 'infer ms', 'GFLOP/s',
+              '% numpy', 'train s')
     rows = []
     for m in results['measurements']:
-        name = m['encoder'] if m['encoder'] == 'vgg16' else f'{m["encoder"]}-{m["decoder"]}'
+        name = m['encoder'] if m['encoder'] != 'mobilenetv2' else f'mobilenetv2-{m["decoder"]}'
         size = '{}x{}'.format(*m['image_shape'])
-        rows.append((name, size, f'{m["gflop_per_image"]:.1f}', f'{m["inference_ms_batch1"]:.1f}',
+        rows.append((name, size, f'{m["parameters"] / 1e6:.2f}', f'{m["gflop_per_image"]:.1f}',
+                     f'{m["inference_ms_batch1"]:.1f}',
                      f'{m["inference_ms_per_image"]:.1f}', f'{m["inference_gflops"]:.1f}',
                      f'{m["inference_vs_numpy_percent"]:.0f}', f'{m["train_s_per_image"]:.3f}'))
         for peer_name, peer in m.get('peers', {}).items():
-            rows.append((f'{peer_name} peer', size, '', '',
+            rows.append((f'{peer_name} peer', size, '', '', '',
                          f'{peer["inference_s_per_image"] * 1e3:.1f}', '', '',
                          f'{peer["train_s_per_image"]:.3f}'))
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]

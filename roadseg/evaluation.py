@@ -24,6 +24,9 @@ def evaluate(model, samples, output_dir=None, colors=(None, inference.OVERLAY_RG
     """
     confusion = metrics.ConfusionMatrix(model.num_classes)
     road = metrics.RoadMetrics() if model.num_classes == 2 else None
+    if output_dir and not road:  # many classes: which colour is which
+        inference.write_legend(os.path.join(output_dir, 'overlays', 'legend.png'),
+                               model.info['class_names'], colors)
     inference.segment(model, [samples[0][1]])  # warm-up, not timed
     seconds = []
     for name, image, classes in tqdm(samples, desc='Evaluating', leave=False, disable=None):

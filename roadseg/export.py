@@ -116,20 +116,23 @@ def _rewrite_node(node, op, data):
 
 def subpixel_kernel(kernel, stride):
     """The 3x3 convolution kernel that, followed by depth_to_space(stride), computes what a
-    SAME-padded 2*stride x 2*stride transposed convolution with stride `stride` does.
+    SAME-padded transposed convolution with stride `stride` does: the FCN decoder's 2s x 2s
+    filters and FC-DenseNet's 3x3 with stride 2.
 
-    `kernel` is conv2d_transpose's [2s, 2s, out, in] filter. Output pixel s*q + r (in each
-    axis) sums input q + d times the filter tap t = r + s//2 - s*d for the taps inside the
-    filter; d is -1, 0 or 1, so a 3x3 window holds them all. The result is [3, 3, in, s*s*out],
-    its output channels ordered (row phase, column phase, class) as depth_to_space expects.
+    `kernel` is conv2d_transpose's [k, k, out, in] filter; SAME pads (k - s) // 2 = p before.
+    Output pixel s*q + r (in each axis) sums input q + d times the filter tap t = r + p - s*d
+    for the taps inside the filter; a filter whose taps all have d in -1, 0, 1 fits a 3x3
+    window. The result is [3, 3, in, s*s*out], its output channels ordered (row phase, column
+    phase, class) as depth_to_space expects.
     """
     size, _, out_channels, in_channels = kernel.shape
-    if size != 2 * stride or kernel.shape[1] != size:
-        raise ValueError(f'a {kernel.shape[:2]} filter with stride {stride} is not 2s x 2s')
     taps = np.zeros((3, stride), np.int64)  # filter tap of (offset d + 1, phase r), -1: none
     for d in (-1, 0, 1):
-        t = np.arange(stride) + stride // 2 - stride * d
+        t = np.arange(stride) + (size - stride) // 2 - stride * d
         taps[d + 1] = np.where((t >= 0) & (t < size), t, -1)
+    if kernel.shape[1] != size or size < stride or \
+            sorted(taps[taps >= 0].tolist()) != list(range(size)):
+        raise ValueError(f'a {kernel.shape[:2]} filter with stride {stride} does not fit 3x3')
     result = np.zeros((3, 3, in_channels, stride, stride, out_channels), kernel.dtype)
     for a, b in np.ndindex(3, 3):
         for rh, rw in np.ndindex(stride, stride):
@@ -140,8 +143,9 @@ def subpixel_kernel(kernel, stride):
 
 
 def subpixel_upsampling(graph_def):
-    """Replace each transposed convolution of the FCN decoder (2s x 2s filter, stride s, SAME,
-    output s times its input) by the equal 3x3 convolution and depth_to_space(s), in place.
+    """Replace each transposed convolution of the decoders (SAME, output s times its input, a
+    filter subpixel_kernel fits in 3x3) by the equal 3x3 convolution and depth_to_space(s), in
+    place.
 
     TFLite's XNNPACK delegate runs quantised CONV_2D and DEPTH_TO_SPACE but not quantised
     TRANSPOSE_CONV, which then takes longer than the whole int8 encoder. The graph must have a
@@ -159,11 +163,14 @@ def subpixel_upsampling(graph_def):
 
     for node in [n for n in graph_def.node if n.op == 'Conv2DBackpropInput']:
         strides = list(node.attr['strides'].list.i)
-        kernel = constant(node.input[1])
+        kernel, stride = constant(node.input[1]), strides[1]
         if (node.attr['padding'].s != b'SAME' or node.attr['data_format'].s not in (b'', b'NHWC')
-                or strides[1] != strides[2] or kernel.shape[:2] != (2 * strides[1],) * 2):
-            continue  # not the decoder's kind of upsampling: left as it is
-        stride = strides[1]
+                or strides[1] != strides[2]):
+            continue  # not the decoders' kind of upsampling: left as it is
+        try:
+            subpixel = subpixel_kernel(kernel, stride)
+        except ValueError:
+            continue
         conv = tf1.NodeDef(name=node.name + '/subpixel', op='Conv2D',
                            input=[node.input[2], node.name + '/subpixel_kernel'])
         conv.attr['T'].CopyFrom(node.attr['T'])
@@ -172,7 +179,7 @@ def subpixel_upsampling(graph_def):
         weights = tf1.NodeDef(name=node.name + '/subpixel_kernel', op='Const')
         weights.attr['dtype'].CopyFrom(node.attr['T'])
         weights.attr['value'].tensor.CopyFrom(tf.make_tensor_proto(
-            subpixel_kernel(kernel, stride)))
+            subpixel))
         _rewrite_node(node, 'DepthToSpace', conv.name)
         node.attr['block_size'].i = stride
         graph_def.node.extend([weights, conv])
@@ -297,6 +304,7 @@ class Compared:
     def __init__(self, export, original):
         self.export, self.original = export, original
         self.image_shape, self.num_classes = export.image_shape, export.num_classes
+        self.info, self.refine = export.info, None  # the networks compared, not a CRF
         self.max_difference, self.agreeing, self.pixels = 0.0, 0, 0
 
     def __call__(self, batch, flip=None):

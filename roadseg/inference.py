@@ -44,13 +44,15 @@ class Model:
     tflite-float32, tflite-float16, tflite-int8 or session (a graph being trained); `info` is
     its fcn.json. With `flip` set, each image is also segmented mirrored and the two
     predictions averaged (test-time augmentation: steadier edges for twice the inference time).
+    With `refine` set, `refine(image, probabilities)` post-processes each image's probabilities
+    at its own size (the dense CRF of --crf, roadseg.crf).
     """
 
     def __init__(self, path, kind, info, run, close=lambda: None):
         self.path, self.kind, self.info = path, kind, info
         self.image_shape = tuple(info['image_shape'])
         self.num_classes = info['num_classes']
-        self.flip = False
+        self.flip, self.refine = False, None
         self._run, self._close = run, close
 
     def __call__(self, images, flip=None):
@@ -102,12 +104,13 @@ def read_info(folder, model_path):
     return info
 
 
-def load_model(path, flip=False):
+def load_model(path, flip=False, refine=None):
     """The model at `path`: a run folder (its model/), a SavedModel folder (main.py's, or
     export.py's serving model), a frozen graph `.pb` or a TFLite `.tflite` file, as a Model
-    (averaging each prediction with its mirror image's with `flip`)."""
+    (averaging each prediction with its mirror image's with `flip`, post-processed by
+    `refine`)."""
     model = _load(path)
-    model.flip = flip
+    model.flip, model.refine = flip, refine
     return model
 
 
@@ -286,7 +289,7 @@ def segment(model, images, rows=None, flip=None):
     rows = rows or [(0, image.shape[0]) for image in images]
     batch = np.stack([model_input(image, span, model.image_shape)
                       for image, span in zip(images, rows)])
-    return [full_size(probabilities, image.shape[:2], span)
+    return [at_image_size(model, image, probabilities, span)
             for image, span, probabilities in zip(images, rows, model(batch, flip))]
 
 
@@ -295,6 +298,13 @@ def model_input(image, rows, shape):
     `shape`."""
     top, bottom = rows
     return resize_image(image[top:bottom], shape)
+
+
+def at_image_size(model, image, probabilities, rows):
+    """The model's `probabilities` for the `rows` of `image` at the image's own size
+    (full_size), refined by the model's `refine` if it has one."""
+    probabilities = full_size(probabilities, image.shape[:2], rows)
+    return model.refine(image, probabilities) if model.refine else probabilities
 
 
 def full_size(probabilities, size, rows):

@@ -178,6 +178,9 @@ class Outputs:
         self.colors = inference.overlay_colors(info['class_colors'])
         self.label = info.get('label') or 'road'
         self.source, self.writers, self.stack = None, [], None
+        if output_dir and len(self.colors) > 2:  # many classes: which colour is which
+            inference.write_legend(os.path.join(output_dir, 'legend.png'), info['class_names'],
+                                   self.colors)
 
     def write(self, frame, probabilities):
         if frame.source is not self.source:

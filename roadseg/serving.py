@@ -1,7 +1,7 @@
 """serve.py's HTTP service: any model the project writes behind TensorFlow Serving's REST API,
 a PNG endpoint, a page to try it in a browser, health and Prometheus metrics.
 
-Every image goes the way predict.py's do (inference.model_input, the model, inference.full_size,
+Every image goes the way predict.py's do (inference.model_input, the model, inference.at_image_size,
 inference.overlay): decoded and resized in a worker thread, then queued for the Batcher, which
 gathers concurrent requests into one model call (up to max_batch images, or what arrived within
 batch_timeout_ms of the first) on a thread of its own, so the event loop never waits for the
@@ -28,7 +28,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from roadseg import cli, images, inference, media, metrics
+from roadseg import cli, crf, images, inference, media, metrics
 from roadseg.errors import UserError
 
 MODEL_NAME, MODEL_VERSION = 'fcn', '1'
@@ -275,8 +275,8 @@ class Service:
         """The image and its class probabilities at its own size."""
         image, rows, small = await run_in_threadpool(self.prepare, payload, name, crop)
         probabilities = await self.batcher(small, flip)
-        return image, await run_in_threadpool(inference.full_size, probabilities,
-                                              image.shape[:2], rows)
+        return image, await run_in_threadpool(inference.at_image_size, self.model, image,
+                                              probabilities, rows)
 
     def render(self, output, image, probabilities):
         """predict.py's outputs: the overlay, the class map or the 8-bit road probability."""
@@ -515,7 +515,8 @@ def create_app(model, max_batch=8, batch_timeout_ms=5.0, max_pixels=40_000_000):
 
     @app.get('/healthz')
     async def healthz():
-        return {'status': 'ok', 'model': MODEL_NAME, 'format': model.kind}
+        return {'status': 'ok', 'model': MODEL_NAME, 'format': model.kind,
+                'crf': model.refine is not None}
 
     @app.get('/metrics')
     async def prometheus():
@@ -529,5 +530,5 @@ def app_from_environment():
     """The app for one of uvicorn's worker processes (serve.py --workers N): the model and
     settings serve.py put in ROADSEG_SERVE, loaded in this process."""
     settings = json.loads(os.environ['ROADSEG_SERVE'])
-    model = inference.load_model(settings.pop('model'))
+    model = inference.load_model(settings.pop('model'), refine=crf.refiner(settings.pop('crf')))
     return create_app(model, **settings)

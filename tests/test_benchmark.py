@@ -23,8 +23,16 @@ def test_count_flops_of_conv_depthwise_and_transposed_conv():
     assert flops == 2 * (4 * 5 * 3 * 3 * 3 * 4 + 4 * 5 * 3 * 3 * 4 * 2 + 4 * 5 * 4 * 4 * 8 * 5)
 
 
+def test_tiramisu_is_measured_at_its_depth_with_its_parameters():
+    m = bench.measure('tiramisu56', 'fcn8s', (32, 32), 1, 1)
+    assert (m['encoder'], m['decoder']) == ('tiramisu56', 'tiramisu')
+    assert 1.3e6 < m['parameters'] < 1.5e6  # at two classes; the paper's 1.5 M at eleven
+    assert m['gflop_per_image'] > 0 and m['train_s_per_image'] > 0
+
+
 @pytest.mark.parametrize('argv,message', [
     (['--encoders', 'resnet'], 'resnet'),
+    (['--encoders', 'tiramisu50'], 'tiramisu50: use any of vgg16, mobilenetv2, tiramisu56'),
     (['--image-shapes', '160x570'], 'multiples of 32'),
     (['--batch-size', '0'], 'at least 1'),
     (['--peer-dir', '/nowhere/at/all'], '/nowhere/at/all'),

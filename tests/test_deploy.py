@@ -263,6 +263,8 @@ def test_many_classes_draw_the_palette_and_refuse_road_only_flags(tmp_path, inpu
                        tmp_path / 'out', '--overlay') == 0
     assert np.array_equal(iio.imread(tmp_path / 'out' / 'street.png'),
                           inference.overlay(image, np.zeros((50, 90)), [tuple(c) for c in COLORS]))
+    legend = iio.imread(tmp_path / 'out' / 'legend.png')  # a swatch of each class's colour
+    assert [tuple(legend[12 + 20 * row, 20]) for row in range(3)] == [tuple(c) for c in COLORS]
     for flag in (['--probability'], ['--threshold', '0.7']):
         with pytest.raises(UserError, match=f'{flag[0]}: for two-class .* has 3 classes'):
             predict.main(['--model', model, str(inputs), '--output-dir', str(tmp_path), *flag])
@@ -460,10 +462,11 @@ def test_every_export_round_trips_and_agrees_with_the_original(exports, original
             assert np.abs(got - reference).mean() < 0.05
 
 
-@pytest.mark.parametrize('stride, size', [(2, (5, 7)), (8, (4, 6)), (3, (1, 2))])
-def test_subpixel_upsampling_computes_the_transposed_convolution(stride, size):
+@pytest.mark.parametrize('stride, size, taps', [(2, (5, 7), 4), (8, (4, 6), 16), (3, (1, 2), 6),
+                                                (2, (5, 7), 3)])  # FC-DenseNet's 3x3
+def test_subpixel_upsampling_computes_the_transposed_convolution(stride, size, taps):
     rng = np.random.default_rng(stride)
-    kernel = rng.normal(size=(2 * stride, 2 * stride, 3, 2)).astype(np.float32)
+    kernel = rng.normal(size=(taps, taps, 3, 2)).astype(np.float32)
     x = rng.normal(size=(2, *size, 2)).astype(np.float32)
     with tf.Graph().as_default() as graph, tf1.Session() as sess:
         inp = tf1.placeholder(tf.float32, [None, *size, 2], 'x')

@@ -1,5 +1,6 @@
 """The MobileNetV2 encoder, the two towers and the learning-rate schedule, on tiny inputs."""
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -25,15 +26,23 @@ def network_args(encoder='mobilenetv2', decoder='fcn8s', ema_decay=0.0, input_no
                               ema_decay=ema_decay, input_norm=input_norm)
 
 
-@pytest.fixture
-def trainable():
-    """A tiny MobileNetV2 FCN with its training op, in a graph and session of its own."""
+@contextlib.contextmanager
+def built(args, num_classes, learning_rate=1e-2):
+    """The network of `args` with its training op, in a graph and session of its own, seeded:
+    (sess, net, label placeholder, train_op, loss)."""
     with tf.Graph().as_default() as graph, tf1.Session(graph=graph) as sess:
         tf1.set_random_seed(0)
-        net = network.build_network(sess, network_args(), 2)
-        label = tf1.placeholder(tf.float32, [None, None, None, 2])
-        _, train_op, loss = optimize(net.train_output, label, 1e-2, 2)
+        net = network.build_network(sess, args, num_classes)
+        label = tf1.placeholder(tf.float32, [None, None, None, num_classes])
+        _, train_op, loss = optimize(net.train_output, label, learning_rate, num_classes)
         net.initialise()
+        yield sess, net, label, train_op, loss
+
+
+@pytest.fixture
+def trainable():
+    """A tiny MobileNetV2 FCN with its training op."""
+    with built(network_args(), 2) as (sess, net, label, train_op, _):
         yield sess, net, label, train_op
 
 

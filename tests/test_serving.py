@@ -335,7 +335,7 @@ def test_metrics_count_requests_latencies_and_batch_sizes(run_dir, inputs):
         c.post(PREDICT, json={'instances': [{'b64': b64(inputs / SCENE)}] * 2})
         c.post('/segment', content=b'x', headers={'Content-Type': 'image/png'})
         assert c.get('/healthz').json() == {'status': 'ok', 'model': 'fcn',
-                                            'format': 'savedmodel'}
+                                            'format': 'savedmodel', 'crf': False}
         text = c.get('/metrics').text
     assert 'fcn_requests_total{endpoint="/segment",status="200"} 3.0' in text
     assert 'fcn_requests_total{endpoint="/segment",status="400"} 1.0' in text

@@ -3,7 +3,7 @@
 import collections
 
 from roadseg.errors import UserError
-from roadseg.model import DECODERS, decoders, mobilenet, ops, vgg
+from roadseg.model import DECODERS, decoders, mobilenet, ops, tiramisu, vgg
 
 tf, tf1 = ops.tf, ops.tf1
 
@@ -26,8 +26,9 @@ Network = collections.namedtuple('Network', 'input_image keep_prob train_output 
 
 
 def build_network(sess, args, num_classes, input_shape=(None, None, None)):
-    """The FCN: the encoder chosen by --encoder and --encoder-weights with the --decoder
-    on it, as a training and an inference tower that share their weights.
+    """The network: the encoder chosen by --encoder and --encoder-weights with the --decoder
+    on it, or FC-DenseNet (--encoder tiramisu, its own decoder, --depth), as a training and an
+    inference tower that share their weights.
 
     Udacity's VGG16 is a frozen graph loaded as it is: its one tower serves both, dropout set by
     keep_prob. The in-graph encoders are built twice: the inference tower without dropout and
@@ -57,7 +58,9 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
     else:
         image_input = tf1.placeholder(tf.float32, [*input_shape, 3], 'image_input')
         keep_prob = tf1.placeholder(tf.float32, [], 'keep_prob')
-        if args.encoder == 'mobilenetv2':
+        if args.encoder == 'tiramisu':
+            encoder = strides = skip_scales = None  # an encoder-decoder of its own
+        elif args.encoder == 'mobilenetv2':
             strides, skip_scales = DECODERS[args.decoder], (1, 1)
 
             def encoder(images, training):
@@ -76,6 +79,9 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
         def tower(images, training):
             if args.input_norm == 'image':
                 images = normalised(images)
+            if args.decoder == 'tiramisu':
+                return tiramisu.fc_densenet(images, training, args.depth, num_classes,
+                                            keep_prob, args.weight_decay)
             if args.decoder == 'fpn':
                 return decoders.fpn(encoder(images, training), num_classes, training,
                                     args.weight_decay, strides)

@@ -9,7 +9,7 @@ import sys
 from roadseg import cli, files
 from roadseg.data import datasets, transforms
 from roadseg.errors import UserError
-from roadseg.model import DECODERS
+from roadseg.model import DECODERS, TIRAMISU_DEPTHS
 
 DESCRIPTION = ('FCN road segmentation: train on KITTI Road, CamVid or a folder of images and '
                'masks, validate, checkpoint, and write the model and overlays to a run folder.')
@@ -97,13 +97,18 @@ def parse_args(argv=None):
     parser.add_argument('--class-weights', choices=('none', 'median'),
                         help='weight the loss by median-frequency balancing of the training '
                              'labels (default: %(default)s)')
-    parser.add_argument('--encoder', choices=('vgg16', 'mobilenetv2'),
-                        help='the backbone (default: %(default)s)')
-    parser.add_argument('--decoder', choices=sorted(DECODERS),
+    parser.add_argument('--encoder', choices=('vgg16', 'mobilenetv2', 'tiramisu'),
+                        help='the backbone; tiramisu: FC-DenseNet, an encoder-decoder of its '
+                             'own, trained from scratch (default: %(default)s)')
+    parser.add_argument('--decoder', choices=sorted(DECODERS) + ['tiramisu'],
                         help="mobilenetv2's decoder: fcn8s, the FCN decoder on strides "
                              "8/16/32; fcn4s adds a stride-4 skip; dilated: stride-16/32 stages "
                              "dilated with skips at 8/4; fpn: strides 4-32 merged as features "
-                             "(a feature pyramid), scored once (default: %(default)s)")
+                             "(a feature pyramid), scored once; tiramisu: FC-DenseNet's own up "
+                             "path, which --encoder tiramisu implies (default: %(default)s)")
+    parser.add_argument('--depth', type=int, choices=sorted(TIRAMISU_DEPTHS),
+                        help="FC-DenseNet's depth, as the paper's 56, 67 and 103 "
+                             "(default: %(default)s)")
     parser.add_argument('--alpha', type=float,
                         help="mobilenetv2's width multiplier (default: %(default)s)")
     parser.add_argument('--lr-schedule', choices=('constant', 'poly'),
@@ -164,7 +169,8 @@ def parse_args(argv=None):
     parser.add_argument('--resume', metavar='RUN_DIR', default=None,
                         help='continue an interrupted run from its last checkpoint, with its '
                              'options and split')
-    config = {**load_config(DEFAULT_CONFIG), **load_config(config_path)}
+    user_config = load_config(config_path) if config_path != DEFAULT_CONFIG else {}
+    config = {**load_config(DEFAULT_CONFIG), **user_config}
     unknown = sorted(set(config) - {a.dest for a in parser._actions})
     if unknown:
         raise UserError(f'{config_path}: unknown option {unknown[0]!r}')
@@ -207,6 +213,18 @@ def parse_args(argv=None):
         parser.error(f'argument --alpha: {args.alpha} must be above 0')
     if args.encoder == 'mobilenetv2' and args.encoder_weights != 'none':
         parser.error(f'--encoder mobilenetv2 trains from scratch: give --encoder-weights none '
+                     f'({args.encoder_weights} is a VGG16 encoder)')
+    if args.encoder == 'tiramisu' and args.decoder != 'tiramisu':
+        flags = sys.argv[1:] if argv is None else argv
+        if any(f.split('=')[0] == '--decoder' for f in flags) or 'decoder' in user_config:
+            parser.error(f'--decoder {args.decoder} is for mobilenetv2; --encoder tiramisu has '
+                         f'its own decoder (--decoder tiramisu)')
+        args.decoder = 'tiramisu'
+    if args.decoder == 'tiramisu' and args.encoder != 'tiramisu':
+        parser.error(f'--decoder tiramisu is FC-DenseNet\'s own; give --encoder tiramisu '
+                     f'(not {args.encoder})')
+    if args.encoder == 'tiramisu' and args.encoder_weights != 'none':
+        parser.error(f'--encoder tiramisu trains from scratch: give --encoder-weights none '
                      f'({args.encoder_weights} is a VGG16 encoder)')
     if args.encoder == 'vgg16' and args.decoder != 'fcn8s':
         parser.error(f'--decoder {args.decoder} is for mobilenetv2; VGG16 uses fcn8s')

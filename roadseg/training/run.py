@@ -247,7 +247,7 @@ def model_info(args, classes):
     return {'image_shape': list(args.image_shape), 'num_classes': classes.num_classes,
             'class_names': classes.names, 'class_colors': [list(c) for c in classes.colors],
             'encoder': args.encoder, 'decoder': args.decoder, 'alpha': args.alpha,
-            'dataset': args.dataset, 'label': args.label, 'classes': args.classes,
+            'depth': args.depth, 'dataset': args.dataset, 'label': args.label, 'classes': args.classes,
             'remap': args.remap}
 
 
