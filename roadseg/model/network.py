@@ -58,14 +58,12 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
     else:
         image_input = tf1.placeholder(tf.float32, [*input_shape, 3], 'image_input')
         keep_prob = tf1.placeholder(tf.float32, [], 'keep_prob')
-        if args.encoder == 'tiramisu':
-            encoder = strides = skip_scales = None  # an encoder-decoder of its own
-        elif args.encoder == 'mobilenetv2':
+        if args.encoder == 'mobilenetv2':
             strides, skip_scales = DECODERS[args.decoder], (1, 1)
 
             def encoder(images, training):
                 return mobilenet.build_encoder(images, training, args.alpha, args.decoder)
-        else:
+        elif args.encoder == 'vgg16':  # tiramisu has no encoder apart from its decoder
             if args.encoder_weights.startswith('keras-h5:'):
                 weights = vgg.read_keras_h5(args.encoder_weights[len('keras-h5:'):])
             blocks, fc_width = vgg.encoder_shape(weights) if weights else (vgg.BLOCKS,
