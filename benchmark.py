@@ -25,7 +25,15 @@ errors and the server's peak memory:
 
     python benchmark.py --serve RUN_DIR/export/model_int8.tflite,RUN_DIR/export/savedmodel \
         --serve-images IMAGE_DIR --json s.json
+
+With --soak MODEL it runs serve.py for --soak-seconds under the largest --clients number of
+clients sending good and bad requests in turn (images, predict JSON, malformed bodies, NaN
+pixels, long URLs, large headers): answers by request and status, 5xx, p50/p99 latency, and
+the server's resident memory after warm-up against the end:
+
+    python benchmark.py --soak RUN_DIR/export/model_int8.tflite --soak-seconds 600
 """
+import math
 import os
 import platform
 import sys
@@ -86,6 +94,11 @@ def parse_args(argv=None):
     parser.add_argument('--serve-images', metavar='IMAGE_DIR',
                         help='with --serve: images to send, resized to 1242x375 JPEGs '
                              '(default: synthetic scenes)')
+    parser.add_argument('--soak', metavar='MODEL',
+                        help='soak-test serve.py with this model instead: good and bad requests '
+                             'mixed for --soak-seconds')
+    parser.add_argument('--soak-seconds', type=float, default=600,
+                        help='with --soak: how long (default: %(default)s)')
     parser.add_argument('--clients', default='1,4,16',
                         help='with --serve: comma-separated numbers of concurrent clients '
                              '(default: %(default)s)')
@@ -116,8 +129,12 @@ def parse_args(argv=None):
         raise UserError(f'--serve {missing[0]}: no such model')
     if args.serve_images is not None and not os.path.isdir(args.serve_images):
         raise UserError(f'--serve-images {args.serve_images}: folder not found')
-    if min(args.clients) < 1 or args.requests < 1 or args.serve_seconds <= 0:
-        raise UserError('--clients, --requests and --serve-seconds must be positive')
+    if min(args.clients) < 1 or args.requests < 1 or not 0 < args.serve_seconds < math.inf \
+            or not 0 < args.soak_seconds < math.inf:
+        raise UserError('--clients, --requests, --serve-seconds and --soak-seconds must be '
+                        'positive')
+    if args.soak is not None and not os.path.exists(args.soak):
+        raise UserError(f'--soak {args.soak}: no such model')
     if args.batch_size < 1 or args.repeats < 1:
         raise UserError('--batch-size and --repeats must be at least 1')
     if args.loader is not None:
@@ -143,6 +160,17 @@ def main(argv=None):
     """Measure each encoder at each size, numpy and the peers, or (--deploy) a trained model's
     deployment formats; print the table, optionally write JSON."""
     args = parse_args(argv)
+    if args.soak:  # no TensorFlow in this process either
+        from roadseg import bench_serve
+        results = {'python': platform.python_version(), 'cpus': os.cpu_count(),
+                   'model': os.path.abspath(args.soak),
+                   'soak': bench_serve.run_soak(args.soak, args.serve_images, max(args.clients),
+                                                args.soak_seconds)}
+        bench_serve.print_soak(results['soak'], args.soak)
+        if args.json:
+            files.write_json(args.json, results)
+            print(f'wrote {args.json}')
+        return results
     if args.serve:  # no TensorFlow in this process: the servers load the models
         from roadseg import bench_serve
         results = {'python': platform.python_version(), 'cpus': os.cpu_count(),

@@ -48,14 +48,15 @@ def main(argv=None):
                              "(images with a calib/ file; with --save-images, BEV pictures)")
     crf.add_flag(parser)
     args = parser.parse_args(argv)
+    output_dir = args.output_dir or default_output_dir(args.model, args.split, args.flip_tta,
+                                                       bool(args.crf))
+    files.check_writable(output_dir, '--output-dir')
     with inference.load_model(args.model, flip=args.flip_tta,
                               refine=crf.refiner(args.crf)) as model:
         dataset, pairs = evaluation.evaluation_data(args.model, args.data_dir, model.info,
                                                     args.split)
         bev_evaluation = bev.evaluation_for([image for image, _ in pairs], model.num_classes,
                                             model.info['label'], '--bev') if args.bev else None
-        output_dir = args.output_dir or default_output_dir(args.model, args.split, args.flip_tta,
-                                                           bool(args.crf))
         results = evaluation.evaluate(model, datasets.load_samples(pairs, dataset.read_label),
                                       output_dir if args.save_images else None,
                                       inference.overlay_colors(dataset.classes.colors),

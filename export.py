@@ -70,6 +70,7 @@ def main(argv=None):
         info, folder = original.info, inference.model_folder(args.model)
         output_dir = args.output_dir or os.path.join(os.path.dirname(os.path.abspath(folder)),
                                                      'export')
+        files.check_writable(output_dir, '--output-dir')  # before the exports, which take minutes
         samples = export.check_samples(args.model, info, args.check_dir)
         calibration = export.calibration_images(args.model, info, args.calibration_dir,
                                                 args.calibration_images) \

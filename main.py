@@ -19,7 +19,7 @@ if __name__ == '__main__':  # answer --help and a bad option at once, before Ten
     if status:
         sys.exit(status)
 
-from roadseg import inference  # noqa: E402  (these load TensorFlow, seconds)
+from roadseg import files, inference  # noqa: E402  (these load TensorFlow, seconds)
 from roadseg.data import datasets  # noqa: E402
 from roadseg.model import decoders, network, ops, vgg  # noqa: E402
 from roadseg.model.ops import tf, tf1  # noqa: E402
@@ -79,6 +79,9 @@ def run(argv=None):
     and write overlays. Under multi-worker, the chief alone writes; the others train beside it."""
     args = config.options(argv)
     setup = distribute.setup(args)
+    if setup.is_chief:  # the one that writes: stop now, not once the data and graph are ready
+        files.check_writable(args.resume or args.runs_dir,
+                             '--resume' if args.resume else '--runs-dir')
     runs.fetch_downloads(args)
     dataset, train_pairs, val_pairs, seen_pairs = runs.data_split(args)
     classes = dataset.classes

@@ -81,6 +81,7 @@ def main(argv=None):
     parser.add_argument('--iou-min', type=float, help='lower end of the IoU axis, e.g. 0.85')
     args = parser.parse_args(argv)
     output = args.output or os.path.join(args.runs[0], 'curve.png')
+    files.check_writable(os.path.dirname(os.path.abspath(output)), '--output')
     plot([read_run(run) for run in args.runs], output, args.minutes, args.iou_min)
     print(f'wrote {output}')
 

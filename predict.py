@@ -22,7 +22,7 @@ import time
 
 from tqdm import tqdm
 
-from roadseg import cli, crf, inference, media
+from roadseg import cli, crf, files, inference, media
 from roadseg.errors import PartlyFailed, UserError
 
 
@@ -97,6 +97,10 @@ def check_names(sources, output_dir):
 
 def main(argv=None):
     args = parse_args(argv)
+    for folder, flag in ((args.output_dir, '--output-dir'),
+                         (args.kitti_submission, '--kitti-submission')):
+        if folder:
+            files.check_writable(folder, flag)
     bad = {}
     with inference.load_model(args.model, flip=args.flip_tta,
                               refine=crf.refiner(args.crf)) as model:

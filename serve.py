@@ -93,16 +93,18 @@ def main(argv=None):
     from roadseg import serving
     settings = {'max_batch': args.max_batch, 'batch_timeout_ms': args.batch_timeout_ms,
                 'max_pixels': args.max_pixels}
+    crf_parameters = crf.parameters_for(args.crf)  # a bad file or no pydensecrf2: one line, now
     signal.signal(signal.SIGTERM, stopped)
-    # a model that does not load, or --crf without pydensecrf2: one line, now
-    model = inference.load_model(args.model, refine=crf.refiner(args.crf))
+    model = inference.load_model(args.model)  # one that does not load: one line, now
     print(f'serving {args.model} ({model.kind}, {model.num_classes} classes, '
           f'{model.image_shape[0]}x{model.image_shape[1]}'
           + (f', dense CRF of {args.crf}' if args.crf else '')
           + f') on http://{args.host}:{args.port}/', flush=True)
-    common = {'host': args.host, 'port': args.port, 'timeout_graceful_shutdown': GRACE_S}
+    common = {'host': args.host, 'port': args.port, 'timeout_graceful_shutdown': GRACE_S,
+              'http': 'roadseg.serving:LimitedH11Protocol'}
     if args.workers == 1:
-        uvicorn.run(serving.create_app(model, **settings), **common)
+        uvicorn.run(serving.create_app(model, **settings, crf_parameters=crf_parameters),
+                    **common)
     else:  # each worker process loads the model itself (roadseg.serving.app_from_environment)
         model.close()
         os.environ['ROADSEG_SERVE'] = json.dumps({

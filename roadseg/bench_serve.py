@@ -7,6 +7,7 @@ latency, the mean batch size (from the server's /metrics), errors, and the serve
 resident memory. predict.py --mask on the same JPEGs is run before and after the service, and
 the mean of the two is the reference, so a slow minute of this machine weighs on both sides.
 """
+import base64
 import io
 import os
 import re
@@ -238,3 +239,162 @@ def run(models, image_folder, clients_levels, requests, deadline_s):
     jpegs = kitti_jpegs(image_folder)
     with tempfile.TemporaryDirectory() as folder:
         return measure_serve(models, jpegs, clients_levels, requests, deadline_s, folder)
+
+
+# ----------------------------------------------------------------------------------------------
+# The soak: good and bad requests mixed, for a bounded time
+# ----------------------------------------------------------------------------------------------
+
+SOAK_SAMPLE_S = 2  # how often the server's resident memory is read
+# Resident memory swings by a tenth from one sample to the next (allocator arenas of the
+# threads), so growth compares medians of windows: the tenth of the time after the first
+# fifth (the warm-up), against the last tenth.
+SOAK_WARM_UP, SOAK_WINDOW = 0.2, 0.1
+
+
+def soak_requests(jpeg):
+    """The soak's mix: (name, method, path, httpx keyword arguments, good), the bad ones each
+    a kind of request the service must refuse with a 4xx and survive."""
+    pixels = np.asarray(Image.open(io.BytesIO(jpeg)).convert('RGB').resize((64, 32))).tolist()
+    b64 = base64.b64encode(jpeg).decode()
+
+    def body(data, kind='image/jpeg'):
+        return {'content': data, 'headers': {'Content-Type': kind}}
+    image = body(jpeg)
+    predict = '/v1/models/fcn:predict'
+    return [
+        ('segment mask', 'post', '/segment?output=mask', image, True),
+        ('segment overlay', 'post', '/segment', image, True),
+        ('predict b64', 'post', predict, {'json': {'signature_name': 'classes',
+                                                   'instances': [{'b64': b64}]}}, True),
+        ('predict pixels', 'post', predict, {'json': {'signature_name': 'classes',
+                                                      'instances': [pixels]}}, True),
+        ('metadata', 'get', '/v1/models/fcn/metadata', {}, True),
+        ('health', 'get', '/healthz', {}, True),
+        ('not an image', 'post', '/segment', body(b'hello'), False),
+        ('truncated JPEG', 'post', '/segment', body(jpeg[:len(jpeg) // 3]), False),
+        ('unknown output', 'post', '/segment?output=sky', image, False),
+        ('text body', 'post', '/segment', body(b'hi', 'text/plain'), False),
+        ('malformed JSON', 'post', predict, {'content': b'{"instances": ['}, False),
+        ('NaN pixel', 'post', predict, {'content': b'{"instances": [[[[1, 2, NaN]]]]}'}, False),
+        ('2-D instance', 'post', predict, {'json': {'instances': [[[1, 2, 3], [4, 5, 6]]]}},
+         False),
+        ('too many images', 'post', predict, {'json': {'instances': [{'b64': 'AA=='}] * 65}},
+         False),
+        ('long URL', 'get', '/healthz?q=' + 'a' * 20_000, {}, False),
+        ('large headers', 'get', '/healthz', {'headers': {'X-Big': 'b' * 40_000}}, False),
+        ('unknown path', 'get', '/v2/nothing', {}, False),
+    ]
+
+
+def resident_mb(pid):
+    """A process's resident memory now (VmRSS), in MB."""
+    with open(f'/proc/{pid}/status') as f:
+        return next(int(line.split()[1]) for line in f if line.startswith('VmRSS:')) / 1024
+
+
+def soak(model, jpegs, clients, seconds, folder):
+    """serve.py with `model` under `clients` threads sending soak_requests in turn for
+    `seconds`: answers by request and status, 5xx and transport errors, p50/p99 latency of
+    the good and the bad, and resident memory after warm-up against the end."""
+    server = Server(model, os.path.join(folder, 'soak.log'))
+    mix = soak_requests(jpegs[0])
+    answers, lock, done = [], threading.Lock(), threading.Event()
+    memory = []
+
+    def client(offset):
+        with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S) as http:
+            i = offset
+            while not done.is_set():
+                name, method, path, kwargs, good = mix[i % len(mix)]
+                i += 1
+                start = time.perf_counter()
+                try:
+                    status = getattr(http, method)(path, **kwargs).status_code
+                except httpx.HTTPError as e:
+                    status = type(e).__name__
+                with lock:
+                    answers.append((name, good, status, time.perf_counter() - start))
+
+    def sample():
+        start = time.monotonic()
+        while not done.wait(SOAK_SAMPLE_S):
+            memory.append((time.monotonic() - start, resident_mb(server.process.pid)))
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    threads.append(threading.Thread(target=sample))
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(seconds)
+        done.set()
+        for thread in threads:
+            thread.join()
+        alive = server.process.poll() is None
+    finally:
+        status = server.stop()
+    return soak_summary(answers, memory, seconds, clients, alive, status)
+
+
+def soak_summary(answers, memory, seconds, clients, alive, exit_status):
+    """soak's figures from its (name, good, status, seconds) answers and (time, MB) samples."""
+    by_request = {}
+    for name, good, status, _ in answers:
+        counts = by_request.setdefault(name, {'good': good, 'statuses': {}})
+        counts['statuses'][str(status)] = counts['statuses'].get(str(status), 0) + 1
+    statuses = [status for _, _, status, _ in answers]
+    wrong = sum(1 for _, good, status, _ in answers
+                if status != 200 and good or not good and not (isinstance(status, int) and
+                                                               400 <= status < 500))
+    settled = [mb for t, mb in memory if t >= SOAK_WARM_UP * seconds] or [float('nan')]
+    after_warm_up = float(np.median([mb for t, mb in memory if SOAK_WARM_UP * seconds <= t <
+                                     (SOAK_WARM_UP + SOAK_WINDOW) * seconds] or settled[:1]))
+    end = float(np.median([mb for t, mb in memory if t >= (1 - SOAK_WINDOW) * seconds]
+                          or settled[-1:]))
+
+    def percentiles(good):
+        times = [s for _, g, _, s in answers if g == good]
+        return [float(np.percentile(times, q)) * 1e3 if times else float('nan')
+                for q in (50, 99)]
+    return {'seconds': seconds, 'clients': clients, 'requests': len(answers),
+            'requests_per_s': len(answers) / seconds,
+            'server_errors': sum(isinstance(s, int) and s >= 500 for s in statuses),
+            'transport_errors': sum(not isinstance(s, int) for s in statuses),
+            'unexpected': wrong, 'by_request': by_request,
+            'good_p50_ms': percentiles(True)[0], 'good_p99_ms': percentiles(True)[1],
+            'bad_p50_ms': percentiles(False)[0], 'bad_p99_ms': percentiles(False)[1],
+            'rss_after_warm_up_mb': after_warm_up, 'rss_end_mb': end,
+            'rss_max_mb': max(settled), 'rss_growth_percent': 100 * (end / after_warm_up - 1),
+            'rss_samples': memory, 'server_survived': alive, 'server_exit_status': exit_status}
+
+
+def print_soak(result, model):
+    """The soak's figures as a table a person can check against the targets."""
+    print(f'\nserve.py soak with {model}: {result["clients"]} clients, '
+          f'{result["seconds"]:.0f} s, {result["requests"]} requests '
+          f'({result["requests_per_s"]:.1f}/s), good and bad in turn')
+    rows = [(name, 'good' if counts['good'] else 'bad',
+             ', '.join(f'{status}: {n}' for status, n in sorted(counts['statuses'].items())))
+            for name, counts in result['by_request'].items()]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    for row in rows:
+        print(f'  {row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}')
+    print(f'5xx: {result["server_errors"]}, transport errors: {result["transport_errors"]}, '
+          f'answers other than expected (200 good, 4xx bad): {result["unexpected"]}')
+    print(f'latency: good p50 {result["good_p50_ms"]:.0f} ms, p99 {result["good_p99_ms"]:.0f} '
+          f'ms; bad p50 {result["bad_p50_ms"]:.0f} ms, p99 {result["bad_p99_ms"]:.0f} ms')
+    print(f'resident memory (medians every {SOAK_SAMPLE_S} s): '
+          f'{result["rss_after_warm_up_mb"]:.0f} MB after warm-up '
+          f'({100 * SOAK_WARM_UP:.0f}-{100 * (SOAK_WARM_UP + SOAK_WINDOW):.0f} % of the time), '
+          f'{result["rss_end_mb"]:.0f} MB at the end (the last {100 * SOAK_WINDOW:.0f} %, '
+          f'{result["rss_growth_percent"]:+.1f} %), at most {result["rss_max_mb"]:.0f} MB; '
+          f'server {"up" if result["server_survived"] else "DOWN"} to the end, exit status '
+          f'{result["server_exit_status"]}')
+    print('targets: no 5xx, growth after warm-up within 10 %')
+
+
+def run_soak(model, image_folder, clients, seconds):
+    """soak in a temporary folder."""
+    jpegs = kitti_jpegs(image_folder, count=1)
+    with tempfile.TemporaryDirectory() as folder:
+        return soak(model, jpegs, clients, seconds, folder)

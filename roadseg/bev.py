@@ -46,25 +46,29 @@ def read_calibration(path):
     try:
         with open(path) as f:
             text = f.read()
-    except OSError as e:
-        raise UserError(f'{path}: cannot read the calibration ({e.strerror or e}); KITTI '
-                        f'ships one per image in calib/') from None
+    except (OSError, ValueError) as e:  # ValueError: not text
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise UserError(f'{path}: cannot read the calibration ({reason}); KITTI ships one per '
+                        f'image in calib/') from None
     return read_calibration_text(text, path)
 
 
 def read_calibration_text(text, path='the calibration'):
     """{'P2': 3x4, 'R0_rect': 3x3, 'Tr_cam_to_road': 3x4} from the lines `NAME: v1 v2 ...` of a
-    KITTI calib file; a missing matrix, a value that is not a number or a wrong count of values
-    is a UserError naming `path`."""
+    KITTI calib file; a missing matrix, a value that is not a finite number or a wrong count of
+    values is a UserError naming `path`."""
     found = {}
     for number, line in enumerate(text.splitlines(), 1):
         name, colon, values = line.partition(':')
         if colon and name.strip() in MATRICES:
             try:
-                found[name.strip()] = np.array([float(v) for v in values.split()], np.float64)
+                numbers = np.array([float(v) for v in values.split()], np.float64)
             except ValueError:
+                numbers = None
+            if numbers is None or not np.isfinite(numbers).all():  # a word, NaN or infinity
                 raise UserError(f'{path}, line {number}: {name.strip()} has a value that is not '
-                                f'a number') from None
+                                f'a number, or not finite')
+            found[name.strip()] = numbers
     calibration = {}
     for name, shape in MATRICES.items():
         if name not in found:
@@ -86,16 +90,23 @@ def _four_by_four(matrix):
 
 def road_homography(calibration, path='the calibration'):
     """The 3x3 homography from road-plane points [x, z, 1] (metres) to image points (u, v, 1)
-    (the devkit's pixel coordinates, which count from 1). A singular one is a UserError."""
+    (the devkit's pixel coordinates, which count from 1). A singular one, or one whose numbers
+    overflow, is a UserError."""
     to_road = _four_by_four(calibration['Tr_cam_to_road'])
-    if abs(np.linalg.det(to_road)) < 1e-9:
-        raise UserError(f'{path}: Tr_cam_to_road is singular; the road plane cannot be found')
-    projection = calibration['P2'] @ _four_by_four(calibration['R0_rect']) @ \
-        np.linalg.inv(to_road)
-    homography = projection[:, [0, 2, 3]]
-    if abs(np.linalg.det(homography)) < 1e-9 * np.abs(homography).max() ** 3:
-        raise UserError(f'{path}: the road-plane homography is singular (the camera would see '
-                        f'the road edge-on); check P2, R0_rect and Tr_cam_to_road')
+    with np.errstate(all='ignore'):  # overflow and NaN are refused below, not warned about
+        if not abs(np.linalg.det(to_road)) >= 1e-9:
+            raise UserError(f'{path}: Tr_cam_to_road is singular; the road plane cannot be '
+                            f'found')
+        projection = calibration['P2'] @ _four_by_four(calibration['R0_rect']) @ \
+            np.linalg.inv(to_road)
+        homography = projection[:, [0, 2, 3]]
+        peak = np.abs(homography).max()  # scaled to 1 for the checks: a homography's scale is free
+        usable = np.isfinite(homography).all() and peak > 0 and \
+            abs(np.linalg.det(homography / peak)) >= 1e-9
+        if not (usable and np.isfinite(np.linalg.inv(homography / peak) / peak).all()):
+            raise UserError(f'{path}: the road-plane homography is singular (the camera would '
+                            f'see the road edge-on) or out of range; check P2, R0_rect and '
+                            f'Tr_cam_to_road')
     return homography
 
 

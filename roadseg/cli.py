@@ -16,26 +16,35 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def main_guard(fn, *args):
     """Run `fn`, turning a UserError, or an OSError from the file system (a folder that cannot
-    be written, a full disk), into one line on stderr and exit status 2 (a PartlyFailed: exit
-    status 1, an interruption: 130). Files are written atomically, so nothing is left
-    half-written."""
+    be written, a full disk), into one line on stderr (one_line) and exit status 2 (a
+    PartlyFailed: exit status 1, an interruption: 130). Files are written atomically, so nothing
+    is left half-written."""
     try:
         fn(*args)
     except UserError as e:
-        print(f'error: {e}', file=sys.stderr)
+        print(f'error: {one_line(e)}', file=sys.stderr)
         return 2
     except OSError as e:
         where = f'{e.filename}: ' if e.filename else ''
-        print(f'error: {where}{e.strerror or e}; check that the folder exists and is writable '
-              f'and that the disk has space', file=sys.stderr)
+        print(one_line(f'error: {where}{e.strerror or e}; check that the folder exists and is '
+                       f'writable and that the disk has space'), file=sys.stderr)
         return 2
     except PartlyFailed as e:
-        print(f'error: {e}', file=sys.stderr)
+        print(f'error: {one_line(e)}', file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)
         return 130
     return 0
+
+
+LINE_BREAKS = '\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029'  # where str.splitlines splits
+
+
+def one_line(message):
+    """`message` with its line breaks escaped (`\\n`): a path or a value it quotes as it is
+    cannot split the one line of an error."""
+    return str(message).translate({ord(c): repr(c)[1:-1] for c in LINE_BREAKS})
 
 
 def image_shape_arg(text):
@@ -70,3 +79,10 @@ def crop_arg(text):
         raise argparse.ArgumentTypeError(
             f'{text!r}: TOP must be 0 or more and BOTTOM below it (or negative: from the bottom)')
     return top, bottom
+
+
+def aligned(header, rows):
+    """A table's lines: the `header` and `rows` (lists of text) in right-aligned columns."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    return ['  '.join(f'{value:>{width}}' for value, width in zip(row, widths))
+            for row in [header, *rows]]

@@ -6,15 +6,19 @@ The kernel widths and weights live in configs/crf.json, chosen on training image
 a validation split) by `python -m roadseg.crf --model RUN_DIR`, which scores a grid of them on
 the run's training images and prints the best.
 """
+import concurrent.futures
+import concurrent.futures.process
 import functools
 import itertools
 import json
+import multiprocessing
 import os
+import signal
 import sys
 import time
 
 import numpy as np
-
+import pebble
 from tqdm import tqdm
 
 from roadseg import cli, evaluation, files, inference, metrics
@@ -23,12 +27,24 @@ from roadseg.errors import UserError
 
 DEFAULT_PARAMETERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                   'configs', 'crf.json')
-KEYS = ('iterations', 'gaussian_sxy', 'gaussian_weight', 'bilateral_sxy', 'bilateral_srgb',
-        'bilateral_weight')
-# The grid `python -m roadseg.crf` searches (pixels at the image's own size; colour steps of
-# 0..255), about DeepLab's choices
+# Each parameter's type and range (widths in pixels at the image's own size, colour steps of
+# 0..255). Outside them pydensecrf's native code divides by zero and crashes the process
+# (a width of 0, or below about 1e-20), or runs for ever (iterations); the ranges keep well
+# clear of both while spanning every sensible setting.
+LIMITS = {'iterations': (int, 1, 50),
+          'gaussian_sxy': (float, 0.1, 1000), 'gaussian_weight': (float, 0, 100),
+          'bilateral_sxy': (float, 0.1, 1000), 'bilateral_srgb': (float, 0.1, 1000),
+          'bilateral_weight': (float, 0, 100)}
+KEYS = tuple(LIMITS)
+# The grid `python -m roadseg.crf` searches, about DeepLab's choices
 GRID = {'bilateral_sxy': (40, 80, 120), 'bilateral_srgb': (5, 10, 20),
         'bilateral_weight': (4, 8, 12)}
+# How long the server's worker process may take over one image before it is stopped
+TIMEOUT_S = 60
+
+
+class RefineFailed(Exception):
+    """The server's dense CRF crashed or overran on one image; its worker was replaced."""
 
 
 def require():
@@ -49,22 +65,43 @@ def add_flag(parser):
                              'configs/crf.json)')
 
 
-def refiner(path):
-    """For --crf `path`: refine(image, probabilities) with its parameters, or None without
-    --crf. Stops at once with one line when pydensecrf2 or the file is missing."""
+def parameters_for(path):
+    """For --crf `path`: its checked parameters, or None without --crf. Stops at once with one
+    line when pydensecrf2 or the file is missing or the file is bad."""
     if path is None:
         return None
     require()
-    return functools.partial(refine, parameters=read_parameters(path))
+    return read_parameters(path)
+
+
+def refiner(path):
+    """For --crf `path`: refine(image, probabilities) with its parameters, in this process, or
+    None without --crf (parameters_for's checks)."""
+    parameters = parameters_for(path)
+    return parameters and functools.partial(refine, parameters=parameters)
 
 
 def read_parameters(path=DEFAULT_PARAMETERS):
-    """The CRF's kernel widths and weights from a JSON file of KEYS."""
+    """The CRF's kernel widths and weights from a JSON file of KEYS, each checked against its
+    LIMITS: a bad file is one line naming it, the key and the allowed range."""
     parameters = files.read_json(path, 'give a JSON file of CRF parameters')
-    missing = [key for key in KEYS if not isinstance(parameters, dict)
-               or not isinstance(parameters.get(key), (int, float))]
+    if not isinstance(parameters, dict):
+        raise UserError(f'{path}: a CRF parameter file holds one JSON object of '
+                        f'{", ".join(KEYS)}')
+    unknown = sorted(set(parameters) - set(KEYS))
+    if unknown:
+        raise UserError(f'{path}: unknown CRF parameter {unknown[0]!r}; the keys are '
+                        f'{", ".join(KEYS)}')
+    missing = [key for key in KEYS if key not in parameters]
     if missing:
-        raise UserError(f'{path}: CRF parameters need numbers for {", ".join(missing or KEYS)}')
+        raise UserError(f'{path}: CRF parameters need numbers for {", ".join(missing)}')
+    for key, (kind, low, high) in LIMITS.items():
+        value = parameters[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not (number and (kind is float or isinstance(value, int)) and low <= value <= high):
+            wanted = 'a whole number' if kind is int else 'a number'
+            raise UserError(f'{path}: {key} is {json.dumps(value)}; it must be {wanted} from '
+                            f'{low:g} to {high:g}')
     return {key: parameters[key] for key in KEYS}
 
 
@@ -85,6 +122,46 @@ def refine(image, probabilities, parameters):
                              compat=parameters['bilateral_weight'])
     q = np.array(crf.inference(int(parameters['iterations'])), np.float32)
     return q.reshape(classes, height, width).transpose(1, 2, 0)
+
+
+class IsolatedRefiner:
+    """`refine` with fixed parameters in worker processes, for the server: pydensecrf is native
+    code, and a crash or an overrun there ends a worker (replaced by pebble's pool), not the
+    service; that image's request fails with RefineFailed. Workers are spawned, not forked
+    from a process that may hold TensorFlow's threads."""
+
+    def __init__(self, parameters, workers=1, timeout_s=TIMEOUT_S):
+        self.parameters, self.timeout_s = parameters, timeout_s
+        self.pool = pebble.ProcessPool(workers, context=multiprocessing.get_context('spawn'))
+
+    def __call__(self, image, probabilities):
+        future = self.pool.schedule(refine, (image, probabilities, self.parameters),
+                                    timeout=self.timeout_s)
+        try:
+            return future.result()
+        except pebble.ProcessExpired as e:
+            code = e.exitcode
+            how = f'signal {signal.Signals(-code).name}' if code and code < 0 and \
+                -code in signal.Signals._value2member_map_ else f'exit status {code}'
+            raise RefineFailed(f'the dense CRF crashed ({how}); its worker was restarted') \
+                from None
+        except concurrent.futures.process.BrokenProcessPool as e:  # workers that cannot start
+            raise RefineFailed(f'the dense CRF\'s worker cannot run ({e})') from None
+        except concurrent.futures.TimeoutError:
+            raise RefineFailed(f'the dense CRF took over {self.timeout_s:g} s; its worker was '
+                               f'stopped and restarted') from None
+
+    def warm_up(self):
+        """Start a worker and refine a tiny image, so the first request does not wait for it;
+        a failure is reported in one line and left to the requests (each answered 500)."""
+        try:
+            self(np.zeros((8, 8, 3), np.uint8), np.full((8, 8, 2), 0.5, np.float32))
+        except RefineFailed as e:
+            print(f'warning: {e}', file=sys.stderr, flush=True)
+
+    def close(self):
+        self.pool.stop()
+        self.pool.join()
 
 
 def search(model, samples, base):
@@ -123,6 +200,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.images < 1:
         parser.error('argument --images: must be at least 1')
+    if args.output:
+        files.check_writable(os.path.dirname(os.path.abspath(args.output)), '--output')
     require()
     base = read_parameters()
     with inference.load_model(args.model) as model:

@@ -1,6 +1,8 @@
 """Files that are never seen half-written: atomic writes, JSON, verified downloads and
-traversal-safe zip extraction."""
+traversal-safe zip extraction; and the check, before any work, that an output folder can be
+written."""
 import contextlib
+import errno
 import hashlib
 import http.client
 import json
@@ -49,6 +51,25 @@ def remove_temporaries(folder):
                 os.remove(path)
 
 
+def check_writable(folder, flag):
+    """Stop with a UserError naming `flag` unless files can be written in `folder`, or, when it
+    does not exist yet, in the nearest existing folder above it (where atomic_path will make
+    it): every command calls this before its work, not after it. A temporary file is made and
+    removed there, since permission bits do not stop root."""
+    path = os.path.abspath(folder or '.')
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        if not os.path.isdir(path):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+        handle, probe = tempfile.mkstemp(prefix='.', suffix='.tmp', dir=path)
+        os.close(handle)
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f'{flag} {folder}: {e.strerror or e}; check that the folder exists and '
+                        f'is writable and that the disk has space') from None
+
+
 def write_json(path, value):
     """Write `value` as indented JSON to `path` atomically."""
     with atomic_path(path) as tmp, open(tmp, 'w') as f:
@@ -61,7 +82,7 @@ def read_json(path, hint=None):
     try:
         with open(path) as f:
             return json.load(f)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: nested too deeply
         reason = e.strerror if isinstance(e, OSError) and e.strerror else e
         raise UserError(f'{path}: cannot read it ({reason})' + (f'; {hint}' if hint else '')) \
             from None

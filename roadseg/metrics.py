@@ -34,6 +34,13 @@ class ConfusionMatrix:
         self.num_classes = num_classes
         self.matrix = np.zeros((num_classes, num_classes), np.int64)
 
+    @classmethod
+    def of(cls, matrix):
+        """A confusion matrix holding `matrix` (counts, e.g. several summed)."""
+        confusion = cls(len(matrix))
+        confusion.matrix = np.asarray(matrix, np.int64)
+        return confusion
+
     def update(self, labels, predictions):
         """Add one image (or batch): integer class maps of equal shape; void labels skipped."""
         labels = np.asarray(labels).ravel().astype(np.int64)
@@ -59,6 +66,7 @@ class ConfusionMatrix:
             'frequency_weighted_iou': float(sum(f * i for f, i in zip(frequency, iou)
                                                 if i is not None)) if m.sum() else None,
             'pixels': int(m.sum()),
+            'confusion': m.tolist(),
         }
 
 

@@ -7,7 +7,11 @@ gathers concurrent requests into one model call (up to max_batch images, or what
 batch_timeout_ms of the first) on a thread of its own, so the event loop never waits for the
 model. Bad requests are answered 4xx with {"error": "..."} and never reach the model.
 
-    create_app(model, max_batch=8, batch_timeout_ms=5, max_pixels=40_000_000) -> FastAPI app
+With --crf the dense CRF runs in a worker process (crf.IsolatedRefiner): pydensecrf's native code
+can crash or overrun on one image without taking the service down.
+
+    create_app(model, max_batch=8, batch_timeout_ms=5, max_pixels=40_000_000,
+               crf_parameters=None)
 """
 import asyncio
 import base64
@@ -21,12 +25,14 @@ import sys
 import time
 import traceback
 
+import h11
 import numpy as np
 import prometheus_client
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from roadseg import cli, crf, images, inference, media, metrics
 from roadseg.errors import UserError
@@ -47,6 +53,11 @@ SIGNATURES = {'serving_default': {'probabilities': 'DT_FLOAT', 'classes': 'DT_UI
               'overlay_png': {'overlay_bytes': 'DT_STRING'}}
 ROAD_ONLY = ('road_probability', 'probability_png', 'probability')
 MAX_IMAGES = 64  # images in one predict request
+# HTTP limits: a longer URL is answered 414, a larger request head (request line and headers)
+# 431 or, when its request line alone overflows it, 414
+MAX_URL_BYTES = 8192
+MAX_HEAD_BYTES = 32768
+LINGER_S = 2  # how long the rest of a refused request is read and dropped before closing
 DECIMALS = 4  # probabilities in JSON: float32 noise beyond this only lengthens the answer
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 
@@ -130,17 +141,78 @@ class Batcher:
 
 
 # ----------------------------------------------------------------------------------------------
+# HTTP limits
+# ----------------------------------------------------------------------------------------------
+
+class _Connection(h11.Connection):
+    """h11's connection, remembering the status h11 suggests for a head over its size limit."""
+
+    too_large = None
+
+    def next_event(self):
+        try:
+            return super().next_event()
+        except h11.RemoteProtocolError as e:
+            if e.error_status_hint == 431:
+                self.too_large = 431 if b'\n' in self.trailing_data[0] else 414
+            raise
+
+
+class LimitedH11Protocol(H11Protocol):
+    """uvicorn's h11 server with the request head capped at MAX_HEAD_BYTES: one that arrives
+    over it in pieces is answered 414 (its request line overflows) or 431 (its headers do)
+    with one JSON line, where uvicorn answers a plain-text 400 and closes at once, which
+    resets the connection before the client reads anything. serve.py runs uvicorn with it."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.conn = _Connection(h11.SERVER, MAX_HEAD_BYTES)
+
+    def send_400_response(self, msg):
+        status = self.conn.too_large
+        if status is None:
+            return super().send_400_response(msg)
+        message = too_large_message(status, f'over {MAX_HEAD_BYTES} bytes')
+        self.logger.warning(f'refused a request: {message}')
+        for event in (h11.Response(status_code=status, reason=b'Request Too Large',
+                                   headers=[(b'content-type', b'application/json'),
+                                            (b'connection', b'close')]),
+                      h11.Data(data=json.dumps({'error': message}).encode()),
+                      h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        # Close only once the client has had time to read the answer: closing with its
+        # unread bytes still arriving would reset the connection and lose the answer.
+        self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
+
+    def data_received(self, data):
+        if self.conn.too_large is None:  # else the rest of a refused request: dropped
+            super().data_received(data)
+
+
+def too_large_message(status, size):
+    """The error of a 414 or 431 answer, `size` saying how large that part was."""
+    what = 'the URL takes' if status == 414 else 'the request headers take'
+    return f'{what} {size}; send the image in the body and options in a short query'
+
+
+# ----------------------------------------------------------------------------------------------
 # Requests: TensorFlow Serving's JSON and raw images
 # ----------------------------------------------------------------------------------------------
 
 def parse_predict(body):
     """A TensorFlow Serving predict request: (signature name, columnar or not, the images'
-    payloads: encoded bytes or uint8 arrays)."""
+    payloads: encoded bytes or uint8 arrays), checked by TensorFlow Serving's rules: a list of
+    instances, each {"b64": ...} or an [H][W][3] array of whole numbers 0..255, the arrays of
+    one shape."""
     try:
         request = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise RequestFailed(400, f'malformed JSON ({e}); send {{"instances": [{{"b64": '
                                  f'"<base64 JPEG or PNG>"}}]}}') from None
+    except RecursionError:
+        raise RequestFailed(400, 'the JSON is nested too deeply; an image is {"b64": ...} or '
+                                 'an [H][W][3] array') from None
     if not isinstance(request, dict):
         raise RequestFailed(400, 'the request is not a JSON object; send {"instances": [...]} '
                                  'or {"inputs": ...}')
@@ -158,34 +230,43 @@ def parse_predict(body):
     columnar = 'inputs' in request
     values = request['inputs'] if columnar else request['instances']
     where = 'inputs' if columnar else 'instances'
-    if columnar and isinstance(values, dict) and 'b64' not in values:
-        if set(values) != {'image'}:
+    if columnar and isinstance(values, dict):
+        if 'b64' in values:
+            values = [values]  # the one image of a batch of one
+        elif set(values) != {'image'}:
             raise RequestFailed(400, f'inputs has keys {sorted(values)}; the only input is '
                                      f'"image"')
-        values, where = values['image'], 'inputs.image'
-    if isinstance(values, dict) or _is_pixels(values):
-        values = [values]  # one image, not a list of them
+        else:
+            values, where = values['image'], 'inputs.image'
     if not isinstance(values, list) or not values:
         raise RequestFailed(400, f'{where} must be a non-empty list of images')
     if len(values) > MAX_IMAGES:
         raise RequestFailed(413, f'{where} holds {len(values)} images, over the limit of '
                                  f'{MAX_IMAGES} a request; send them in several requests')
-    return signature, columnar, [_payload(value, f'{where}[{i}]')
-                                 for i, value in enumerate(values)]
+    payloads = [_payload(value, f'{where}[{i}]') for i, value in enumerate(values)]
+    first = payloads[0]
+    for i, payload in enumerate(payloads[1:], 1):
+        if isinstance(payload, np.ndarray) != isinstance(first, np.ndarray) or \
+                isinstance(first, np.ndarray) and payload.shape != first.shape:
+            raise RequestFailed(400, f'{where}[{i}] is {_kind(payload)} but {where}[0] is '
+                                     f'{_kind(first)}; the images of a request are all '
+                                     f'{{"b64": ...}} or all arrays of one shape')
+    return signature, columnar, payloads
 
 
-def _is_pixels(value):
-    """Whether `value` is one [H][W][3] image as nested lists (not a list of images)."""
-    for _ in range(2):
-        if not isinstance(value, list) or not value:
-            return False
-        value = value[0]
-    return isinstance(value, list) and len(value) == 3 and \
-        all(isinstance(v, (int, float)) for v in value)
+def _kind(payload):
+    """What an instance was sent as, for messages."""
+    if isinstance(payload, np.ndarray):
+        return f'an array of shape {_shape(payload.shape)}'
+    return 'an encoded image'
+
+
+def _shape(shape):
+    return ''.join(f'[{size}]' for size in shape) or 'a single value'
 
 
 def _payload(value, where):
-    """One instance: {"b64": ...}, {"image": ...} or an [H][W][3] array of 0..255."""
+    """One instance: {"b64": ...}, {"image": ...} or an [H][W][3] array (_pixels)."""
     if isinstance(value, dict):
         if set(value) == {'image'}:
             return _payload(value['image'], where + '.image')
@@ -196,15 +277,48 @@ def _payload(value, where):
             return base64.b64decode(value['b64'], validate=True)
         except (binascii.Error, TypeError, ValueError):
             raise RequestFailed(400, f'{where}.b64 does not decode as base64') from None
+    if not isinstance(value, list):
+        raise RequestFailed(400, f'{where} is {json.dumps(value)[:40]}, neither {{"b64": ...}} '
+                                 f'nor an [H][W][3] array of whole numbers 0..255')
+    return _pixels(value, where)
+
+
+def _pixels(value, where):
+    """Nested lists as a uint8 [H][W][3] image, by TensorFlow Serving's rules for a uint8
+    tensor: rectangular, of rank 3 with 3 channels, every value a whole number from 0 to 255
+    (no booleans, fractions, NaN or text); else a 400 naming the instance and the problem."""
     try:
-        pixels = np.asarray(value, dtype=np.float64)
-    except (ValueError, TypeError):
-        pixels = None
-    if pixels is None or pixels.ndim != 3 or pixels.shape[-1] != 3 or not pixels.size or \
-            pixels.min() < 0 or pixels.max() > 255:
-        raise RequestFailed(400, f'{where} is neither {{"b64": ...}} nor an [H][W][3] array of '
-                                 f'values 0..255')
-    return np.round(pixels).astype(np.uint8)
+        pixels = np.array(value, dtype=object)
+    except (ValueError, TypeError, RecursionError):
+        raise RequestFailed(400, f'{where} is not a rectangular [H][W][3] array') from None
+    kinds = np.frompyfunc(type, 1, 1)(pixels)
+    if (kinds == list).any():
+        raise RequestFailed(400, f'{where} is ragged or nested deeper than [H][W][3]: its rows '
+                                 f'must all hold the same number of values')
+    if pixels.ndim != 3 or pixels.shape[-1] != 3 or not pixels.size:
+        raise RequestFailed(400, f'{where} has shape {_shape(pixels.shape)}; an instance is '
+                                 f'one image, an [H][W][3] array')
+    bad = kinds != int  # bool, float, str, None and dict are all refused
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise RequestFailed(400, f'{where}{_shape(index)} is {_describe(pixels[index])}; pixel '
+                                 f'values are whole numbers from 0 to 255')
+    outside = (pixels < 0) | (pixels > 255)
+    if outside.any():
+        index = tuple(int(i) for i in np.argwhere(outside)[0])
+        raise RequestFailed(400, f'{where}{_shape(index)} is {str(pixels[index])[:20]}, outside '
+                                 f'0..255')
+    return pixels.astype(np.uint8)
+
+
+def _describe(value):
+    """A JSON value that is not a pixel value, for messages."""
+    if isinstance(value, bool):
+        return f'the boolean {json.dumps(value)}'
+    if isinstance(value, float):
+        return 'NaN' if value != value else f'{value!r}, not written as a whole number' \
+            if abs(value) != float('inf') else 'infinite'
+    return {str: 'text', type(None): 'null', dict: 'an object'}.get(type(value), 'not a number')
 
 
 def _bool(text, name):
@@ -212,7 +326,7 @@ def _bool(text, name):
         return True
     if text.lower() in ('0', 'false', 'no', ''):
         return False
-    raise RequestFailed(400, f'{name}={text}: use 1 or 0')
+    raise RequestFailed(400, f'{name}={text[:40]}: use 1 or 0')
 
 
 def segment_options(query):
@@ -223,7 +337,8 @@ def segment_options(query):
                                  f'{", ".join(SEGMENT_QUERY)}')
     output = query.get('output', 'overlay')
     if output not in SEGMENT_OUTPUTS:
-        raise RequestFailed(400, f'output={output}: choose from {", ".join(SEGMENT_OUTPUTS)}')
+        raise RequestFailed(400, f'output={output[:40]}: choose from '
+                                 f'{", ".join(SEGMENT_OUTPUTS)}')
     crop = None
     if 'crop' in query:
         try:
@@ -240,8 +355,10 @@ def segment_options(query):
 class Service:
     """The model, its batcher, the request handling and the metrics behind the app."""
 
-    def __init__(self, model, max_batch, batch_timeout_ms, max_pixels):
+    def __init__(self, model, max_batch, batch_timeout_ms, max_pixels, crf_parameters):
         self.model, self.max_pixels = model, max_pixels
+        if crf_parameters is not None:  # at_image_size refines through the worker process
+            model.refine = crf.IsolatedRefiner(crf_parameters)
         self.two_classes = model.num_classes == 2
         self.threshold = 0.5 if self.two_classes else None  # predict.py's default
         self.colors = inference.overlay_colors(model.info['class_colors'])
@@ -386,6 +503,19 @@ class Service:
                                      **self.settings}}}
 
 
+def _too_large(scope):
+    """A 414 or 431 answer when the URL or the headers are over their limits (uvicorn
+    refuses a head over MAX_HEAD_BYTES that arrives in pieces, LimitedH11Protocol, but takes
+    one that arrives whole), else None."""
+    url = len(scope.get('raw_path') or b'') + len(scope['query_string'])
+    head = sum(len(name) + len(value) + 4 for name, value in scope['headers'])
+    for status, size, limit in ((414, url, MAX_URL_BYTES), (431, head, MAX_HEAD_BYTES)):
+        if size > limit:
+            return JSONResponse({'error': too_large_message(
+                status, f'{size} bytes, over the limit of {limit}')}, status)
+    return None
+
+
 def _first_line(error):
     """An exception's message, first line only (TensorFlow's run over many)."""
     return (str(error).strip().splitlines() or [''])[0]
@@ -436,19 +566,25 @@ async def _upload(request):
 # The app
 # ----------------------------------------------------------------------------------------------
 
-def create_app(model, max_batch=8, batch_timeout_ms=5.0, max_pixels=40_000_000):
-    """The FastAPI app serving `model` (an inference.Model, closed when the app stops)."""
-    service = Service(model, max_batch, batch_timeout_ms, max_pixels)
+def create_app(model, max_batch=8, batch_timeout_ms=5.0, max_pixels=40_000_000,
+               crf_parameters=None):
+    """The FastAPI app serving `model` (an inference.Model, closed when the app stops), its
+    answers refined by a dense CRF of `crf_parameters` (crf.read_parameters) when given."""
+    service = Service(model, max_batch, batch_timeout_ms, max_pixels, crf_parameters)
     with open(PAGE, encoding='utf-8') as f:
         page = f.read()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         service.batcher.start()
+        if isinstance(model.refine, crf.IsolatedRefiner):
+            await run_in_threadpool(model.refine.warm_up)
         try:
             yield
         finally:
             await service.batcher.stop()
+            if isinstance(model.refine, crf.IsolatedRefiner):
+                model.refine.close()
             model.close()
 
     app = FastAPI(title='FCN road segmentation', lifespan=lifespan, docs_url=None,
@@ -457,11 +593,17 @@ def create_app(model, max_batch=8, batch_timeout_ms=5.0, max_pixels=40_000_000):
 
     @app.exception_handler(RequestFailed)
     async def request_failed(request, e):
-        return JSONResponse({'error': str(e)}, e.status)
+        return JSONResponse({'error': cli.one_line(e)}, e.status)
+
+    @app.exception_handler(crf.RefineFailed)
+    async def refine_failed(request, e):  # one line for the operator and the client
+        print(f'{request.method} {request.url.path}: {e}', file=sys.stderr, flush=True)
+        return JSONResponse({'error': str(e)}, 500)
 
     @app.exception_handler(UserError)
     async def bad_image(request, e):  # what images.decode_rgb says of the bytes
-        return JSONResponse({'error': str(e)}, 413 if isinstance(e, images.TooLarge) else 400)
+        return JSONResponse({'error': cli.one_line(e)},
+                            413 if isinstance(e, images.TooLarge) else 400)
 
     @app.exception_handler(HTTPException)
     async def http_error(request, e):
@@ -470,7 +612,7 @@ def create_app(model, max_batch=8, batch_timeout_ms=5.0, max_pixels=40_000_000):
             message = f'no endpoint {request.url.path}; see GET / and GET /v1/models/fcn/metadata'
         elif e.status_code == 405:
             message = f'{request.method} is not allowed on {request.url.path}'
-        return JSONResponse({'error': message}, e.status_code)
+        return JSONResponse({'error': cli.one_line(message)}, e.status_code)
 
     @app.middleware('http')
     async def measure(request, call_next):
@@ -478,7 +620,7 @@ def create_app(model, max_batch=8, batch_timeout_ms=5.0, max_pixels=40_000_000):
         (the traceback goes to the server's log, not to the client)."""
         start = time.perf_counter()
         try:
-            response = await call_next(request)
+            response = _too_large(request.scope) or await call_next(request)
         except Exception as e:
             traceback.print_exc(file=sys.stderr)
             response = JSONResponse(
@@ -530,5 +672,6 @@ def app_from_environment():
     """The app for one of uvicorn's worker processes (serve.py --workers N): the model and
     settings serve.py put in ROADSEG_SERVE, loaded in this process."""
     settings = json.loads(os.environ['ROADSEG_SERVE'])
-    model = inference.load_model(settings.pop('model'), refine=crf.refiner(settings.pop('crf')))
-    return create_app(model, **settings)
+    path = settings.pop('crf')
+    return create_app(inference.load_model(settings.pop('model')), **settings,
+                      crf_parameters=crf.parameters_for(path))

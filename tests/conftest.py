@@ -17,12 +17,23 @@ import h5py
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 
 import main
 from roadseg.data.batches import one_hot
 from roadseg.model import vgg
 from roadseg.model.ops import tf, tf1
 from roadseg.training import run as runs
+
+# Hypothesis (tests/test_fuzz_*.py): `ci`, the default, is small, fast and the same every run;
+# `long` hunts, e.g. `pytest tests/test_fuzz_inputs.py --hypothesis-profile long` or
+# HYPOTHESIS_PROFILE=long. The plugin's --hypothesis-profile, applied after this, wins.
+settings.register_profile('ci', max_examples=30, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile('long', max_examples=2000, deadline=None, derandomize=False,
+                          suppress_health_check=[HealthCheck.too_slow])
+if settings.get_current_profile_name() in ('default', 'ci'):  # not already chosen by the flag
+    settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'ci'))
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the project's top level
 SHARED_DATA = os.path.join(ROOT, '..', 'shared', 'data')  # this repository's real data, if any

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import benchmark
-from roadseg import bench
+from roadseg import bench, bench_serve
 from roadseg.errors import UserError
 from roadseg.model.ops import tf, tf1
 from tests.conftest import ROOT, make_kitti, save_tiny_model
@@ -39,6 +39,8 @@ def test_tiramisu_is_measured_at_its_depth_with_its_parameters():
     (['--serve', '/no/model'], '--serve /no/model: no such model'),
     (['--serve', '.', '--clients', '1,x'], '--clients 1,x: comma-separated numbers'),
     (['--serve', '.', '--requests', '0'], 'must be positive'),
+    (['--soak', '.', '--soak-seconds', 'nan'], 'must be positive'),
+    (['--soak', '/no/model'], '--soak /no/model: no such model'),
     (['--loader', 'coco:.'], '--loader coco:.: give DATASET:PATH'),
     (['--loader', 'kitti:/nowhere'], 'give DATASET:PATH'),
     (['--precisions', 'float32,int4'], '--precisions int4: use float32, bfloat16 or float16')])
@@ -88,6 +90,42 @@ def test_serve_load_test_reports_every_level_against_predict(tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'serve.py on loopback' in out and '% predict' in out
     assert json.loads((tmp_path / 's.json').read_text())['serve'][0]['levels'][1]['clients'] == 3
+
+
+def test_soak_sends_every_good_and_bad_request_and_reports_errors_and_memory(tmp_path,
+                                                                           capsys):
+    """benchmark.py --soak on the tiny model for a few seconds: every request of the mix is
+    sent, the good answered 200 and the bad 4xx, the server stays up and its memory is read."""
+    save_tiny_model(str(tmp_path / 'run' / 'model'), steps=20)
+    results = benchmark.main(['--soak', str(tmp_path / 'run'), '--soak-seconds', '5',
+                              '--clients', '2', '--json', str(tmp_path / 'soak.json')])
+    soak = results['soak']
+    mix = bench_serve.soak_requests(bench_serve.kitti_jpegs(None, count=1)[0])
+    assert set(soak['by_request']) == {name for name, *_ in mix}
+    assert {name for name, counts in soak['by_request'].items() if not counts['good']} == \
+        {name for name, _, _, _, good in mix if not good} and len(mix) > 12
+    assert (soak['server_errors'], soak['transport_errors'], soak['unexpected']) == (0, 0, 0)
+    assert soak['server_survived'] and soak['server_exit_status'] == 0
+    assert soak['rss_end_mb'] > 50 and soak['good_p99_ms'] >= soak['good_p50_ms'] > 0
+    out = capsys.readouterr().out
+    assert 'serve.py soak with' in out and '5xx: 0, transport errors: 0' in out
+    assert json.loads((tmp_path / 'soak.json').read_text())['soak']['requests'] == \
+        soak['requests']
+
+
+def test_soak_summary_counts_5xx_transport_errors_and_memory_growth_after_warm_up():
+    answers = [('a', True, 200, 0.1), ('a', True, 500, 0.2), ('b', False, 400, 0.01),
+               ('b', False, 'ReadTimeout', 60.0), ('b', False, 200, 0.01)]
+    # the warm-up (before 20 s), then medians of 20-30 s and of the last 10 s
+    memory = [(1, 900.0), (20, 100.0), (24, 300.0), (28, 104.0), (60, 990.0), (91, 120.0),
+              (95, 130.0), (99, 10.0)]
+    summary = bench_serve.soak_summary(answers, memory, 100, 2, True, 0)
+    assert (summary['server_errors'], summary['transport_errors'], summary['unexpected']) == \
+        (1, 1, 3)
+    assert summary['by_request']['b']['statuses'] == {'400': 1, 'ReadTimeout': 1, '200': 1}
+    assert (summary['rss_after_warm_up_mb'], summary['rss_end_mb']) == (104, 120)
+    assert summary['rss_growth_percent'] == pytest.approx(100 * (120 / 104 - 1))
+    assert summary['rss_max_mb'] == 990
 
 
 def test_loader_rate_is_measured_on_the_data_set(tmp_path, capsys):

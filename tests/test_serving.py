@@ -8,6 +8,7 @@ give exactly what the command line gives.
 import asyncio
 import base64
 import io
+import json
 import os
 import re
 import shutil
@@ -158,7 +159,10 @@ def test_predict_columnar_format_pixel_arrays_and_versions(client, inputs):
         by_png['predictions']
     answer = client.post('/v1/models/fcn:predict', json={
         'signature_name': 'classes', 'instances': [{'image': {'b64': b64(inputs / SCENE)}},
-                                                   image.tolist()]}).json()
+                                                   {'b64': b64(inputs / SCENE)}]}).json()
+    assert answer['predictions'] == by_png['predictions'] * 2
+    answer = client.post('/v1/models/fcn:predict', json={
+        'signature_name': 'classes', 'instances': [image.tolist()] * 2}).json()
     assert answer['predictions'] == by_png['predictions'] * 2
 
 
@@ -223,7 +227,40 @@ BAD = [
     ('an instance with wrong keys', 'post', PREDICT, {'json': {'instances': [{'png': 'x'}]}},
      400, "instances[0] has keys ['png']"),
     ('an array that is not an image', 'post', PREDICT, {'json': {'inputs': [[[1, 2]]]}}, 400,
-     'inputs[0] is neither'),
+     'inputs[0] has shape [1][2]; an instance is one image, an [H][W][3] array'),
+    # TensorFlow Serving's rules for pixel arrays: a list of [H][W][3] instances of whole
+    # numbers 0..255, one shape within a request
+    ('a 2-D instance', 'post', PREDICT, {'json': {'instances': [[[1, 2, 3], [4, 5, 6]]]}}, 400,
+     'instances[0] has shape [2][3]; an instance is one image'),
+    ('instances that are one image, not a list of them', 'post', PREDICT,
+     {'json': {'instances': [[[1, 2, 3]], [[4, 5, 6]]]}}, 400, 'instances[0] has shape [1][3]'),
+    ('a NaN pixel', 'post', PREDICT, {'content': b'{"instances": [[[[1, 2, NaN]]]]}'},
+     400, 'instances[0][0][0][2] is NaN; pixel values are whole numbers from 0 to 255'),
+    ('an infinite pixel', 'post', PREDICT, {'content': b'{"instances": [[[[Infinity, 2, 3]]]]}'},
+     400, 'instances[0][0][0][0] is infinite'),
+    ('a boolean pixel', 'post', PREDICT, {'json': {'instances': [[[[1, True, 3]]]]}}, 400,
+     'instances[0][0][0][1] is the boolean true'),
+    ('a fractional pixel', 'post', PREDICT, {'json': {'instances': [[[[1, 2, 1.5]]]]}}, 400,
+     'instances[0][0][0][2] is 1.5, not written as a whole number'),
+    ('a pixel over 255', 'post', PREDICT, {'json': {'instances': [[[[1, 2, 256]]]]}}, 400,
+     'instances[0][0][0][2] is 256, outside 0..255'),
+    ('a text pixel', 'post', PREDICT, {'json': {'instances': [[[[1, 2, '3']]]]}}, 400,
+     'instances[0][0][0][2] is text'),
+    ('a ragged array', 'post', PREDICT, {'json': {'instances': [[[[1, 2, 3]], [[1, 2]]]]}},
+     400, 'instances[0] is ragged or nested deeper than [H][W][3]'),
+    ('arrays of two shapes', 'post', PREDICT,
+     {'json': {'instances': [[[[1, 2, 3]]], [[[1, 2, 3], [4, 5, 6]]]]}}, 400,
+     'instances[1] is an array of shape [1][2][3] but instances[0] is an array of shape '
+     '[1][1][3]'),
+    ('an array beside an encoded image', 'post', PREDICT,
+     {'json': {'instances': [{'b64': 'AA=='}, [[[1, 2, 3]]]]}}, 400,
+     'instances[1] is an array of shape [1][1][3] but instances[0] is an encoded image'),
+    ('JSON nested too deeply', 'post', PREDICT, {'content': b'[' * 100_000}, 400,
+     'nested too deeply'),
+    ('a long URL', 'post', '/segment?output=' + 'm' * 9000, {'image': True}, 414,
+     'the URL takes 9015 bytes, over the limit of 8192'),
+    ('large headers', 'get', '/healthz', {'headers': {'X-Big': 'b' * 40_000}}, 431,
+     'the request headers take'),
     ('a named input that does not exist', 'post', PREDICT, {'json': {'inputs': {'x': []}}},
      400, "inputs has keys ['x']"),
     ('a signature_name that is not text', 'post', PREDICT,
@@ -277,6 +314,27 @@ def test_images_over_max_pixels_are_413(run_dir, inputs):
         response = small.post('/segment', content=(inputs / 'street.jpg').read_bytes()[:3000],
                               headers={'Content-Type': 'image/jpeg'})
         assert response.status_code == 413  # the size is read before the pixels are decoded
+
+
+def test_a_request_line_over_the_head_limit_is_414_on_the_real_server(run_dir, tmp_path):
+    """uvicorn refuses a head that arrives in pieces over its buffer: the answer is still a
+    414 with one JSON line, read before the connection closes, and the service stays up."""
+    server = Server(run_dir, tmp_path / 'serve.log')
+    port = int(server.url.rsplit(':', 1)[1])
+    try:
+        with socket.create_connection(('127.0.0.1', port), timeout=30) as connection:
+            connection.sendall(b'GET /healthz?q=' + b'a' * 200_000 + b' HTTP/1.1\r\n'
+                               b'Host: x\r\n\r\n')
+            answer = b''
+            while chunk := connection.recv(65536):
+                answer += chunk
+        head, body = answer.split(b'\r\n\r\n', 1)
+        assert head.startswith(b'HTTP/1.1 414 '), answer[:200]
+        assert json.loads(body) == {'error': 'the URL takes over 32768 bytes; send the image '
+                                             'in the body and options in a short query'}
+        assert httpx.get(server.url + '/healthz', timeout=30).status_code == 200
+    finally:
+        assert server.stop() == 0
 
 
 def test_a_failing_model_is_a_500_json_line_and_the_service_stays_up(inputs, capsys):

@@ -81,7 +81,7 @@ class ClassSet:
     def remapped(self, spec):
         """A two-or-more-class set from `NAME=I[+I..][,NAME=..]`: the named groups of classes
         become classes 1.., everything else class 0 ('other'); void stays void."""
-        groups = []
+        groups, owner = [], {}
         for part in spec.split(','):
             name, _, members = part.partition('=')
             try:
@@ -93,7 +93,17 @@ class ClassSet:
             if not name.strip() or wrong:
                 raise UserError(f'--remap {spec!r}: {part!r} names no class of '
                                 f'{self.source} (0..{self.num_classes - 1})')
+            if name.strip() in ['other'] + [group for group, _ in groups]:
+                raise UserError(f'--remap {spec!r}: the name {name.strip()!r} is given twice '
+                                f'(class 0 is "other"); give each group its own name')
+            twice = [i for i in indexes if owner.setdefault(i, len(groups)) != len(groups)]
+            if twice:
+                raise UserError(f'--remap {spec!r}: class {twice[0]} is in two groups; put it '
+                                f'in one')
             groups.append((name.strip(), indexes))
+        if len(groups) >= VOID:
+            raise UserError(f'--remap {spec!r}: {len(groups)} groups; give at most {VOID - 1} '
+                            f'groups (with "other", {VOID} classes; {VOID} is void)')
         mapping = np.zeros(256, np.uint8)
         mapping[VOID] = VOID
         for new, (_, indexes) in enumerate(groups, 1):
@@ -125,35 +135,47 @@ def load_class_file(path):
     try:
         with open(path) as f:
             spec = json.load(f)
+        if not isinstance(spec, dict) or not isinstance(spec.get('void', {}), dict):
+            raise ValueError('a class file is a JSON object, and its "void" one too')
         names = [c['name'] for c in spec['classes']]
         colors = [tuple(c['color']) for c in spec['classes']]
         encoding = spec.get('encoding', 'color')
         void = spec.get('void', {})
-        if encoding not in ('color', 'index') or not names:
-            raise ValueError('encoding must be "color" or "index", with at least one class')
-        check_classes(names, colors + ([void['color']] if 'color' in void else []),
-                      void.get('value'))
-        return ClassSet(names, colors, encoding,
-                        void_color=tuple(void['color']) if 'color' in void else None,
+        if encoding not in ('color', 'index'):
+            raise ValueError('encoding must be "color" or "index"')
+        void_color = tuple(void['color']) if 'color' in void else None
+        check_classes(names, colors, void_color, void.get('value'), encoding)
+        return ClassSet(names, colors, encoding, void_color=void_color,
                         void_value=void.get('value'), source=path)
     except FileNotFoundError:
         raise UserError(f'{path}: class file not found') from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise UserError(f'{path}: cannot parse the class file ({type(e).__name__}: {e})') \
             from None
 
 
-def check_classes(names, colors, void_value):
-    """Raise ValueError unless the names are distinct text, every colour is three values from 0
-    to 255, and a void value is a label value (0..255) that no class has."""
+def check_classes(names, colors, void_color=None, void_value=None, encoding='color'):
+    """Raise ValueError unless there are 1 to 255 classes (class maps are uint8, VOID is 255),
+    the names are distinct text, every colour is three whole numbers from 0 to 255 and, for
+    colour labels, no two classes (nor a class and void) share one, and a void value is a label
+    value (0..255) that no class has."""
+    if not 1 <= len(names) <= VOID:
+        raise ValueError(f'a class file needs at least one class and at most {VOID} classes, '
+                         f'not {len(names)}')
     if not all(isinstance(name, str) and name for name in names):
         raise ValueError('every class needs a name')
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise ValueError(f'the class name {repeated[0]!r} is given twice')
-    for color in colors:
-        if len(color) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in color):
+    every = list(colors) + ([void_color] if void_color is not None else [])
+    for color in every:
+        if len(color) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and
+                                      0 <= v <= 255 for v in color):
             raise ValueError(f'colour {list(color)} is not three values from 0 to 255')
+    shared = [c for i, c in enumerate(every) if c in every[:i]]
+    if encoding == 'color' and shared:
+        raise ValueError(f'colour {list(shared[0])} is given twice; a colour label needs one '
+                         f'colour per class and another for void')
     if void_value is not None and (isinstance(void_value, bool) or
                                    not isinstance(void_value, int) or
                                    not len(names) <= void_value <= 255):
@@ -166,7 +188,7 @@ def read_label_colors(path):
     entry is the void colour."""
     names, colors, void = [], [], None
     try:
-        with open(path) as f:
+        with open(path, encoding='utf-8') as f:
             for number, line in enumerate(f, 1):
                 if not line.strip():
                     continue
@@ -174,13 +196,19 @@ def read_label_colors(path):
                 if not match:
                     raise UserError(f'{path}: line {number} is not "R G B Name"')
                 rgb, name = tuple(int(v) for v in match.groups()[:3]), match.group(4)
+                if max(rgb) > 255:
+                    raise UserError(f'{path}: line {number} has a colour value above 255')
+                if name.lower() == 'void' and void:
+                    raise UserError(f'{path}: line {number} is a second Void; keep one')
                 if name.lower() == 'void':
                     void = rgb
                 else:
                     names.append(name)
                     colors.append(rgb)
-    except OSError as e:
-        raise UserError(f'{path}: cannot read ({e.strerror})') from None
+        check_classes(names, colors, void)
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8 text, or check_classes
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise UserError(f'{path}: cannot read the classes ({reason})') from None
     return ClassSet(names, colors, 'color', void_color=void, source=path)
 
 

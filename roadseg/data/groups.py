@@ -40,15 +40,19 @@ def grouper(dataset, group_by=None):
         if not match:
             raise UserError(f'{path}: its name does not match --group-by {pattern!r}, so it has '
                             f'no group; change the pattern or rename the file')
-        return match.group(1) if compiled.groups else match.group(0)
+        group = match.group(1) if compiled.groups else match.group(0)
+        if not group:  # None: an optional first group that took no part
+            raise UserError(f'{path}: --group-by {pattern!r} matches its name with no text for '
+                            f'the group; change the pattern so that the group takes some')
+        return group
     return group_of
 
 
 def _from_file(path):
     table = files.read_json(path, 'give a JSON object {"image stem": "group", ...}')
-    if not isinstance(table, dict) or not all(isinstance(v, str) for v in table.values()):
+    if not isinstance(table, dict) or not all(isinstance(v, str) and v for v in table.values()):
         raise UserError(f'{path}: a groups file holds one JSON object of '
-                        f'{{"image stem": "group", ...}}')
+                        f'{{"image stem": "group", ...}}, each group some text')
 
     def group_of(image_path):
         name = os.path.basename(image_path)

@@ -74,7 +74,7 @@ def parse_options(options):
     parsed = {}
     for key, value in options.items():
         if key not in DEFAULTS:
-            raise UserError(f'unknown augmentation option {key!r}; allowed: '
+            raise UserError(f'--augment: unknown option {key!r}; allowed: '
                             f'{", ".join(DEFAULTS)}')
         low, high = LIMITS[key]
         try:
@@ -82,8 +82,7 @@ def parse_options(options):
         except (TypeError, ValueError):
             number = math.nan
         if not low <= number <= high:  # NaN fails too
-            raise UserError(f'augmentation option {key}={value}: must be a number from '
-                            f'{low} to {high}')
+            raise UserError(f'--augment: {key}={value!r} must be a number from {low} to {high}')
         parsed[key] = number
     return parsed
 
@@ -92,8 +91,8 @@ def split_option(item):
     """'key=value' to (key, value), spaces around either stripped."""
     key, equals, value = item.partition('=')
     if not equals:
-        raise UserError(f'augmentation option {item.strip()!r} has no value; write '
-                        f'key=value, e.g. flip=0.5')
+        raise UserError(f'--augment: {item.strip()!r} has no value; write key=value, e.g. '
+                        f'flip=0.5')
     return key.strip(), value.strip()
 
 

@@ -7,14 +7,16 @@ import os
 import sys
 
 from roadseg import cli, files
-from roadseg.data import datasets, transforms
+from roadseg.data import classes as class_files, datasets, groups, transforms
 from roadseg.errors import UserError
 from roadseg.model import DECODERS, TIRAMISU_DEPTHS
+from roadseg.training import crossval
 
 DESCRIPTION = ('FCN road segmentation: train on KITTI Road, CamVid or a folder of images and '
                'masks, validate, checkpoint, and write the model and overlays to a run folder.')
 # Options that may stay unset
-OPTIONAL = {'resume', 'classes', 'remap', 'train_crop', 'image_shape', 'val_groups', 'group_by'}
+OPTIONAL = {'resume', 'classes', 'remap', 'train_crop', 'image_shape', 'val_groups', 'group_by',
+            'crossval'}
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), 'configs', 'kitti_road.json')
 # Options removed after they measured no gain (docs/experiments.md), at their no-op values:
@@ -140,6 +142,15 @@ def parse_args(argv=None):
                         help="what an image's group is: a regular expression over its file "
                              "stem (the first capture group), or a JSON file of {stem: group} "
                              "(default: CamVid's drive prefix, KITTI's category)")
+    parser.add_argument('--all-labelled', action='store_true', default=None,
+                        help="pool the data set's train/ and val/ images: with --val-groups, "
+                             "every image outside the held-out groups trains (crossval.py's "
+                             "folds); without, every labelled image trains and nothing "
+                             "validates: the final model, its last epoch exported")
+    parser.add_argument('--crossval', metavar='CROSSVAL.json',
+                        help="with --all-labelled: the crossval.json of the cross-validation "
+                             "that chose this recipe; its figures go into the run folder and "
+                             "log, as what to expect on a new street")
     parser.add_argument('--val-every', type=int, metavar='N',
                         help='validate every N epochs and after the last (with --ema-decay, '
                              'measuring the averaged weights\' batch-norm statistics then too); '
@@ -209,8 +220,10 @@ def parse_args(argv=None):
     if args.input_norm != 'fixed' and args.encoder_weights == 'udacity':
         parser.error('--input-norm image needs an encoder built in the graph (--encoder-weights '
                      'none or keras-h5:PATH); the frozen udacity VGG16 takes its input as it is')
-    if args.alpha <= 0:
-        parser.error(f'argument --alpha: {args.alpha} must be above 0')
+    if not (math.isfinite(args.alpha) and args.alpha > 0):
+        parser.error(f'argument --alpha: {args.alpha} must be a number above 0')
+    if args.seed < 0:
+        parser.error(f'argument --seed: {args.seed} must be a whole number from 0 up')
     if args.encoder == 'mobilenetv2' and args.encoder_weights != 'none':
         parser.error(f'--encoder mobilenetv2 trains from scratch: give --encoder-weights none '
                      f'({args.encoder_weights} is a VGG16 encoder)')
@@ -228,7 +241,27 @@ def parse_args(argv=None):
                      f'({args.encoder_weights} is a VGG16 encoder)')
     if args.encoder == 'vgg16' and args.decoder != 'fcn8s':
         parser.error(f'--decoder {args.decoder} is for mobilenetv2; VGG16 uses fcn8s')
+    final = args.all_labelled and not args.val_groups
+    if args.val_bev and final:
+        parser.error('--val-bev: with --all-labelled and no --val-groups nothing validates')
+    if args.crossval and not final:
+        parser.error('--crossval records the cross-validation behind a final model: give it '
+                     'with --all-labelled and without --val-groups')
+    check_inputs(args)
     return args
+
+
+def check_inputs(args):
+    """Read the --classes file, the --group-by pattern or file and the --augment text now, so
+    that a bad one stops the run before it starts, with or without --val-groups (which alone
+    uses --group-by), rather than hours in or never."""
+    if args.classes:
+        class_files.load_class_file(args.classes)
+    if args.group_by:
+        groups.grouper(args.dataset, args.group_by)
+    transforms.parse_options(args.augment)
+    if args.crossval:
+        crossval.read_summary(args.crossval)
 
 
 def check_config(parser, config, path):

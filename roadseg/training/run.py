@@ -16,7 +16,7 @@ from roadseg.data.transforms import Augment
 from roadseg.errors import UserError
 from roadseg.model import vgg
 from roadseg.model.ops import tf, tf1
-from roadseg.training import checkpoints
+from roadseg.training import checkpoints, crossval
 
 
 class RunLog:
@@ -96,11 +96,16 @@ def data_split(args):
     which trains. Then the seen pairs, images of the training groups that do not train either
     (the data set's validation images outside the held-out groups, else a --val-fraction split
     of the training groups), are scored beside it: the in-group figure next to the cross-group
-    one. Without --val-groups there are none."""
+    one. Without --val-groups there are none.
+
+    --all-labelled pools train/ and val/: every image outside the held-out groups trains, and
+    without --val-groups every labelled image trains and none validates (the final model)."""
     dataset = datasets.open_dataset(args.dataset, args.data_dir, args.label, args.classes,
                                     args.remap)
     if args.resume:
         return (dataset,) + resumed_split(args, dataset)
+    if args.all_labelled and not args.val_groups:
+        return dataset, dataset.train + (dataset.val or []), [], []
     if args.val_groups:
         return (dataset,) + group_split(args, dataset)
     if dataset.val is not None:
@@ -116,9 +121,13 @@ def group_split(args, dataset):
     """(train, validation, seen) pairs with the --val-groups held out (data_split)."""
     group_of = groups.grouper(args.dataset, args.group_by)
     wanted = [group.strip() for group in args.val_groups.split(',') if group.strip()]
-    groups.check_groups(wanted, groups.count(dataset.train + (dataset.val or []), group_of))
-    train, val = groups.hold_out(dataset.train, wanted, group_of)
-    if dataset.val is not None:
+    labelled = dataset.train + (dataset.val or [])
+    groups.check_groups(wanted, groups.count(labelled, group_of))
+    train, val = groups.hold_out(labelled if args.all_labelled else dataset.train, wanted,
+                                 group_of)
+    if args.all_labelled:
+        seen = []
+    elif dataset.val is not None:
         seen, held = groups.hold_out(dataset.val, wanted, group_of)
         val += held
     else:
@@ -208,6 +217,9 @@ def start_run(sess, saver, args, split, weights, writes=True):
             record['groups'] = {key: groups.count(pairs, group_of)
                                 for key, pairs in zip(('train', 'val', 'seen'), split)}
         files.write_json(os.path.join(run_dir, 'split.json'), record)
+        if args.crossval:
+            files.write_json(os.path.join(run_dir, 'crossval.json'),
+                             crossval.expected(args.crossval))
         return run_dir, 1, []
     run_dir = args.resume
     checkpoint_dir = os.path.join(run_dir, 'checkpoints')
@@ -232,14 +244,19 @@ def describe(run_dir, args, classes, split, start_epoch):
     crop = args.train_crop
     where = run_dir or '(written by the chief)'
     held = f' (held-out groups {args.val_groups})' if args.val_groups else ''
-    return (f'run {where}: {args.dataset} with {classes.num_classes} classes, '
-            f'{len(train)} training and {len(val)} validation images{held}'
+    images = (f'every one of the {len(train)} labelled images trains; nothing validates '
+              f'(a final model: its last epoch is exported)'
+              if args.all_labelled and not args.val_groups else
+              f'{len(train)} training and {len(val)} validation images{held}')
+    return (f'run {where}: {args.dataset} with {classes.num_classes} classes, {images}'
             + (f', {len(seen)} unseen images of the training groups scored beside'
                if seen else '')
             + f', at {args.image_shape[0]}x{args.image_shape[1]}'
             + (f' (training on {crop[0]}x{crop[1]} crops)' if crop else '')
             + f', epochs {start_epoch}..{args.epochs}'
-            + (f' (the last {args.plain_epochs} on flips only)' if args.plain_epochs else ''))
+            + (f' (the last {args.plain_epochs} on flips only)' if args.plain_epochs else '')
+            + (f'\n{crossval.expectation_line(crossval.expected(args.crossval))}'
+               if args.crossval else ''))
 
 
 def model_info(args, classes):
