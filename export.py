@@ -13,10 +13,11 @@ when complete:
 | int8 | model_int8.tflite | full-integer TFLite calibrated on training images: uint8 image in, uint8 probabilities (scale 1/256) out |
 
 The file exports share the fcn.json written beside them; the SavedModel holds its own. Each
-export is loaded back and scored next to the original on labelled images (the run's validation images, or --check-dir): the IoU difference
-(road IoU for two classes, mean IoU otherwise), the largest probability difference and the share
-of pixels whose class agrees are printed and written to agreement.json; an export outside its
-tolerance (roadseg.export.TOLERANCES) makes the exit status 1.
+export is loaded back and scored next to the original on labelled images (the run's validation
+images, or --check-dir): the IoU difference (road IoU for two classes, mean IoU otherwise), the
+largest probability difference and the share of pixels whose class agrees are printed and
+written to agreement.json; an export outside its tolerance (roadseg.export.TOLERANCES) makes the
+exit status 1.
 """
 import argparse
 import os

@@ -23,7 +23,8 @@ from roadseg import files, inference  # noqa: E402  (these load TensorFlow, seco
 from roadseg.data import datasets  # noqa: E402
 from roadseg.model import decoders, network, ops, vgg  # noqa: E402
 from roadseg.model.ops import tf, tf1  # noqa: E402
-from roadseg.training import distribute, loop, loss, run as runs  # noqa: E402
+from roadseg.training import distribute, loop, loss  # noqa: E402
+from roadseg.training import run as runs
 
 NUM_CLASSES = 2  # KITTI: not road, road; other data sets size the head from their classes
 
@@ -85,29 +86,31 @@ def run(argv=None):
     runs.fetch_downloads(args)
     dataset, train_pairs, val_pairs, seen_pairs = runs.data_split(args)
     classes = dataset.classes
+    learned = runs.learned_classes(args, classes)  # the data set's own with --remap-at output
     get_batches_fn = runs.batch_generator(args, dataset, train_pairs, setup)
     val_samples, seen_samples = ([datasets.load_samples(pairs, dataset.read_label)
                                   for pairs in (val_pairs, seen_pairs)]
                                  if setup.is_chief else ([], []))
     bev_paths = setup.is_chief and runs.bev_paths(args, val_pairs, dataset.classes.num_classes)
-    class_weights = runs.class_weights(args, get_batches_fn.labels, classes.num_classes)
+    class_weights = runs.class_weights(args, get_batches_fn.labels, learned.num_classes)
     with tf.Graph().as_default(), setup.scope(), setup.session() as sess, \
             distribute.failures(args, setup):
         tf1.set_random_seed(args.seed)
-        net = network.build_network(sess, args, classes.num_classes)
-        correct_label = tf1.placeholder(tf.float32, [None, None, None, classes.num_classes],
+        net = network.build_network(sess, args, learned.num_classes)
+        correct_label = tf1.placeholder(tf.float32, [None, None, None, learned.num_classes],
                                         'label')
         learning_rate = tf1.placeholder(tf.float32, [], 'learning_rate')
 
         def replica_step(train_output):  # once per replica under --distribute
             _, train_op, replica_loss = optimize(
                 train_output, ops.replica_share(correct_label), learning_rate,
-                classes.num_classes, class_weights, args.precision == 'float16')
+                learned.num_classes, class_weights, args.precision == 'float16')
             return train_op, replica_loss
         train_op, cross_entropy_loss = distribute.step_ops(
             ops.for_each_replica(replica_step, net.train_output))
         train_op = net.averaged(train_op)
-        probabilities = tf.nn.softmax(net.output, name='probabilities')
+        probabilities = network.probabilities(
+            net.output, classes.merge_matrix() if learned is not classes else None)
         saver = tf1.train.Saver(max_to_keep=None)
         net.initialise()
 

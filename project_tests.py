@@ -17,17 +17,29 @@ import pytest
 import helper
 import main
 from roadseg import cli, inference
-from roadseg.data import datasets
 from roadseg.data import classes as class_files
+from roadseg.data import datasets
 from roadseg.data.batches import one_hot
 from roadseg.errors import UserError
 from roadseg.model import vgg
 from roadseg.model.ops import tf, tf1
 from roadseg.training import config as options
 from tests import conftest
-from tests.conftest import (TINY_BLOCKS, TINY_FC, label_rgb, leftovers, make_kitti,
-                            road_coded_image, run_main, save_partial_model, serve, value_of,
-                            write_bad, write_keras_h5, zip_bytes)
+from tests.conftest import (
+    TINY_BLOCKS,
+    TINY_FC,
+    label_rgb,
+    leftovers,
+    make_kitti,
+    road_coded_image,
+    run_main,
+    save_partial_model,
+    serve,
+    value_of,
+    write_bad,
+    write_keras_h5,
+    zip_bytes,
+)
 
 # The shared fixtures this module uses (pytest finds fixtures by the module's names)
 own_graph, sess, tiny_vgg, tiny_data = (conftest.own_graph, conftest.sess, conftest.tiny_vgg,
@@ -369,6 +381,7 @@ def event_tags(run_dir):
     return tags
 
 
+@pytest.mark.slow
 def test_main_end_to_end(tiny_data, tmp_path):
     runs = tmp_path / 'runs'
     result = run_main('--data-dir', str(tiny_data), '--runs-dir', str(runs), '--epochs', '2',
@@ -465,6 +478,7 @@ def test_main_offline_names_every_missing_download_and_the_alternatives(tmp_path
     assert leftovers(tmp_path / 'data') == [] and leftovers(tmp_path / 'runs') == []
 
 
+@pytest.mark.slow
 def test_main_without_vgg_offline_says_what_to_do(tiny_data, tmp_path):
     os.remove(tiny_data / 'vgg')
     result = run_main('--data-dir', str(tiny_data), '--runs-dir', str(tmp_path / 'runs'),

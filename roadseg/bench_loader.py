@@ -12,7 +12,7 @@ import time
 
 from roadseg.data import datasets
 from roadseg.data.batches import BatchGenerator
-from roadseg.data.transforms import Augment, DEFAULTS
+from roadseg.data.transforms import DEFAULTS, Augment
 
 # (encoder, image shape): (training GFLOP per image, sustained TFLOP/s on one A100)
 GPU_ESTIMATES = {('VGG16 FCN-8s', (160, 576)): (234, 100),

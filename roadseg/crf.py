@@ -2,7 +2,7 @@
 model's softmax probabilities, the image as the bilateral kernel's guide, so that class edges
 move to the image's colour edges. An optional dependency: `pip install pydensecrf2`.
 
-The kernel widths and weights live in configs/crf.json, chosen on training images (never on
+The kernel widths and weights live in roadseg/configs/crf.json, chosen on training images (never on
 a validation split) by `python -m roadseg.crf --model RUN_DIR`, which scores a grid of them on
 the run's training images and prints the best.
 """
@@ -21,12 +21,11 @@ import numpy as np
 import pebble
 from tqdm import tqdm
 
-from roadseg import cli, evaluation, files, inference, metrics
+from roadseg import cli, configs, evaluation, files, inference, metrics
 from roadseg.data import datasets
 from roadseg.errors import UserError
 
-DEFAULT_PARAMETERS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                  'configs', 'crf.json')
+DEFAULT_PARAMETERS = configs.path('crf.json')
 # Each parameter's type and range (widths in pixels at the image's own size, colour steps of
 # 0..255). Outside them pydensecrf's native code divides by zero and crashes the process
 # (a width of 0, or below about 1e-20), or runs for ever (iterations); the ranges keep well
@@ -62,7 +61,7 @@ def add_flag(parser):
     parser.add_argument('--crf', nargs='?', const=DEFAULT_PARAMETERS, metavar='FILE.json',
                         help='refine each prediction with a dense CRF guided by the image '
                              '(needs pydensecrf2), its kernels from FILE.json (default: '
-                             'configs/crf.json)')
+                             'roadseg/configs/crf.json)')
 
 
 def parameters_for(path):

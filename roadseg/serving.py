@@ -292,13 +292,13 @@ def _pixels(value, where):
     except (ValueError, TypeError, RecursionError):
         raise RequestFailed(400, f'{where} is not a rectangular [H][W][3] array') from None
     kinds = np.frompyfunc(type, 1, 1)(pixels)
-    if (kinds == list).any():
+    if (kinds == list).any():  # noqa: E721  (element-wise, over an array of types)
         raise RequestFailed(400, f'{where} is ragged or nested deeper than [H][W][3]: its rows '
                                  f'must all hold the same number of values')
     if pixels.ndim != 3 or pixels.shape[-1] != 3 or not pixels.size:
         raise RequestFailed(400, f'{where} has shape {_shape(pixels.shape)}; an instance is '
                                  f'one image, an [H][W][3] array')
-    bad = kinds != int  # bool, float, str, None and dict are all refused
+    bad = kinds != int  # noqa: E721  (element-wise) bool, float, str, None and dict are all refused
     if bad.any():
         index = tuple(int(i) for i in np.argwhere(bad)[0])
         raise RequestFailed(400, f'{where}{_shape(index)} is {_describe(pixels[index])}; pixel '

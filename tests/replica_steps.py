@@ -7,12 +7,12 @@ SETUP is `single` (no strategy), `mirrored` (two logical CPU devices) or `multi-
 cluster of TF_CONFIG; each worker is fed its share). `single` initialises the weights and
 saves them as the checkpoint INIT; the others restore INIT, so all start alike. Every setup
 takes the same global batches of 4 road scenes, steps STEPS times with Adam at 1e-4, dropout
-off, weight averages (--ema-decay) on, and writes to OUT (.npz): the losses; every variable (the first replica's copy) after the
-first step (`step1:NAME`) and the last (`NAME`); the first step's gradients of the
-cross-entropy, summed over the replicas as the optimiser applies them (`gradient:NAME`); and
-the largest difference between a variable's copies on this worker's replicas. ENCODER is
-vgg16 (the tiny VGG of the Keras file H5) or mobilenetv2[:DECODER], with `+weighted` for class
-weights in the loss.
+off, weight averages (--ema-decay) on, and writes to OUT (.npz): the losses; every variable
+(the first replica's copy) after the first step (`step1:NAME`) and the last (`NAME`); the
+first step's gradients of the cross-entropy, summed over the replicas as the optimiser applies
+them (`gradient:NAME`); and the largest difference between a variable's copies on this worker's
+replicas. ENCODER is vgg16 (the tiny VGG of the Keras file H5) or mobilenetv2[:DECODER], with
+`+weighted` for class weights in the loss.
 """
 import argparse
 import sys

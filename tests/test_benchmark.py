@@ -23,6 +23,7 @@ def test_count_flops_of_conv_depthwise_and_transposed_conv():
     assert flops == 2 * (4 * 5 * 3 * 3 * 3 * 4 + 4 * 5 * 3 * 3 * 4 * 2 + 4 * 5 * 4 * 4 * 8 * 5)
 
 
+@pytest.mark.slow
 def test_tiramisu_is_measured_at_its_depth_with_its_parameters():
     m = bench.measure('tiramisu56', 'fcn8s', (32, 32), 1, 1)
     assert (m['encoder'], m['decoder']) == ('tiramisu56', 'tiramisu')
@@ -60,6 +61,7 @@ def test_time_paired_gives_the_median_time_and_the_median_of_per_pair_ratios(mon
     assert (seconds, ratio) == (2, 2)  # ratios 2, 3, 1; the medians' ratio would be 1.5
 
 
+@pytest.mark.slow
 def test_a_child_process_reports_its_own_peak_memory_not_its_parents():
     ballast = np.ones(2**30 // 8)  # 1 GiB, touched, held while the child runs
     assert bench.peak_memory_mb() > 1024
@@ -74,6 +76,7 @@ def test_peers_are_skipped_with_a_note_without_peer_dir(capsys):
     assert 'no --peer-dir, peers skipped' in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_serve_load_test_reports_every_level_against_predict(tmp_path, capsys):
     """benchmark.py --serve on the tiny model, 2 levels of 3 requests a client."""
     save_tiny_model(str(tmp_path / 'run' / 'model'), steps=20)
@@ -92,6 +95,7 @@ def test_serve_load_test_reports_every_level_against_predict(tmp_path, capsys):
     assert json.loads((tmp_path / 's.json').read_text())['serve'][0]['levels'][1]['clients'] == 3
 
 
+@pytest.mark.slow
 def test_soak_sends_every_good_and_bad_request_and_reports_errors_and_memory(tmp_path,
                                                                            capsys):
     """benchmark.py --soak on the tiny model for a few seconds: every request of the mix is
@@ -140,6 +144,7 @@ def test_loader_rate_is_measured_on_the_data_set(tmp_path, capsys):
     assert 'images/s' in out and 'one A100 training VGG16 FCN-8s at 160x576 consumes' in out
 
 
+@pytest.mark.slow
 def test_precision_variants_are_timed_in_turn(monkeypatch):
     times = iter([4.0, 8.0, 2.0, 4.0] * 2)  # a's inference and training, then b's, twice
     monkeypatch.setattr(bench, 'seconds', lambda fn: next(times))

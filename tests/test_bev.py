@@ -334,6 +334,7 @@ def test_kitti_submission_refuses_images_it_cannot_submit(tiny_kitti, tmp_path):
         predict.main(['--model', str(tiny_kitti / 'run'), str(tmp_path / 'street.png')])
 
 
+@pytest.mark.slow
 def test_main_val_bev_validates_in_both_views(tiny_kitti, tmp_path):
     run_dir = main.run(['--data-dir', str(tiny_kitti / 'data'), '--runs-dir',
                         str(tmp_path / 'runs'), '--epochs', '1', '--batch-size', '4',

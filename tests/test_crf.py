@@ -10,7 +10,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import evaluate
 import predict
@@ -113,7 +114,7 @@ def test_bad_parameter_files_are_one_line(tmp_path):
         crf.read_parameters(str(tmp_path / 'crf.json'))
     with pytest.raises(UserError, match='missing.json'):
         crf.read_parameters(str(tmp_path / 'missing.json'))
-    assert crf.read_parameters() == GOOD  # configs/crf.json
+    assert crf.read_parameters() == GOOD  # roadseg/configs/crf.json
 
 
 @needs_crf
@@ -149,6 +150,7 @@ def test_the_isolated_crf_survives_a_native_crash_and_an_overrun():
         refiner.close()
 
 
+@pytest.mark.slow
 @needs_crf
 def test_a_crf_that_crashes_is_a_500_line_and_the_service_stays_up(tmp_path, inputs, capfd):
     """The issue's crash, fed to the server past the file checks: SIGSEGV in pydensecrf."""
@@ -210,6 +212,7 @@ def test_any_parameter_file_is_read_within_limits_or_refused_in_one_line(paramet
         assert kind is float or isinstance(read[key], int)
 
 
+@pytest.mark.slow
 @needs_crf
 def test_evaluate_predict_serve_and_choose_the_crf(tmp_path, inputs, capsys):
     run = tmp_path / 'run'

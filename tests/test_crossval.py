@@ -1,6 +1,7 @@
 """Choosing and training are two jobs: crossval.py's leave-one-drive-out folds and their
 summary, and main.py --all-labelled, the final model that trains on every labelled image and
-selects nothing, on synthetic drives (tests/test_groups.py's three)."""
+selects nothing, on synthetic drives (tests/test_groups.py's three); and main.py --remap-at
+output, the data set's own classes as training signal for a --remap model."""
 import json
 import os
 
@@ -9,10 +10,15 @@ import pytest
 
 import crossval
 import main
-from roadseg import cli, metrics
-from roadseg.data import groups
+from roadseg import cli, inference, metrics
+from roadseg.data import classes as class_files
+from roadseg.data import datasets, groups
 from roadseg.errors import UserError
-from roadseg.training import crossval as folds, run as runs
+from roadseg.model import network
+from roadseg.model.ops import tf
+from roadseg.training import config, distribute
+from roadseg.training import crossval as folds
+from roadseg.training import run as runs
 from tests.test_groups import make_drives
 
 TINY = ['--dataset', 'camvid', '--remap', 'road=3', '--encoder', 'mobilenetv2',
@@ -40,6 +46,7 @@ def uninterrupted(data, tmp_path_factory):
     return cv_dir, summary
 
 
+@pytest.mark.slow
 def test_each_fold_holds_out_one_drive_and_trains_on_every_other_labelled_image(uninterrupted):
     cv_dir, summary = uninterrupted
     state = read(cv_dir / 'crossval.json')
@@ -54,6 +61,7 @@ def test_each_fold_holds_out_one_drive_and_trains_on_every_other_labelled_image(
     assert summary == state['summary']
 
 
+@pytest.mark.slow
 def test_the_summary_is_the_mean_spread_and_pool_of_the_folds_at_each_epoch(uninterrupted,
                                                                            capsys):
     cv_dir, summary = uninterrupted
@@ -77,6 +85,7 @@ def test_the_summary_is_the_mean_spread_and_pool_of_the_folds_at_each_epoch(unin
     assert f'best epoch on the mean over 3 folds: {best["epoch"]}' in table
 
 
+@pytest.mark.slow
 def test_a_resumed_cross_validation_repeats_the_uninterrupted_one(uninterrupted, data,
                                                                   tmp_path, monkeypatch):
     """Killed after fold B's first epoch, then resumed: fold A is kept, B resumes from its
@@ -115,6 +124,7 @@ def test_bad_cross_validation_options_are_one_line(data, argv, message):
         crossval.main(base + argv)
 
 
+@pytest.mark.slow
 def test_the_final_model_trains_on_every_labelled_image_and_selects_nothing(data, tmp_path):
     run_dir = main.run([*TINY, '--data-dir', str(data), '--runs-dir', str(tmp_path),
                         '--all-labelled'])
@@ -130,6 +140,7 @@ def test_the_final_model_trains_on_every_labelled_image_and_selects_nothing(data
     assert 'every one of the 8 labelled images trains; nothing validates' in log
 
 
+@pytest.mark.slow
 def test_the_final_model_records_the_cross_validation_that_chose_its_recipe(
         uninterrupted, data, tmp_path):
     cv_dir, summary = uninterrupted
@@ -142,3 +153,43 @@ def test_the_final_model_records_the_cross_validation_that_chose_its_recipe(
     log = open(os.path.join(run_dir, 'train.log')).read()
     assert f'road IoU {summary["best"]["mean"]:.4f} +- {summary["best"]["std"]:.4f} over ' \
            f'3 held-out groups (A, B, C)' in log
+
+
+def test_remap_at_output_sums_the_learned_probabilities_into_the_groups():
+    base = class_files.builtin('camvid11')
+    merge = base.remapped('road=3,car=8+9').merge_matrix()
+    assert merge.shape == (11, 3) and (merge.sum(axis=1) == 1).all()
+    assert merge[3, 1] == merge[8, 2] == merge[9, 2] == 1 and merge[0, 0] == merge[10, 0] == 1
+    logits = np.random.default_rng(0).normal(size=(1, 4, 5, 11)).astype(np.float32)
+    with tf.Graph().as_default():
+        got = tf.compat.v1.Session().run(network.probabilities(tf.constant(logits), merge))
+    learned = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose(got[..., 1], learned[..., 3], atol=1e-6)
+    np.testing.assert_allclose(got[..., 2], learned[..., 8] + learned[..., 9], atol=1e-6)
+    np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_remap_at_output_trains_on_the_data_sets_classes_and_exports_the_groups(data, tmp_path):
+    argv = [*TINY, '--data-dir', str(data), '--remap-at', 'output']
+    args = config.parse_args(argv + ['--all-labelled'])
+    dataset, train, _, _ = runs.data_split(args)
+    batches = runs.batch_generator(args, dataset, train, distribute.setup(args))
+    assert batches.num_classes == 11  # the training labels keep CamVid's classes
+    assert {0, 1, 3} <= set(np.unique(np.concatenate([label.ravel() for label in batches.labels])))
+    run_dir = main.run(argv + ['--runs-dir', str(tmp_path), '--epochs', '1'])
+    assert 'learning its 11 classes, summed into these at the output' in \
+        open(os.path.join(run_dir, 'train.log')).read()
+    records = read(os.path.join(run_dir, 'metrics.json'))
+    assert len(records['epochs'][0]['val']['iou']) == 2  # validated as road against the rest
+    with inference.load_model(os.path.join(run_dir, 'model')) as model:
+        image = datasets.read_rgb(os.path.join(data, 'train', 'A_000010.png'))
+        probabilities = model(image[None])
+    assert model.num_classes == 2 and probabilities.shape == (1, 32, 64, 2)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-4)
+
+
+def test_remap_at_output_needs_a_remap(data):
+    argv = [a for a in TINY if a not in ('--remap', 'road=3')]
+    with pytest.raises(UserError, match='--remap-at output .* give --remap too'):
+        config.parse_args([*argv, '--data-dir', str(data), '--remap-at', 'output'])

@@ -30,8 +30,16 @@ from roadseg.errors import PartlyFailed, UserError
 from roadseg.images import read_rgb, resize_image, resize_probabilities
 from roadseg.model.ops import tf
 from roadseg.training import run as runs
-from tests.conftest import (COLORS, ROOT, SHAPE, make_kitti, road_scene, save_partial_model,
-                            save_tiny_model)
+from tests.conftest import (
+    COLORS,
+    ROOT,
+    SHAPE,
+    make_kitti,
+    road_scene,
+    save_partial_model,
+    save_tiny_model,
+)
+
 tf1 = tf.compat.v1
 
 
@@ -107,6 +115,7 @@ def run_predict(*args):
 # predict.py: inputs and outputs
 # ----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_images_give_every_output_at_their_own_size(run_dir, original, inputs, tmp_path,
                                                     capsys):
     out = tmp_path / 'out'
@@ -556,6 +565,7 @@ def test_serving_savedmodel_takes_uint8_of_any_size(exports, original, inputs):
     np.testing.assert_allclose(probabilities[0, ..., 1], expected(original, image)[0], atol=5e-3)
 
 
+@pytest.mark.slow
 def test_serving_savedmodel_loads_in_a_fresh_eager_process(exports):
     code = ('import sys, numpy as np, tensorflow as tf\n'
             'f = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]\n'

@@ -87,6 +87,7 @@ def relative_norm(a, b, keys):
                  / np.sqrt(sum((a[k] ** 2).sum() for k in keys)))
 
 
+@pytest.mark.slow
 def test_two_replicas_step_as_one_device_on_the_global_batch(tmp_path, h5):
     """VGG16 without batch norm, dropout off, weight averages on: after one step and after 20,
     two mirrored replicas at global batch 4 hold one device's weights."""
@@ -99,6 +100,7 @@ def test_two_replicas_step_as_one_device_on_the_global_batch(tmp_path, h5):
     assert mirrored['copies_spread'] == 0  # the replicas' copies are one
 
 
+@pytest.mark.slow
 def test_class_weights_normalise_over_the_global_batch(tmp_path, h5):
     """The weighted mean's denominator sums every replica's weights: the first step's gradients
     are one device's. (Over 20 steps this toy drifts to 1e-5 in loss once Adam meets a
@@ -109,6 +111,7 @@ def test_class_weights_normalise_over_the_global_batch(tmp_path, h5):
     np.testing.assert_allclose(single['losses'], mirrored['losses'], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_two_workers_end_identical_and_as_one_device(tmp_path, h5):
     (single,) = steps('single', 'vgg16', 20, tmp_path, h5)
     first, second = steps('multi-worker', 'vgg16', 20, tmp_path, h5, workers=2)
@@ -117,6 +120,7 @@ def test_two_workers_end_identical_and_as_one_device(tmp_path, h5):
     np.testing.assert_allclose(single['losses'], first['losses'], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_synchronised_batch_norm_takes_the_global_batch(tmp_path):
     """MobileNetV2 with batch norm: the first step's moving statistics and gradients are one
     device's, within float32 rounding. This random MobileNetV2 at 64x128 amplifies rounding:
@@ -172,6 +176,7 @@ def losses(run_dir):
     return [r['train_loss'] for r in json.loads((run_dir / 'metrics.json').read_text())['epochs']]
 
 
+@pytest.mark.slow
 def test_a_multi_worker_run_killed_and_resumed_trains_as_one_process(tmp_path, h5):
     """Two workers train main.py's run; the chief alone writes it. Worker 1 is killed in epoch
     2: the chief stops within --step-timeout with one line, and both resumed finish the run
@@ -304,6 +309,7 @@ def test_out_of_memory_and_a_silent_worker_are_one_line():
                 raise error(None, None, 'gone\nmore')
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not distribute.cpu_flags() & set(distribute.BF16_FLAGS),
                     reason='this CPU lacks AVX512-BF16 and AMX')
 def test_a_bfloat16_step_runs_and_changes_the_float32_weights():

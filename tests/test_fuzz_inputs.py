@@ -19,7 +19,8 @@ import tempfile
 
 import numpy as np
 import pytest
-from hypothesis import example, given, strategies as st
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 import evaluate
 import export
@@ -27,9 +28,11 @@ import main
 import plot
 import predict
 from roadseg import bev, cli, files, inference
-from roadseg.data import classes as class_files, datasets, groups, transforms
+from roadseg.data import classes as class_files
+from roadseg.data import datasets, groups, transforms
 from roadseg.errors import UserError
-from roadseg.training import config, run as runs
+from roadseg.training import config
+from roadseg.training import run as runs
 from tests.test_bev import calib_text
 
 
@@ -324,7 +327,7 @@ SHAPES = {'image_shape', 'train_crop'}
 PATHS = {'data_dir', 'runs_dir', 'classes', 'resume', 'config', 'encoder_weights', 'group_by',
          'crossval'}
 TEXTS = {'dataset', 'label', 'class_weights', 'encoder', 'decoder', 'lr_schedule', 'input_norm',
-         'distribute', 'precision', 'remap', 'augment', 'val_groups'} | PATHS
+         'distribute', 'precision', 'remap', 'remap_at', 'augment', 'val_groups'} | PATHS
 OPTIONS = sorted(INTS | FLOATS | BOOLS | SHAPES | TEXTS)
 NEAR = {  # a value of the right kind for each option, often a valid one
     'dataset': st.sampled_from(sorted(datasets.READERS)),
@@ -333,6 +336,7 @@ NEAR = {  # a value of the right kind for each option, often a valid one
     'encoder': st.sampled_from(['vgg16', 'mobilenetv2', 'tiramisu']),
     'decoder': st.sampled_from(['fcn8s', 'fcn4s', 'dilated', 'fpn', 'tiramisu']),
     'lr_schedule': st.sampled_from(['constant', 'poly']),
+    'remap_at': st.sampled_from(['labels', 'output']),
     'input_norm': st.sampled_from(['fixed', 'image']),
     'distribute': st.sampled_from(['auto', 'none', 'mirrored']),
     'precision': st.sampled_from(['float32', 'bfloat16']),
@@ -450,7 +454,7 @@ def test_parse_time_checks_pass_good_values(tmp_path):
     table = tmp_path / 'groups.json'
     table.write_text('{"a": "north"}')
     args = config.parse_args(['--group-by', str(table), '--augment', 'none,flip=0.5',
-                              '--classes', 'configs/classes/kitti_road.json'])
+                              '--classes', 'roadseg/configs/classes/kitti_road.json'])
     assert (args.group_by, args.augment) == (str(table), 'none,flip=0.5')
     table.write_text('["a"]')
     with pytest.raises(UserError, match='groups.json: a groups file holds one JSON object'):

@@ -9,7 +9,8 @@ import json
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 from roadseg import images, inference, serving

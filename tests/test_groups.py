@@ -10,7 +10,8 @@ import main
 from roadseg import evaluation
 from roadseg.data import groups
 from roadseg.errors import UserError
-from roadseg.training import config, run as runs
+from roadseg.training import config
+from roadseg.training import run as runs
 from tests.conftest import make_kitti
 from tests.test_datasets import image, index_label, write
 
@@ -124,6 +125,7 @@ def test_kitti_holds_out_a_category_and_splits_the_others_for_the_in_group_figur
     assert not set(names(train)) & set(names(seen))
 
 
+@pytest.mark.slow
 def test_a_run_never_trains_on_its_held_out_group_and_reports_both_figures(tmp_path):
     """main.py with --val-groups: split.json records the groups, no training image is of a
     held-out group, every validation scores the unseen images of the training groups beside

@@ -69,3 +69,24 @@ def test_no_import_cycle_and_the_package_imports_no_script():
     assert cycles(graph) == []
     assert {module: graph[module] & scripts for module in graph
             if module.startswith('roadseg') and graph[module] & scripts} == {}
+
+
+def test_requirements_txt_is_pyprojects_dependencies_and_test_extra():
+    import tomllib
+    with open(os.path.join(ROOT, 'pyproject.toml'), 'rb') as f:
+        project = tomllib.load(f)['project']
+    with open(os.path.join(ROOT, 'requirements.txt')) as f:
+        listed = {line.strip() for line in f if line.strip() and not line.startswith('#')}
+    assert listed == set(project['dependencies']) | set(project['optional-dependencies']['test'])
+
+
+def test_the_librarys_own_settings_are_inside_the_package():
+    """configs/ holds only recipes to pass to --config; what the library reads by default is
+    found from the package, so an installed roadseg has it too."""
+    from roadseg import configs, crf
+    from roadseg.data import classes
+    from roadseg.training import config
+    for path in (config.DEFAULT_CONFIG, classes.CLASS_DIR, crf.DEFAULT_PARAMETERS):
+        assert os.path.commonpath([path, configs.DIR]) == configs.DIR and os.path.exists(path)
+    assert os.path.commonpath([configs.DIR, os.path.join(ROOT, 'roadseg')]) == \
+        os.path.join(ROOT, 'roadseg')

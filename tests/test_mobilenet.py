@@ -14,9 +14,10 @@ from roadseg.model import decoders, mobilenet, network, vgg
 from roadseg.model.ops import tf, tf1
 from roadseg.training import checkpoints, loop
 from roadseg.training import config as options
-from roadseg.training.loss import optimize
 from roadseg.training import run as runs
+from roadseg.training.loss import optimize
 from tests.conftest import make_kitti
+
 ALPHA = 0.1  # 8 channels in most layers: fast, yet every block is built
 
 
@@ -76,6 +77,7 @@ def test_both_towers_keep_unknown_input_sizes(encoder, decoder, monkeypatch):
             assert [o.shape for o in out] == [(2, *shape, 3)] * 2
 
 
+@pytest.mark.slow
 def test_input_norm_image_maps_each_images_channels_to_one_mean_and_deviation():
     """--input-norm image: an image and the same image darkened, with less contrast and a
     tint (a per-channel affine change) reach the encoder alike, so the network's outputs agree."""
@@ -150,6 +152,7 @@ def test_fpn_merges_features_top_down_then_scores_once_at_stride_4():
     assert not any(name.startswith('fcn8s/') for name in kernels)
 
 
+@pytest.mark.slow
 def test_towers_share_weights_and_weight_decay_is_counted_once(trainable):
     sess, net, _, _ = trainable
     names = [v.name for v in tf1.global_variables()]
@@ -159,6 +162,7 @@ def test_towers_share_weights_and_weight_decay_is_counted_once(trainable):
     assert len(tf1.get_collection(tf1.GraphKeys.REGULARIZATION_LOSSES)) == len(kernels)
 
 
+@pytest.mark.slow
 def test_batch_norm_statistics_move_in_training_and_stay_in_inference(trainable):
     sess, net, label, train_op = trainable
     x = images()
@@ -179,6 +183,7 @@ def test_batch_norm_statistics_move_in_training_and_stay_in_inference(trainable)
     assert np.abs(train_single - train_batch[:1]).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_saved_and_reloaded_model_gives_identical_outputs(trainable, tmp_path):
     sess, net, label, train_op = trainable
     x = images()
@@ -199,6 +204,7 @@ def test_saved_and_reloaded_model_gives_identical_outputs(trainable, tmp_path):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.slow
 def test_inference_tower_reads_averaged_weights_and_their_calibrated_statistics():
     with tf.Graph().as_default(), tf1.Session() as sess:
         tf1.set_random_seed(0)
@@ -246,6 +252,7 @@ def test_inference_tower_reads_averaged_weights_and_their_calibrated_statistics(
         assert not np.allclose(sess.run(net.output, {net.input_image: x}), output)
 
 
+@pytest.mark.slow
 def test_without_ema_decay_training_op_is_unchanged_and_nothing_calibrates(trainable):
     sess, net, _, train_op = trainable
     assert net.averaged(train_op) is train_op
@@ -279,6 +286,7 @@ class Batches:
             yield images(1, (32, 32)), np.ones((1, 32, 32, 2), np.float32) / 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('start_epoch', [1, 3])
 def test_train_nn_feeds_the_schedule_the_global_step(trainable, start_epoch):
     sess, net, label, _ = trainable
@@ -313,6 +321,7 @@ def read_metrics(run_dir):
         return json.load(f)
 
 
+@pytest.mark.slow
 def test_main_trains_exports_evaluates_and_resumes_mobilenetv2_through_the_same_paths(
         tmp_path, monkeypatch):
     data, run_dir = train_tiny_run(tmp_path, '--epochs', '2', '--lr-schedule', 'poly',
@@ -360,6 +369,7 @@ def test_main_trains_exports_evaluates_and_resumes_mobilenetv2_through_the_same_
     assert (saved['epochs'], saved['data_dir']) == (3, str(moved))
 
 
+@pytest.mark.slow
 def test_val_every_validates_and_exports_only_those_epochs_and_the_last(tmp_path):
     data, run_dir = train_tiny_run(tmp_path, '--epochs', '3', '--val-every', '2')
     records = read_metrics(run_dir)
@@ -383,6 +393,7 @@ def test_val_every_validates_and_exports_only_those_epochs_and_the_last(tmp_path
                                                     abs=1e-6)
 
 
+@pytest.mark.slow
 def test_a_kill_at_an_epochs_commit_points_resumes_with_its_records_whole(tmp_path, monkeypatch):
     """An epoch commits its export (when best), its checkpoint (which holds every record so
     far) and metrics.json, in that order. Killed after the checkpoint, the resume rewrites the

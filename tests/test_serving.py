@@ -80,6 +80,7 @@ def b64(path):
 # POST /segment
 # ----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['um_000007.png', 'street.jpg'])
 def test_segment_answers_what_predict_writes(client, run_dir, inputs, tmp_path, name):
     expected = predicted(run_dir, inputs / name, tmp_path)
@@ -316,6 +317,7 @@ def test_images_over_max_pixels_are_413(run_dir, inputs):
         assert response.status_code == 413  # the size is read before the pixels are decoded
 
 
+@pytest.mark.slow
 def test_a_request_line_over_the_head_limit_is_414_on_the_real_server(run_dir, tmp_path):
     """uvicorn refuses a head that arrives in pieces over its buffer: the answer is still a
     414 with one JSON line, read before the connection closes, and the service stays up."""
@@ -509,6 +511,7 @@ def test_the_service_imports_no_tensorflow():
     assert result.stdout.strip() == 'False', result.stderr
 
 
+@pytest.mark.slow
 def test_sigterm_answers_every_request_in_flight_then_stops(run_dir, inputs, tmp_path):
     # The batcher holds each batch open for 1.5 s, so the requests are still in flight
     # when SIGTERM arrives.
@@ -540,6 +543,7 @@ def test_sigterm_answers_every_request_in_flight_then_stops(run_dir, inputs, tmp
         httpx.get(server.url + '/healthz', timeout=2)
 
 
+@pytest.mark.slow
 def test_workers_each_load_the_model_and_answer(run_dir, inputs, tmp_path):
     server = Server(run_dir, tmp_path / 'serve.log', '--workers', '2')
     try:
@@ -590,6 +594,7 @@ document.getElementById("drop").dispatchEvent(
 '''
 
 
+@pytest.mark.slow
 def test_page_in_a_real_browser_shows_predicts_overlay(run_dir, inputs, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

@@ -30,6 +30,7 @@ def trainable():
         yield built_network
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('depth', sorted(TIRAMISU_DEPTHS))
 def test_each_depth_builds_and_keeps_sizes_that_are_multiples_of_32(depth):
     with tf.Graph().as_default(), tf1.Session() as sess:
@@ -55,6 +56,7 @@ def test_parameter_count_of_103_at_11_classes_is_the_papers_9_4_million():
     assert parameters(103, 11) == pytest.approx(9.4e6, rel=0.01)
 
 
+@pytest.mark.slow
 def test_one_training_step_lowers_the_loss_on_a_tiny_batch(trainable):
     sess, net, label, train_op, loss = trainable
     x = images(2, (32, 32))
@@ -66,6 +68,7 @@ def test_one_training_step_lowers_the_loss_on_a_tiny_batch(trainable):
     assert sess.run(loss, feed) < before
 
 
+@pytest.mark.slow
 def test_inference_tower_uses_the_moving_statistics(trainable):
     sess, net, label, train_op, _ = trainable
     x = images(3, (32, 64))
@@ -102,6 +105,7 @@ def test_encoder_tiramisu_brings_its_own_decoder():
             options.parse_args(flags)
 
 
+@pytest.mark.slow
 def test_main_trains_exports_evaluates_and_predicts_tiramisu(tmp_path):
     data, run_dir = train_tiny_run(tmp_path, '--epochs', '1', '--encoder', 'tiramisu',
                                    '--depth', '56', '--keep-prob', '0.8')

@@ -242,6 +242,7 @@ def metrics_epochs(run_dir):
         return []
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_in_epoch_2_then_evaluate(slow_data, tmp_path):
     runs = tmp_path / 'runs'
     process = subprocess.Popen(

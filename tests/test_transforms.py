@@ -6,6 +6,7 @@ import pytest
 from roadseg.data import transforms
 from roadseg.data.classes import VOID
 from roadseg.errors import UserError
+
 CLASSES = {0, 1, 2}
 PALETTE = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200]], np.uint8)
 SWITCHES = ('flip', 'scale', 'rotate', 'shift', 'brightness', 'contrast', 'saturation', 'gamma',

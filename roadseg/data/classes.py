@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from roadseg import configs
 from roadseg.errors import UserError
 from roadseg.images import read_label_image
 
 VOID = 255  # class index stored for void pixels; one-hot rows of void pixels are all zero
-CLASS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), 'configs', 'classes')
+CLASS_DIR = configs.path('classes')
 
 
 @dataclass
@@ -123,6 +123,13 @@ class RemappedClassSet(ClassSet):
     def decode(self, label, path):
         return self.mapping[self.base.decode(label, path)]
 
+    def merge_matrix(self):
+        """[base classes, classes] of 0 and 1: base class i belongs to class j. Base class
+        probabilities times it are the classes' probabilities (--remap-at output)."""
+        matrix = np.zeros((self.base.num_classes, self.num_classes), np.float32)
+        matrix[np.arange(self.base.num_classes), self.mapping[:self.base.num_classes]] = 1.0
+        return matrix
+
 
 def _pack(rgb):
     """RGB triples as single integers, for fast colour look-ups."""
@@ -218,5 +225,5 @@ def read_label(classes, path):
 
 
 def builtin(name):
-    """The class file configs/classes/`name`.json (kitti_road, camvid11)."""
+    """The class file roadseg/configs/classes/`name`.json (kitti_road, camvid11)."""
     return load_class_file(os.path.join(CLASS_DIR, name + '.json'))

@@ -1,7 +1,8 @@
 """The network: graph ops, the VGG16 and MobileNetV2 encoders, the decoders, FC-DenseNet
 (Tiramisu), and both towers.
 
-DECODERS and TIRAMISU_DEPTHS are here, free of TensorFlow, so that the options can be checked before it loads.
+DECODERS and TIRAMISU_DEPTHS are here, free of TensorFlow, so that the options can be checked
+before it loads.
 """
 
 # Strides of the features each MobileNetV2 decoder takes, finest first: (finer..., layer3,

@@ -1,13 +1,14 @@
-"""main.py's options: configs/kitti_road.json, then what a --config file sets, then the flags;
-or, with --resume RUN_DIR, the options that run was started with."""
+"""main.py's options: roadseg/configs/kitti_road.json, then what a --config file sets, then the
+flags; or, with --resume RUN_DIR, the options that run was started with."""
 import argparse
 import json
 import math
 import os
 import sys
 
-from roadseg import cli, files
-from roadseg.data import classes as class_files, datasets, groups, transforms
+from roadseg import cli, configs, files
+from roadseg.data import classes as class_files
+from roadseg.data import datasets, groups, transforms
 from roadseg.errors import UserError
 from roadseg.model import DECODERS, TIRAMISU_DEPTHS
 from roadseg.training import crossval
@@ -17,8 +18,7 @@ DESCRIPTION = ('FCN road segmentation: train on KITTI Road, CamVid or a folder o
 # Options that may stay unset
 OPTIONAL = {'resume', 'classes', 'remap', 'train_crop', 'image_shape', 'val_groups', 'group_by',
             'crossval'}
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), 'configs', 'kitti_road.json')
+DEFAULT_CONFIG = configs.path('kitti_road.json')
 # Options removed after they measured no gain (docs/experiments.md), at their no-op values:
 # dropped when read from an older run's config.json, so it still resumes.
 RETIRED = {'lovasz_weight': 0.0, 'hard_pixels': 1.0}
@@ -55,7 +55,7 @@ def load_config(path):
 
 
 def parse_args(argv=None):
-    """Options: configs/kitti_road.json, then what a --config file sets, then the flags."""
+    """Options: roadseg/configs/kitti_road.json, then what a --config file sets, then the flags."""
     pre = cli.ArgumentParser(add_help=False)
     pre.add_argument('--config', default=DEFAULT_CONFIG,
                      help='JSON file of options over those of %(default)s')
@@ -83,6 +83,12 @@ def parse_args(argv=None):
                         help="a JSON class file replacing the data set's own")
     parser.add_argument('--remap', metavar='NAME=I[+I..][,..]',
                         help='merge classes, e.g. road=3: road against everything else')
+    parser.add_argument('--remap-at', choices=('labels', 'output'),
+                        help="labels: the network learns the --remap classes; output: it "
+                             "learns every class of the data set, whose probabilities are "
+                             "summed into the --remap classes at its output, so the richer "
+                             "labels train it and it exports the --remap classes "
+                             "(default: %(default)s)")
     parser.add_argument('--augment', metavar='KEY=VALUE,..',
                         help='training augmentation over the defaults '
                              f'{",".join(f"{k}={v:g}" for k, v in transforms.DEFAULTS.items())}'
@@ -241,6 +247,9 @@ def parse_args(argv=None):
                      f'({args.encoder_weights} is a VGG16 encoder)')
     if args.encoder == 'vgg16' and args.decoder != 'fcn8s':
         parser.error(f'--decoder {args.decoder} is for mobilenetv2; VGG16 uses fcn8s')
+    if args.remap_at == 'output' and not args.remap:
+        parser.error('--remap-at output sums the classes into the --remap groups at the '
+                     'output: give --remap too, e.g. --remap road=3')
     final = args.all_labelled and not args.val_groups
     if args.val_bev and final:
         parser.error('--val-bev: with --all-labelled and no --val-groups nothing validates')

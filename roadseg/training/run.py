@@ -2,6 +2,7 @@
 around training: config.json, split.json, train.log, metrics.json, checkpoints/, the model/
 SavedModel with its fcn.json, TensorBoard events, and the overlays and legend at the end.
 """
+import functools
 import os
 import platform
 import time
@@ -10,6 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from roadseg import bev, evaluation, files, images, inference
+from roadseg.data import classes as class_files
 from roadseg.data import datasets, groups
 from roadseg.data.batches import BatchGenerator
 from roadseg.data.transforms import Augment
@@ -151,11 +153,20 @@ def resumed_split(args, dataset):
     return tuple([by_name[n] for n in names[key]] for key in ('train', 'val', 'seen'))
 
 
+def learned_classes(args, classes):
+    """The classes the network learns: the data set's own before --remap with --remap-at output
+    (their probabilities summed into `classes` at the output), else `classes`."""
+    return classes.base if args.remap_at == 'output' else classes
+
+
 def batch_generator(args, dataset, train_pairs, setup):
-    """The training batches of the options: augmented, the last --plain-epochs on flips only;
-    this worker's share of every global batch under --distribute (`setup`)."""
+    """The training batches of the options, labelled with the learned classes: augmented, the
+    last --plain-epochs on flips only; this worker's share of every global batch under
+    --distribute (`setup`)."""
+    learned = learned_classes(args, dataset.classes)
     return BatchGenerator(
-        train_pairs, args.image_shape, dataset.read_label, dataset.classes.num_classes,
+        train_pairs, args.image_shape, functools.partial(class_files.read_label, learned),
+        learned.num_classes,
         Augment(args.augment, args.train_crop), args.seed,
         plain_from=args.epochs - args.plain_epochs + 1 if args.plain_epochs else None,
         replicas=setup.replicas, shard=(setup.worker, setup.workers))
@@ -248,7 +259,9 @@ def describe(run_dir, args, classes, split, start_epoch):
               f'(a final model: its last epoch is exported)'
               if args.all_labelled and not args.val_groups else
               f'{len(train)} training and {len(val)} validation images{held}')
-    return (f'run {where}: {args.dataset} with {classes.num_classes} classes, {images}'
+    learned = (f' (learning its {classes.base.num_classes} classes, summed into these at the '
+               f'output)' if args.remap_at == 'output' else '')
+    return (f'run {where}: {args.dataset} with {classes.num_classes} classes{learned}, {images}'
             + (f', {len(seen)} unseen images of the training groups scored beside'
                if seen else '')
             + f', at {args.image_shape[0]}x{args.image_shape[1]}'
@@ -264,8 +277,8 @@ def model_info(args, classes):
     return {'image_shape': list(args.image_shape), 'num_classes': classes.num_classes,
             'class_names': classes.names, 'class_colors': [list(c) for c in classes.colors],
             'encoder': args.encoder, 'decoder': args.decoder, 'alpha': args.alpha,
-            'depth': args.depth, 'dataset': args.dataset, 'label': args.label, 'classes': args.classes,
-            'remap': args.remap}
+            'depth': args.depth, 'dataset': args.dataset, 'label': args.label,
+            'classes': args.classes, 'remap': args.remap}
 
 
 def save_model(sess, export_dir, input_image, keep_prob, probabilities, info):

@@ -1,0 +1,11 @@
+"""The library's own settings, installed with the package: main.py's default options
+(kitti_road.json), the built-in class files (classes/) and the dense CRF's kernels (crf.json).
+The recipes a user passes with --config live in the checkout's configs/."""
+import os
+
+DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def path(*parts):
+    """The path of a file of these settings, e.g. path('classes', 'camvid11.json')."""
+    return os.path.join(DIR, *parts)
