@@ -18,7 +18,7 @@ and encoding included:
 
     python benchmark.py --deploy RUN_DIR --video-frames IMAGE_DIR --json d.json
 
-With --serve MODEL[,MODEL...] it load-tests serve.py on loopback instead (roadseg.bench_serve):
+With --serve MODEL[,MODEL...] it load-tests serve.py on loopback instead (benchmarks/service.py):
 1, 4 and 16 concurrent clients each posting --requests KITTI-sized JPEGs (of --serve-images, or
 synthetic), against predict.py on the same files; throughput, p50/p99 latency, mean batch size,
 errors and the server's peak memory:
@@ -161,69 +161,69 @@ def main(argv=None):
     deployment formats; print the table, optionally write JSON."""
     args = parse_args(argv)
     if args.soak:  # no TensorFlow in this process either
-        from roadseg import bench_serve
+        from benchmarks import service
         results = {'python': platform.python_version(), 'cpus': os.cpu_count(),
                    'model': os.path.abspath(args.soak),
-                   'soak': bench_serve.run_soak(args.soak, args.serve_images, max(args.clients),
+                   'soak': service.run_soak(args.soak, args.serve_images, max(args.clients),
                                                 args.soak_seconds)}
-        bench_serve.print_soak(results['soak'], args.soak)
+        service.print_soak(results['soak'], args.soak)
         if args.json:
             files.write_json(args.json, results)
             print(f'wrote {args.json}')
         return results
     if args.serve:  # no TensorFlow in this process: the servers load the models
-        from roadseg import bench_serve
+        from benchmarks import service
         results = {'python': platform.python_version(), 'cpus': os.cpu_count(),
                    'requests_per_client': args.requests,
-                   'serve': bench_serve.run(args.serve, args.serve_images, args.clients,
+                   'serve': service.run(args.serve, args.serve_images, args.clients,
                                             args.requests, args.serve_seconds)}
-        bench_serve.print_serve_table(results['serve'])
+        service.print_serve_table(results['serve'])
         if args.json:
             files.write_json(args.json, results)
             print(f'wrote {args.json}')
         return results
     if args.loader:  # no TensorFlow needed
-        from roadseg import bench_loader
-        results = {'loader': bench_loader.measure(*args.loader, args.batch_size, args.repeats)}
-        bench_loader.print_loader(results['loader'])
+        from benchmarks import loader
+        results = {'loader': loader.measure(*args.loader, args.batch_size, args.repeats)}
+        loader.print_loader(results['loader'])
         if args.json:
             files.write_json(args.json, results)
         return results
     if any(v.endswith('+xla') for v in args.precisions):  # XLA clusters CPU graphs only so
         os.environ.setdefault('TF_XLA_FLAGS', '--tf_xla_cpu_global_jit')
-    from roadseg import bench  # loads TensorFlow (seconds): only once the options are sound
+    from benchmarks import models  # loads TensorFlow (seconds): only once the options are sound
     results = {'batch_size': args.batch_size, 'repeats': args.repeats,
-               'tensorflow': bench.tf.__version__, 'numpy': np.__version__,
+               'tensorflow': models.tf.__version__, 'numpy': np.__version__,
                'python': platform.python_version(), 'cpus': os.cpu_count(),
-               'numpy_gflops_runs': [bench.numpy_matmul_gflops()]}
+               'numpy_gflops_runs': [models.numpy_matmul_gflops()]}
     if args.deploy:
         results['numpy_gflops'] = results['numpy_gflops_runs'][0]
         results['deploy'] = os.path.abspath(args.deploy)
         with tempfile.TemporaryDirectory() as folder:
-            results['formats'] = bench.measure_deploy(
+            results['formats'] = models.measure_deploy(
                 args.deploy, args.deploy_shapes, args.calibration_images, args.repeats,
                 results['numpy_gflops'], folder)
             if args.video_frames:
-                results['video'] = bench.measure_video(args.video_frames, results['formats'],
+                results['video'] = models.measure_video(args.video_frames, results['formats'],
                                                        args.deploy_shapes[0], folder)
-        bench.print_deploy_table(results)
+        models.print_deploy_table(results)
     elif args.precisions:
-        results['precisions'] = bench.measure_precision_variants(
+        results['precisions'] = models.measure_precision_variants(
             args.encoders, args.decoder, args.image_shapes, args.batch_size, args.repeats,
             args.precisions, args.peer_dir)
-        bench.print_precision_table(results)
+        models.print_precision_table(results)
     else:
         results['measurements'] = []
         for encoder in args.encoders:
             for shape in args.image_shapes:
                 print(f'timing {encoder} at {shape[0]}x{shape[1]}, batch {args.batch_size} ...')
-                m = bench.measure(encoder, args.decoder, shape, args.batch_size, args.repeats)
+                m = models.measure(encoder, args.decoder, shape, args.batch_size, args.repeats)
                 if encoder == 'vgg16':
-                    m['peers'] = bench.run_peers(args.peer_dir, args.torch_python,
+                    m['peers'] = models.run_peers(args.peer_dir, args.torch_python,
                                                  args.batch_size, m)
                 results['measurements'].append(m)
-        results['numpy_gflops_runs'].append(bench.numpy_matmul_gflops())
-        bench.print_table(results)
+        results['numpy_gflops_runs'].append(models.numpy_matmul_gflops())
+        models.print_table(results)
     if args.json:
         files.write_json(args.json, results)
         print(f'wrote {args.json}')

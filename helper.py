@@ -9,6 +9,7 @@ from roadseg.data import classes, datasets, transforms
 from roadseg.data.batches import BatchGenerator
 from roadseg.model import vgg
 from roadseg.model.ops import tf
+from roadseg.training import outputs
 from roadseg.training import run as runs
 
 
@@ -59,6 +60,6 @@ def save_inference_samples(runs_dir, data_dir, sess, image_shape, logits, keep_p
     output_dir = output_dir or runs.new_run_dir(runs_dir)
     model = _session_model(sess, logits, keep_prob, input_image, image_shape)
     paths = image_paths or datasets.kitti_test_images(data_dir)
-    for message in runs.write_overlays(model, paths, output_dir, colors):
+    for message in outputs.write_overlays(model, paths, output_dir, colors):
         print(f'skipped {message}', file=sys.stderr)
     return output_dir

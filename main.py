@@ -23,8 +23,8 @@ from roadseg import files, inference  # noqa: E402  (these load TensorFlow, seco
 from roadseg.data import datasets  # noqa: E402
 from roadseg.model import decoders, network, ops, vgg  # noqa: E402
 from roadseg.model.ops import tf, tf1  # noqa: E402
-from roadseg.training import distribute, loop, loss  # noqa: E402
-from roadseg.training import run as runs
+from roadseg.training import distribute, inputs, loop, loss, monitoring, outputs  # noqa: E402
+from roadseg.training import run as runs  # noqa: E402
 
 NUM_CLASSES = 2  # KITTI: not road, road; other data sets size the head from their classes
 
@@ -83,16 +83,16 @@ def run(argv=None):
     if setup.is_chief:  # the one that writes: stop now, not once the data and graph are ready
         files.check_writable(args.resume or args.runs_dir,
                              '--resume' if args.resume else '--runs-dir')
-    runs.fetch_downloads(args)
-    dataset, train_pairs, val_pairs, seen_pairs = runs.data_split(args)
+    inputs.fetch_downloads(args)
+    dataset, train_pairs, val_pairs, seen_pairs = inputs.data_split(args)
     classes = dataset.classes
-    learned = runs.learned_classes(args, classes)  # the data set's own with --remap-at output
-    get_batches_fn = runs.batch_generator(args, dataset, train_pairs, setup)
+    learned = inputs.learned_classes(args, classes)  # the data set's own with --remap-at output
+    get_batches_fn = inputs.batch_generator(args, dataset, train_pairs, setup)
     val_samples, seen_samples = ([datasets.load_samples(pairs, dataset.read_label)
                                   for pairs in (val_pairs, seen_pairs)]
                                  if setup.is_chief else ([], []))
-    bev_paths = setup.is_chief and runs.bev_paths(args, val_pairs, dataset.classes.num_classes)
-    class_weights = runs.class_weights(args, get_batches_fn.labels, learned.num_classes)
+    bev_paths = setup.is_chief and inputs.bev_paths(args, val_pairs, dataset.classes.num_classes)
+    class_weights = inputs.class_weights(args, get_batches_fn.labels, learned.num_classes)
     with tf.Graph().as_default(), setup.scope(), setup.session() as sess, \
             distribute.failures(args, setup):
         tf1.set_random_seed(args.seed)
@@ -127,17 +127,17 @@ def run(argv=None):
                                         {net.keep_prob: 1.0})
 
         def export(epoch, key_metric=None):
-            runs.save_model(sess, os.path.join(run_dir, 'model'), net.input_image, net.keep_prob,
+            outputs.save_model(sess, os.path.join(run_dir, 'model'), net.input_image, net.keep_prob,
                             probabilities, {**info, 'epoch': epoch, 'val_iou': key_metric})
 
         batches = loop.steps_per_epoch(get_batches_fn, args.batch_size)
-        monitor = setup.is_chief and runs.RunMonitor(
+        monitor = setup.is_chief and monitoring.RunMonitor(
             run_dir, sess, saver, model, export, val_samples, args, log, records,
             (start_epoch - 1) * batches, classes, bev_paths, seen_samples)
-        calibration = runs.calibration_images(args, train_pairs)
+        calibration = inputs.calibration_images(args, train_pairs)
 
         def epoch_end(epoch, mean_loss):
-            if runs.validates(args, epoch):
+            if monitoring.validates(args, epoch):
                 net.calibrate(calibration)  # on every worker, so that all stay alike
             if monitor:
                 monitor.epoch_end(epoch, mean_loss)
@@ -152,7 +152,7 @@ def run(argv=None):
     if dataset.test_note:
         print(dataset.test_note)
     with inference.load_model(run_dir) as exported:  # the overlays show the model shipped
-        for message in runs.write_overlays(exported, dataset.test_images, run_dir, colors):
+        for message in outputs.write_overlays(exported, dataset.test_images, run_dir, colors):
             print(f'skipped {message}', file=sys.stderr)
     inference.write_legend(os.path.join(run_dir, 'legend.png'), classes.names, colors)
     log(f'model and overlays written to {run_dir}')

@@ -14,5 +14,4 @@ Modules by role, each importing only those listed before it:
     media                       predict.py's image and video inputs and outputs
     export                      frozen graph, serving SavedModel and TFLite exports, checked
     serving                     serve.py's HTTP app: TensorFlow Serving's API, the page, batching
-    bench_serve, bench          benchmark.py's load test of serve.py, and its other measurements
 """

@@ -3,8 +3,8 @@ model's softmax probabilities, the image as the bilateral kernel's guide, so tha
 move to the image's colour edges. An optional dependency: `pip install pydensecrf2`.
 
 The kernel widths and weights live in roadseg/configs/crf.json, chosen on training images (never on
-a validation split) by `python -m roadseg.crf --model RUN_DIR`, which scores a grid of them on
-the run's training images and prints the best.
+a validation split) by `python choose_crf.py --model RUN_DIR`, which scores a grid of them
+(`search`) on the run's training images and prints the best.
 """
 import concurrent.futures
 import concurrent.futures.process
@@ -12,17 +12,14 @@ import functools
 import itertools
 import json
 import multiprocessing
-import os
 import signal
 import sys
-import time
 
 import numpy as np
 import pebble
 from tqdm import tqdm
 
-from roadseg import cli, configs, evaluation, files, inference, metrics
-from roadseg.data import datasets
+from roadseg import configs, evaluation, files, inference, metrics
 from roadseg.errors import UserError
 
 DEFAULT_PARAMETERS = configs.path('crf.json')
@@ -35,7 +32,7 @@ LIMITS = {'iterations': (int, 1, 50),
           'bilateral_sxy': (float, 0.1, 1000), 'bilateral_srgb': (float, 0.1, 1000),
           'bilateral_weight': (float, 0, 100)}
 KEYS = tuple(LIMITS)
-# The grid `python -m roadseg.crf` searches, about DeepLab's choices
+# The grid choose_crf.py searches, about DeepLab's choices
 GRID = {'bilateral_sxy': (40, 80, 120), 'bilateral_srgb': (5, 10, 20),
         'bilateral_weight': (4, 8, 12)}
 # How long the server's worker process may take over one image before it is stopped
@@ -184,46 +181,3 @@ def search(model, samples, base):
         parameters = {**base, **dict(zip(GRID, values))}
         results.append((score(parameters), parameters))
     return sorted(results, key=lambda r: -r[0])
-
-
-def main(argv=None):
-    """Choose the CRF's parameters on a run's training images: print the grid's scores."""
-    parser = cli.ArgumentParser(description=main.__doc__)
-    parser.add_argument('--model', required=True, help='a run folder')
-    parser.add_argument('--data-dir', required=True,
-                        help='the data set folder the run trained on')
-    parser.add_argument('--images', type=int, default=20,
-                        help='how many of the training images, spread evenly (default: '
-                             '%(default)s)')
-    parser.add_argument('--output', help='write the best parameters to this JSON file')
-    args = parser.parse_args(argv)
-    if args.images < 1:
-        parser.error('argument --images: must be at least 1')
-    if args.output:
-        files.check_writable(os.path.dirname(os.path.abspath(args.output)), '--output')
-    require()
-    base = read_parameters()
-    with inference.load_model(args.model) as model:
-        dataset, pairs = evaluation.evaluation_data(args.model, args.data_dir, model.info,
-                                                    'train')
-        pairs = pairs[::max(1, len(pairs) // args.images)][:args.images]
-        samples = datasets.load_samples(pairs, dataset.read_label)
-        print(f'scoring {len(list(itertools.product(*GRID.values())))} CRF settings on '
-              f'{len(samples)} training images of {args.model}')
-        start = time.perf_counter()
-        results = search(model, samples, base)
-    shown = results[:5] + [r for r in results[5:] if r[1] is None]
-    for iou, parameters in shown:
-        print(f'{iou:.4f}: ' + (json.dumps(parameters) if parameters else 'no CRF'))
-    print(f'{time.perf_counter() - start:.0f} s; the key metric is mean IoU, road IoU for two '
-          f'classes')
-    best = next(parameters for _, parameters in results if parameters)
-    if results[0][1] is None:
-        print('no CRF setting beats the model alone on these images: --crf does not help it')
-    if args.output:
-        files.write_json(args.output, best)
-        print(f'wrote the best CRF setting to {args.output}')
-
-
-if __name__ == '__main__':
-    sys.exit(cli.main_guard(main))

@@ -23,7 +23,7 @@ import main
 from roadseg.data.batches import one_hot
 from roadseg.model import vgg
 from roadseg.model.ops import tf, tf1
-from roadseg.training import run as runs
+from roadseg.training import outputs
 
 # Hypothesis (tests/test_fuzz_*.py): `ci`, the default, is small, fast and the same every run;
 # `long` hunts, e.g. `pytest tests/test_fuzz_inputs.py --hypothesis-profile long` or
@@ -143,7 +143,7 @@ def road_scene(rng, height, width):
 
 
 def save_tiny_model(path, num_classes=2, steps=0, seed=0):
-    """runs.save_model of the tiny FCN at SHAPE after `steps` Adam steps on road scenes."""
+    """outputs.save_model of the tiny FCN at SHAPE after `steps` Adam steps on road scenes."""
     with tf.Graph().as_default(), tf1.Session() as sess:
         tf1.set_random_seed(seed)
         image = tf1.placeholder(tf.float32, [None, None, None, 3], 'image_input')
@@ -159,7 +159,7 @@ def save_tiny_model(path, num_classes=2, steps=0, seed=0):
             images, classes = zip(*(road_scene(rng, *SHAPE) for _ in range(4)))
             sess.run(train_op, {image: np.stack(images), keep_prob: 1.0,
                                 label: one_hot(np.stack(classes), num_classes)})
-        runs.save_model(sess, path, image, keep_prob, probabilities, {
+        outputs.save_model(sess, path, image, keep_prob, probabilities, {
             'image_shape': list(SHAPE), 'num_classes': num_classes,
             'class_names': NAMES[:num_classes], 'class_colors': COLORS[:num_classes],
             'dataset': 'kitti', 'label': 'road', 'classes': None, 'remap': None, 'epoch': 1,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import benchmark
-from roadseg import bench, bench_serve
+from benchmarks import models, service
 from roadseg.errors import UserError
 from roadseg.model.ops import tf, tf1
 from tests.conftest import ROOT, make_kitti, save_tiny_model
@@ -19,13 +19,13 @@ def test_count_flops_of_conv_depthwise_and_transposed_conv():
         y = tf.nn.conv2d(x, tf.zeros([3, 3, 3, 4]), 2, 'SAME')                 # -> 4x5x4
         y = tf.nn.depthwise_conv2d(y, tf.zeros([3, 3, 4, 2]), [1, 1, 1, 1], 'SAME')  # -> 4x5x8
         y = tf.nn.conv2d_transpose(y, tf.zeros([4, 4, 5, 8]), [1, 8, 10, 5], 2, 'SAME')
-        flops = bench.count_flops(tf.nn.relu(y))
+        flops = models.count_flops(tf.nn.relu(y))
     assert flops == 2 * (4 * 5 * 3 * 3 * 3 * 4 + 4 * 5 * 3 * 3 * 4 * 2 + 4 * 5 * 4 * 4 * 8 * 5)
 
 
 @pytest.mark.slow
 def test_tiramisu_is_measured_at_its_depth_with_its_parameters():
-    m = bench.measure('tiramisu56', 'fcn8s', (32, 32), 1, 1)
+    m = models.measure('tiramisu56', 'fcn8s', (32, 32), 1, 1)
     assert (m['encoder'], m['decoder']) == ('tiramisu56', 'tiramisu')
     assert 1.3e6 < m['parameters'] < 1.5e6  # at two classes; the paper's 1.5 M at eleven
     assert m['gflop_per_image'] > 0 and m['train_s_per_image'] > 0
@@ -51,11 +51,11 @@ def test_bad_options_are_one_line_errors(argv, message):
 
 
 def test_time_paired_gives_the_median_time_and_the_median_of_per_pair_ratios(monkeypatch):
-    monkeypatch.setattr(bench, 'PAUSE_S', 0)
+    monkeypatch.setattr(models, 'PAUSE_S', 0)
     times = iter([2, 1, 6, 2, 3, 3])  # (reference, fn) three times
-    monkeypatch.setattr(bench, 'seconds', lambda call: next(times))
+    monkeypatch.setattr(models, 'seconds', lambda call: next(times))
     calls = []
-    seconds, ratio = bench.time_paired(lambda: calls.append('fn'),
+    seconds, ratio = models.time_paired(lambda: calls.append('fn'),
                                            lambda: calls.append('reference'), 3)
     assert calls == ['fn', 'reference']  # the warm-up; the timed calls go through seconds()
     assert (seconds, ratio) == (2, 2)  # ratios 2, 3, 1; the medians' ratio would be 1.5
@@ -64,15 +64,15 @@ def test_time_paired_gives_the_median_time_and_the_median_of_per_pair_ratios(mon
 @pytest.mark.slow
 def test_a_child_process_reports_its_own_peak_memory_not_its_parents():
     ballast = np.ones(2**30 // 8)  # 1 GiB, touched, held while the child runs
-    assert bench.peak_memory_mb() > 1024
-    done = subprocess.run([sys.executable, '-c', 'from roadseg import bench; '
-                           'print(bench.peak_memory_mb())'], capture_output=True, text=True,
+    assert models.peak_memory_mb() > 1024
+    done = subprocess.run([sys.executable, '-c', 'from benchmarks import models; '
+                           'print(models.peak_memory_mb())'], capture_output=True, text=True,
                           check=True, cwd=ROOT)
-    assert float(done.stdout.split()[-1]) < bench.peak_memory_mb() - ballast.nbytes / 2**21
+    assert float(done.stdout.split()[-1]) < models.peak_memory_mb() - ballast.nbytes / 2**21
 
 
 def test_peers_are_skipped_with_a_note_without_peer_dir(capsys):
-    assert bench.run_peers(None, None, 4, {'image_shape': [32, 32]}) == {}
+    assert models.run_peers(None, None, 4, {'image_shape': [32, 32]}) == {}
     assert 'no --peer-dir, peers skipped' in capsys.readouterr().out
 
 
@@ -104,7 +104,7 @@ def test_soak_sends_every_good_and_bad_request_and_reports_errors_and_memory(tmp
     results = benchmark.main(['--soak', str(tmp_path / 'run'), '--soak-seconds', '5',
                               '--clients', '2', '--json', str(tmp_path / 'soak.json')])
     soak = results['soak']
-    mix = bench_serve.soak_requests(bench_serve.kitti_jpegs(None, count=1)[0])
+    mix = service.soak_requests(service.kitti_jpegs(None, count=1)[0])
     assert set(soak['by_request']) == {name for name, *_ in mix}
     assert {name for name, counts in soak['by_request'].items() if not counts['good']} == \
         {name for name, _, _, _, good in mix if not good} and len(mix) > 12
@@ -123,7 +123,7 @@ def test_soak_summary_counts_5xx_transport_errors_and_memory_growth_after_warm_u
     # the warm-up (before 20 s), then medians of 20-30 s and of the last 10 s
     memory = [(1, 900.0), (20, 100.0), (24, 300.0), (28, 104.0), (60, 990.0), (91, 120.0),
               (95, 130.0), (99, 10.0)]
-    summary = bench_serve.soak_summary(answers, memory, 100, 2, True, 0)
+    summary = service.soak_summary(answers, memory, 100, 2, True, 0)
     assert (summary['server_errors'], summary['transport_errors'], summary['unexpected']) == \
         (1, 1, 3)
     assert summary['by_request']['b']['statuses'] == {'400': 1, 'ReadTimeout': 1, '200': 1}
@@ -147,8 +147,8 @@ def test_loader_rate_is_measured_on_the_data_set(tmp_path, capsys):
 @pytest.mark.slow
 def test_precision_variants_are_timed_in_turn(monkeypatch):
     times = iter([4.0, 8.0, 2.0, 4.0] * 2)  # a's inference and training, then b's, twice
-    monkeypatch.setattr(bench, 'seconds', lambda fn: next(times))
-    rows = bench.measure_precisions('mobilenetv2', 'fcn8s', (32, 32), 2, 2,
+    monkeypatch.setattr(models, 'seconds', lambda fn: next(times))
+    rows = models.measure_precisions('mobilenetv2', 'fcn8s', (32, 32), 2, 2,
                                     [('a', None), ('b', None)])
     assert [r['variant'] for r in rows] == ['a', 'b']
     assert (rows[1]['inference_s_per_image'], rows[1]['train_s_per_image']) == (1.0, 2.0)

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 
+import choose_crf
 import evaluate
 import predict
 from roadseg import cli, crf, inference, serving
@@ -240,10 +241,10 @@ def test_evaluate_predict_serve_and_choose_the_crf(tmp_path, inputs, capsys):
                                content=(inputs / 'street.jpg').read_bytes(),
                                headers={'Content-Type': 'image/jpeg'})
     np.testing.assert_array_equal(iio.imread(response.content), refined.argmax(-1))
-    # python -m roadseg.crf chooses the parameters on the run's training images
+    # choose_crf.py chooses the parameters on the run's training images
     (run / 'split.json').write_text(json.dumps({'train': ['um_000000.png'],
                                                 'val': ['um_000001.png']}))
-    crf.main(['--model', str(run), '--data-dir', str(data), '--output',
+    choose_crf.main(['--model', str(run), '--data-dir', str(data), '--output',
               str(tmp_path / 'chosen.json')])
     assert 'on 1 training images' in capsys.readouterr().out
     assert set(crf.read_parameters(str(tmp_path / 'chosen.json'))) == set(crf.KEYS)

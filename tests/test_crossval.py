@@ -16,9 +16,8 @@ from roadseg.data import datasets, groups
 from roadseg.errors import UserError
 from roadseg.model import network
 from roadseg.model.ops import tf
-from roadseg.training import config, distribute
+from roadseg.training import config, distribute, inputs, monitoring
 from roadseg.training import crossval as folds
-from roadseg.training import run as runs
 from tests.test_groups import make_drives
 
 TINY = ['--dataset', 'camvid', '--remap', 'road=3', '--encoder', 'mobilenetv2',
@@ -91,17 +90,17 @@ def test_a_resumed_cross_validation_repeats_the_uninterrupted_one(uninterrupted,
     """Killed after fold B's first epoch, then resumed: fold A is kept, B resumes from its
     checkpoint, C trains, and every figure is the uninterrupted run's."""
     cv_dir = tmp_path / 'resumed'
-    epoch_end = runs.RunMonitor.epoch_end
+    epoch_end = monitoring.RunMonitor.epoch_end
 
     def interrupted(monitor, epoch, loss):
         epoch_end(monitor, epoch, loss)
         if os.sep + 'B' + os.sep in monitor.run_dir and epoch == 1:
             raise KeyboardInterrupt
-    monkeypatch.setattr(runs.RunMonitor, 'epoch_end', interrupted)
+    monkeypatch.setattr(monitoring.RunMonitor, 'epoch_end', interrupted)
     assert cli.main_guard(crossval.main, [*TINY, '--data-dir', str(data), '--cv-dir',
                                           str(cv_dir)]) == 130
     assert folds.fold_run(str(cv_dir), 'C') is None
-    monkeypatch.setattr(runs.RunMonitor, 'epoch_end', epoch_end)
+    monkeypatch.setattr(monitoring.RunMonitor, 'epoch_end', epoch_end)
     summary = crossval.main(['--resume', str(cv_dir)])
     whole = uninterrupted[1]
     assert [row['epoch'] for row in summary['epochs']] == [1, 2]
@@ -173,8 +172,8 @@ def test_remap_at_output_sums_the_learned_probabilities_into_the_groups():
 def test_remap_at_output_trains_on_the_data_sets_classes_and_exports_the_groups(data, tmp_path):
     argv = [*TINY, '--data-dir', str(data), '--remap-at', 'output']
     args = config.parse_args(argv + ['--all-labelled'])
-    dataset, train, _, _ = runs.data_split(args)
-    batches = runs.batch_generator(args, dataset, train, distribute.setup(args))
+    dataset, train, _, _ = inputs.data_split(args)
+    batches = inputs.batch_generator(args, dataset, train, distribute.setup(args))
     assert batches.num_classes == 11  # the training labels keep CamVid's classes
     assert {0, 1, 3} <= set(np.unique(np.concatenate([label.ravel() for label in batches.labels])))
     run_dir = main.run(argv + ['--runs-dir', str(tmp_path), '--epochs', '1'])

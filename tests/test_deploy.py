@@ -29,7 +29,7 @@ from roadseg import export as formats
 from roadseg.errors import PartlyFailed, UserError
 from roadseg.images import read_rgb, resize_image, resize_probabilities
 from roadseg.model.ops import tf
-from roadseg.training import run as runs
+from roadseg.training import outputs
 from tests.conftest import (
     COLORS,
     ROOT,
@@ -604,7 +604,7 @@ def test_tf1_dropout_is_removed_too(tmp_path):
         noise = tf1.random_uniform(tf.shape(image)) * 1.0 + 0.0
         dropped = image / keep_prob * tf.floor(keep_prob + noise)
         probabilities = tf.nn.softmax(tf.stack([dropped[..., 0], 255 - dropped[..., 0]], -1))
-        runs.save_model(sess, str(tmp_path / 'model'), image, keep_prob, probabilities,
+        outputs.save_model(sess, str(tmp_path / 'model'), image, keep_prob, probabilities,
                         {'image_shape': list(SHAPE), 'num_classes': 2})
     graph_def = formats.frozen_graph(str(tmp_path / 'model'), {'image_shape': list(SHAPE)})
     assert not {'RandomUniform', 'Floor'} & {node.op for node in graph_def.node}
@@ -622,7 +622,7 @@ def test_a_model_without_dropout_freezes_without_keep_prob(tmp_path):
         image = tf1.placeholder(tf.float32, [None, None, None, 3], 'image_input')
         keep_prob = tf1.placeholder(tf.float32, [], 'keep_prob')
         probabilities = tf.nn.softmax(image[..., :2] / 255)
-        runs.save_model(sess, str(tmp_path / 'model'), image, keep_prob, probabilities, {})
+        outputs.save_model(sess, str(tmp_path / 'model'), image, keep_prob, probabilities, {})
     graph_def = formats.frozen_graph(str(tmp_path / 'model'), {'image_shape': list(SHAPE)})
     assert [node.name for node in graph_def.node if node.op == 'Placeholder'] == ['image']
 

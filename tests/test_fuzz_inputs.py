@@ -31,8 +31,7 @@ from roadseg import bev, cli, files, inference
 from roadseg.data import classes as class_files
 from roadseg.data import datasets, groups, transforms
 from roadseg.errors import UserError
-from roadseg.training import config
-from roadseg.training import run as runs
+from roadseg.training import config, inputs
 from tests.test_bev import calib_text
 
 
@@ -768,7 +767,7 @@ def no_work(monkeypatch):
     def work(*args, **kwargs):
         raise AssertionError('the work began before the output folder was checked')
     monkeypatch.setattr(inference, 'load_model', work)
-    monkeypatch.setattr(runs, 'fetch_downloads', work)
+    monkeypatch.setattr(inputs, 'fetch_downloads', work)
 
 
 @pytest.mark.parametrize('command', ['evaluate', 'evaluate default', 'predict',

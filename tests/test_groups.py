@@ -10,8 +10,7 @@ import main
 from roadseg import evaluation
 from roadseg.data import groups
 from roadseg.errors import UserError
-from roadseg.training import config
-from roadseg.training import run as runs
+from roadseg.training import config, inputs
 from tests.conftest import make_kitti
 from tests.test_datasets import image, index_label, write
 
@@ -80,7 +79,7 @@ def names(pairs):
 
 
 def split_of(*flags):
-    return runs.data_split(config.parse_args(list(flags)))[1:]
+    return inputs.data_split(config.parse_args(list(flags)))[1:]
 
 
 def test_held_out_groups_take_every_image_of_theirs_and_none_trains(tmp_path):

@@ -7,11 +7,12 @@ from tests.conftest import ROOT
 
 
 def import_graph(root=ROOT):
-    """{module: the project's modules it imports}: roadseg's modules by dotted name and the
-    top-level scripts by file name."""
+    """{module: the project's modules it imports}: roadseg's and benchmarks' modules by dotted
+    name and the top-level scripts by file name."""
     paths = {name[:-3]: os.path.join(root, name) for name in os.listdir(root)
              if name.endswith('.py')}
-    for folder, _, names in os.walk(os.path.join(root, 'roadseg')):
+    for folder, _, names in [entry for package in ('roadseg', 'benchmarks')
+                             for entry in os.walk(os.path.join(root, package))]:
         for name in names:
             if name.endswith('.py'):
                 path = os.path.join(folder, name)
@@ -62,13 +63,38 @@ def test_cycles_finds_a_circle_and_only_circles():
     assert cycles({'a': {'b'}, 'b': set(), 'c': {'a', 'b'}}) == []
 
 
-def test_no_import_cycle_and_the_package_imports_no_script():
+def test_no_import_cycle_and_the_package_imports_no_script_nor_the_benchmarks():
     graph = import_graph()
-    scripts = {name for name in graph if not name.startswith('roadseg')}
-    assert {'main', 'helper', 'roadseg.inference', 'roadseg.model.network'} <= set(graph)
+    tools = {name for name in graph if not name.startswith('roadseg')}  # scripts, benchmarks
+    assert {'main', 'helper', 'benchmark', 'benchmarks.service', 'roadseg.inference',
+            'roadseg.model.network'} <= set(graph)
     assert cycles(graph) == []
-    assert {module: graph[module] & scripts for module in graph
-            if module.startswith('roadseg') and graph[module] & scripts} == {}
+    assert {module: graph[module] & tools for module in graph
+            if module.startswith('roadseg') and graph[module] & tools} == {}
+
+
+PROCESS_CALLS = {'system', 'popen', 'execv', 'execve', 'execl', 'execvp', 'spawnv', 'spawnl'}
+
+
+def test_the_package_runs_no_script():
+    """Starting a process is the tools' business (benchmarks/ runs predict.py and serve.py):
+    no roadseg module imports subprocess or runpy, or calls os.system, os.popen, os.exec* or
+    os.spawn*."""
+    found = []
+    for folder, _, names in os.walk(os.path.join(ROOT, 'roadseg')):
+        for name in (n for n in names if n.endswith('.py')):
+            path = os.path.join(folder, name)
+            with open(path) as f:
+                tree = ast.parse(f.read())
+            for node in ast.walk(tree):
+                modules = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                           [node.module] if isinstance(node, ast.ImportFrom) else [])
+                found += [f'{path}: import {m}' for m in modules
+                          if m and m.split('.')[0] in ('subprocess', 'runpy')]
+                if isinstance(node, ast.Attribute) and node.attr in PROCESS_CALLS and \
+                        isinstance(node.value, ast.Name) and node.value.id == 'os':
+                    found.append(f'{path}: os.{node.attr}')
+    assert found == []
 
 
 def test_requirements_txt_is_pyprojects_dependencies_and_test_extra():

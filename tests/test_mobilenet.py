@@ -12,9 +12,8 @@ import evaluate
 import main
 from roadseg.model import decoders, mobilenet, network, vgg
 from roadseg.model.ops import tf, tf1
-from roadseg.training import checkpoints, loop
+from roadseg.training import checkpoints, loop, monitoring, outputs
 from roadseg.training import config as options
-from roadseg.training import run as runs
 from roadseg.training.loss import optimize
 from tests.conftest import make_kitti
 
@@ -193,7 +192,7 @@ def test_saved_and_reloaded_model_gives_identical_outputs(trainable, tmp_path):
     probabilities = tf.nn.softmax(net.output)
     expected = sess.run(probabilities, {net.input_image: x})
     export = str(tmp_path / 'model')
-    runs.save_model(sess, export, net.input_image, net.keep_prob, probabilities, {})
+    outputs.save_model(sess, export, net.input_image, net.keep_prob, probabilities, {})
     with tf.Graph().as_default(), tf1.Session() as other:
         meta = tf1.saved_model.loader.load(other, ['serve'], export)
         signature = meta.signature_def['serving_default']
@@ -407,7 +406,7 @@ def test_a_kill_at_an_epochs_commit_points_resumes_with_its_records_whole(tmp_pa
             return original(*args, **kwargs)
         monkeypatch.setattr(target, name, kill)
 
-    killed_at(runs.RunMonitor, 'write_metrics', lambda args: len(args[0].records))
+    killed_at(monitoring.RunMonitor, 'write_metrics', lambda args: len(args[0].records))
     with pytest.raises(KeyboardInterrupt):
         train_tiny_run(tmp_path / 'a', '--epochs', '2')
     (run_a,) = (tmp_path / 'a' / 'runs').iterdir()

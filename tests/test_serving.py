@@ -27,8 +27,8 @@ from fastapi.testclient import TestClient
 
 import predict
 import serve
+from benchmarks.service import Server, free_port
 from roadseg import cli, inference, serving
-from roadseg.bench_serve import Server, free_port
 from roadseg.errors import UserError
 from tests.conftest import COLORS, ROOT, save_tiny_model
 

@@ -102,7 +102,8 @@ def test_the_training_size_follows_the_data_set_unless_given(tmp_path):
 
 
 @pytest.mark.parametrize('script', ['main.py', 'export.py', 'benchmark.py', 'evaluate.py',
-                                    'predict.py', 'plot.py'])
+                                    'predict.py', 'plot.py', 'crossval.py', 'choose_crf.py',
+                                    'make_vgg.py'])
 def test_help_and_bad_options_answer_without_loading_tensorflow(tmp_path, script):
     """Each command checks its options before TensorFlow loads (seconds): here TensorFlow is a
     package that fails to import, so any import of it before the answer would show."""

@@ -10,15 +10,16 @@ Every variant takes RGB images in 0..255 at `image_input:0` and does its own pre
 Keras weights were trained on Caffe-style input (BGR, ImageNet mean subtracted), random weights
 get per-channel standardisation.
 
-    python -m roadseg.model.vgg data/vgg                    # random initialisation
-    python -m roadseg.model.vgg data/vgg --keras-h5 vgg16_weights_tf_dim_ordering_tf_kernels.h5
+make_vgg.py writes it:
+
+    python make_vgg.py data/vgg                    # random initialisation
+    python make_vgg.py data/vgg --keras-h5 vgg16_weights_tf_dim_ordering_tf_kernels.h5
 """
 import os
-import sys
 
 import numpy as np
 
-from roadseg import cli, files
+from roadseg import files
 from roadseg.errors import UserError
 from roadseg.model.ops import tf, tf1
 
@@ -173,17 +174,3 @@ def load_vgg(sess, vgg_path):
     except KeyError as e:
         raise UserError(f'{vgg_path}: the SavedModel lacks a tensor the FCN needs ({e}); '
                         f'expected {", ".join(TENSORS)}') from None
-
-
-def main(argv=None):
-    parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('export_dir', help='folder to write the SavedModel to, e.g. data/vgg')
-    parser.add_argument('--keras-h5', help="Keras's VGG16 ImageNet weights file (.h5)")
-    parser.add_argument('--seed', type=int, default=0)
-    args = parser.parse_args(argv)
-    path = save_vgg_saved_model(args.export_dir, args.keras_h5, seed=args.seed)
-    print(f'wrote the VGG16 encoder SavedModel to {path}')
-
-
-if __name__ == '__main__':
-    sys.exit(cli.main_guard(main))

@@ -2,7 +2,7 @@
 builds it, its FLOP rate against numpy's float32 matmul timed in alternation, the peer
 implementations, and a trained model's deployment formats, each timed in a process of its own.
 
-`python -m roadseg.bench MODEL REPEATS` is that child process: it prints time_model's JSON.
+`python -m benchmarks.models MODEL REPEATS` is that child process: it prints time_model's JSON.
 """
 import argparse
 import json
@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
+from benchmarks.service import peak_memory_mb
 from roadseg import export, images, inference, media
-from roadseg.bench_serve import peak_memory_mb
 from roadseg.data.datasets import IMAGE_EXTENSIONS
 from roadseg.errors import UserError
 from roadseg.model import network
@@ -358,7 +358,7 @@ def time_model(path, repeats):
 
 def time_in_child(path, repeats):
     """time_model in a fresh Python process."""
-    done = subprocess.run([sys.executable, '-m', 'roadseg.bench', path, str(repeats)],
+    done = subprocess.run([sys.executable, '-m', 'benchmarks.models', path, str(repeats)],
                           capture_output=True, text=True, cwd=ROOT)
     if done.returncode:
         raise UserError(f'timing {path} failed: '
