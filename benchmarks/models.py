@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from benchmarks.service import peak_memory_mb
-from roadseg import export, images, inference, media
+from roadseg import cli, export, images, inference, media
 from roadseg.data.datasets import IMAGE_EXTENSIONS
 from roadseg.errors import UserError
 from roadseg.model import network
@@ -243,10 +243,8 @@ def print_precision_table(results):
                      f'{m["inference_speedup"]:.2f}' if 'inference_speedup' in m else '',
                      f'{m["train_s_per_image"]:.3f}',
                      f'{m["train_speedup"]:.2f}' if 'train_speedup' in m else ''))
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    for row in [header] + rows:
-        print('  ' + '  '.join(f'{v:<{w}}' if i < 3 else f'{v:>{w}}'
-                               for i, (v, w) in enumerate(zip(row, widths))))
+    for line in cli.aligned(header, rows, left=3):
+        print('  ' + line)
 
 
 def run_peer(python, script, image_shape, batch_size, environment=None):
@@ -321,10 +319,8 @@ def print_table(results):
             rows.append((f'{peer_name} peer', size, '', '', '',
                          f'{peer["inference_s_per_image"] * 1e3:.1f}', '', '',
                          f'{peer["train_s_per_image"]:.3f}'))
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    for row in [header] + rows:
-        print('  ' + '  '.join(f'{v:<{w}}' if i < 2 else f'{v:>{w}}'
-                               for i, (v, w) in enumerate(zip(row, widths))))
+    for line in cli.aligned(header, rows, left=2):
+        print('  ' + line)
     for m in results['measurements']:
         size = '{}x{}'.format(*m['image_shape'])
         for peer_name, peer in m.get('peers', {}).items():
@@ -449,10 +445,8 @@ def print_deploy_table(results):
              f'{r["latency_ms"]:.1f}', f'{r["batch8_images_per_s"]:.1f}', f'{r["gflops"]:.1f}',
              f'{r["vs_numpy_percent"]:.0f}', f'{r["peak_rss_mb"]:.0f}')
             for r in results['formats']]
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    for row in [header] + rows:
-        print('  ' + '  '.join(f'{v:<{w}}' if i < 2 else f'{v:>{w}}'
-                               for i, (v, w) in enumerate(zip(row, widths))))
+    for line in cli.aligned(header, rows, left=2):
+        print('  ' + line)
     for shape in sorted({tuple(r['image_shape']) for r in results['formats']}):
         rows = {r['format']: r for r in results['formats'] if tuple(r['image_shape']) == shape}
         print(f'  int8 TFLite vs the float32 TensorFlow graph at {shape[0]}x{shape[1]}: '

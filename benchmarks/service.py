@@ -25,7 +25,7 @@ import httpx2 as httpx
 import numpy as np
 from PIL import Image
 
-from roadseg import images, media
+from roadseg import cli, images, media
 from roadseg.data.datasets import IMAGE_EXTENSIONS
 from roadseg.errors import UserError
 
@@ -224,9 +224,8 @@ def print_serve_table(results):
                  f'{100 * r["images_per_s"] / result["predict_images_per_s"]:.0f}',
                  f'{r["p50_ms"]:.0f}', f'{r["p99_ms"]:.0f}', f'{r["p99_ms"] / r["p50_ms"]:.2f}',
                  f'{r["mean_batch"]:.2f}', str(r['errors'])) for r in result['levels']]
-        widths = [max(len(row[i]) for row in rows + [header]) for i in range(len(header))]
-        for row in [header] + rows:
-            print('  ' + '  '.join(f'{v:>{w}}' for v, w in zip(row, widths)))
+        for line in cli.aligned(header, rows):
+            print('  ' + line)
         for r in result['levels']:
             if r['first_error']:
                 print(f'  {r["clients"]} clients, first error: {r["first_error"]}')
@@ -376,9 +375,8 @@ def print_soak(result, model):
     rows = [(name, 'good' if counts['good'] else 'bad',
              ', '.join(f'{status}: {n}' for status, n in sorted(counts['statuses'].items())))
             for name, counts in result['by_request'].items()]
-    widths = [max(len(row[i]) for row in rows) for i in range(2)]
-    for row in rows:
-        print(f'  {row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}')
+    for line in cli.aligned(None, rows, left=3):
+        print('  ' + line)
     print(f'5xx: {result["server_errors"]}, transport errors: {result["transport_errors"]}, '
           f'answers other than expected (200 good, 4xx bad): {result["unexpected"]}')
     print(f'latency: good p50 {result["good_p50_ms"]:.0f} ms, p99 {result["good_p99_ms"]:.0f} '

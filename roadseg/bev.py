@@ -17,12 +17,12 @@ The evaluation in BEV is the devkit's evalExp (metrics.RoadMetrics), pooled per 
 (`um`, `umm`, `uu` from the file name) and over all of them (URBAN).
 """
 import os
-import re
 
 import cv2
 import numpy as np
 
 from roadseg import metrics
+from roadseg.data import kitti_names
 from roadseg.data.classes import VOID
 from roadseg.errors import UserError
 
@@ -32,7 +32,6 @@ Z_LIMITS = (6.0, 46.0)  # forward, metres
 SHAPE = (round((Z_LIMITS[1] - Z_LIMITS[0]) / RESOLUTION),
          round((X_LIMITS[1] - X_LIMITS[0]) / RESOLUTION))  # (800, 400)
 MATRICES = {'P2': (3, 4), 'R0_rect': (3, 3), 'Tr_cam_to_road': (3, 4)}
-KITTI_STEM = re.compile(r'([a-z]+)_(?:[a-z]+_)?(\d+)')  # um_000001, um_road_000001
 URBAN = 'urban'  # every category pooled, as KITTI's URBAN_ROAD
 
 
@@ -175,8 +174,8 @@ def warp_for(image_path, image_shape):
 
 def category(name):
     """The KITTI category of a file name (`umm_000012.png` -> `umm`), None for other names."""
-    match = KITTI_STEM.fullmatch(os.path.splitext(os.path.basename(name))[0])
-    return match[1] if match else None
+    parsed = kitti_names.parse(os.path.splitext(os.path.basename(name))[0])
+    return parsed[0] if parsed else None
 
 
 # ----------------------------------------------------------------------------------------------

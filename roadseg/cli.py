@@ -81,8 +81,11 @@ def crop_arg(text):
     return top, bottom
 
 
-def aligned(header, rows):
-    """A table's lines: the `header` and `rows` (lists of text) in right-aligned columns."""
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    return ['  '.join(f'{value:>{width}}' for value, width in zip(row, widths))
-            for row in [header, *rows]]
+def aligned(header, rows, left=0):
+    """A table's lines: the `header` (None: none) and `rows` (sequences of text) in columns,
+    the first `left` aligned left (names), the others right (figures)."""
+    table = ([header] if header else []) + list(rows)
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return ['  '.join(f'{value:<{width}}' if i < left else f'{value:>{width}}'
+                      for i, (value, width) in enumerate(zip(row, widths))).rstrip()
+            for row in table]

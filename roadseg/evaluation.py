@@ -7,7 +7,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from roadseg import bev, files, inference, metrics
+from roadseg import bev, cli, files, inference, metrics
 from roadseg.data import datasets
 from roadseg.errors import UserError
 
@@ -96,10 +96,10 @@ def _fmt(value):
 
 def format_table(results, class_names):
     """The metrics as a small text table."""
-    width = max(12, *(len(name) for name in class_names))
-    lines = [f'{"class":<{width}} {"accuracy":>8} {"IoU":>8}']
-    for name, accuracy, iou in zip(class_names, results['class_accuracy'], results['iou']):
-        lines.append(f'{name:<{width}} {_fmt(accuracy):>8} {_fmt(iou):>8}')
+    lines = cli.aligned(('class', 'accuracy', 'IoU'), [
+        (name, _fmt(accuracy), _fmt(iou))
+        for name, accuracy, iou in zip(class_names, results['class_accuracy'], results['iou'])],
+        left=1)
     lines.append(f'pixel accuracy {_fmt(results["pixel_accuracy"])}, mean class accuracy '
                  f'{_fmt(results["mean_class_accuracy"])}, mean IoU {_fmt(results["mean_iou"])}, '
                  f'frequency-weighted IoU {_fmt(results["frequency_weighted_iou"])}')

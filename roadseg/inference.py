@@ -10,20 +10,19 @@ alone, without TensorFlow's 600 MB and seconds of start-up. `session_model` wrap
 live session (training) the same way.
 """
 import os
-import re
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 from PIL import Image, ImageDraw
 
 from roadseg import files
+from roadseg.data import kitti_names
 from roadseg.errors import UserError
 from roadseg.graph_mode import import_tensorflow, quiet_stderr
 from roadseg.images import resize_image, resize_probabilities
 
 MODEL_INFO = 'fcn.json'  # the model's training size, classes and data set, beside the model
 REQUIRED_INFO = ('image_shape', 'num_classes', 'class_names', 'class_colors')
-KITTI_NAME = re.compile(r'([a-z]+)_(\d+)')  # um_000001: category and number
 # The file each export format is written to (roadseg.export writes them, load_model reads them)
 EXPORT_FILES = {'savedmodel': 'savedmodel', 'frozen': 'model.pb',
                 'tflite32': 'model_float32.tflite', 'tflite16': 'model_float16.tflite',
@@ -359,5 +358,4 @@ def write_legend(path, names, colors):
 def probability_name(stem, label='road'):
     """The file name of an 8-bit road-probability PNG: KITTI's submission name for KITTI names
     (`um_000001` -> `um_road_000001.png`), else `<stem>_prob.png`."""
-    match = KITTI_NAME.fullmatch(stem)
-    return f'{match[1]}_{label}_{match[2]}.png' if match else f'{stem}_prob.png'
+    return (kitti_names.labelled_name(stem, label) or f'{stem}_prob') + '.png'

@@ -12,6 +12,7 @@ import imageio.v2 as iio2
 import imageio.v3 as iio
 
 from roadseg import bev, files, inference, metrics
+from roadseg.data import kitti_names
 from roadseg.data.datasets import IMAGE_EXTENSIONS
 from roadseg.errors import UserError
 from roadseg.images import read_rgb
@@ -252,7 +253,7 @@ def check_submission(sources):
     for source in sources:
         if source.video:
             problems.setdefault('videos', []).append(source.path)
-        elif not inference.KITTI_NAME.fullmatch(source.stem):
+        elif not kitti_names.is_image_name(source.stem):
             problems.setdefault("names that are not KITTI's (um_000000.png)", []).append(
                 source.path)
         elif not os.path.isfile(bev.calibration_path(source.path)):

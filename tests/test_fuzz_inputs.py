@@ -29,7 +29,7 @@ import plot
 import predict
 from roadseg import bev, cli, files, inference
 from roadseg.data import classes as class_files
-from roadseg.data import datasets, groups, transforms
+from roadseg.data import datasets, groups, kitti_names, transforms
 from roadseg.errors import UserError
 from roadseg.training import config, inputs
 from tests.test_bev import calib_text
@@ -841,3 +841,26 @@ def test_check_writable_names_the_flag_when_the_folder_refuses_a_file(tmp_path, 
                                         r'the folder exists and is writable') as refused_error:
         files.check_writable(str(tmp_path / 'out'), '--output-dir')
     assert_refusal(refused_error.value, '--output-dir')
+
+
+# ----------------------------------------------------------------------------------------------
+# KITTI file names
+# ----------------------------------------------------------------------------------------------
+
+@given(st.text(max_size=30) | st.from_regex(r'(um|umm|uu)_((road|lane)_)?\d{6}', fullmatch=True))
+def test_any_name_is_a_kitti_name_it_spells_again_or_none(stem):
+    parsed = kitti_names.parse(stem)
+    if parsed is None:
+        assert kitti_names.labelled_name(stem, 'road') is None
+        return
+    category, label, number = parsed
+    assert '_'.join(part for part in parsed if part) == stem
+    named = kitti_names.labelled_name(stem, 'road')
+    assert named == (f'{category}_road_{number}' if label is None else None)
+
+
+def test_kitti_names_of_images_ground_truth_and_others():
+    assert kitti_names.parse('umm_000012') == ('umm', None, '000012')
+    assert kitti_names.parse('um_lane_000001') == ('um', 'lane', '000001')
+    assert kitti_names.labelled_name('uu_000003', 'lane') == 'uu_lane_000003'
+    assert kitti_names.parse('0001TP_006690') is None and kitti_names.parse('um_0001a') is None

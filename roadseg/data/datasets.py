@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from roadseg import files
 from roadseg.data import classes as class_files
+from roadseg.data import kitti_names
 from roadseg.errors import UserError
 from roadseg.images import read_rgb, resize_image, resize_label
 
@@ -77,12 +78,11 @@ def kitti_pairs(data_folder, label='road'):
     images = {os.path.basename(p)[:-4]: p for p in glob.glob(os.path.join(image_dir, '*.png'))}
     if not images:
         raise UserError(f'{image_dir}: no .png images found')
-    pattern = re.compile(rf'^([a-z]+)_{label}_(\d+)\.png$')
     labels = {}
     for path in glob.glob(os.path.join(label_dir, '*.png')):
-        match = pattern.match(os.path.basename(path))
-        if match:
-            labels['_'.join(match.groups())] = path
+        category, named, number = kitti_names.parse(os.path.basename(path)[:-4]) or (0, 0, 0)
+        if named == label:
+            labels[f'{category}_{number}'] = path
     if not labels:
         raise UserError(f'{label_dir}: no *_{label}_*.png ground truth found; check --label')
     orphans = sorted(set(labels) - set(images))

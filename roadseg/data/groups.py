@@ -15,9 +15,10 @@ import os
 import re
 
 from roadseg import files
+from roadseg.data import kitti_names
 from roadseg.errors import UserError
 
-PATTERNS = {'camvid': r'^([^_]+)_', 'camvid32': r'^([^_]+)_', 'kitti': r'^([a-z]+)_'}
+PATTERNS = {'camvid': r'^([^_]+)_', 'camvid32': r'^([^_]+)_', 'kitti': kitti_names.CATEGORY}
 
 
 def grouper(dataset, group_by=None):
