@@ -57,13 +57,12 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
     nothing without --ema-decay.
     """
     restored, weights, averages, calibration = set(), None, {}, []
-    if args.encoder_weights == 'udacity':
+    if args.encoder_weights == 'udacity':  # fetched before, by training.inputs.fetch_downloads
         try:
-            vgg_path = vgg.maybe_download_pretrained_vgg(args.data_dir)
+            image_input, keep_prob, *features = vgg.load_vgg(sess, vgg.vgg_dir(args.data_dir))
         except UserError as e:
             raise UserError(f'{e}; or train from scratch with --encoder-weights none') \
                 from None
-        image_input, keep_prob, *features = vgg.load_vgg(sess, vgg_path)
         restored = {v.name for v in tf1.global_variables()}
         output = train_output = decoders.fcn(*features, num_classes, args.weight_decay)
     else:

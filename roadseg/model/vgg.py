@@ -150,9 +150,14 @@ def save_vgg_saved_model(export_dir, keras_h5=None, blocks=BLOCKS, fc_width=FC_W
     return export_dir
 
 
+def vgg_dir(data_dir):
+    """Where the VGG16 SavedModel of a data folder is: `data_dir/vgg`."""
+    return os.path.join(data_dir, 'vgg')
+
+
 def maybe_download_pretrained_vgg(data_dir, url=VGG_URL, sha256=None):
     """Make `data_dir/vgg` hold Udacity's VGG16 SavedModel, downloading vgg.zip if needed."""
-    return files.maybe_download_and_extract(url, os.path.join(data_dir, 'vgg'), sha256=sha256)
+    return files.maybe_download_and_extract(url, vgg_dir(data_dir), sha256=sha256)
 
 
 def load_vgg(sess, vgg_path):
