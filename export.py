@@ -23,7 +23,7 @@ import argparse
 import os
 import sys
 
-from roadseg import cli, evaluation, files, images, inference
+from roadseg import cli, evaluation, files, images, inference, metrics
 from roadseg.errors import PartlyFailed, UserError
 
 FILES = inference.EXPORT_FILES
@@ -78,7 +78,7 @@ def main(argv=None):
             if 'int8' in args.formats else ()
         paths = export.write_exports(folder, info, output_dir, args.formats, calibration)
         reference = evaluation.key_metric(evaluation.evaluate(original, samples))
-        metric = 'road IoU' if original.num_classes == 2 else 'mean IoU'
+        metric = metrics.key_metric_name(original.num_classes)
         print(f'{"original":<10} {metric} {reference:.4f} on {len(samples)} images')
         exports = {fmt: export.check(fmt, path, original, samples, reference)
                    for fmt, path in paths.items()}

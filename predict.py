@@ -22,7 +22,7 @@ import time
 
 from tqdm import tqdm
 
-from roadseg import cli, crf, files, inference, media
+from roadseg import cli, crf, files, inference, media, metrics
 from roadseg.errors import PartlyFailed, UserError
 
 
@@ -72,7 +72,7 @@ def parse_args(argv=None):
 
 def check_options(args, model):
     """Options that need a two-class model."""
-    if model.num_classes == 2:
+    if metrics.is_road_model(model.num_classes):
         args.threshold = 0.5 if args.threshold is None else args.threshold
     elif args.probability or args.kitti_submission or args.threshold is not None:
         flag = '--probability' if args.probability else '--kitti-submission' \

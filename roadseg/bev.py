@@ -236,7 +236,7 @@ class Evaluation:
 def evaluation_for(image_paths, num_classes, label, flag, what='images'):
     """An Evaluation of `image_paths` once it can be done: a two-class (road or lane) model, and
     a calibration file for at least one image; else a UserError naming `flag`."""
-    if num_classes != 2:
+    if not metrics.is_road_model(num_classes):
         raise UserError(f'{flag}: for two-class (road or lane) models, not {num_classes} '
                         f'classes')
     evaluation = Evaluation(image_paths, label)

@@ -23,7 +23,7 @@ def evaluate(model, samples, output_dir=None, colors=(None, inference.OVERLAY_RG
     with a bev.Evaluation bev/ (bev.picture of each calibrated image).
     """
     confusion = metrics.ConfusionMatrix(model.num_classes)
-    road = metrics.RoadMetrics() if model.num_classes == 2 else None
+    road = metrics.RoadMetrics() if metrics.is_road_model(model.num_classes) else None
     if output_dir and not road:  # many classes: which colour is which
         inference.write_legend(os.path.join(output_dir, 'overlays', 'legend.png'),
                                model.info['class_names'], colors)
@@ -62,12 +62,14 @@ def evaluate(model, samples, output_dir=None, colors=(None, inference.OVERLAY_RG
 
 def key_metric(results):
     """The figure that picks the best model: road IoU for two classes, else mean IoU."""
-    return results['iou'][1] if len(results['iou']) == 2 else results['mean_iou']
+    return results['iou'][1] if metrics.is_road_model(len(results['iou'])) else \
+        results['mean_iou']
 
 
 def summary_line(results):
     """The figures of one evaluation, in one line."""
-    figures = [f'road IoU {results["iou"][1]:.4f}' if len(results['iou']) == 2 else '',
+    road = metrics.is_road_model(len(results['iou']))
+    figures = [f'road IoU {results["iou"][1]:.4f}' if road else '',
                f'mean IoU {results["mean_iou"]:.4f}',
                f'pixel accuracy {results["pixel_accuracy"]:.4f}']
     kitti = results.get('kitti_road')

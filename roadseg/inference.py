@@ -15,7 +15,7 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 from PIL import Image, ImageDraw
 
-from roadseg import files
+from roadseg import files, metrics
 from roadseg.data import kitti_names
 from roadseg.errors import UserError
 from roadseg.graph_mode import import_tensorflow, quiet_stderr
@@ -341,7 +341,8 @@ def overlay(image, classes, colors=(None, OVERLAY_RGB)):
 
 def overlay_colors(class_colors):
     """What overlays draw: road in green for two classes, every class in its colour for more."""
-    return (None, OVERLAY_RGB) if len(class_colors) == 2 else tuple(map(tuple, class_colors))
+    return ((None, OVERLAY_RGB) if metrics.is_road_model(len(class_colors)) else
+            tuple(map(tuple, class_colors)))
 
 
 def write_legend(path, names, colors):

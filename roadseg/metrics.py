@@ -11,6 +11,18 @@ import numpy as np
 LEVELS = 256  # the devkit reads 8-bit probability PNGs: thresholds 0/255 .. 255/255
 
 
+def is_road_model(num_classes):
+    """Whether `num_classes` classes are road (or lane) against the rest: the one case with
+    KITTI's road figures, road IoU as the key metric, road-probability outputs and a green
+    overlay; every other number of classes is a street-scene model, judged on mean IoU."""
+    return num_classes == 2
+
+
+def key_metric_name(num_classes):
+    """The name of the figure that picks and judges a model of `num_classes` classes."""
+    return 'road IoU' if is_road_model(num_classes) else 'mean IoU'
+
+
 def _ratio(numerator, denominator):
     """numerator / denominator elementwise, None where the denominator is 0 (JSON-friendly)."""
     numerator = np.asarray(numerator, np.float64)

@@ -359,7 +359,7 @@ class Service:
         self.model, self.max_pixels = model, max_pixels
         if crf_parameters is not None:  # at_image_size refines through the worker process
             model.refine = crf.IsolatedRefiner(crf_parameters)
-        self.two_classes = model.num_classes == 2
+        self.two_classes = metrics.is_road_model(model.num_classes)
         self.threshold = 0.5 if self.two_classes else None  # predict.py's default
         self.colors = inference.overlay_colors(model.info['class_colors'])
         self.registry = prometheus_client.CollectorRegistry()

@@ -97,8 +97,7 @@ def summarise(runs, sizes):
                      'pooled': evaluation.key_metric(pooled.results()),
                      'class_iou_mean': _class_means([r['iou'] for r in results])})
     best = max(rows, key=lambda row: row['mean'])
-    two = len(rows[0]['class_iou_mean']) == 2
-    return {'metric': 'road IoU' if two else 'mean IoU',
+    return {'metric': metrics.key_metric_name(len(rows[0]['class_iou_mean'])),
             'folds': {group: {'images': sizes[group], 'run': os.path.abspath(run_dir)}
                       for group, run_dir in runs.items()},
             'epochs': rows, 'best_epoch': best['epoch'], 'best': best}
