@@ -21,7 +21,7 @@ if __name__ == '__main__':  # answer --help and a bad option at once, before Ten
 
 from roadseg import files, inference  # noqa: E402  (these load TensorFlow, seconds)
 from roadseg.data import datasets  # noqa: E402
-from roadseg.model import decoders, network, ops, vgg  # noqa: E402
+from roadseg.model import decoders, network, ops, settings, vgg  # noqa: E402
 from roadseg.model.ops import tf, tf1  # noqa: E402
 from roadseg.training import distribute, inputs, loop, loss, monitoring, outputs  # noqa: E402
 from roadseg.training import run as runs  # noqa: E402
@@ -93,10 +93,12 @@ def run(argv=None):
                                  if setup.is_chief else ([], []))
     bev_paths = setup.is_chief and inputs.bev_paths(args, val_pairs, dataset.classes.num_classes)
     class_weights = inputs.class_weights(args, get_batches_fn.labels, learned.num_classes)
+    net_config = settings.NetworkConfig.of(args)
+    weights = network.encoder_weights(net_config, args.data_dir)  # read before the graph
     with tf.Graph().as_default(), setup.scope(), setup.session() as sess, \
             distribute.failures(args, setup):
         tf1.set_random_seed(args.seed)
-        net = network.build_network(sess, args, learned.num_classes)
+        net = network.build_network(sess, net_config, learned.num_classes, weights=weights)
         correct_label = tf1.placeholder(tf.float32, [None, None, None, learned.num_classes],
                                         'label')
         learning_rate = tf1.placeholder(tf.float32, [], 'learning_rate')

@@ -4,7 +4,6 @@ implementations, and a trained model's deployment formats, each timed in a proce
 
 `python -m benchmarks.models MODEL REPEATS` is that child process: it prints time_model's JSON.
 """
-import argparse
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from roadseg.data.datasets import IMAGE_EXTENSIONS
 from roadseg.errors import UserError
 from roadseg.model import network
 from roadseg.model.ops import tf, tf1
+from roadseg.model.settings import NetworkConfig
 from roadseg.training import loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds predict.py
@@ -42,9 +42,7 @@ def network_options(encoder, decoder):
     depth = 103  # read by tiramisu only
     if encoder.startswith('tiramisu'):
         encoder, decoder, depth = 'tiramisu', 'tiramisu', int(encoder[len('tiramisu'):])
-    return argparse.Namespace(encoder=encoder, decoder=decoder, alpha=1.0, depth=depth,
-                              encoder_weights='none', weight_decay=1e-3, data_dir='.',
-                              ema_decay=0.0, input_norm='fixed')
+    return NetworkConfig(encoder, decoder, depth=depth)
 
 
 def build_fcn(encoder, decoder, image_shape, config=None):

@@ -42,13 +42,12 @@ def main(kind, encoder, steps, init, out, h5=None):
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()]
                                                    * 2)
     from roadseg.model import network, ops
+    from roadseg.model.settings import NetworkConfig
     from roadseg.training import distribute, loss
     encoder, weighted = encoder.split('+')[0], encoder.endswith('+weighted')
     encoder, _, decoder = encoder.partition(':')
     args = argparse.Namespace(
-        encoder=encoder, decoder=decoder or 'fcn8s', alpha=0.35, weight_decay=1e-3,
-        ema_decay=0.5, input_norm='fixed',
-        encoder_weights=f'keras-h5:{h5}' if encoder == 'vgg16' else 'none', data_dir='.',
+        encoder_weights=f'keras-h5:{h5}' if encoder == 'vgg16' else 'none',
         distribute='none' if kind == 'single' else kind, precision='float32', xla=False,
         step_timeout=60.0, batch_size=GLOBAL_BATCH)
     setup = distribute.setup(args)
@@ -56,7 +55,10 @@ def main(kind, encoder, steps, init, out, h5=None):
     setup.config.graph_options.rewrite_options.disable_meta_optimizer = True
     with tf.Graph().as_default(), setup.scope(), setup.session() as sess:
         tf1.set_random_seed(0)
-        net = network.build_network(sess, args, 2)
+        config = NetworkConfig(encoder, decoder or None, args.encoder_weights, alpha=0.35,
+                               ema_decay=0.5)
+        net = network.build_network(sess, config, 2,
+                                    weights=network.encoder_weights(config, None))
         label = tf1.placeholder(tf.float32, [None, None, None, 2])
 
         def step(output):

@@ -314,10 +314,9 @@ def test_out_of_memory_and_a_silent_worker_are_one_line():
                     reason='this CPU lacks AVX512-BF16 and AMX')
 def test_a_bfloat16_step_runs_and_changes_the_float32_weights():
     from roadseg.model import network
+    from roadseg.model.settings import NetworkConfig
     from roadseg.training import loss
-    args = argparse.Namespace(encoder='mobilenetv2', decoder='fcn8s', alpha=0.35,
-                              weight_decay=1e-3, ema_decay=0.0, encoder_weights='none',
-                              input_norm='fixed')
+    args = NetworkConfig('mobilenetv2', alpha=0.35)
     with tf.Graph().as_default(), tf1.Session(
             config=distribute.session_config('bfloat16')) as sess:
         tf1.set_random_seed(0)

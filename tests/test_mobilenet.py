@@ -12,6 +12,7 @@ import evaluate
 import main
 from roadseg.model import decoders, mobilenet, network, vgg
 from roadseg.model.ops import tf, tf1
+from roadseg.model.settings import NetworkConfig
 from roadseg.training import checkpoints, loop, monitoring, outputs
 from roadseg.training import config as options
 from roadseg.training.loss import optimize
@@ -21,9 +22,8 @@ ALPHA = 0.1  # 8 channels in most layers: fast, yet every block is built
 
 
 def network_args(encoder='mobilenetv2', decoder='fcn8s', ema_decay=0.0, input_norm='fixed'):
-    return argparse.Namespace(encoder=encoder, decoder=decoder, alpha=ALPHA,
-                              encoder_weights='none', weight_decay=1e-3, data_dir='.',
-                              ema_decay=ema_decay, input_norm=input_norm)
+    return NetworkConfig(encoder, decoder, alpha=ALPHA, ema_decay=ema_decay,
+                         input_norm=input_norm)
 
 
 @contextlib.contextmanager

@@ -1,6 +1,8 @@
 """The model's parts: the decoder's upsampling kernel and the VGG16 encoder built from Keras's
 ImageNet weights file."""
+import dataclasses
 import functools
+import re
 
 import h5py
 import numpy as np
@@ -51,3 +53,31 @@ def test_caffe_preprocessing_is_bgr_minus_mean(sess):
     bgr = sess.run(vgg.preprocess(rgb, 'caffe'))
     np.testing.assert_allclose(bgr[0, 0, 0], [30 - 103.939, 20 - 116.779, 10 - 123.68],
                                rtol=1e-5)
+
+
+def test_the_network_config_gives_each_encoder_its_decoder_and_keeps_every_rule():
+    from roadseg.model.settings import RULES, NetworkConfig
+    assert [NetworkConfig(encoder).decoder for encoder in ('vgg16', 'mobilenetv2', 'tiramisu')] \
+        == ['fcn8s', 'fcn8s', 'tiramisu']
+    refused = {
+        "--decoder fpn is for mobilenetv2; VGG16": dict(decoder='fpn'),
+        '--ema-decay needs an encoder built in the graph': dict(encoder_weights='udacity',
+                                                               ema_decay=0.9),
+        '--input-norm image needs': dict(encoder_weights='udacity', input_norm='image'),
+        '--encoder mobilenetv2 trains from scratch': dict(encoder='mobilenetv2',
+                                                          encoder_weights='udacity'),
+        '--decoder fpn is for mobilenetv2; --encoder tiramisu has its own': dict(
+            encoder='tiramisu', decoder='fpn'),
+        "--decoder tiramisu is FC-DenseNet's own": dict(encoder='mobilenetv2',
+                                                         decoder='tiramisu'),
+        '--depth 50': dict(encoder='tiramisu', depth=50),
+        '--alpha: nan': dict(alpha=float('nan')),
+        '--ema-decay: 1 must be in': dict(ema_decay=1),
+        "--encoder-weights 'imagenet'": dict(encoder_weights='imagenet'),
+    }
+    for message, fields in refused.items():
+        with pytest.raises(UserError, match=re.escape(message)):
+            NetworkConfig(**fields)
+    assert len(RULES) == 14
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        NetworkConfig().encoder = 'mobilenetv2'

@@ -1,6 +1,5 @@
 """FC-DenseNet (--encoder tiramisu): its depths, sizes, parameter count, training step and
 inference tower, and main.py, export.py, predict.py and evaluate.py on it."""
-import argparse
 import json
 import os
 
@@ -13,14 +12,13 @@ import predict
 from roadseg.errors import UserError
 from roadseg.model import TIRAMISU_DEPTHS, network
 from roadseg.model.ops import tf, tf1
+from roadseg.model.settings import NetworkConfig
 from roadseg.training import config as options
 from tests.test_mobilenet import built, images, moving_statistics, train_tiny_run
 
 
 def tiramisu_args(depth=56):
-    return argparse.Namespace(encoder='tiramisu', decoder='tiramisu', depth=depth, alpha=1.0,
-                              encoder_weights='none', weight_decay=1e-4, data_dir='.',
-                              ema_decay=0.0, input_norm='fixed')
+    return NetworkConfig('tiramisu', depth=depth, weight_decay=1e-4)
 
 
 @pytest.fixture

@@ -36,10 +36,21 @@ Network = collections.namedtuple('Network', 'input_image keep_prob train_output 
                                             'averaged calibrate')
 
 
-def build_network(sess, args, num_classes, input_shape=(None, None, None)):
-    """The network: the encoder chosen by --encoder and --encoder-weights with the --decoder
-    on it, or FC-DenseNet (--encoder tiramisu, its own decoder, --depth), as a training and an
-    inference tower that share their weights.
+def encoder_weights(config, data_dir):
+    """What build_network needs of `config`'s encoder weights, read from disk beforehand: the
+    folder of Udacity's VGG16 SavedModel in `data_dir` (fetched by
+    training.inputs.fetch_downloads), the arrays of a Keras VGG16 file, or None."""
+    if config.encoder_weights == 'udacity':
+        return vgg.vgg_dir(data_dir)
+    if config.encoder_weights.startswith('keras-h5:'):
+        return vgg.read_keras_h5(config.encoder_weights[len('keras-h5:'):])
+    return None
+
+
+def build_network(sess, config, num_classes, input_shape=(None, None, None), weights=None):
+    """The network of `config` (a settings.NetworkConfig): its encoder with its decoder on it,
+    or FC-DenseNet (its own decoder), as a training and an inference tower that share their
+    weights. `weights` is encoder_weights(config, ...): no file is read or fetched here.
 
     Udacity's VGG16 is a frozen graph loaded as it is: its one tower serves both, dropout set by
     keep_prob. The in-graph encoders are built twice: the inference tower without dropout and
@@ -48,7 +59,7 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
     SavedModel, then loads Keras weights when given. `input_shape` (batch, height, width) fixes
     the input's shape for in-graph encoders (the benchmark counts FLOPs on static shapes).
 
-    With `args.ema_decay`, the inference tower reads an exponential moving average of the
+    With `config.ema_decay`, the inference tower reads an exponential moving average of the
     trainable weights instead of the weights: `averaged(train_op)` is the training op that also
     updates the averages after each step. Batch norm statistics gathered under the training
     weights do not fit their average (as for stochastic weight averaging), so the inference
@@ -56,49 +67,48 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
     them to the statistics of a batch of images run through the averaged weights, and does
     nothing without --ema-decay.
     """
-    restored, weights, averages, calibration = set(), None, {}, []
-    if args.encoder_weights == 'udacity':  # fetched before, by training.inputs.fetch_downloads
+    restored, averages, calibration = set(), {}, []
+    keras = weights if config.encoder_weights.startswith('keras-h5:') else None
+    if config.encoder_weights == 'udacity':
         try:
-            image_input, keep_prob, *features = vgg.load_vgg(sess, vgg.vgg_dir(args.data_dir))
+            image_input, keep_prob, *features = vgg.load_vgg(sess, weights)
         except UserError as e:
             raise UserError(f'{e}; or train from scratch with --encoder-weights none') \
                 from None
         restored = {v.name for v in tf1.global_variables()}
-        output = train_output = decoders.fcn(*features, num_classes, args.weight_decay)
+        output = train_output = decoders.fcn(*features, num_classes, config.weight_decay)
     else:
         image_input = tf1.placeholder(tf.float32, [*input_shape, 3], 'image_input')
         keep_prob = tf1.placeholder(tf.float32, [], 'keep_prob')
-        if args.encoder == 'mobilenetv2':
-            strides, skip_scales = DECODERS[args.decoder], (1, 1)
+        if config.encoder == 'mobilenetv2':
+            strides, skip_scales = DECODERS[config.decoder], (1, 1)
 
             def encoder(images, training):
-                return mobilenet.build_encoder(images, training, args.alpha, args.decoder)
-        elif args.encoder == 'vgg16':  # tiramisu has no encoder apart from its decoder
-            if args.encoder_weights.startswith('keras-h5:'):
-                weights = vgg.read_keras_h5(args.encoder_weights[len('keras-h5:'):])
-            blocks, fc_width = vgg.encoder_shape(weights) if weights else (vgg.BLOCKS,
-                                                                           vgg.FC_WIDTH)
+                return mobilenet.build_encoder(images, training, config.alpha, config.decoder)
+        elif config.encoder == 'vgg16':  # tiramisu has no encoder apart from its decoder
+            blocks, fc_width = vgg.encoder_shape(keras) if keras else (vgg.BLOCKS,
+                                                                         vgg.FC_WIDTH)
             strides, skip_scales = decoders.VGG_STRIDES, decoders.VGG_SKIP_SCALES
 
             def encoder(images, training):
                 return vgg.build_encoder(images, keep_prob, blocks, fc_width,
-                                         'caffe' if weights else 'standardize', training)
+                                         'caffe' if keras else 'standardize', training)
 
         def tower(images, training):
-            if args.input_norm == 'image':
+            if config.input_norm == 'image':
                 images = normalised(images)
-            if args.decoder == 'tiramisu':
-                return tiramisu.fc_densenet(images, training, args.depth, num_classes,
-                                            keep_prob, args.weight_decay)
-            if args.decoder == 'fpn':
+            if config.decoder == 'tiramisu':
+                return tiramisu.fc_densenet(images, training, config.depth, num_classes,
+                                            keep_prob, config.weight_decay)
+            if config.decoder == 'fpn':
                 return decoders.fpn(encoder(images, training), num_classes, training,
-                                    args.weight_decay, strides)
+                                    config.weight_decay, strides)
             *finer, layer3, layer4, layer7 = encoder(images, training)
-            return decoders.fcn(layer3, layer4, layer7, num_classes, args.weight_decay, strides,
+            return decoders.fcn(layer3, layer4, layer7, num_classes, config.weight_decay, strides,
                                 skip_scales, finer)
         train_output = ops.for_each_replica(
             lambda: tower(ops.replica_share(image_input), True))
-        if args.ema_decay:
+        if config.ema_decay:
             averages = {v.ref(): tf1.get_variable(v.op.name + '/average', v.shape, v.dtype,
                                                   tf1.zeros_initializer(), trainable=False)
                         for v in tf1.global_variables()}  # the network's, so far
@@ -120,8 +130,8 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
     def initialise():
         sess.run(tf1.variables_initializer([v for v in tf1.global_variables()
                                             if v.name not in restored]))
-        if weights:
-            vgg.assign_weights(sess, weights)
+        if keras:
+            vgg.assign_weights(sess, keras)
         sess.run([average.assign(v.deref()) for v, average in averages.items()])
 
     def averaged(train_op):
@@ -132,7 +142,7 @@ def build_network(sess, args, num_classes, input_shape=(None, None, None)):
             return train_op
         with tf.control_dependencies([train_op]):
             n = count.assign_add(1.0)
-            decay = tf.minimum(float(args.ema_decay), (1 + n) / (10 + n))
+            decay = tf.minimum(float(config.ema_decay), (1 + n) / (10 + n))
             return tf.group([average.assign(decay * average + (1 - decay) * v.deref())
                              for v, average in averages.items() if v.deref().trainable],
                             name='train_and_average')

@@ -10,14 +10,14 @@ from roadseg import cli, configs, files
 from roadseg.data import classes as class_files
 from roadseg.data import datasets, groups, transforms
 from roadseg.errors import UserError
-from roadseg.model import DECODERS, TIRAMISU_DEPTHS
+from roadseg.model import DECODERS, TIRAMISU_DEPTHS, settings
 from roadseg.training import crossval
 
 DESCRIPTION = ('FCN road segmentation: train on KITTI Road, CamVid or a folder of images and '
                'masks, validate, checkpoint, and write the model and overlays to a run folder.')
 # Options that may stay unset
 OPTIONAL = {'resume', 'classes', 'remap', 'train_crop', 'image_shape', 'val_groups', 'group_by',
-            'crossval'}
+            'crossval', 'decoder'}
 DEFAULT_CONFIG = configs.path('kitti_road.json')
 # Options removed after they measured no gain (docs/experiments.md), at their no-op values:
 # dropped when read from an older run's config.json, so it still resumes.
@@ -113,7 +113,7 @@ def parse_args(argv=None):
                              "8/16/32; fcn4s adds a stride-4 skip; dilated: stride-16/32 stages "
                              "dilated with skips at 8/4; fpn: strides 4-32 merged as features "
                              "(a feature pyramid), scored once; tiramisu: FC-DenseNet's own up "
-                             "path, which --encoder tiramisu implies (default: %(default)s)")
+                             "path (default: the encoder's own: fcn8s, tiramisu for tiramisu)")
     parser.add_argument('--depth', type=int, choices=sorted(TIRAMISU_DEPTHS),
                         help="FC-DenseNet's depth, as the paper's 56, 67 and 103 "
                              "(default: %(default)s)")
@@ -214,39 +214,14 @@ def parse_args(argv=None):
         parser.error(f'argument --learning-rate: {args.learning_rate} must be a number above 0')
     if not (math.isfinite(args.step_timeout) and args.step_timeout > 0):
         parser.error(f'argument --step-timeout: {args.step_timeout} must be a number above 0')
-    if not (math.isfinite(args.weight_decay) and args.weight_decay >= 0):
-        parser.error(f'argument --weight-decay: {args.weight_decay} must be a number from 0 up')
     if not 0 < args.keep_prob <= 1:
         parser.error(f'argument --keep-prob: {args.keep_prob} must be above 0 and at most 1')
-    if not 0 <= args.ema_decay < 1:
-        parser.error(f'argument --ema-decay: {args.ema_decay} must be in [0, 1)')
-    if args.ema_decay and args.encoder_weights == 'udacity':
-        parser.error('--ema-decay needs an encoder built in the graph (--encoder-weights none '
-                     'or keras-h5:PATH); the frozen udacity VGG16 has a single tower')
-    if args.input_norm != 'fixed' and args.encoder_weights == 'udacity':
-        parser.error('--input-norm image needs an encoder built in the graph (--encoder-weights '
-                     'none or keras-h5:PATH); the frozen udacity VGG16 takes its input as it is')
-    if not (math.isfinite(args.alpha) and args.alpha > 0):
-        parser.error(f'argument --alpha: {args.alpha} must be a number above 0')
     if args.seed < 0:
         parser.error(f'argument --seed: {args.seed} must be a whole number from 0 up')
-    if args.encoder == 'mobilenetv2' and args.encoder_weights != 'none':
-        parser.error(f'--encoder mobilenetv2 trains from scratch: give --encoder-weights none '
-                     f'({args.encoder_weights} is a VGG16 encoder)')
-    if args.encoder == 'tiramisu' and args.decoder != 'tiramisu':
-        flags = sys.argv[1:] if argv is None else argv
-        if any(f.split('=')[0] == '--decoder' for f in flags) or 'decoder' in user_config:
-            parser.error(f'--decoder {args.decoder} is for mobilenetv2; --encoder tiramisu has '
-                         f'its own decoder (--decoder tiramisu)')
-        args.decoder = 'tiramisu'
-    if args.decoder == 'tiramisu' and args.encoder != 'tiramisu':
-        parser.error(f'--decoder tiramisu is FC-DenseNet\'s own; give --encoder tiramisu '
-                     f'(not {args.encoder})')
-    if args.encoder == 'tiramisu' and args.encoder_weights != 'none':
-        parser.error(f'--encoder tiramisu trains from scratch: give --encoder-weights none '
-                     f'({args.encoder_weights} is a VGG16 encoder)')
-    if args.encoder == 'vgg16' and args.decoder != 'fcn8s':
-        parser.error(f'--decoder {args.decoder} is for mobilenetv2; VGG16 uses fcn8s')
+    try:  # the network's options, checked by its own rules (model.settings.RULES)
+        args.decoder = settings.NetworkConfig.of(args).decoder  # None: the encoder's own
+    except UserError as e:
+        parser.error(str(e))
     if args.remap_at == 'output' and not args.remap:
         parser.error('--remap-at output sums the classes into the --remap groups at the '
                      'output: give --remap too, e.g. --remap road=3')
