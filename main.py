@@ -21,10 +21,12 @@ if __name__ == '__main__':  # answer --help and a bad option at once, before Ten
 
 from roadseg import files, inference  # noqa: E402  (these load TensorFlow, seconds)
 from roadseg.data import datasets  # noqa: E402
-from roadseg.model import decoders, network, ops, settings, vgg  # noqa: E402
+from roadseg.model import decoders, network, ops, vgg  # noqa: E402
 from roadseg.model.ops import tf, tf1  # noqa: E402
+from roadseg.model.settings import NetworkConfig  # noqa: E402
 from roadseg.training import distribute, inputs, loop, loss, monitoring, outputs  # noqa: E402
 from roadseg.training import run as runs  # noqa: E402
+from roadseg.training.settings import TrainingConfig  # noqa: E402
 
 NUM_CLASSES = 2  # KITTI: not road, road; other data sets size the head from their classes
 
@@ -79,7 +81,8 @@ def run(argv=None):
     of --distribute, train with validation and checkpoints (or resume), export the best model
     and write overlays. Under multi-worker, the chief alone writes; the others train beside it."""
     args = config.options(argv)
-    setup = distribute.setup(args)
+    net_config, training = NetworkConfig.of(args), TrainingConfig.of(args)
+    setup = distribute.setup(training, frozen_encoder=net_config.encoder_weights == 'udacity')
     if setup.is_chief:  # the one that writes: stop now, not once the data and graph are ready
         files.check_writable(args.resume or args.runs_dir,
                              '--resume' if args.resume else '--runs-dir')
@@ -93,10 +96,9 @@ def run(argv=None):
                                  if setup.is_chief else ([], []))
     bev_paths = setup.is_chief and inputs.bev_paths(args, val_pairs, dataset.classes.num_classes)
     class_weights = inputs.class_weights(args, get_batches_fn.labels, learned.num_classes)
-    net_config = settings.NetworkConfig.of(args)
     weights = network.encoder_weights(net_config, args.data_dir)  # read before the graph
     with tf.Graph().as_default(), setup.scope(), setup.session() as sess, \
-            distribute.failures(args, setup):
+            distribute.failures(training, setup):
         tf1.set_random_seed(args.seed)
         net = network.build_network(sess, net_config, learned.num_classes, weights=weights)
         correct_label = tf1.placeholder(tf.float32, [None, None, None, learned.num_classes],
@@ -145,7 +147,7 @@ def run(argv=None):
                 monitor.epoch_end(epoch, mean_loss)
         train_nn(sess, args.epochs, args.batch_size, get_batches_fn, train_op, cross_entropy_loss,
                  net.input_image, correct_label, net.keep_prob, learning_rate, args.keep_prob,
-                 loop.learning_rate_schedule(args, batches), log, start_epoch,
+                 loop.learning_rate_schedule(training, batches), log, start_epoch,
                  monitor and monitor.step, epoch_end)
         if not monitor:
             return None

@@ -14,7 +14,6 @@ them (`gradient:NAME`); and the largest difference between a variable's copies o
 replicas. ENCODER is vgg16 (the tiny VGG of the Keras file H5) or mobilenetv2[:DECODER], with
 `+weighted` for class weights in the loss.
 """
-import argparse
 import sys
 
 import numpy as np
@@ -44,18 +43,18 @@ def main(kind, encoder, steps, init, out, h5=None):
     from roadseg.model import network, ops
     from roadseg.model.settings import NetworkConfig
     from roadseg.training import distribute, loss
+    from roadseg.training.settings import TrainingConfig
     encoder, weighted = encoder.split('+')[0], encoder.endswith('+weighted')
     encoder, _, decoder = encoder.partition(':')
-    args = argparse.Namespace(
-        encoder_weights=f'keras-h5:{h5}' if encoder == 'vgg16' else 'none',
-        distribute='none' if kind == 'single' else kind, precision='float32', xla=False,
-        step_timeout=60.0, batch_size=GLOBAL_BATCH)
-    setup = distribute.setup(args)
+    setup = distribute.setup(TrainingConfig(
+        distribute='none' if kind == 'single' else kind, step_timeout=60.0,
+        batch_size=GLOBAL_BATCH))
     # Grappler's rewrites take minutes on these graphs and change no figure here
     setup.config.graph_options.rewrite_options.disable_meta_optimizer = True
     with tf.Graph().as_default(), setup.scope(), setup.session() as sess:
         tf1.set_random_seed(0)
-        config = NetworkConfig(encoder, decoder or None, args.encoder_weights, alpha=0.35,
+        config = NetworkConfig(encoder, decoder or None,
+                               f'keras-h5:{h5}' if encoder == 'vgg16' else 'none', alpha=0.35,
                                ema_decay=0.5)
         net = network.build_network(sess, config, 2,
                                     weights=network.encoder_weights(config, None))

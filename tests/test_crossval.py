@@ -18,6 +18,7 @@ from roadseg.model import network
 from roadseg.model.ops import tf
 from roadseg.training import config, distribute, inputs, monitoring
 from roadseg.training import crossval as folds
+from roadseg.training.settings import TrainingConfig
 from tests.test_groups import make_drives
 
 TINY = ['--dataset', 'camvid', '--remap', 'road=3', '--encoder', 'mobilenetv2',
@@ -173,7 +174,8 @@ def test_remap_at_output_trains_on_the_data_sets_classes_and_exports_the_groups(
     argv = [*TINY, '--data-dir', str(data), '--remap-at', 'output']
     args = config.parse_args(argv + ['--all-labelled'])
     dataset, train, _, _ = inputs.data_split(args)
-    batches = inputs.batch_generator(args, dataset, train, distribute.setup(args))
+    setup = distribute.setup(TrainingConfig.of(args))
+    batches = inputs.batch_generator(args, dataset, train, setup)
     assert batches.num_classes == 11  # the training labels keep CamVid's classes
     assert {0, 1, 3} <= set(np.unique(np.concatenate([label.ravel() for label in batches.labels])))
     run_dir = main.run(argv + ['--runs-dir', str(tmp_path), '--epochs', '1'])

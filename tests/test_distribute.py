@@ -1,7 +1,6 @@
 """Training on replicas (--distribute): two logical CPU devices (mirrored) and two worker
 processes on 127.0.0.1 (multi-worker) against one device; the chief alone writes, a dead
 worker stops the run and --resume continues it; --precision and the one-line errors."""
-import argparse
 import json
 import os
 import signal
@@ -18,6 +17,7 @@ from roadseg.data.batches import BatchGenerator
 from roadseg.errors import UserError
 from roadseg.model.ops import tf, tf1
 from roadseg.training import distribute
+from roadseg.training.settings import TrainingConfig
 from tests.conftest import ROOT, make_kitti, write_keras_h5
 
 TIMEOUT = 300  # seconds any one subprocess may take
@@ -268,18 +268,15 @@ def test_a_batch_that_does_not_split_among_the_replicas_is_refused():
 
 
 def test_the_frozen_udacity_vgg_cannot_be_replicated():
-    args = argparse.Namespace(distribute='mirrored', encoder_weights='udacity',
-                              precision='float32', xla=False, batch_size=2)
     with pytest.raises(UserError, match='frozen graph.*--encoder-weights none or keras-h5'):
-        distribute.setup(args)
+        distribute.setup(TrainingConfig(distribute='mirrored', batch_size=2),
+                         frozen_encoder=True)
 
 
 def test_xla_is_refused_where_it_does_not_help(monkeypatch):
     monkeypatch.setattr(distribute, 'gpus', lambda: [])
-    args = argparse.Namespace(distribute='none', encoder_weights='none', precision='float32',
-                              xla=True, batch_size=2)
     with pytest.raises(UserError, match='--xla is for GPUs'):
-        distribute.setup(args)
+        distribute.setup(TrainingConfig(xla=True, batch_size=2))
 
 
 def test_a_precision_the_machine_lacks_says_so(monkeypatch):
@@ -295,8 +292,7 @@ def test_a_precision_the_machine_lacks_says_so(monkeypatch):
 
 
 def test_out_of_memory_and_a_silent_worker_are_one_line():
-    args = argparse.Namespace(image_shape=(160, 576), batch_size=8, train_crop=None,
-                              step_timeout=600.0)
+    args = TrainingConfig(image_shape=(160, 576), batch_size=8)
     with pytest.raises(UserError, match=r'out of memory: lower --batch-size \(now 8\) or '
                                         r'--image-shape \(now 160x576\) or --train-crop'):
         with distribute.failures(args, distribute.Setup('none')):

@@ -1,5 +1,4 @@
 """The MobileNetV2 encoder, the two towers and the learning-rate schedule, on tiny inputs."""
-import argparse
 import contextlib
 import json
 import os
@@ -16,6 +15,7 @@ from roadseg.model.settings import NetworkConfig
 from roadseg.training import checkpoints, loop, monitoring, outputs
 from roadseg.training import config as options
 from roadseg.training.loss import optimize
+from roadseg.training.settings import TrainingConfig
 from tests.conftest import make_kitti
 
 ALPHA = 0.1  # 8 channels in most layers: fast, yet every block is built
@@ -262,13 +262,13 @@ def test_without_ema_decay_training_op_is_unchanged_and_nothing_calibrates(train
 
 
 def test_poly_schedule_decays_to_zero_and_constant_stays():
-    args = argparse.Namespace(learning_rate=1e-3, lr_schedule='poly', epochs=4)
-    poly = loop.learning_rate_schedule(args, steps_per_epoch=5)
+    poly = loop.learning_rate_schedule(
+        TrainingConfig(learning_rate=1e-3, lr_schedule='poly', epochs=4), steps_per_epoch=5)
     assert poly(0) == pytest.approx(1e-3)
     assert poly(10) == pytest.approx(1e-3 * 0.5 ** 0.9)
     assert poly(19) == pytest.approx(1e-3 * (1 / 20) ** 0.9) and poly(20) == 0
-    args.lr_schedule = 'constant'
-    assert loop.learning_rate_schedule(args, 5)(17) == 1e-3
+    constant = TrainingConfig(learning_rate=1e-3, lr_schedule='constant', epochs=4)
+    assert loop.learning_rate_schedule(constant, 5)(17) == 1e-3
 
 
 class Batches:

@@ -2,7 +2,6 @@
 flags; or, with --resume RUN_DIR, the options that run was started with."""
 import argparse
 import json
-import math
 import os
 import sys
 
@@ -12,6 +11,7 @@ from roadseg.data import datasets, groups, transforms
 from roadseg.errors import UserError
 from roadseg.model import DECODERS, TIRAMISU_DEPTHS, settings
 from roadseg.training import crossval
+from roadseg.training import settings as training_settings
 
 DESCRIPTION = ('FCN road segmentation: train on KITTI Road, CamVid or a folder of images and '
                'masks, validate, checkpoint, and write the model and overlays to a run folder.')
@@ -200,25 +200,18 @@ def parse_args(argv=None):
         raise UserError(f'{config_path}: no value for option {missing[0]!r}')
     if args.image_shape is None:
         args.image_shape = datasets.default_image_shape(args.dataset, args.data_dir)
-    for flag in ('epochs', 'batch_size', 'val_every', 'tb_images_every'):
+    for flag in ('val_every', 'tb_images_every'):
         if getattr(args, flag) < 1:
             parser.error(f'argument --{flag.replace("_", "-")}: must be at least 1')
     if not 0 <= args.plain_epochs <= args.epochs:
         parser.error(f'argument --plain-epochs: {args.plain_epochs} must be from 0 to --epochs '
                      f'({args.epochs})')
-    crop = args.train_crop
-    if crop and any(c > n for c, n in zip(crop, args.image_shape)):
-        parser.error(f'argument --train-crop: {crop[0]}x{crop[1]} is larger than '
-                     f'--image-shape {args.image_shape[0]}x{args.image_shape[1]}')
-    if not (math.isfinite(args.learning_rate) and args.learning_rate > 0):
-        parser.error(f'argument --learning-rate: {args.learning_rate} must be a number above 0')
-    if not (math.isfinite(args.step_timeout) and args.step_timeout > 0):
-        parser.error(f'argument --step-timeout: {args.step_timeout} must be a number above 0')
     if not 0 < args.keep_prob <= 1:
         parser.error(f'argument --keep-prob: {args.keep_prob} must be above 0 and at most 1')
     if args.seed < 0:
         parser.error(f'argument --seed: {args.seed} must be a whole number from 0 up')
-    try:  # the network's options, checked by its own rules (model.settings.RULES)
+    try:  # the network's and the training's options, each checked by its own RULES
+        training_settings.TrainingConfig.of(args)
         args.decoder = settings.NetworkConfig.of(args).decoder  # None: the encoder's own
     except UserError as e:
         parser.error(str(e))

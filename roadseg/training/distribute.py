@@ -24,7 +24,7 @@ BF16_FLAGS = ('avx512_bf16', 'amx_bf16')  # /proc/cpuinfo flags of CPUs oneDNN r
 
 
 class Setup:
-    """The devices and session of a training run (`setup(args)` makes one); `worker` is this
+    """The devices and session of a training run (`setup(training)` makes one); `worker` is this
     process's index among the `workers` of the cluster (the chief first), 0 of 1 alone."""
 
     def __init__(self, kind, strategy=None, server=None, worker=0, workers=1, config=None):
@@ -127,22 +127,24 @@ def read_tf_config():
     return workers, (kind, index), index + (chiefs if kind == 'worker' else 0)
 
 
-def setup(args):
-    """The Setup of --distribute, --precision, --xla and --step-timeout. Call it before any
-    other TensorFlow work in the process: device settings apply only until TensorFlow starts."""
+def setup(training, frozen_encoder=False):
+    """The Setup of a settings.TrainingConfig's distribute, precision, xla and step_timeout;
+    `frozen_encoder`: the network is Udacity's frozen VGG16, which cannot be replicated. Call it
+    before any other TensorFlow work in the process: device settings apply only until
+    TensorFlow starts."""
     visible = gpus()
-    kind = args.distribute
+    kind = training.distribute
     if kind == 'auto':
-        kind = 'mirrored' if len(visible) > 1 and args.encoder_weights != 'udacity' else 'none'
-    if kind != 'none' and args.encoder_weights == 'udacity':
+        kind = 'mirrored' if len(visible) > 1 and not frozen_encoder else 'none'
+    if kind != 'none' and frozen_encoder:
         raise UserError(f'--distribute {kind}: --encoder-weights udacity is a frozen graph, '
                         'which tf.distribute cannot replicate; train the same VGG16 built in '
                         'the graph with --encoder-weights none or keras-h5:PATH')
-    if args.xla and not visible:
+    if training.xla and not visible:
         raise UserError('--xla is for GPUs: on CPUs it measured no gain for VGG16 (1.04x '
                         'inference, 1.09x training) and a tenfold loss for MobileNetV2 (see '
                         'docs/benchmarks.md); train without it here')
-    config = session_config(args.precision, args.xla)
+    config = session_config(training.precision, training.xla)
     if kind == 'none':
         return Setup(kind, config=config)
     if kind == 'mirrored':
@@ -151,11 +153,11 @@ def setup(args):
             devices = [d.name for d in tf.config.list_logical_devices('CPU')]
             config.device_count['CPU'] = len(devices)
         strategy = tf1.distribute.MirroredStrategy(devices)
-        return check_batch(Setup(kind, strategy, config=config), args.batch_size)
+        return check_batch(Setup(kind, strategy, config=config), training.batch_size)
     workers, task, worker = read_tf_config()
     strategy = tf1.distribute.experimental.MultiWorkerMirroredStrategy()
     config = strategy.update_config_proto(config)
-    config.operation_timeout_in_ms = int(args.step_timeout * 1000)
+    config.operation_timeout_in_ms = int(training.step_timeout * 1000)
     try:
         server = tf.distribute.Server(strategy.cluster_resolver.cluster_spec(),
                                       job_name=task[0], task_index=task[1], config=config,
@@ -164,7 +166,7 @@ def setup(args):
         raise UserError(f'TF_CONFIG: this worker cannot listen on {workers[worker]} '
                         f'({e.message.splitlines()[0]}); is the port in use?') from None
     return check_batch(Setup(kind, strategy, server, worker, len(workers), config),
-                       args.batch_size)
+                       training.batch_size)
 
 
 def check_batch(setup_, batch_size):
@@ -204,16 +206,16 @@ def check_same_epoch(sess, setup_, epoch):
 
 
 @contextlib.contextmanager
-def failures(args, setup_):
+def failures(training, setup_):
     """Turn running out of memory, and a multi-worker step that lost a worker (an error from the
     connection, or the --step-timeout deadline), into one line saying what to do."""
     try:
         yield
     except tf.errors.ResourceExhaustedError:
-        height, width = args.image_shape
-        raise UserError(f'out of memory: lower --batch-size (now {args.batch_size}) or '
+        height, width = training.image_shape
+        raise UserError(f'out of memory: lower --batch-size (now {training.batch_size}) or '
                         f'--image-shape (now {height}x{width})'
-                        + (' or --train-crop' if not args.train_crop else '')) from None
+                        + (' or --train-crop' if not training.train_crop else '')) from None
     except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError,
             tf.errors.AbortedError) as e:
         if setup_.workers == 1:
@@ -221,5 +223,5 @@ def failures(args, setup_):
         raise UserError(f'worker {setup_.worker}: lost the other workers '
                         f'({e.message.splitlines()[0][:120] if e.message else type(e).__name__})'
                         f'; one has stopped (see its log), or a step waited more than '
-                        f'--step-timeout {args.step_timeout:g} s. Start every worker again '
+                        f'--step-timeout {training.step_timeout:g} s. Start every worker again '
                         f'with --resume and the run folder the chief logged') from None

@@ -72,10 +72,12 @@ def timed(iterable, waited):
         yield item
 
 
-def learning_rate_schedule(args, steps_per_epoch):
-    """The learning rate at each global step (0-based): constant, or DeepLab's 'poly' decay
-    (1 - step / steps) ** 0.9 from --learning-rate towards 0 at the last step."""
-    if args.lr_schedule == 'constant':
-        return lambda step: args.learning_rate
-    steps = args.epochs * steps_per_epoch
-    return lambda step: args.learning_rate * max(0.0, 1 - step / steps) ** 0.9
+def learning_rate_schedule(training, steps_per_epoch):
+    """The learning rate of a settings.TrainingConfig at each global step (0-based): constant,
+    or DeepLab's 'poly' decay (1 - step / steps) ** 0.9 from its learning rate towards 0 at the
+    last step."""
+    rate = training.learning_rate
+    if training.lr_schedule == 'constant':
+        return lambda step: rate
+    steps = training.epochs * steps_per_epoch
+    return lambda step: rate * max(0.0, 1 - step / steps) ** 0.9
