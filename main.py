@@ -21,10 +21,10 @@ if __name__ == '__main__':  # answer --help and a bad option at once, before Ten
 
 from roadseg import files, inference  # noqa: E402  (these load TensorFlow, seconds)
 from roadseg.data import datasets  # noqa: E402
-from roadseg.model import decoders, network, ops, vgg  # noqa: E402
+from roadseg.model import decoders, network, vgg  # noqa: E402
 from roadseg.model.ops import tf, tf1  # noqa: E402
 from roadseg.model.settings import NetworkConfig  # noqa: E402
-from roadseg.training import distribute, inputs, loop, loss, monitoring, outputs  # noqa: E402
+from roadseg.training import distribute, graph, inputs, loop, loss, monitoring, outputs  # noqa: E402
 from roadseg.training import run as runs  # noqa: E402
 from roadseg.training.settings import TrainingConfig  # noqa: E402
 
@@ -100,21 +100,10 @@ def run(argv=None):
     with tf.Graph().as_default(), setup.scope(), setup.session() as sess, \
             distribute.failures(training, setup):
         tf1.set_random_seed(args.seed)
-        net = network.build_network(sess, net_config, learned.num_classes, weights=weights)
-        correct_label = tf1.placeholder(tf.float32, [None, None, None, learned.num_classes],
-                                        'label')
-        learning_rate = tf1.placeholder(tf.float32, [], 'learning_rate')
-
-        def replica_step(train_output):  # once per replica under --distribute
-            _, train_op, replica_loss = optimize(
-                train_output, ops.replica_share(correct_label), learning_rate,
-                learned.num_classes, class_weights, args.precision == 'float16')
-            return train_op, replica_loss
-        train_op, cross_entropy_loss = distribute.step_ops(
-            ops.for_each_replica(replica_step, net.train_output))
-        train_op = net.averaged(train_op)
-        probabilities = network.probabilities(
-            net.output, classes.merge_matrix() if learned is not classes else None)
+        built = graph.build(sess, net_config, learned.num_classes, weights, class_weights,
+                            args.precision == 'float16',
+                            merge=classes.merge_matrix() if learned is not classes else None)
+        net, probabilities = built.net, built.probabilities
         saver = tf1.train.Saver(max_to_keep=None)
         net.initialise()
 
@@ -145,8 +134,8 @@ def run(argv=None):
                 net.calibrate(calibration)  # on every worker, so that all stay alike
             if monitor:
                 monitor.epoch_end(epoch, mean_loss)
-        train_nn(sess, args.epochs, args.batch_size, get_batches_fn, train_op, cross_entropy_loss,
-                 net.input_image, correct_label, net.keep_prob, learning_rate, args.keep_prob,
+        train_nn(sess, args.epochs, args.batch_size, get_batches_fn, built.train_op, built.loss,
+                 net.input_image, built.label, net.keep_prob, built.learning_rate, args.keep_prob,
                  loop.learning_rate_schedule(training, batches), log, start_epoch,
                  monitor and monitor.step, epoch_end)
         if not monitor:

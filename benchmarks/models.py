@@ -18,10 +18,9 @@ from benchmarks.service import peak_memory_mb
 from roadseg import cli, export, images, inference, media
 from roadseg.data.datasets import IMAGE_EXTENSIONS
 from roadseg.errors import UserError
-from roadseg.model import network
 from roadseg.model.ops import tf, tf1
 from roadseg.model.settings import NetworkConfig
-from roadseg.training import loss
+from roadseg.training import graph as training_graph
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds predict.py
 NUM_CLASSES = 2
@@ -55,13 +54,10 @@ def build_fcn(encoder, decoder, image_shape, config=None):
     with graph.as_default():
         tf1.set_random_seed(0)
         sess = tf1.Session(graph=graph, config=config)
-        net = network.build_network(sess, network_options(encoder, decoder), NUM_CLASSES,
-                                    (None, *image_shape))
-        label = tf1.placeholder(tf.float32, [None, *image_shape, NUM_CLASSES], 'label')
-        learning_rate = tf1.placeholder(tf.float32, [], 'learning_rate')
-        _, train_op, _ = loss.optimize(net.train_output, label, learning_rate, NUM_CLASSES)
-        net.initialise()
-    return sess, net, label, learning_rate, train_op
+        built = training_graph.build(sess, network_options(encoder, decoder), NUM_CLASSES,
+                                     input_shape=(None, *image_shape))
+        built.net.initialise()
+    return sess, built.net, built.label, built.learning_rate, built.train_op
 
 
 def count_flops(output):
