@@ -65,9 +65,17 @@ def parse_args(argv=None):
     if not args.output_dir and (flags or not args.kitti_submission):
         parser.error('argument --output-dir is required' + (
             ' for --overlay, --mask, --probability, --video and --gif' if flags else ''))
-    # without output flags: overlays for images, a video for videos (unless only submitting)
-    args.default_outputs = not flags and bool(args.output_dir)
     return args
+
+
+def wanted(args):
+    """The outputs the flags ask for; without output flags, overlays for images and a video
+    for videos (unless only submitting)."""
+    default = not (args.overlay or args.mask or args.probability or args.video or args.gif) \
+        and bool(args.output_dir)
+    return media.Wanted(overlays=args.overlay, image_overlays=default, masks=args.mask,
+                        probabilities=args.probability, kitti_submission=args.kitti_submission,
+                        video=args.video or default, gif=args.gif, threshold=args.threshold)
 
 
 def check_options(args, model):
@@ -112,7 +120,7 @@ def main(argv=None):
         if args.output_dir:
             os.makedirs(args.output_dir, exist_ok=True)
         start, count = time.perf_counter(), 0
-        with media.Outputs(args.output_dir, args, model.info, bad) as outputs, \
+        with media.Outputs(args.output_dir, wanted(args), model.info, bad) as outputs, \
                 tqdm(total=sum(map(media.frame_estimate, sources)), unit='frame',
                      desc='Segmenting', disable=None) as bar:
             for frames in media.batched(media.read_frames(sources, args.crop, bad),

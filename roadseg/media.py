@@ -169,13 +169,30 @@ class VideoFailed(Exception):
     """Raised inside a video's writers to drop their half-written files."""
 
 
-class Outputs:
-    """Writes what the flags ask for at each frame's own size: overlays, masks and probability
-    PNGs per frame; an overlaid MP4 and GIF per video. Every file is written under a temporary
-    name and renamed when complete; a video that fails part-way leaves no video file."""
+@dataclasses.dataclass(frozen=True)
+class Wanted:
+    """What Outputs writes: overlay PNGs of every frame (`overlays`) or of still images only
+    (`image_overlays`), class-map `masks`, road-`probabilities` PNGs, KITTI's submission maps
+    into the folder `kitti_submission`, and an overlaid MP4 (`video`) and GIF (`gif`) per
+    video; two-class models draw road where its probability passes `threshold`."""
+    overlays: bool = False
+    image_overlays: bool = False
+    masks: bool = False
+    probabilities: bool = False
+    kitti_submission: str = None
+    video: bool = False
+    gif: bool = False
+    threshold: float = None
 
-    def __init__(self, output_dir, args, info, bad):
-        self.output_dir, self.args, self.bad = output_dir, args, bad
+
+class Outputs:
+    """Writes what `wanted` (a Wanted) asks for at each frame's own size: overlays, masks and
+    probability PNGs per frame; an overlaid MP4 and GIF per video. Every file is written under a
+    temporary name and renamed when complete; a video that fails part-way leaves no video
+    file."""
+
+    def __init__(self, output_dir, wanted, info, bad):
+        self.output_dir, self.wanted, self.bad = output_dir, wanted, bad
         self.colors = inference.overlay_colors(info['class_colors'])
         self.label = info.get('label') or 'road'
         self.source, self.writers, self.stack = None, [], None
@@ -187,21 +204,22 @@ class Outputs:
         if frame.source is not self.source:
             self.finish()
             self.source = frame.source
-        classes = inference.classes_of(probabilities, self.args.threshold)
+        wanted = self.wanted
+        classes = inference.classes_of(probabilities, wanted.threshold)
         overlay = inference.overlay(frame.image, classes, self.colors)
         name, video = frame.source.frame_name(frame.index), frame.source.video
-        if self.args.overlay or (self.args.default_outputs and not video):
+        if wanted.overlays or (wanted.image_overlays and not video):
             self.png(name + '.png', overlay)
-        if self.args.mask:
+        if wanted.masks:
             self.png(name + '_mask.png', classes)
-        if self.args.probability:
+        if wanted.probabilities:
             self.png(inference.probability_name(name, self.label),
                      metrics.quantize(probabilities[..., 1]))
-        if self.args.kitti_submission:
-            write_submission_maps(self.args.kitti_submission, frame.source.path,
+        if wanted.kitti_submission:
+            write_submission_maps(wanted.kitti_submission, frame.source.path,
                                   inference.probability_name(name, self.label),
                                   metrics.quantize(probabilities[..., 1]))
-        if video and (self.args.video or self.args.gif or self.args.default_outputs):
+        if video and (wanted.video or wanted.gif):
             if self.stack is None:
                 self.open_writers(frame.source, overlay.shape)
             for writer in self.writers:
@@ -212,10 +230,10 @@ class Outputs:
 
     def open_writers(self, source, shape):
         self.stack, self.writers = contextlib.ExitStack(), []
-        if self.args.video or self.args.default_outputs:
+        if self.wanted.video:
             self.add_writer(source.stem + '_overlay.mp4',
                             lambda path: open_video(path, source.fps, shape))
-        if self.args.gif:
+        if self.wanted.gif:
             self.add_writer(source.stem + '_overlay.gif', lambda path: open_gif(path, source.fps))
 
     def add_writer(self, name, opener):
