@@ -194,3 +194,17 @@ def test_remap_at_output_needs_a_remap(data):
     argv = [a for a in TINY if a not in ('--remap', 'road=3')]
     with pytest.raises(UserError, match='--remap-at output .* give --remap too'):
         config.parse_args([*argv, '--data-dir', str(data), '--remap-at', 'output'])
+
+
+def test_a_config_files_crossval_record_is_found_beside_the_file(tmp_path, monkeypatch):
+    (tmp_path / 'recipes').mkdir()
+    (tmp_path / 'records').mkdir()
+    record = tmp_path / 'records' / 'cv.json'
+    record.write_text(json.dumps({'metric': 'road IoU', 'folds': {}, 'epochs': [],
+                                  'best_epoch': 2, 'best': {}}))
+    recipe = tmp_path / 'recipes' / 'r.json'
+    recipe.write_text(json.dumps({'crossval': '../records/cv.json'}))
+    assert config.load_config(str(recipe))['crossval'] == str(record)
+    monkeypatch.chdir(tmp_path / 'records')  # wherever the command runs from
+    assert config.load_config(os.path.join('..', 'recipes', 'r.json'))['crossval'] == \
+        os.path.normpath(os.path.join('..', 'records', 'cv.json'))

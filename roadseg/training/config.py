@@ -51,6 +51,10 @@ def load_config(path):
     for name, no_op in RETIRED.items():  # run folders written before these options went
         if config.get(name, no_op) == no_op:
             config.pop(name, None)
+    if isinstance(config.get('crossval'), str) and not os.path.isabs(config['crossval']):
+        # a recipe's record of its cross-validation travels with it: relative to the file
+        config['crossval'] = os.path.normpath(os.path.join(os.path.dirname(path),
+                                                           config['crossval']))
     return config
 
 
