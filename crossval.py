@@ -16,6 +16,7 @@ import time
 
 from roadseg import cli, files
 from roadseg.data import groups
+from roadseg.data.settings import DataConfig
 from roadseg.errors import UserError
 from roadseg.training import config, crossval
 
@@ -50,7 +51,7 @@ def parse_args(argv=None):
 def start(args, argv):
     """A new cross-validation: its folder, folds and state, after checking the options."""
     options = config.parse_args(argv + ['--all-labelled'])
-    sizes = crossval.labelled_groups(options)
+    sizes = crossval.labelled_groups(DataConfig.of(options))
     folds = [g.strip() for g in args.folds.split(',') if g.strip()] if args.folds \
         else list(sizes)
     groups.check_groups(folds, sizes)

@@ -89,20 +89,18 @@ def run(argv=None):
     inputs.fetch_downloads(args)
     dataset, train_pairs, val_pairs, seen_pairs = inputs.data_split(args)
     classes = dataset.classes
-    learned = inputs.learned_classes(args, classes)  # the data set's own with --remap-at output
     get_batches_fn = inputs.batch_generator(args, dataset, train_pairs, setup)
     val_samples, seen_samples = ([datasets.load_samples(pairs, dataset.read_label)
                                   for pairs in (val_pairs, seen_pairs)]
                                  if setup.is_chief else ([], []))
     bev_paths = setup.is_chief and inputs.bev_paths(args, val_pairs, dataset.classes.num_classes)
-    class_weights = inputs.class_weights(args, get_batches_fn.labels, learned.num_classes)
+    class_weights = inputs.class_weights(args, get_batches_fn.labels, classes.num_classes)
     weights = network.encoder_weights(net_config, args.data_dir)  # read before the graph
     with tf.Graph().as_default(), setup.scope(), setup.session() as sess, \
             distribute.failures(training, setup):
         tf1.set_random_seed(args.seed)
-        built = graph.build(sess, net_config, learned.num_classes, weights, class_weights,
-                            args.precision == 'float16',
-                            merge=classes.merge_matrix() if learned is not classes else None)
+        built = graph.build(sess, net_config, classes.num_classes, weights, class_weights,
+                            args.precision == 'float16')
         net, probabilities = built.net, built.probabilities
         saver = tf1.train.Saver(max_to_keep=None)
         net.initialise()

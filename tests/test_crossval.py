@@ -1,7 +1,6 @@
 """Choosing and training are two jobs: crossval.py's leave-one-drive-out folds and their
 summary, and main.py --all-labelled, the final model that trains on every labelled image and
-selects nothing, on synthetic drives (tests/test_groups.py's three); and main.py --remap-at
-output, the data set's own classes as training signal for a --remap model."""
+selects nothing, on synthetic drives (tests/test_groups.py's three)."""
 import json
 import os
 
@@ -10,15 +9,11 @@ import pytest
 
 import crossval
 import main
-from roadseg import cli, inference, metrics
-from roadseg.data import classes as class_files
-from roadseg.data import datasets, groups
+from roadseg import cli, metrics
+from roadseg.data import groups
 from roadseg.errors import UserError
-from roadseg.model import network
-from roadseg.model.ops import tf
-from roadseg.training import config, distribute, inputs, monitoring
+from roadseg.training import config, monitoring
 from roadseg.training import crossval as folds
-from roadseg.training.settings import TrainingConfig
 from tests.test_groups import make_drives
 
 TINY = ['--dataset', 'camvid', '--remap', 'road=3', '--encoder', 'mobilenetv2',
@@ -141,59 +136,39 @@ def test_the_final_model_trains_on_every_labelled_image_and_selects_nothing(data
 
 
 @pytest.mark.slow
-def test_the_final_model_records_the_cross_validation_that_chose_its_recipe(
+def test_the_final_model_records_the_cross_validation_at_its_own_epoch_count(
         uninterrupted, data, tmp_path):
     cv_dir, summary = uninterrupted
+    record = str(cv_dir / 'crossval.json')
     run_dir = main.run([*TINY, '--data-dir', str(data), '--runs-dir', str(tmp_path),
-                        '--all-labelled', '--epochs', '1', '--crossval',
-                        str(cv_dir / 'crossval.json')])
+                        '--all-labelled', '--epochs', '1', '--crossval', record])
     recorded = read(os.path.join(run_dir, 'crossval.json'))
+    at_one = summary['epochs'][0]
+    assert at_one['epoch'] == 1 and recorded['at_epochs'] == at_one
     assert recorded['best'] == summary['best'] and recorded['metric'] == 'road IoU'
-    assert recorded['source'] == str(cv_dir / 'crossval.json')
+    assert recorded['source'] == record and recorded['epochs'] == 1
     log = open(os.path.join(run_dir, 'train.log')).read()
-    assert f'road IoU {summary["best"]["mean"]:.4f} +- {summary["best"]["std"]:.4f} over ' \
-           f'3 held-out groups (A, B, C)' in log
-
-
-def test_remap_at_output_sums_the_learned_probabilities_into_the_groups():
-    base = class_files.builtin('camvid11')
-    merge = base.remapped('road=3,car=8+9').merge_matrix()
-    assert merge.shape == (11, 3) and (merge.sum(axis=1) == 1).all()
-    assert merge[3, 1] == merge[8, 2] == merge[9, 2] == 1 and merge[0, 0] == merge[10, 0] == 1
-    logits = np.random.default_rng(0).normal(size=(1, 4, 5, 11)).astype(np.float32)
-    with tf.Graph().as_default():
-        got = tf.compat.v1.Session().run(network.probabilities(tf.constant(logits), merge))
-    learned = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    np.testing.assert_allclose(got[..., 1], learned[..., 3], atol=1e-6)
-    np.testing.assert_allclose(got[..., 2], learned[..., 8] + learned[..., 9], atol=1e-6)
-    np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
+    assert f'road IoU {at_one["mean"]:.4f} +- {at_one["std"]:.4f} over 3 held-out groups ' \
+           f'(A, B, C) at epoch 1' in log
+    unvalidated = folds.expected(record, 7)
+    assert unvalidated['at_epochs'] is None
+    assert 'was not validated at 7 epochs' in folds.expectation_line(unvalidated)
 
 
 @pytest.mark.slow
-def test_remap_at_output_trains_on_the_data_sets_classes_and_exports_the_groups(data, tmp_path):
-    argv = [*TINY, '--data-dir', str(data), '--remap-at', 'output']
-    args = config.parse_args(argv + ['--all-labelled'])
-    dataset, train, _, _ = inputs.data_split(args)
-    setup = distribute.setup(TrainingConfig.of(args))
-    batches = inputs.batch_generator(args, dataset, train, setup)
-    assert batches.num_classes == 11  # the training labels keep CamVid's classes
-    assert {0, 1, 3} <= set(np.unique(np.concatenate([label.ravel() for label in batches.labels])))
-    run_dir = main.run(argv + ['--runs-dir', str(tmp_path), '--epochs', '1'])
-    assert 'learning its 11 classes, summed into these at the output' in \
-        open(os.path.join(run_dir, 'train.log')).read()
-    records = read(os.path.join(run_dir, 'metrics.json'))
-    assert len(records['epochs'][0]['val']['iou']) == 2  # validated as road against the rest
-    with inference.load_model(os.path.join(run_dir, 'model')) as model:
-        image = datasets.read_rgb(os.path.join(data, 'train', 'A_000010.png'))
-        probabilities = model(image[None])
-    assert model.num_classes == 2 and probabilities.shape == (1, 32, 64, 2)
-    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-4)
-
-
-def test_remap_at_output_needs_a_remap(data):
-    argv = [a for a in TINY if a not in ('--remap', 'road=3')]
-    with pytest.raises(UserError, match='--remap-at output .* give --remap too'):
-        config.parse_args([*argv, '--data-dir', str(data), '--remap-at', 'output'])
+def test_a_final_recipe_that_names_its_record_cross_validates_without_it(
+        uninterrupted, data, tmp_path):
+    """A configured final recipe (--all-labelled, --crossval) is cross-validated as it stands:
+    the folds drop the record, which only a final model may carry."""
+    cv_dir, _ = uninterrupted
+    recipe = tmp_path / 'final.json'
+    recipe.write_text(json.dumps({'all_labelled': True,
+                                  'crossval': str(cv_dir / 'crossval.json')}))
+    argv = ['--config', str(recipe), *TINY, '--data-dir', str(data), '--epochs', '1']
+    summary = crossval.main([*argv, '--cv-dir', str(tmp_path / 'again'), '--folds', 'A,B'])
+    assert list(summary['folds']) == ['A', 'B'] and summary['best_epoch'] == 1
+    fold = read(os.path.join(folds.fold_run(str(tmp_path / 'again'), 'A'), 'config.json'))
+    assert fold['crossval'] is None and fold['val_groups'] == 'A'
 
 
 def test_a_config_files_crossval_record_is_found_beside_the_file(tmp_path, monkeypatch):

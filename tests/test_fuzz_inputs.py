@@ -326,7 +326,7 @@ SHAPES = {'image_shape', 'train_crop'}
 PATHS = {'data_dir', 'runs_dir', 'classes', 'resume', 'config', 'encoder_weights', 'group_by',
          'crossval'}
 TEXTS = {'dataset', 'label', 'class_weights', 'encoder', 'decoder', 'lr_schedule', 'input_norm',
-         'distribute', 'precision', 'remap', 'remap_at', 'augment', 'val_groups'} | PATHS
+         'distribute', 'precision', 'remap', 'augment', 'val_groups'} | PATHS
 OPTIONS = sorted(INTS | FLOATS | BOOLS | SHAPES | TEXTS)
 NEAR = {  # a value of the right kind for each option, often a valid one
     'dataset': st.sampled_from(sorted(datasets.READERS)),
@@ -335,7 +335,6 @@ NEAR = {  # a value of the right kind for each option, often a valid one
     'encoder': st.sampled_from(['vgg16', 'mobilenetv2', 'tiramisu']),
     'decoder': st.sampled_from(['fcn8s', 'fcn4s', 'dilated', 'fpn', 'tiramisu']),
     'lr_schedule': st.sampled_from(['constant', 'poly']),
-    'remap_at': st.sampled_from(['labels', 'output']),
     'input_norm': st.sampled_from(['fixed', 'image']),
     'distribute': st.sampled_from(['auto', 'none', 'mirrored']),
     'precision': st.sampled_from(['float32', 'bfloat16']),
@@ -437,6 +436,8 @@ def test_any_file_as_a_config_file_is_options_or_one_line(content):
     (['--augment', 'flip=2'], r'--augment: flip=.*2.* must be a number from 0 to 1'),
     (['--classes', 'no/such/classes.json'], r'classes.json: class file not found'),
     (['--seed', '-1'], r'--seed: -1 must be a whole number from 0 up'),
+    (['--val-fraction', '1.5'], r'--val-fraction 1.5: must be at least 0 and below 1'),
+    (['--val-fraction', 'nan'], r'--val-fraction nan: must be at least 0 and below 1'),
     (['--alpha', 'nan'], r'--alpha: nan must be a number above 0'),
     (['--alpha', 'inf'], r'--alpha: inf must be a number above 0'),
 ])

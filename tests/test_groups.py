@@ -2,6 +2,7 @@
 on synthetic names and tiny data sets."""
 import json
 import os
+import re
 
 import pytest
 
@@ -9,6 +10,7 @@ import evaluate
 import main
 from roadseg import evaluation
 from roadseg.data import groups
+from roadseg.data.settings import RULES, DataConfig
 from roadseg.errors import UserError
 from roadseg.training import config, inputs
 from tests.conftest import make_kitti
@@ -51,6 +53,31 @@ def test_a_groups_file_maps_stems_or_file_names(tmp_path):
     path.write_text(json.dumps(['a', 'b']))
     with pytest.raises(UserError, match='one JSON object'):
         groups.grouper('folder', str(path))
+
+
+def test_the_data_config_names_its_split_and_keeps_every_rule(tmp_path):
+    assert DataConfig().final is False and DataConfig(all_labelled=True).final is True
+    held = DataConfig(dataset='camvid', val_groups=' 0001TP, 0006R0,', all_labelled=True)
+    assert held.held_out == ['0001TP', '0006R0'] and not held.final
+    assert held.grouper()('0006R0_f02400.png') == '0006R0'
+    refused = {
+        '--dataset cityscapes: use one of': dict(dataset='cityscapes'),
+        '--label lanes: use one of road, lane': dict(label='lanes'),
+        '--val-fraction 1: must be at least 0 and below 1': dict(val_fraction=1),
+        '--val-fraction nan': dict(val_fraction=float('nan')),
+        '--seed: -2 must be a whole number from 0 up': dict(seed=-2),
+        "--group-by '(': not a regular expression": dict(group_by='('),
+        'missing.json: class file not found': dict(classes=str(tmp_path / 'missing.json')),
+        "--augment: unknown option 'zoom'": dict(augment='zoom=1'),
+    }
+    for message, fields in refused.items():
+        with pytest.raises(UserError, match=re.escape(message)):
+            DataConfig(**fields)
+    assert len(RULES) == 4
+    options = config.parse_args(['--dataset', 'camvid', '--val-groups', 'A'])
+    assert DataConfig.of(options) == DataConfig(
+        dataset='camvid', data_dir=options.data_dir, augment=options.augment,
+        val_groups='A', val_fraction=options.val_fraction)
 
 
 def test_hold_out_and_count_keep_order():

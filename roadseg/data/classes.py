@@ -123,13 +123,6 @@ class RemappedClassSet(ClassSet):
     def decode(self, label, path):
         return self.mapping[self.base.decode(label, path)]
 
-    def merge_matrix(self):
-        """[base classes, classes] of 0 and 1: base class i belongs to class j. Base class
-        probabilities times it are the classes' probabilities (--remap-at output)."""
-        matrix = np.zeros((self.base.num_classes, self.num_classes), np.float32)
-        matrix[np.arange(self.base.num_classes), self.mapping[:self.base.num_classes]] = 1.0
-        return matrix
-
 
 def _pack(rgb):
     """RGB triples as single integers, for fast colour look-ups."""

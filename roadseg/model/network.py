@@ -21,15 +21,9 @@ def normalised(images):
     return (images - mean) * (NORMAL_STD * tf.math.rsqrt(variance + 1.0)) + NORMAL_MEAN
 
 
-def probabilities(logits, merge=None):
-    """The per-pixel class probabilities of the logits, named `probabilities` for export. With
-    `merge`, a [learned classes, classes] 0/1 matrix (--remap-at output), the learned classes'
-    probabilities are summed into the classes the model answers: a 1x1 convolution with fixed
-    weights, which every export format carries."""
-    if merge is None:
-        return tf.nn.softmax(logits, name='probabilities')
-    weights = tf.constant(merge[None, None], tf.float32, name='merge')
-    return tf.nn.conv2d(tf.nn.softmax(logits), weights, 1, 'SAME', name='probabilities')
+def probabilities(logits):
+    """The per-pixel class probabilities of the logits, named `probabilities` for export."""
+    return tf.nn.softmax(logits, name='probabilities')
 
 
 Network = collections.namedtuple('Network', 'input_image keep_prob train_output output initialise '

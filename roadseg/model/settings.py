@@ -8,8 +8,8 @@ build their networks through it.
 import dataclasses
 import math
 
-from roadseg.errors import UserError
 from roadseg.model import DECODERS, TIRAMISU_DEPTHS
+from roadseg.settings import Settings
 
 ENCODERS = ('vgg16', 'mobilenetv2', 'tiramisu')
 # The decoder an encoder gets when none is given
@@ -60,7 +60,7 @@ RULES = (
 
 
 @dataclasses.dataclass(frozen=True)
-class NetworkConfig:
+class NetworkConfig(Settings):
     """The network build_network makes: the encoder (vgg16, mobilenetv2 with width `alpha`,
     or tiramisu at `depth`), its decoder (None: the encoder's own), where the encoder's weights
     come from (udacity, none, keras-h5:PATH), the input normalisation (fixed or image), the L2
@@ -73,17 +73,9 @@ class NetworkConfig:
     input_norm: str = 'fixed'
     weight_decay: float = 1e-3
     ema_decay: float = 0.0
+    RULES = RULES
 
     def __post_init__(self):
         if self.decoder is None and self.encoder in OWN_DECODER:
             object.__setattr__(self, 'decoder', OWN_DECODER[self.encoder])
-        for keeps, message in RULES:
-            if not keeps(self):
-                raise UserError(message(self))
-
-    @classmethod
-    def of(cls, options):
-        """The network of main.py's options (an argparse result, or anything with the same
-        attributes)."""
-        return cls(**{field.name: getattr(options, field.name)
-                      for field in dataclasses.fields(cls)})
+        super().__post_init__()

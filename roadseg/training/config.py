@@ -6,8 +6,8 @@ import os
 import sys
 
 from roadseg import cli, configs, files
-from roadseg.data import classes as class_files
-from roadseg.data import datasets, groups, transforms
+from roadseg.data import datasets, transforms
+from roadseg.data import settings as data_settings
 from roadseg.errors import UserError
 from roadseg.model import DECODERS, TIRAMISU_DEPTHS, settings
 from roadseg.training import crossval
@@ -87,12 +87,6 @@ def parse_args(argv=None):
                         help="a JSON class file replacing the data set's own")
     parser.add_argument('--remap', metavar='NAME=I[+I..][,..]',
                         help='merge classes, e.g. road=3: road against everything else')
-    parser.add_argument('--remap-at', choices=('labels', 'output'),
-                        help="labels: the network learns the --remap classes; output: it "
-                             "learns every class of the data set, whose probabilities are "
-                             "summed into the --remap classes at its output, so the richer "
-                             "labels train it and it exports the --remap classes "
-                             "(default: %(default)s)")
     parser.add_argument('--augment', metavar='KEY=VALUE,..',
                         help='training augmentation over the defaults '
                              f'{",".join(f"{k}={v:g}" for k, v in transforms.DEFAULTS.items())}'
@@ -157,10 +151,10 @@ def parse_args(argv=None):
                              "every image outside the held-out groups trains (crossval.py's "
                              "folds); without, every labelled image trains and nothing "
                              "validates: the final model, its last epoch exported")
-    parser.add_argument('--crossval', metavar='CROSSVAL.json',
+    parser.add_argument('--crossval', metavar='CROSSVAL.json', type=lambda text: text or None,
                         help="with --all-labelled: the crossval.json of the cross-validation "
-                             "that chose this recipe; its figures go into the run folder and "
-                             "log, as what to expect on a new street")
+                             "that chose this recipe; its figures at --epochs go into the run "
+                             "folder and log, as what to expect on a new street ('' for none)")
     parser.add_argument('--val-every', type=int, metavar='N',
                         help='validate every N epochs and after the last (with --ema-decay, '
                              'measuring the averaged weights\' batch-norm statistics then too); '
@@ -212,37 +206,21 @@ def parse_args(argv=None):
                      f'({args.epochs})')
     if not 0 < args.keep_prob <= 1:
         parser.error(f'argument --keep-prob: {args.keep_prob} must be above 0 and at most 1')
-    if args.seed < 0:
-        parser.error(f'argument --seed: {args.seed} must be a whole number from 0 up')
+    data_settings.DataConfig.of(args)  # its own RULES; its files' errors name the file
     try:  # the network's and the training's options, each checked by its own RULES
         training_settings.TrainingConfig.of(args)
         args.decoder = settings.NetworkConfig.of(args).decoder  # None: the encoder's own
     except UserError as e:
         parser.error(str(e))
-    if args.remap_at == 'output' and not args.remap:
-        parser.error('--remap-at output sums the classes into the --remap groups at the '
-                     'output: give --remap too, e.g. --remap road=3')
     final = args.all_labelled and not args.val_groups
     if args.val_bev and final:
         parser.error('--val-bev: with --all-labelled and no --val-groups nothing validates')
     if args.crossval and not final:
         parser.error('--crossval records the cross-validation behind a final model: give it '
                      'with --all-labelled and without --val-groups')
-    check_inputs(args)
-    return args
-
-
-def check_inputs(args):
-    """Read the --classes file, the --group-by pattern or file and the --augment text now, so
-    that a bad one stops the run before it starts, with or without --val-groups (which alone
-    uses --group-by), rather than hours in or never."""
-    if args.classes:
-        class_files.load_class_file(args.classes)
-    if args.group_by:
-        groups.grouper(args.dataset, args.group_by)
-    transforms.parse_options(args.augment)
-    if args.crossval:
+    if args.crossval:  # read now: a bad record stops the run before it starts
         crossval.read_summary(args.crossval)
+    return args
 
 
 def check_config(parser, config, path):

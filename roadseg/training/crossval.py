@@ -15,23 +15,22 @@ import os
 import numpy as np
 
 from roadseg import cli, evaluation, files, metrics
-from roadseg.data import datasets, groups
+from roadseg.data import groups
 from roadseg.errors import UserError
 
 STATE = 'crossval.json'  # in CV_DIR: the options and folds it was started with, then the summary
 
 
-def labelled_groups(args):
-    """{group: images} over every labelled image of the data set of `args` (main.py's)."""
-    dataset = datasets.open_dataset(args.dataset, args.data_dir, args.label, args.classes,
-                                    args.remap)
-    return groups.count(dataset.train + (dataset.val or []),
-                        groups.grouper(args.dataset, args.group_by))
+def labelled_groups(data):
+    """{group: images} over every labelled image of the data (a DataConfig)."""
+    dataset = data.open()
+    return groups.count(dataset.train + (dataset.val or []), data.grouper())
 
 
 def fold_argv(argv, cv_dir, group):
-    """main.py's options for the fold that holds out `group`."""
-    return [*argv, '--all-labelled', '--val-groups', group,
+    """main.py's options for the fold that holds out `group` (with no --crossval record, which
+    a configured final recipe carries)."""
+    return [*argv, '--all-labelled', '--val-groups', group, '--crossval', '',
             '--runs-dir', os.path.join(cv_dir, group)]
 
 
@@ -158,18 +157,24 @@ def read_summary(path):
     return summary
 
 
-def expected(path):
-    """What a final model's run records of the cross-validation (its crossval.json at `path`)
-    that chose its recipe."""
+def expected(path, epochs):
+    """What a final model's run of `epochs` epochs records of the cross-validation (its
+    crossval.json at `path`) that chose its recipe: the folds' figures at that many epochs
+    (None if they did not validate it), and at their best epoch."""
     summary = read_summary(path)
-    return {'source': path, 'metric': summary['metric'], 'best': summary['best'],
-            'folds': summary['folds']}
+    at = next((row for row in summary.get('epochs', []) if row['epoch'] == epochs), None)
+    return {'source': path, 'metric': summary['metric'], 'epochs': epochs, 'at_epochs': at,
+            'best': summary['best'], 'folds': summary['folds']}
 
 
 def expectation_line(expected):
     """That record in one line, for the run's log."""
-    best = expected['best']
+    at, best, folds = expected['at_epochs'], expected['best'], expected['folds']
+    held = f'over {len(folds)} held-out groups ({", ".join(folds)})'
+    if at is None:
+        return (f'its recipe, cross-validated ({expected["source"]}), was not validated at '
+                f'{expected["epochs"]} epochs; its best: {expected["metric"]} '
+                f'{best["mean"]:.4f} +- {best["std"]:.4f} {held} at epoch {best["epoch"]}')
     return (f'its recipe, cross-validated ({expected["source"]}): {expected["metric"]} '
-            f'{best["mean"]:.4f} +- {best["std"]:.4f} over {len(expected["folds"])} '
-            f'held-out groups ({", ".join(expected["folds"])}) at epoch {best["epoch"]}, '
-            f'what to expect on a new street')
+            f'{at["mean"]:.4f} +- {at["std"]:.4f} {held} at epoch {expected["epochs"]}, '
+            f'what to expect on a new street (best epoch {best["epoch"]}: {best["mean"]:.4f})')

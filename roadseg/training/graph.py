@@ -12,13 +12,12 @@ TrainingGraph = collections.namedtuple('TrainingGraph', 'net label learning_rate
 
 
 def build(sess, config, num_classes, weights=None, class_weights=None, loss_scale=False,
-          input_shape=(None, None, None), merge=None):
+          input_shape=(None, None, None)):
     """The training graph of the network `config` (a NetworkConfig, with the encoder `weights`
-    read beforehand) for `num_classes` learned classes: the softmax cross-entropy over non-void
-    pixels, weighted by `class_weights`, minimised with Adam (with dynamic loss scaling when
-    `loss_scale`, for float16), one optimiser per replica; `merge` sums the learned classes'
-    probabilities into the exported ones (--remap-at output). `input_shape` fixes the
-    batch, height and width (the benchmark counts FLOPs on static shapes)."""
+    read beforehand) for `num_classes` classes: the softmax cross-entropy over non-void pixels,
+    weighted by `class_weights`, minimised with Adam (with dynamic loss scaling when
+    `loss_scale`, for float16), one optimiser per replica. `input_shape` fixes the batch,
+    height and width (the benchmark counts FLOPs on static shapes)."""
     net = network.build_network(sess, config, num_classes, input_shape, weights)
     label = tf1.placeholder(tf.float32, [*input_shape, num_classes], 'label')
     learning_rate = tf1.placeholder(tf.float32, [], 'learning_rate')
@@ -30,4 +29,4 @@ def build(sess, config, num_classes, weights=None, class_weights=None, loss_scal
         return train_op, replica_loss
     train_op, total = distribute.step_ops(ops.for_each_replica(replica_step, net.train_output))
     return TrainingGraph(net, label, learning_rate, net.averaged(train_op), total,
-                         network.probabilities(net.output, merge))
+                         network.probabilities(net.output))

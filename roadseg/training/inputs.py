@@ -1,13 +1,12 @@
 """What a training run reads: the downloads it lacks, its data split (held-out groups, the
-final model's every labelled image, or a resumed run's split.json), its batches in the learned
-classes, class weights, the images its averaged weights calibrate on, and --val-bev's images."""
-import functools
+final model's every labelled image, or a resumed run's split.json), its batches, class
+weights, the images its averaged weights calibrate on, and --val-bev's images."""
 import os
 
 from roadseg import bev, files, images
-from roadseg.data import classes as class_files
 from roadseg.data import datasets, groups
 from roadseg.data.batches import BatchGenerator
+from roadseg.data.settings import DataConfig
 from roadseg.data.transforms import Augment
 from roadseg.errors import UserError
 from roadseg.model import vgg
@@ -51,8 +50,8 @@ def bev_paths(args, val_pairs, num_classes):
 
 
 def data_split(args):
-    """The data set and its (train pairs, validation pairs, seen pairs); read back from
-    split.json when resuming.
+    """The data set and its (train pairs, validation pairs, seen pairs) for main.py's options;
+    read back from the run's split.json when resuming.
 
     Validation picks the best model. It is the data set's own validation set, else a seeded
     --val-fraction split; with --val-groups, every labelled image of those groups, none of
@@ -63,71 +62,62 @@ def data_split(args):
 
     --all-labelled pools train/ and val/: every image outside the held-out groups trains, and
     without --val-groups every labelled image trains and none validates (the final model)."""
-    dataset = datasets.open_dataset(args.dataset, args.data_dir, args.label, args.classes,
-                                    args.remap)
+    data = DataConfig.of(args)
+    dataset = data.open()
     if args.resume:
-        return (dataset,) + resumed_split(args, dataset)
-    if args.all_labelled and not args.val_groups:
+        return (dataset,) + resumed_split(args.resume, dataset, data.data_dir)
+    if data.final:
         return dataset, dataset.train + (dataset.val or []), [], []
-    if args.val_groups:
-        return (dataset,) + group_split(args, dataset)
+    if data.val_groups:
+        return (dataset,) + group_split(data, dataset)
     if dataset.val is not None:
         return dataset, dataset.train, dataset.val, []
-    train, val = datasets.split_pairs(dataset.train, args.val_fraction, args.seed)
+    train, val = datasets.split_pairs(dataset.train, data.val_fraction, data.seed)
     if not train:
-        raise UserError(f'--val-fraction {args.val_fraction} holds out all {len(val)} '
-                        f'labelled images of {args.data_dir}; nothing is left to train on')
+        raise UserError(f'--val-fraction {data.val_fraction} holds out all {len(val)} '
+                        f'labelled images of {data.data_dir}; nothing is left to train on')
     return dataset, train, val, []
 
 
-def group_split(args, dataset):
-    """(train, validation, seen) pairs with the --val-groups held out (data_split)."""
-    group_of = groups.grouper(args.dataset, args.group_by)
-    wanted = [group.strip() for group in args.val_groups.split(',') if group.strip()]
+def group_split(data, dataset):
+    """(train, validation, seen) pairs with `data`'s --val-groups held out (data_split)."""
+    group_of = data.grouper()
     labelled = dataset.train + (dataset.val or [])
-    groups.check_groups(wanted, groups.count(labelled, group_of))
-    train, val = groups.hold_out(labelled if args.all_labelled else dataset.train, wanted,
-                                 group_of)
-    if args.all_labelled:
+    groups.check_groups(data.held_out, groups.count(labelled, group_of))
+    train, val = groups.hold_out(labelled if data.all_labelled else dataset.train,
+                                 data.held_out, group_of)
+    if data.all_labelled:
         seen = []
     elif dataset.val is not None:
-        seen, held = groups.hold_out(dataset.val, wanted, group_of)
+        seen, held = groups.hold_out(dataset.val, data.held_out, group_of)
         val += held
     else:
-        train, seen = datasets.split_pairs(train, args.val_fraction, args.seed)
+        train, seen = datasets.split_pairs(train, data.val_fraction, data.seed)
     if not train:
-        raise UserError(f'--val-groups {args.val_groups} holds out every training image of '
-                        f'{args.data_dir}; leave at least one group to train on')
+        raise UserError(f'--val-groups {data.val_groups} holds out every training image of '
+                        f'{data.data_dir}; leave at least one group to train on')
     return train, val, seen
 
 
-def resumed_split(args, dataset):
-    """The (train, validation, seen) pairs of the run --resume names, from its split.json."""
-    split = files.read_json(os.path.join(args.resume, 'split.json'), 'not a run folder?')
+def resumed_split(run_dir, dataset, data_dir):
+    """The (train, validation, seen) pairs of the run in `run_dir` (--resume), from its
+    split.json, found among `dataset`'s images in `data_dir`."""
+    split = files.read_json(os.path.join(run_dir, 'split.json'), 'not a run folder?')
     by_name = {os.path.basename(image): (image, label)
                for image, label in dataset.train + (dataset.val or [])}
     names = {key: split.get(key, []) for key in ('train', 'val', 'seen')}
     missing = [name for listed in names.values() for name in listed if name not in by_name]
     if missing:
-        raise UserError(f'--resume {args.resume}: {missing[0]} of its split is not in '
-                        f'{args.data_dir} any more')
+        raise UserError(f'--resume {run_dir}: {missing[0]} of its split is not in '
+                        f'{data_dir} any more')
     return tuple([by_name[n] for n in names[key]] for key in ('train', 'val', 'seen'))
 
 
-def learned_classes(args, classes):
-    """The classes the network learns: the data set's own before --remap with --remap-at output
-    (their probabilities summed into `classes` at the output), else `classes`."""
-    return classes.base if args.remap_at == 'output' else classes
-
-
 def batch_generator(args, dataset, train_pairs, setup):
-    """The training batches of the options, labelled with the learned classes: augmented, the
-    last --plain-epochs on flips only; this worker's share of every global batch under
-    --distribute (`setup`)."""
-    learned = learned_classes(args, dataset.classes)
+    """The training batches of the options: augmented, the last --plain-epochs on flips only;
+    this worker's share of every global batch under --distribute (`setup`)."""
     return BatchGenerator(
-        train_pairs, args.image_shape, functools.partial(class_files.read_label, learned),
-        learned.num_classes,
+        train_pairs, args.image_shape, dataset.read_label, dataset.classes.num_classes,
         Augment(args.augment, args.train_crop), args.seed,
         plain_from=args.epochs - args.plain_epochs + 1 if args.plain_epochs else None,
         replicas=setup.replicas, shard=(setup.worker, setup.workers))

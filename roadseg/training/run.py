@@ -3,6 +3,7 @@ config.json and split.json, train.log, and a resumed run's state; the log lines 
 it and the fcn.json its model carries. inputs.py reads a run's data, monitoring.py keeps its
 records and checkpoints, outputs.py writes its model and overlays.
 """
+import dataclasses
 import os
 import platform
 import time
@@ -11,9 +12,12 @@ import numpy as np
 
 from roadseg import files
 from roadseg.data import groups
+from roadseg.data.settings import DataConfig
 from roadseg.errors import UserError
 from roadseg.model.ops import tf
+from roadseg.model.settings import NetworkConfig
 from roadseg.training import checkpoints, crossval
+from roadseg.training.settings import TrainingConfig
 
 
 class RunLog:
@@ -44,8 +48,15 @@ def new_run_dir(runs_dir):
 
 
 def save_config(run_dir, args, weights):
-    """Write every option and the library versions to run_dir/config.json."""
-    config = {k: v for k, v in vars(args).items() if k not in ('config', 'resume')}
+    """Write the run's configuration to run_dir/config.json: the typed data, network and
+    training settings, then the run's own options (validation, dropout, seeds, records), the
+    class weights and the library versions. It is one flat object of options, as a --config
+    file is, so that --config and --resume read it back."""
+    config = {}
+    for settings in (DataConfig.of(args), NetworkConfig.of(args), TrainingConfig.of(args)):
+        config.update(dataclasses.asdict(settings))
+    config.update({k: v for k, v in vars(args).items()
+                   if k not in config and k not in ('config', 'resume')})
     config['data_dir'] = os.path.abspath(args.data_dir)  # so the run resumes from anywhere
     for shape in ('image_shape', 'train_crop'):
         if config[shape]:
@@ -76,13 +87,13 @@ def start_run(sess, saver, args, split, weights, writes=True):
         record = {key: [os.path.basename(image) for image, _ in pairs]
                   for key, pairs in zip(('train', 'val', 'seen'), split)}
         if args.val_groups:
-            group_of = groups.grouper(args.dataset, args.group_by)
+            group_of = DataConfig.of(args).grouper()
             record['groups'] = {key: groups.count(pairs, group_of)
                                 for key, pairs in zip(('train', 'val', 'seen'), split)}
         files.write_json(os.path.join(run_dir, 'split.json'), record)
         if args.crossval:
             files.write_json(os.path.join(run_dir, 'crossval.json'),
-                             crossval.expected(args.crossval))
+                             crossval.expected(args.crossval, args.epochs))
         return run_dir, 1, []
     run_dir = args.resume
     checkpoint_dir = os.path.join(run_dir, 'checkpoints')
@@ -111,16 +122,14 @@ def describe(run_dir, args, classes, split, start_epoch):
               f'(a final model: its last epoch is exported)'
               if args.all_labelled and not args.val_groups else
               f'{len(train)} training and {len(val)} validation images{held}')
-    learned = (f' (learning its {classes.base.num_classes} classes, summed into these at the '
-               f'output)' if args.remap_at == 'output' else '')
-    return (f'run {where}: {args.dataset} with {classes.num_classes} classes{learned}, {images}'
+    return (f'run {where}: {args.dataset} with {classes.num_classes} classes, {images}'
             + (f', {len(seen)} unseen images of the training groups scored beside'
                if seen else '')
             + f', at {args.image_shape[0]}x{args.image_shape[1]}'
             + (f' (training on {crop[0]}x{crop[1]} crops)' if crop else '')
             + f', epochs {start_epoch}..{args.epochs}'
             + (f' (the last {args.plain_epochs} on flips only)' if args.plain_epochs else '')
-            + (f'\n{crossval.expectation_line(crossval.expected(args.crossval))}'
+            + (f'\n{crossval.expectation_line(crossval.expected(args.crossval, args.epochs))}'
                if args.crossval else ''))
 
 

@@ -4,7 +4,7 @@ deadline). The network's own configuration is model.settings.NetworkConfig."""
 import dataclasses
 import math
 
-from roadseg.errors import UserError
+from roadseg.settings import Settings
 
 DISTRIBUTE = ('auto', 'none', 'mirrored', 'multi-worker')
 PRECISIONS = ('float32', 'bfloat16', 'float16')
@@ -36,7 +36,7 @@ RULES = (
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainingConfig:
+class TrainingConfig(Settings):
     """The schedule (`epochs` of `batch_size`, the global batch, at `learning_rate`, constant
     or poly-decayed), the training size `image_shape` (height, width) and its random
     `train_crop` (None: whole images), and where it runs: `distribute`, `precision`, `xla` and
@@ -51,14 +51,5 @@ class TrainingConfig:
     precision: str = 'float32'
     xla: bool = False
     step_timeout: float = 600.0
+    RULES = RULES
 
-    def __post_init__(self):
-        for keeps, message in RULES:
-            if not keeps(self):
-                raise UserError(message(self))
-
-    @classmethod
-    def of(cls, options):
-        """The training configuration of main.py's options (an argparse result)."""
-        return cls(**{field.name: getattr(options, field.name)
-                      for field in dataclasses.fields(cls)})
