@@ -10,7 +10,7 @@ when complete:
 | savedmodel | savedmodel/1/ | TensorFlow Serving (the version folder its server loads): `serving_default` takes uint8 RGB images of any size, returns `probabilities` and the uint8 class map `classes` at that size |
 | frozen | model.pb | GraphDef, variables folded to constants, dropout removed: `image` (float32 RGB 0..255 at the training size) in, `probabilities` out |
 | tflite32, tflite16 | model_float32.tflite, model_float16.tflite | TFLite, float32 or float16 weights, one image at a time; transposed convolutions rewritten as sub-pixel convolutions (same results), which XNNPACK runs quantised too |
-| int8 | model_int8.tflite | full-integer TFLite calibrated on training images: uint8 image in, uint8 probabilities (scale 1/256) out |
+| int8 | model_int8.tflite | integer TFLite calibrated on training images: uint8 image in, its preprocessing (and --input-norm image's) in float, the network in int8, uint8 probabilities (scale 1/256) out |
 
 The file exports share the fcn.json written beside them; the SavedModel holds its own. Each
 export is loaded back and scored next to the original on labelled images (the run's validation

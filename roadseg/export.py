@@ -8,6 +8,7 @@ probability difference and the share of pixels whose class agrees, against TOLER
 """
 import collections
 import os
+import warnings
 
 import numpy as np
 
@@ -217,31 +218,90 @@ def write_serving_model(path, graph_def, info):
             files.write_manifest(version)
 
 
+# The ops an encoder's input preprocessing and --input-norm image are made of: the int8 model's
+# input cast, elementwise ops, the per-image moments, and VGG16's channel reversal
+PREPROCESSING_OPS = {'Cast', 'Mean', 'SquaredDifference', 'StopGradient', 'Sub', 'Mul', 'RealDiv',
+                     'Add', 'AddV2', 'Rsqrt', 'StridedSlice', 'Identity'}
+
+
+def byte_input(graph_def):
+    """`graph_def` with its float `image` input fed from a uint8 `image` through a Cast: the int8
+    model takes image bytes, as they are, into its float preprocessing."""
+    graph_def = subpixel_upsampling(graph_def)
+    for node in graph_def.node:
+        node.input[:] = ['image_float' if name == 'image' else name for name in node.input]
+    cast = graph_def.node.add(name='image_float', op='Cast', input=['image'])
+    cast.attr['SrcT'].type, cast.attr['DstT'].type = tf.uint8.as_datatype_enum, \
+        tf.float32.as_datatype_enum
+    next(node for node in graph_def.node if node.name == 'image').attr['dtype'].type = \
+        tf.uint8.as_datatype_enum
+    return graph_def
+
+
+def input_preprocessing(graph_def):
+    """The nodes between the `image` input and the first convolution (PREPROCESSING_OPS only):
+    the encoder's input scaling and --input-norm image's per-image statistics. The int8 model
+    keeps them in float: quantized op by op, their wide ranges round the image three times
+    and cost a dusk drive 0.13 road IoU (docs/experiments.md). Each name is given twice, as it
+    is and with the suffix 1 that TFLite gives an op it rewrites (a RealDiv by a constant
+    becomes a MUL named `truediv1`)."""
+    consumers = {}
+    for node in graph_def.node:
+        for name in node.input:
+            consumers.setdefault(_producer(name), []).append(node)
+    found, queue = {}, collections.deque(['image'])
+    while queue:
+        for node in consumers.get(queue.popleft(), []):
+            if node.op in PREPROCESSING_OPS and node.name not in found:
+                found[node.name] = None
+                queue.append(node.name)
+    return [name + suffix for name in found for suffix in ('', '1')]
+
+
+def int8_model(converter, float_nodes, calibration):
+    """The full-integer model of `converter` with the nodes `float_nodes` left in float, by
+    TFLite's selective quantization (QuantizationDebugOptions' denylisted_nodes), its
+    activations calibrated on `calibration`, and uint8 probabilities out."""
+    from tensorflow.lite.python import util as tflite_util  # the converter's own I/O retyping
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([sample[None].astype(np.uint8)]
+                                                for sample in calibration)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                           tf.lite.OpsSet.TFLITE_BUILTINS]  # the float ops
+    with warnings.catch_warnings():  # the debugger checks its model with tf.lite.Interpreter
+        warnings.filterwarnings('ignore', r'\s*Warning: tf.lite.Interpreter is deprecated')
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter,
+            debug_dataset=lambda: iter([calibration[0][None].astype(np.uint8)]),
+            debug_options=tf.lite.experimental.QuantizationDebugOptions(
+                denylisted_nodes=float_nodes))
+        model = debugger.get_nondebug_quantized_model()
+    return tflite_util.modify_model_io_type(model, tf.uint8, tf.uint8)
+
+
 def tflite_model(graph_def, info, fmt, calibration=()):
     """The frozen graph as a TFLite flatbuffer: 'tflite32', 'tflite16' (float16 weights) or
-    'int8' (full integer, activations calibrated on `calibration`, RGB images at the training
+    'int8' (a full-integer network calibrated on `calibration`, RGB images at the training
     size; uint8 in and out: images are 8-bit anyway, and probabilities come out in 1/256 steps,
-    the levels of KITTI's probability PNGs). The transposed convolutions become sub-pixel
-    convolutions (subpixel_upsampling), which XNNPACK runs in every format."""
+    the levels of KITTI's probability PNGs; the input's preprocessing stays in float,
+    input_preprocessing). The transposed convolutions become sub-pixel convolutions
+    (subpixel_upsampling), which XNNPACK runs in every format."""
     rewritten = tf1.GraphDef()
     rewritten.CopyFrom(graph_def)
+    rewritten = byte_input(rewritten) if fmt == 'int8' else subpixel_upsampling(rewritten)
     with tf.Graph().as_default() as graph, tf1.Session() as sess:
-        tf.graph_util.import_graph_def(subpixel_upsampling(rewritten), name='')
+        tf.graph_util.import_graph_def(rewritten, name='')
         image = graph.get_tensor_by_name('image:0')
         image.set_shape([1, *info['image_shape'], 3])
         converter = tf1.lite.TFLiteConverter.from_session(
             sess, [image], [graph.get_tensor_by_name('probabilities:0')])
-        if fmt in ('tflite16', 'int8'):
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
         if fmt == 'tflite16':
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.target_spec.supported_types = [tf.float16]
-        if fmt == 'int8':
-            converter.representative_dataset = lambda: ([sample[None].astype(np.float32)]
-                                                        for sample in calibration)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = converter.inference_output_type = tf.uint8
         try:
             with quiet_stderr():  # the converter's MLIR notices
+                if fmt == 'int8':
+                    return int8_model(converter, input_preprocessing(rewritten), calibration)
                 return converter.convert()
         except Exception as e:  # the converter raises ConverterError and others
             raise UserError(f'{fmt}: TFLite conversion failed '

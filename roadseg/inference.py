@@ -262,8 +262,10 @@ def _quantize(values, details):
     if not np.issubdtype(details['dtype'], np.integer):
         return values.astype(details['dtype'])
     scale, zero_point = details['quantization']
+    if scale == 0:  # an integer input taken as it is (the int8 export's image bytes)
+        scale, zero_point = 1, 0
     if values.dtype == details['dtype'] and (scale, zero_point) == (1, 0):
-        return values  # uint8 images into export.py's uint8 input: nothing to convert
+        return values  # uint8 images into a uint8 input: nothing to convert
     limits = np.iinfo(details['dtype'])
     return np.clip(np.round(values / scale + zero_point), limits.min, limits.max) \
         .astype(details['dtype'])

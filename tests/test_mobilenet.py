@@ -6,8 +6,10 @@ import shutil
 
 import numpy as np
 import pytest
+from ai_edge_litert.interpreter import Interpreter
 
 import evaluate
+import export
 import main
 from roadseg.model import decoders, mobilenet, network, vgg
 from roadseg.model.ops import tf, tf1
@@ -366,6 +368,27 @@ def test_main_trains_exports_evaluates_and_resumes_mobilenetv2_through_the_same_
     assert [r['epoch'] for r in read_metrics(run_dir)['epochs']] == [1, 2, 3]
     saved = json.loads(open(config).read())
     assert (saved['epochs'], saved['data_dir']) == (3, str(moved))
+
+
+@pytest.mark.slow
+def test_an_input_norm_image_model_exports_to_int8_with_its_preprocessing_in_float(tmp_path):
+    """--input-norm image's per-image statistics, quantized op by op, cost an int8 model 0.13
+    road IoU on a dusk drive (docs/experiments.md): the int8 export takes image bytes and keeps
+    everything before the first convolution in float, and agrees with the original."""
+    _, run_dir = train_tiny_run(tmp_path, '--epochs', '2', '--input-norm', 'image')
+    export.main(['--model', run_dir, '--formats', 'int8', '--calibration-images', '4'])
+    path = os.path.join(run_dir, 'export', 'model_int8.tflite')
+    interpreter = Interpreter(path)
+    (image,), (probabilities,) = interpreter.get_input_details(), interpreter.get_output_details()
+    assert image['dtype'] == probabilities['dtype'] == np.uint8
+    ops = [op['op_name'] for op in interpreter._get_ops_details()]
+    assert ops[:ops.index('CONV_2D')] == [
+        'CAST', 'MEAN', 'SQUARED_DIFFERENCE', 'MEAN', 'ADD', 'RSQRT', 'MUL', 'SUB', 'MUL', 'ADD',
+        'MUL', 'SUB', 'QUANTIZE']  # the statistics, the gain and MobileNetV2's scaling in float
+    assert 'DEQUANTIZE' not in ops  # and nothing after them
+    agreement = json.loads(open(os.path.join(run_dir, 'export', 'agreement.json')).read())
+    assert agreement['exports']['int8']['within_tolerance'], agreement
+    assert agreement['exports']['int8']['class_agreement'] >= 0.97
 
 
 @pytest.mark.slow
