@@ -12,7 +12,7 @@ ranks methods; with --save-images, a BEV picture per image in bev/.
 import os
 import sys
 
-from roadseg import bev, cli, crf, evaluation, files, inference
+from roadseg import bev, cli, crf, evaluation, files, inference, zoo
 from roadseg.data import datasets
 
 
@@ -28,7 +28,8 @@ def default_output_dir(model, split, flip_tta=False, crf=False):
 def main(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--model', required=True,
-                        help='a run folder, a SavedModel folder, a frozen graph .pb or a .tflite')
+                        help='a run folder, a SavedModel folder, a frozen graph .pb, a .tflite, '
+                             f'or a shipped model by name: {", ".join(zoo.SHIPPED)}')
     parser.add_argument('--data-dir', required=True,
                         help='the data set folder, in the layout the model was trained on')
     parser.add_argument('--split', choices=('val', 'seen', 'all'), default='val',
@@ -48,8 +49,11 @@ def main(argv=None):
                              "(images with a calib/ file; with --save-images, BEV pictures)")
     crf.add_flag(parser)
     args = parser.parse_args(argv)
-    output_dir = args.output_dir or default_output_dir(args.model, args.split, args.flip_tta,
-                                                       bool(args.crf))
+    name, args.model = args.model, zoo.resolve(args.model)
+    print(zoo.describe(name, args.model), flush=True)
+    output_dir = args.output_dir or default_output_dir(
+        os.path.join('runs', name) if name in zoo.SHIPPED else args.model, args.split,
+        args.flip_tta, bool(args.crf))
     files.check_writable(output_dir, '--output-dir')
     with inference.load_model(args.model, flip=args.flip_tta,
                               refine=crf.refiner(args.crf)) as model:

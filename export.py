@@ -20,10 +20,11 @@ written to agreement.json; an export outside its tolerance (roadseg.export.TOLER
 exit status 1.
 """
 import argparse
+import contextlib
 import os
 import sys
 
-from roadseg import cli, evaluation, files, images, inference, metrics
+from roadseg import cli, evaluation, files, images, inference, metrics, zoo
 from roadseg.errors import PartlyFailed, UserError
 
 FILES = inference.EXPORT_FILES
@@ -44,7 +45,7 @@ def parse_args(argv=None):
     parser.add_argument('--model', required=True,
                         help="a run folder or main.py's SavedModel folder")
     parser.add_argument('--output-dir', help='where the exports go (default: RUN_DIR/export)')
-    parser.add_argument('--formats', type=formats_arg, default=list(FILES),
+    parser.add_argument('--formats', type=formats_arg,
                         help=f'comma-separated, of {",".join(FILES)} (default: all)')
     parser.add_argument('--check-dir', metavar='DATA_DIR',
                         help="labelled images to check the exports on, in the layout the model "
@@ -55,9 +56,17 @@ def parse_args(argv=None):
     parser.add_argument('--calibration-images', type=int, default=images.CALIBRATION_IMAGES,
                         help='how many calibration images, at an even step '
                              '(default: %(default)s)')
+    parser.add_argument('--ship', choices=sorted(zoo.SHIPPED), metavar='NAME',
+                        help='rebuild the shipped model NAME in models/ from this run: its int8 '
+                             'file, replaced only when within tolerance, and its model card '
+                             f'(models/README.md); NAME is one of {", ".join(zoo.SHIPPED)}')
     args = parser.parse_args(argv)
     if args.calibration_images < 1:
         parser.error('argument --calibration-images: must be at least 1')
+    if args.ship and (args.output_dir or args.formats):
+        parser.error(f'--ship {args.ship} writes the int8 file into models/{args.ship}/: '
+                     f'leave out --output-dir and --formats')
+    args.formats = ['int8'] if args.ship else args.formats or list(FILES)
     return args
 
 
@@ -69,32 +78,75 @@ def main(argv=None):
             raise UserError(f'--model {args.model}: a {original.kind} model; export from a run '
                             f'folder or the SavedModel main.py wrote')
         info, folder = original.info, inference.model_folder(args.model)
-        output_dir = args.output_dir or os.path.join(os.path.dirname(os.path.abspath(folder)),
-                                                     'export')
-        files.check_writable(output_dir, '--output-dir')  # before the exports, which take minutes
+        output_dir = zoo.folder_of(args.ship) if args.ship else args.output_dir or \
+            os.path.join(os.path.dirname(os.path.abspath(folder)), 'export')
+        files.check_writable(output_dir, '--ship' if args.ship else '--output-dir')  # first
+        if args.ship and not os.path.isfile(os.path.join(run_folder(args.model), 'split.json')):
+            raise UserError(f'--ship {args.ship}: --model {args.model} is not a run folder; '
+                            f'a shipped model is exported from the run that trained it')
         samples = export.check_samples(args.model, info, args.check_dir)
         calibration = export.calibration_images(args.model, info, args.calibration_dir,
                                                 args.calibration_images) \
             if 'int8' in args.formats else ()
-        paths = export.write_exports(folder, info, output_dir, args.formats, calibration)
-        reference = evaluation.key_metric(evaluation.evaluate(original, samples))
-        metric = metrics.key_metric_name(original.num_classes)
-        print(f'{"original":<10} {metric} {reference:.4f} on {len(samples)} images')
-        exports = {fmt: export.check(fmt, path, original, samples, reference)
-                   for fmt, path in paths.items()}
+        with contextlib.ExitStack() as stack:
+            if args.ship:  # the shipped folder is replaced only by a model within tolerance
+                output_dir = stack.enter_context(files.atomic_path(output_dir))
+                os.makedirs(output_dir)
+            exports, metric, reference = export_and_check(export, args, original, folder,
+                                                          output_dir, samples, calibration)
+            if args.ship:
+                ship(args, original, exports['int8'], reference, len(samples), calibration)
+    if args.ship:
+        zoo.write_card()
+        print(f'shipped {args.ship}: {zoo.path(args.ship)}; its card is in '
+              f'{os.path.join(zoo.DIR, "README.md")}')
+
+
+def export_and_check(export, args, original, folder, output_dir, samples, calibration):
+    """Write the exports of args.formats to `output_dir`, check each against `original` on
+    `samples`, print and record the agreement: ({format: agreement}, metric, original's
+    figure). An export outside its tolerance stops with PartlyFailed, after the record."""
+    info = original.info
+    paths = export.write_exports(folder, info, output_dir, args.formats, calibration)
+    reference = evaluation.key_metric(evaluation.evaluate(original, samples))
+    metric = metrics.key_metric_name(original.num_classes)
+    print(f'{"original":<10} {metric} {reference:.4f} on {len(samples)} images')
+    exports = {fmt: export.check(fmt, path, original, samples, reference)
+               for fmt, path in paths.items()}
     for fmt, result in exports.items():
         print(f'{fmt:<10} {metric} {result["iou"]:.4f} ({result["iou_difference"]:+.4f}), '
               f'max probability difference {result["max_probability_difference"]:.2g}, '
               f'classes agree on {100 * result["class_agreement"]:.2f}% of pixels: '
               f'{"within" if result["within_tolerance"] else "OUTSIDE"} tolerance')
-    files.write_json(os.path.join(output_dir, 'agreement.json'),
-                     {'model': os.path.abspath(args.model), 'images': len(samples),
-                      'metric': metric, 'original_iou': reference, 'exports': exports})
-    print(f'exports and agreement.json written to {output_dir}')
+    if not args.ship:  # a shipped model's card holds its agreement
+        files.write_json(os.path.join(output_dir, 'agreement.json'),
+                         {'model': os.path.abspath(args.model), 'images': len(samples),
+                          'metric': metric, 'original_iou': reference, 'exports': exports})
+        print(f'exports and agreement.json written to {output_dir}')
     outside = [fmt for fmt, result in exports.items() if not result['within_tolerance']]
     if outside:
         raise PartlyFailed(f'{", ".join(outside)} disagree with the original beyond their '
-                           f'tolerance (see agreement.json)')
+                           f'tolerance' + ('; nothing shipped' if args.ship else
+                                           ' (see agreement.json)'))
+    return exports, metric, reference
+
+
+def run_folder(model):
+    """The run folder of --model (a run folder, or its model/)."""
+    return os.path.dirname(os.path.abspath(inference.model_folder(model)))
+
+
+def ship(args, original, result, reference, images_checked, calibration):
+    """Write the shipped model's card.json beside its int8 file: the run, its data, its
+    cross-validated quality, the int8 file's agreement and its speed here."""
+    path = result['path']
+    with inference.load_model(path) as shipped:
+        milliseconds = zoo.speed(shipped, calibration[0])
+    checked = {'result': result, 'original': reference, 'images': images_checked,
+               'source': args.check_dir or "the run's validation images"}
+    card = zoo.card(args.ship, run_folder(args.model), original.info, checked, milliseconds,
+                    path)
+    files.write_json(os.path.join(os.path.dirname(path), zoo.CARD), card)
 
 
 if __name__ == '__main__':

@@ -1,6 +1,7 @@
 """Segment images, folders, globs and videos with a trained model.
 
-    python predict.py --model runs/20261121-143000 drive.mp4 'frames/*.png' --output-dir out \\
+    python predict.py drive.mp4 'frames/*.png'        # the shipped road model, into runs/
+    python predict.py --model runs/20261121-143000 drive.mp4 --output-dir out \\
         --overlay --mask --crop 120,-40
 
 Every frame is resized to the model's training size, segmented, and the result resized back to
@@ -13,8 +14,9 @@ frames are named `<stem>_<frame number>`. Unreadable inputs are skipped and list
 `--kitti-submission DIR` writes KITTI's road benchmark submission for its testing images (each
 with its calib/ file): the bird's-eye-view road probability maps in DIR/bev/, zipped into
 DIR/kitti_road_bev.zip (what KITTI's server takes), and the perspective maps in DIR/perspective/.
---model takes a run folder, a SavedModel, a frozen graph (.pb) or a TFLite model (.tflite):
-see roadseg.inference. A TFLite model runs without importing TensorFlow.
+--model takes a run folder, a SavedModel, a frozen graph (.pb), a TFLite model (.tflite), or a
+shipped model's name (models/, roadseg.zoo; camvid-road by default). A TFLite model runs
+without importing TensorFlow.
 """
 import os
 import sys
@@ -22,7 +24,7 @@ import time
 
 from tqdm import tqdm
 
-from roadseg import cli, crf, files, inference, media, metrics
+from roadseg import cli, crf, files, inference, media, metrics, zoo
 from roadseg.errors import PartlyFailed, UserError
 
 
@@ -30,9 +32,11 @@ def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('inputs', nargs='+', metavar='INPUT',
                         help='image or video files (.mp4 .avi .mov), folders or globs')
-    parser.add_argument('--model', required=True,
-                        help='a run folder, a SavedModel folder, a frozen graph .pb or a .tflite')
-    parser.add_argument('--output-dir', help='where the outputs are written')
+    parser.add_argument('--model', help='a run folder, a SavedModel folder, a frozen graph .pb, '
+                                        'a .tflite, or a shipped model by name: '
+                                        f'{", ".join(zoo.SHIPPED)} (default: {zoo.DEFAULT})')
+    parser.add_argument('--output-dir', help='where the outputs are written (default: '
+                                             'runs/predict-<time>)')
     for flag, what in (('overlay', '<name>.png: the classes drawn over the image'),
                        ('mask', '<name>_mask.png: class numbers'),
                        ('probability', '8-bit road-probability PNGs, KITTI\'s submission format'),
@@ -63,8 +67,7 @@ def parse_args(argv=None):
         parser.error('argument --threshold: must be above 0 and at most 1')
     flags = args.overlay or args.mask or args.probability or args.video or args.gif
     if not args.output_dir and (flags or not args.kitti_submission):
-        parser.error('argument --output-dir is required' + (
-            ' for --overlay, --mask, --probability, --video and --gif' if flags else ''))
+        args.output_dir = os.path.join('runs', time.strftime('predict-%Y%m%d-%H%M%S'))
     return args
 
 
@@ -85,7 +88,7 @@ def check_options(args, model):
     elif args.probability or args.kitti_submission or args.threshold is not None:
         flag = '--probability' if args.probability else '--kitti-submission' \
             if args.kitti_submission else '--threshold'
-        raise UserError(f'{flag}: for two-class (road) models; {args.model} has '
+        raise UserError(f'{flag}: for two-class (road) models; {model.path} has '
                         f'{model.num_classes} classes')
 
 
@@ -105,12 +108,14 @@ def check_names(sources, output_dir):
 
 def main(argv=None):
     args = parse_args(argv)
+    model_path = zoo.resolve(args.model)
+    print(zoo.describe(args.model, model_path), flush=True)
     for folder, flag in ((args.output_dir, '--output-dir'),
                          (args.kitti_submission, '--kitti-submission')):
         if folder:
             files.check_writable(folder, flag)
     bad = {}
-    with inference.load_model(args.model, flip=args.flip_tta,
+    with inference.load_model(model_path, flip=args.flip_tta,
                               refine=crf.refiner(args.crf)) as model:
         check_options(args, model)
         sources = [media.Source(path) for path in media.input_files(args.inputs, bad)]

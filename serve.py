@@ -25,7 +25,7 @@ import signal
 import socket
 import sys
 
-from roadseg import cli, crf, inference
+from roadseg import cli, crf, inference, zoo
 from roadseg.errors import UserError
 
 GRACE_S = 30  # how long a stopping server lets requests in flight finish
@@ -33,8 +33,9 @@ GRACE_S = 30  # how long a stopping server lets requests in flight finish
 
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--model', required=True,
-                        help='a run folder, a SavedModel folder, a frozen graph .pb or a .tflite')
+    parser.add_argument('--model', help='a run folder, a SavedModel folder, a frozen graph .pb, '
+                                        'a .tflite, or a shipped model by name: '
+                                        f'{", ".join(zoo.SHIPPED)} (default: {zoo.DEFAULT})')
     parser.add_argument('--host', default='127.0.0.1',
                         help='address to listen on (default: %(default)s, this machine only; '
                              '0.0.0.0 for every interface)')
@@ -87,6 +88,8 @@ def stopped(*_):
 
 def main(argv=None):
     args = parse_args(argv)
+    model_path = zoo.resolve(args.model)  # a missing shipped model: one line, now
+    print(zoo.describe(args.model, model_path), flush=True)
     check_port(args.host, args.port)
     import uvicorn  # after the options are sound: --help and bad flags answer at once
 
@@ -95,8 +98,8 @@ def main(argv=None):
                 'max_pixels': args.max_pixels}
     crf_parameters = crf.parameters_for(args.crf)  # a bad file or no pydensecrf2: one line, now
     signal.signal(signal.SIGTERM, stopped)
-    model = inference.load_model(args.model)  # one that does not load: one line, now
-    print(f'serving {args.model} ({model.kind}, {model.num_classes} classes, '
+    model = inference.load_model(model_path)  # one that does not load: one line, now
+    print(f'serving {model_path} ({model.kind}, {model.num_classes} classes, '
           f'{model.image_shape[0]}x{model.image_shape[1]}'
           + (f', dense CRF of {args.crf}' if args.crf else '')
           + f') on http://{args.host}:{args.port}/', flush=True)
@@ -108,7 +111,7 @@ def main(argv=None):
     else:  # each worker process loads the model itself (roadseg.serving.app_from_environment)
         model.close()
         os.environ['ROADSEG_SERVE'] = json.dumps({
-            'model': os.path.abspath(args.model),
+            'model': os.path.abspath(model_path),
             'crf': args.crf and os.path.abspath(args.crf), **settings})
         uvicorn.run('roadseg.serving:app_from_environment', factory=True,
                     workers=args.workers, **common)

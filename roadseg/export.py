@@ -276,7 +276,7 @@ def int8_model(converter, float_nodes, calibration):
             debug_options=tf.lite.experimental.QuantizationDebugOptions(
                 denylisted_nodes=float_nodes))
         model = debugger.get_nondebug_quantized_model()
-    return tflite_util.modify_model_io_type(model, tf.uint8, tf.uint8)
+    return tflite_util.modify_model_io_type(model, tf.float32, tf.uint8)  # input: left as is
 
 
 def tflite_model(graph_def, info, fmt, calibration=()):

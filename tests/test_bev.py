@@ -319,7 +319,7 @@ def test_kitti_submission_with_output_dir_and_a_failed_image(tiny_kitti, tmp_pat
     assert 'no zip, as every test image needs its map (the earlier' in capsys.readouterr().err
 
 
-def test_kitti_submission_refuses_images_it_cannot_submit(tiny_kitti, tmp_path):
+def test_kitti_submission_refuses_images_it_cannot_submit(tiny_kitti, tmp_path, monkeypatch):
     training = tiny_kitti / 'data' / 'data_road' / 'training' / 'image_2'
     with pytest.raises(UserError, match=r'--kitti-submission: 1 input\(s\) with no calibration '
                                         r'file, e.g. .*um_000003.png'):
@@ -330,8 +330,9 @@ def test_kitti_submission_refuses_images_it_cannot_submit(tiny_kitti, tmp_path):
     with pytest.raises(UserError, match="names that are not KITTI's"):
         predict.main(['--model', str(tiny_kitti / 'run'), str(tmp_path / 'street.png'),
                       '--kitti-submission', str(tmp_path / 'sub')])
-    with pytest.raises(UserError, match='--output-dir is required'):
-        predict.main(['--model', str(tiny_kitti / 'run'), str(tmp_path / 'street.png')])
+    monkeypatch.chdir(tmp_path)  # without --output-dir (or a submission): runs/predict-<time>
+    predict.main(['--model', str(tiny_kitti / 'run'), str(tmp_path / 'street.png')])
+    assert [path.name for path in tmp_path.glob('runs/predict-*/*.png')] == ['street.png']
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ flags; or, with --resume RUN_DIR, the options that run was started with."""
 import argparse
 import json
 import os
+import shlex
 import sys
 
 from roadseg import cli, configs, files
@@ -19,6 +20,8 @@ DESCRIPTION = ('FCN road segmentation: train on KITTI Road, CamVid or a folder o
 OPTIONAL = {'resume', 'classes', 'remap', 'train_crop', 'image_shape', 'val_groups', 'group_by',
             'crossval', 'decoder'}
 DEFAULT_CONFIG = configs.path('kitti_road.json')
+# What a run's config.json records beside its options (run.save_config), dropped when read back
+DERIVED = ('versions', 'class_weight_values', 'command', 'commit')
 # Options removed after they measured no gain (docs/experiments.md), at their no-op values:
 # dropped when read from an older run's config.json, so it still resumes.
 RETIRED = {'lovasz_weight': 0.0, 'hard_pixels': 1.0}
@@ -46,7 +49,7 @@ def load_config(path):
     if not isinstance(config, dict):
         raise UserError(f'{path}: a config file holds one JSON object of options, '
                         f'{{"option": value, ...}}, not a {type(config).__name__}')
-    for derived in ('versions', 'class_weight_values'):
+    for derived in DERIVED:
         config.pop(derived, None)
     for name, no_op in RETIRED.items():  # run folders written before these options went
         if config.get(name, no_op) == no_op:
@@ -261,6 +264,7 @@ def options(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if not args.resume:
+        args.command = shlex.join(['python', 'main.py', *argv])  # recorded in config.json
         return args
     path = os.path.join(args.resume, 'config.json')
     if not os.path.isfile(path):

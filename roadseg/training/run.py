@@ -50,8 +50,9 @@ def new_run_dir(runs_dir):
 def save_config(run_dir, args, weights):
     """Write the run's configuration to run_dir/config.json: the typed data, network and
     training settings, then the run's own options (validation, dropout, seeds, records), the
-    class weights and the library versions. It is one flat object of options, as a --config
-    file is, so that --config and --resume read it back."""
+    command that started it, the class weights, the library versions and the commit. It is one
+    flat object of options, as a --config file is, so that --config and --resume read it
+    back."""
     config = {}
     for settings in (DataConfig.of(args), NetworkConfig.of(args), TrainingConfig.of(args)):
         config.update(dataclasses.asdict(settings))
@@ -65,6 +66,7 @@ def save_config(run_dir, args, weights):
         config['class_weight_values'] = [round(float(w), 6) for w in weights]
     config['versions'] = {'tensorflow': tf.__version__, 'python': platform.python_version(),
                           'numpy': np.__version__}
+    config['commit'] = files.git_commit(os.path.dirname(__file__))  # the code that trained it
     files.write_json(os.path.join(run_dir, 'config.json'), config)
 
 

@@ -1,0 +1,138 @@
+"""The models that come with the project, in the repository's models/ folder: their names for
+--model NAME, the default one, and their model card (models/README.md).
+
+Each shipped model is a folder models/NAME/ holding an int8 TFLite file with its fcn.json and
+manifest.json (export.py writes them) and card.json, what models/README.md says of it. They are
+rebuilt from a run with `python export.py --model RUN --ship NAME`.
+"""
+import os
+import time
+
+import numpy as np
+
+from roadseg import files, metrics
+from roadseg.errors import UserError
+
+DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'models')
+FILE = 'model_int8.tflite'
+CARD = 'card.json'
+# The data's terms, which a model trained on them carries
+LICENCES = {'camvid': 'CamVid (Brostow et al. 2009): research and non-commercial use; a model '
+                      'trained on it carries these terms',
+            'kitti': 'KITTI (Geiger et al.): CC BY-NC-SA 3.0, non-commercial; a model trained on '
+                     'it carries these terms'}
+# name: (what it segments, the recipe it is trained by)
+SHIPPED = {'camvid-road': ('road against the rest, CamVid', 'configs/camvid_road_mobilenetv2.json'),
+           'camvid11': ("CamVid's 11 street-scene classes", 'configs/camvid11_mobilenetv2.json')}
+DEFAULT = 'camvid-road'
+
+
+def path(name, folder=None):
+    """The model file of the shipped model `name` (in `folder`, default DIR)."""
+    return os.path.join(folder or DIR, name, FILE)
+
+
+def resolve(model):
+    """The path --model `model` names: a shipped model's file for its name (unless a file or
+    folder of that name exists here), else `model` as it is. None: the default model."""
+    model = DEFAULT if model is None else model
+    if model not in SHIPPED or os.path.exists(model):
+        return model
+    found = path(model)
+    if not os.path.isfile(found):
+        raise UserError(f'--model {model}: the shipped model {found} is missing; it comes with '
+                        f'a clone of the repository, or rebuild it from a run of '
+                        f'{SHIPPED[model][1]} with python export.py --model RUN --ship {model}')
+    return found
+
+
+def describe(model, resolved):
+    """One line naming the model a command uses: the shipped model's name and file, or the
+    path given."""
+    if resolved != model and (model is None or model in SHIPPED):
+        name = model or DEFAULT
+        return f'model: {name}, the shipped {SHIPPED[name][0]} ({resolved})'
+    return f'model: {resolved}'
+
+
+def folder_of(name, folder=None):
+    """The shipped model `name`'s folder."""
+    return os.path.join(folder or DIR, name)
+
+
+def speed(model, image, runs=10):
+    """The median milliseconds of `model` (an inference.Model) on one image, after a warm-up."""
+    batch = image[None]
+    model(batch)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        model(batch)
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+def card(name, run_dir, info, checked, milliseconds, model_file):
+    """card.json of the shipped model `name` exported from the run `run_dir`: what trained it,
+    on what, its cross-validated quality (the run's crossval.json) and its int8 file's
+    agreement (`checked`: export.py's agreement for the int8 file and its check images)."""
+    config = files.read_json(os.path.join(run_dir, 'config.json'))
+    split = files.read_json(os.path.join(run_dir, 'split.json'))
+    metric = metrics.key_metric_name(info['num_classes'])
+    expected = os.path.join(run_dir, 'crossval.json')
+    if os.path.isfile(expected):
+        record = files.read_json(expected)
+        row = record.get('at_epochs') or record['best']
+        crossval = (f'{metric} {row["mean"]:.3f} +- {row["std"]:.3f}, the mean over '
+                    f'{len(record["folds"])} held-out drives ({", ".join(record["folds"])}) of '
+                    f'its recipe\'s leave-one-drive-out cross-validation at epoch {row["epoch"]}')
+    else:
+        crossval = 'not cross-validated'
+    result = checked['result']
+    final = config.get('all_labelled') and not config.get('val_groups')
+    return {
+        'task': SHIPPED[name][0],
+        'command': config.get('command') or f'python main.py --config {SHIPPED[name][1]}',
+        'commit': config.get('commit'),
+        'trained_on': (f'{len(split["train"])} labelled images of {config["dataset"]}'
+                       + (' (every labelled one)' if final else '')
+                       + f', {config["epochs"]} epochs, from scratch'),
+        'quality': {'crossval': crossval,
+                    'int8': f'{metric} {result["iou"]:.4f} against {checked["original"]:.4f} '
+                            f'({100 * result["class_agreement"]:.2f} % of pixels agreeing) on '
+                            f'{checked["images"]} labelled images of {checked["source"]}'},
+        'input_size': '{}x{}'.format(*info['image_shape']),
+        'classes': info['class_names'],
+        'megabytes': os.path.getsize(model_file) / 1e6,
+        'speed': f'{milliseconds:.0f} ms per image (LiteRT, one image at a time, on this '
+                 f'machine\'s 2 CPU cores)',
+        'licence': LICENCES.get(config['dataset'], 'the terms of the data it trained on')}
+
+
+def write_card(folder=None):
+    """models/README.md from every shipped model's card.json: the model card."""
+    folder = folder or DIR
+    cards = {name: files.read_json(os.path.join(folder, name, CARD))
+             for name in SHIPPED if os.path.isfile(os.path.join(folder, name, CARD))}
+    lines = ['# Shipped models', '',
+             'Small int8 TFLite models the project trained, for `--model NAME` in `predict.py`, '
+             '`serve.py` and `evaluate.py` (`predict.py` and `serve.py` use `camvid-road` when '
+             'no `--model` is given). Each folder holds the model, its `fcn.json` and its '
+             '`manifest.json` (sizes, SHA-256). Rebuild one from a run with '
+             '`python export.py --model RUN --ship NAME`, which rewrites this page.', '']
+    for name, card in cards.items():
+        quality = card['quality']
+        lines += [f'## `{name}`: {card["task"]}', '',
+                  '| | |', '| --- | --- |',
+                  f'| trained by | `{card["command"]}` at commit {card["commit"] or "unknown"} |',
+                  f'| trained on | {card["trained_on"]} |',
+                  f'| quality on a new street | {quality["crossval"]} |',
+                  f'| the int8 file against its float model | {quality["int8"]} |',
+                  f'| input | RGB, {card["input_size"]}; any image is resized to it and the '
+                  f'result back |',
+                  f'| classes | {", ".join(card["classes"])} |',
+                  f'| file | `{name}/{FILE}`, {card["megabytes"]:.1f} MB |',
+                  f'| speed on this machine | {card["speed"]} |',
+                  f'| licence | {card["licence"]} |', '']
+    files.write_bytes(os.path.join(folder, 'README.md'), '\n'.join(lines).encode())
+    return cards

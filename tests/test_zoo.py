@@ -1,0 +1,151 @@
+"""Shipped models (models/, roadseg.zoo): --model NAME in predict, serve and evaluate, the road
+model by default, export.py --ship rebuilding one from a run with its card, and the commit a
+run records (files.git_commit)."""
+import json
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import evaluate
+import export
+import predict
+import serve
+from roadseg import export as formats
+from roadseg import files, zoo
+from roadseg.errors import PartlyFailed, UserError
+from tests.conftest import ROOT
+from tests.test_mobilenet import train_tiny_run
+
+
+def test_a_name_resolves_to_its_shipped_file_and_anything_else_passes(tmp_path, monkeypatch):
+    monkeypatch.setattr(zoo, 'DIR', str(tmp_path / 'models'))
+    with pytest.raises(UserError, match=r'--model camvid11: the shipped model .*models/camvid11/'
+                                        r'model_int8.tflite is missing; .* python export.py '
+                                        r'--model RUN --ship camvid11') as missing:
+        zoo.resolve('camvid11')
+    assert len(str(missing.value).splitlines()) == 1
+    (tmp_path / 'models' / 'camvid-road').mkdir(parents=True)
+    (tmp_path / 'models' / 'camvid-road' / zoo.FILE).write_bytes(b'')
+    found = str(tmp_path / 'models' / 'camvid-road' / zoo.FILE)
+    assert zoo.resolve(None) == zoo.resolve('camvid-road') == found
+    assert zoo.describe(None, found) == \
+        f'model: camvid-road, the shipped road against the rest, CamVid ({found})'
+    assert zoo.resolve('runs/x') == 'runs/x' and zoo.describe('runs/x', 'runs/x') == \
+        'model: runs/x'
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / 'camvid11').mkdir()  # a folder of that name here is what the user means
+    assert zoo.resolve('camvid11') == 'camvid11'
+
+
+@given(st.text(max_size=40))
+def test_any_model_text_resolves_or_is_refused_in_one_line(text):
+    try:
+        resolved = zoo.resolve(text)
+    except UserError as e:
+        assert text in zoo.SHIPPED and len(str(e).splitlines()) == 1
+        return
+    assert resolved == text or resolved == zoo.path(text)
+
+
+def test_git_commit_reads_loose_packed_detached_and_worktree_heads(tmp_path):
+    sha, other = 'a' * 40, 'b' * 40
+    git = tmp_path / 'repo' / '.git'
+    (git / 'refs' / 'heads').mkdir(parents=True)
+    (git / 'HEAD').write_text('ref: refs/heads/main\n')
+    (git / 'refs' / 'heads' / 'main').write_text(sha + '\n')
+    (tmp_path / 'repo' / 'pkg').mkdir()
+    assert files.git_commit(tmp_path / 'repo' / 'pkg') == sha
+    (git / 'refs' / 'heads' / 'main').unlink()
+    (git / 'packed-refs').write_text(f'# pack-refs\n{other} refs/heads/dev\n{sha} '
+                                     f'refs/heads/main\n')
+    assert files.git_commit(tmp_path / 'repo') == sha
+    (git / 'HEAD').write_text(other + '\n')
+    assert files.git_commit(tmp_path / 'repo') == other
+    (git / 'worktrees' / 'w').mkdir(parents=True)  # a worktree: .git is a file
+    (git / 'worktrees' / 'w' / 'HEAD').write_text('ref: refs/heads/main\n')
+    (git / 'worktrees' / 'w' / 'commondir').write_text('../..\n')
+    (tmp_path / 'w').mkdir()
+    (tmp_path / 'w' / '.git').write_text(f'gitdir: {git / "worktrees" / "w"}\n')
+    assert files.git_commit(tmp_path / 'w') == sha
+    (git / 'HEAD').write_text('ref: refs/heads/gone\n')
+    assert files.git_commit(tmp_path / 'repo') is None
+    assert files.git_commit('/') is None
+
+
+@pytest.fixture(scope='module')
+def final_run(tmp_path_factory):
+    """A tiny final run (--all-labelled, eight epochs) with its data."""
+    return train_tiny_run(tmp_path_factory.mktemp('final'), '--epochs', '8', '--input-norm',
+                          'image', '--all-labelled')
+
+
+@pytest.mark.slow
+def test_ship_rebuilds_a_shipped_model_with_its_card_and_every_command_takes_its_name(
+        final_run, tmp_path, monkeypatch, capsys):
+    data, run_dir = final_run
+    monkeypatch.setattr(zoo, 'DIR', str(tmp_path / 'models'))
+    monkeypatch.setitem(formats.TOLERANCES, 'int8', (None, 1.0))  # int8's own test is elsewhere
+    config = json.loads(open(os.path.join(run_dir, 'config.json')).read())
+    assert config['command'].startswith('python main.py --data-dir ')
+    assert config['commit'] == files.git_commit(ROOT)
+    export.main(['--model', run_dir, '--ship', 'camvid-road', '--check-dir', str(data),
+                 '--calibration-images', '4'])
+    shipped = tmp_path / 'models' / 'camvid-road'
+    assert sorted(os.listdir(shipped)) == ['card.json', 'fcn.json', 'manifest.json', zoo.FILE]
+    card = json.loads((shipped / 'card.json').read_text())
+    assert card['command'] == config['command'] and card['commit'] == config['commit']
+    assert card['trained_on'] == ('6 labelled images of kitti (every labelled one), '
+                                  '8 epochs, from scratch')
+    assert card['quality']['crossval'] == 'not cross-validated'
+    assert card['quality']['int8'].startswith('road IoU ') and '6 labelled images of' in \
+        card['quality']['int8']
+    assert card['input_size'] == '32x64' and card['classes'] == ['not road', 'road']
+    assert 0 < card['megabytes'] < 1 and card['speed'].endswith("this machine's 2 CPU cores)")
+    readme = (tmp_path / 'models' / 'README.md').read_text()
+    assert '## `camvid-road`: road against the rest, CamVid' in readme
+    assert f'| trained by | `{config["command"]}` at commit {config["commit"]} |' in readme
+    assert '## `camvid11`' not in readme  # not shipped
+    capsys.readouterr()
+    # The road model is predict.py's default; evaluate.py takes the name.
+    image = data / 'data_road' / 'training' / 'image_2' / 'um_000000.png'
+    monkeypatch.chdir(tmp_path)
+    predict.main([str(image), '--output-dir', str(tmp_path / 'out')])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f'model: camvid-road, the shipped road against the rest, CamVid ' \
+                    f'({shipped / zoo.FILE})'
+    assert (tmp_path / 'out' / 'um_000000.png').is_file()
+    evaluate.main(['--model', 'camvid-road', '--data-dir', str(data), '--split', 'all'])
+    assert capsys.readouterr().out.startswith('model: camvid-road, the shipped')
+    scored = json.loads((tmp_path / 'runs' / 'camvid-road-eval-all' / 'metrics.json').read_text())
+    assert scored['model'] == str(shipped / zoo.FILE)
+    # A rebuilt model outside its tolerance ships nothing: the shipped one stays as it was.
+    before = (shipped / zoo.FILE).read_bytes()
+    monkeypatch.setitem(formats.TOLERANCES, 'int8', (None, -1.0))
+    with pytest.raises(PartlyFailed, match='int8 disagree .* tolerance; nothing shipped'):
+        export.main(['--model', run_dir, '--ship', 'camvid-road', '--check-dir', str(data),
+                     '--calibration-images', '4'])
+    assert (shipped / zoo.FILE).read_bytes() == before
+    assert sorted(os.listdir(tmp_path / 'models')) == ['README.md', 'camvid-road']
+
+
+def test_ship_refuses_other_outputs_and_a_model_that_is_not_a_run(tmp_path):
+    with pytest.raises(UserError, match='--ship camvid-road writes the int8 file into '
+                                        'models/camvid-road/: leave out --output-dir'):
+        export.parse_args(['--model', 'x', '--ship', 'camvid-road', '--formats', 'int8'])
+    with pytest.raises(UserError, match="argument --ship: invalid choice: 'kitti'"):
+        export.parse_args(['--model', 'x', '--ship', 'kitti'])
+
+
+def test_serve_without_a_model_names_the_missing_shipped_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(zoo, 'DIR', str(tmp_path / 'models'))
+    with pytest.raises(UserError, match=r'--model camvid-road: the shipped model .* is '
+                                        r'missing'):
+        serve.main([])
+
+
+def test_predict_writes_into_runs_without_an_output_dir():
+    args = predict.parse_args(['image.png'])
+    assert args.model is None and args.output_dir.startswith(os.path.join('runs', 'predict-'))
+    assert predict.parse_args(['x.png', '--output-dir', 'o']).output_dir == 'o'
