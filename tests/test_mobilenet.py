@@ -3,7 +3,10 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 
+import h5py
 import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
@@ -11,14 +14,15 @@ from ai_edge_litert.interpreter import Interpreter
 import evaluate
 import export
 import main
-from roadseg.model import decoders, mobilenet, network, vgg
+from roadseg.errors import UserError
+from roadseg.model import decoders, keras_weights, mobilenet, network, vgg
 from roadseg.model.ops import tf, tf1
 from roadseg.model.settings import NetworkConfig
 from roadseg.training import checkpoints, loop, monitoring, outputs
 from roadseg.training import config as options
 from roadseg.training.loss import optimize
 from roadseg.training.settings import TrainingConfig
-from tests.conftest import make_kitti
+from tests.conftest import ROOT, make_kitti
 
 ALPHA = 0.1  # 8 channels in most layers: fast, yet every block is built
 
@@ -101,6 +105,42 @@ def test_input_norm_image_maps_each_images_channels_to_one_mean_and_deviation():
                            for x in (batch, tinted))
             change = np.abs(plain - dusk).max() / np.abs(plain).max()
             assert change < 1e-4 if agree else change > 1e-3
+
+
+@pytest.mark.slow
+def test_keras_mobilenetv2_weights_give_this_encoder_keras_own_features(tmp_path):
+    """--encoder mobilenetv2 --encoder-weights keras-h5:PATH: a weights file of Keras's own
+    MobileNetV2 (random weights and batch-norm statistics, written in the layout of its
+    ImageNet file by tests/keras_mobilenet.py) makes this encoder's inference tower compute
+    Keras's features, and build_network loads it."""
+    weights, reference = tmp_path / 'mobilenet_v2.h5', tmp_path / 'keras.npz'
+    subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'keras_mobilenet.py'),
+                    str(weights), str(reference)], check=True, capture_output=True, timeout=300)
+    expected = np.load(reference)
+    values = mobilenet.read_keras_h5(str(weights))
+    assert len(values) == 52 + 4 * 52  # 52 convolutions, each with its batch norm
+    with tf.Graph().as_default(), tf1.Session() as sess:
+        images = tf1.placeholder(tf.float32, [None, 64, 96, 3])
+        *_, features = mobilenet.build_encoder(images, False)
+        sess.run(tf1.global_variables_initializer())
+        keras_weights.assign(sess, values)
+        got = sess.run(features, {images: expected['images']})
+    np.testing.assert_allclose(got, expected['features'], atol=2e-4 * np.abs(got).max())
+    config = NetworkConfig('mobilenetv2', encoder_weights=f'keras-h5:{weights}')
+    with tf.Graph().as_default(), tf1.Session() as sess:
+        net = network.build_network(sess, config, 2, weights=network.encoder_weights(config, '.'))
+        net.initialise()
+        (variable,) = [v for v in tf1.global_variables()
+                       if v.name == 'mobilenetv2/stage4_block2/depthwise/bn/moving_variance:0']
+        loaded = sess.run(variable)
+    np.testing.assert_array_equal(loaded, values['mobilenetv2/stage4_block2/depthwise/bn/'
+                                                  'moving_variance'])
+    (tmp_path / 'other.h5').write_bytes(weights.read_bytes())
+    with h5py.File(tmp_path / 'other.h5', 'r+') as f:
+        del f['block_7_project_BN']
+    with pytest.raises(UserError, match=r"other.h5: no weights for layer block_7_project_BN; "
+                                        r"expected Keras's mobilenet_v2_weights"):
+        mobilenet.read_keras_h5(str(tmp_path / 'other.h5'))
 
 
 def test_each_decoder_gets_the_features_at_its_strides():

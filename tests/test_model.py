@@ -64,8 +64,10 @@ def test_the_network_config_gives_each_encoder_its_decoder_and_keeps_every_rule(
         '--ema-decay needs an encoder built in the graph': dict(encoder_weights='udacity',
                                                                ema_decay=0.9),
         '--input-norm image needs': dict(encoder_weights='udacity', input_norm='image'),
-        '--encoder mobilenetv2 trains from scratch': dict(encoder='mobilenetv2',
-                                                          encoder_weights='udacity'),
+        '--encoder mobilenetv2 takes --encoder-weights none or keras-h5': dict(
+            encoder='mobilenetv2', encoder_weights='udacity'),
+        "--alpha 0.5: Keras's MobileNetV2 weights are of width 1.0": dict(
+            encoder='mobilenetv2', encoder_weights='keras-h5:x.h5', alpha=0.5),
         '--decoder fpn is for mobilenetv2; --encoder tiramisu has its own': dict(
             encoder='tiramisu', decoder='fpn'),
         "--decoder tiramisu is FC-DenseNet's own": dict(encoder='mobilenetv2',
@@ -78,6 +80,6 @@ def test_the_network_config_gives_each_encoder_its_decoder_and_keeps_every_rule(
     for message, fields in refused.items():
         with pytest.raises(UserError, match=re.escape(message)):
             NetworkConfig(**fields)
-    assert len(RULES) == 14
+    assert len(RULES) == 15
     with pytest.raises(dataclasses.FrozenInstanceError):
         NetworkConfig().encoder = 'mobilenetv2'

@@ -1,5 +1,5 @@
 """The MobileNetV2 encoder (Sandler et al. 2018) in the project's graph style: a fast backbone
-that trains on a CPU, from scratch (no pretrained weights are used).
+that trains on a CPU, from scratch or from Keras's ImageNet weights (read_keras_h5).
 
 Inverted residual blocks (1x1 expansion, 3x3 depthwise, linear 1x1 projection, a residual where
 shapes allow), batch normalisation and ReLU6, channel counts scaled by the width multiplier
@@ -13,7 +13,8 @@ shapes allow), batch normalisation and ReLU6, channel counts scaled by the width
   (`decoders.pyramid`), then scored and upsampled once.
 Images come in as RGB 0..255 and are scaled to -1..1 inside, as MobileNetV2 expects.
 """
-from roadseg.model import DECODERS, ops
+from roadseg.errors import UserError
+from roadseg.model import DECODERS, keras_weights, ops
 
 tf, tf1 = ops.tf, ops.tf1
 
@@ -26,6 +27,8 @@ WEIGHT_DECAY = 4e-5  # the paper's L2 on the encoder's kernels
 # initial statistics; from scratch, with a few thousand steps in all, its inference-mode model
 # was useless (road IoU 0.30 in the reference run) while 0.9 tracked the weights.
 BN_MOMENTUM = 0.9
+KERAS_FILE = "Keras's mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+BN_PARTS = ('gamma', 'beta', 'moving_mean', 'moving_variance')  # Keras's order
 
 
 def make_divisible(value, divisor=8):
@@ -83,3 +86,37 @@ def build_encoder(image_input, training, alpha=1.0, decoder='fcn8s'):
         last = LAST_CHANNELS if alpha <= 1 else make_divisible(LAST_CHANNELS * alpha)
         x = conv_bn(x, last, 1, 1, training, 'conv_last')
     return (*(skips[stride] for stride in DECODERS[decoder][:-1]), x)
+
+
+def keras_layers():
+    """{Keras MobileNetV2 layer: this encoder's variable scope}, in the network's order: Conv1,
+    then expanded_conv (the first block, with no expansion), block_1 .. block_16, Conv_1."""
+    blocks = [f'stage{s}_block{b}' for s, (_, _, count, _) in enumerate(STAGES, 1)
+              for b in range(1, count + 1)]
+    layers = {'Conv1': 'conv1', 'bn_Conv1': 'conv1/bn'}
+    for index, block in enumerate(blocks):
+        keras = f'block_{index}' if index else 'expanded_conv'
+        for part in ('expand', 'depthwise', 'project')[0 if index else 1:]:
+            layers[f'{keras}_{part}'] = f'{block}/{part}'
+            layers[f'{keras}_{part}_BN'] = f'{block}/{part}/bn'
+    layers.update({'Conv_1': 'conv_last', 'Conv_1_bn': 'conv_last/bn'})
+    return layers
+
+
+def read_keras_h5(path):
+    """Keras's MobileNetV2 ImageNet weights (alpha 1.0, no top) as {variable name: array} of
+    this encoder (width 1.0), for keras_weights.assign."""
+    weights = keras_weights.read(path, KERAS_FILE)
+    values = {}
+    for layer, scope in keras_layers().items():
+        arrays = weights.get(layer)
+        bn = scope.endswith('/bn')
+        if arrays is None or len(arrays) != (4 if bn else 1):
+            raise UserError(f'{path}: no weights for layer {layer}; expected {KERAS_FILE}')
+        parts = BN_PARTS if bn else ('kernel',)
+        values.update({f'mobilenetv2/{scope}/{part}': array
+                       for part, array in zip(parts, arrays)})
+    if values['mobilenetv2/conv1/kernel'].shape != (3, 3, 3, 32):
+        raise UserError(f'{path}: a MobileNetV2 of another width; expected {KERAS_FILE} '
+                        f'(alpha 1.0)')
+    return values

@@ -3,7 +3,7 @@
 import collections
 
 from roadseg.errors import UserError
-from roadseg.model import DECODERS, decoders, mobilenet, ops, tiramisu, vgg
+from roadseg.model import DECODERS, decoders, keras_weights, mobilenet, ops, tiramisu, vgg
 
 tf, tf1 = ops.tf, ops.tf1
 
@@ -37,7 +37,8 @@ def encoder_weights(config, data_dir):
     if config.encoder_weights == 'udacity':
         return vgg.vgg_dir(data_dir)
     if config.encoder_weights.startswith('keras-h5:'):
-        return vgg.read_keras_h5(config.encoder_weights[len('keras-h5:'):])
+        read = mobilenet.read_keras_h5 if config.encoder == 'mobilenetv2' else vgg.read_keras_h5
+        return read(config.encoder_weights[len('keras-h5:'):])
     return None
 
 
@@ -124,7 +125,9 @@ def build_network(sess, config, num_classes, input_shape=(None, None, None), wei
     def initialise():
         sess.run(tf1.variables_initializer([v for v in tf1.global_variables()
                                             if v.name not in restored]))
-        if keras:
+        if keras and config.encoder == 'mobilenetv2':
+            keras_weights.assign(sess, keras)
+        elif keras:
             vgg.assign_weights(sess, keras)
         sess.run([average.assign(v.deref()) for v, average in averages.items()])
 

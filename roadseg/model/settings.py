@@ -35,9 +35,15 @@ RULES = (
     (lambda c: c.input_norm == 'fixed' or _in_graph(c),
      lambda c: '--input-norm image needs an encoder built in the graph (--encoder-weights '
                'none or keras-h5:PATH); the frozen udacity VGG16 takes its input as it is'),
-    (lambda c: c.encoder == 'vgg16' or c.encoder_weights == 'none',
-     lambda c: f'--encoder {c.encoder} trains from scratch: give --encoder-weights none '
-               f'({c.encoder_weights} is a VGG16 encoder)'),
+    (lambda c: c.encoder == 'vgg16' or c.encoder_weights == 'none'
+     or c.encoder == 'mobilenetv2' and c.encoder_weights.startswith('keras-h5:'),
+     lambda c: f'--encoder {c.encoder} takes --encoder-weights none'
+               + (" or keras-h5:PATH (Keras's MobileNetV2 file)"
+                  if c.encoder == 'mobilenetv2' else ' (it trains from scratch)')
+               + f'; {c.encoder_weights} is a VGG16 encoder'),
+    (lambda c: c.encoder != 'mobilenetv2' or c.encoder_weights == 'none' or c.alpha == 1.0,
+     lambda c: f"--alpha {c.alpha}: Keras's MobileNetV2 weights are of width 1.0; give "
+               f"--alpha 1.0 with --encoder-weights keras-h5"),
     (lambda c: c.encoder != 'tiramisu' or c.decoder == 'tiramisu',
      lambda c: f'--decoder {c.decoder} is for mobilenetv2; --encoder tiramisu has its own '
                f'decoder (--decoder tiramisu)'),

@@ -17,10 +17,9 @@ make_vgg.py writes it:
 """
 import os
 
-import numpy as np
-
 from roadseg import files
 from roadseg.errors import UserError
+from roadseg.model import keras_weights
 from roadseg.model.ops import tf, tf1
 
 VGG_URL = 'https://s3-us-west-1.amazonaws.com/udacity-selfdrivingcar/vgg.zip'
@@ -28,6 +27,7 @@ TAG = 'vgg16'
 TENSORS = ('image_input:0', 'keep_prob:0', 'layer3_out:0', 'layer4_out:0', 'layer7_out:0')
 BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 FC_WIDTH = 4096
+KERAS_FILE = "Keras's vgg16_weights_tf_dim_ordering_tf_kernels[_notop].h5"
 IMAGENET_MEAN_RGB = (123.68, 116.779, 103.939)
 IMAGENET_STD_RGB = (58.393, 57.12, 57.375)
 
@@ -74,25 +74,12 @@ def read_keras_h5(path):
 
     fc1/fc2 (present only in the full file) become the fc6/fc7 kernels, reshaped to 7x7 and 1x1.
     """
-    import h5py
-    try:
-        with h5py.File(path, 'r') as f:
-            root = f['model_weights'] if 'model_weights' in f else f
-            weights = {}
-            for name in root:
-                group = root[name]
-                names = [n.decode() if isinstance(n, bytes) else n
-                         for n in group.attrs.get('weight_names', [])]
-                if names:
-                    weights[name] = [np.asarray(group[n]) for n in names]
-    except (OSError, KeyError) as e:
-        raise UserError(f'{path}: not a readable Keras weights file ({e})') from None
+    weights = keras_weights.read(path, KERAS_FILE)
     convs = [f'block{b}_conv{c}' for b, widths in enumerate(BLOCKS, 1)
              for c in range(1, len(widths) + 1)]
     missing = [name for name in convs if name not in weights]
     if missing:
-        raise UserError(f'{path}: no weights for layer {missing[0]}; expected Keras\'s '
-                        f'vgg16_weights_tf_dim_ordering_tf_kernels[_notop].h5')
+        raise UserError(f'{path}: no weights for layer {missing[0]}; expected {KERAS_FILE}')
     result = {name: weights[name] for name in convs}
     if 'fc1' in weights and 'fc2' in weights:
         fc1, fc2 = weights['fc1'], weights['fc2']
@@ -111,17 +98,9 @@ def encoder_shape(weights):
 
 
 def assign_weights(sess, weights):
-    """Load `read_keras_h5`'s weights into the encoder variables of the session's graph (fed
-    through placeholders, which replicated variables take too, rather than as constants)."""
-    variables = {v.name: v for v in tf1.global_variables()}
-    assigns, feed = [], {}
-    for name, pair in weights.items():
-        for part, value in zip(('kernel', 'bias'), pair):
-            variable = variables[f'{name}/{part}:0']
-            placeholder = tf1.placeholder(tf.float32, variable.shape)
-            assigns.append(variable.assign(placeholder))
-            feed[placeholder] = value
-    sess.run(assigns, feed)
+    """Load `read_keras_h5`'s weights into the encoder variables of the session's graph."""
+    keras_weights.assign(sess, {f'{name}/{part}': value for name, pair in weights.items()
+                                for part, value in zip(('kernel', 'bias'), pair)})
 
 
 def save_vgg_saved_model(export_dir, keras_h5=None, blocks=BLOCKS, fc_width=FC_WIDTH, seed=0):

@@ -134,7 +134,8 @@ def parse_args(argv=None):
                              "for other light (in-graph encoders) (default: %(default)s)")
     parser.add_argument('--encoder-weights', type=encoder_weights_arg,
                         help="udacity (data-dir/vgg, downloaded if absent), keras-h5:PATH "
-                             "(Keras's VGG16 ImageNet file) or none (from scratch) "
+                             "(Keras's VGG16 or, for --encoder mobilenetv2, MobileNetV2 "
+                             "ImageNet file) or none (from scratch) "
                              "(default: %(default)s)")
     parser.add_argument('--seed', type=int, help='(default: %(default)s)')
     parser.add_argument('--val-fraction', type=float,
