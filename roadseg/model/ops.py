@@ -170,4 +170,3 @@ def synchronised_batch_norm(x, gamma, beta, epsilon):
     y = tf.nn.batch_normalization(x, mean, variance, beta, gamma, epsilon)
     total = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]) * replicas(), tf.float32)
     return y, mean, variance * total / tf.maximum(total - 1, 1.0)
-
