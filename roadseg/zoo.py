@@ -100,7 +100,9 @@ def card(name, run_dir, info, checked, milliseconds, model_file):
         'quality': {'crossval': crossval,
                     'int8': f'{metric} {result["iou"]:.4f} against {checked["original"]:.4f} '
                             f'({100 * result["class_agreement"]:.2f} % of pixels agreeing) on '
-                            f'{checked["images"]} labelled images of {checked["source"]}'},
+                            f'{checked["images"]} labelled images of {checked["source"]}'
+                            + (', which it trained on: a check of the int8 file, not of the '
+                               'model' if final else '')},
         'input_size': '{}x{}'.format(*info['image_shape']),
         'classes': info['class_names'],
         'megabytes': os.path.getsize(model_file) / 1e6,
