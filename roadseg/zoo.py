@@ -27,9 +27,9 @@ SHIPPED = {'camvid-road': ('road against the rest, CamVid', 'configs/camvid_road
 DEFAULT = 'camvid-road'
 
 
-def path(name, folder=None):
-    """The model file of the shipped model `name` (in `folder`, default DIR)."""
-    return os.path.join(folder or DIR, name, FILE)
+def path(name):
+    """The model file of the shipped model `name`."""
+    return os.path.join(DIR, name, FILE)
 
 
 def resolve(model):
@@ -55,9 +55,9 @@ def describe(model, resolved):
     return f'model: {resolved}'
 
 
-def folder_of(name, folder=None):
+def folder_of(name):
     """The shipped model `name`'s folder."""
-    return os.path.join(folder or DIR, name)
+    return os.path.join(DIR, name)
 
 
 def speed(model, image, runs=10):
@@ -111,11 +111,10 @@ def card(name, run_dir, info, checked, milliseconds, model_file):
         'licence': LICENCES.get(config['dataset'], 'the terms of the data it trained on')}
 
 
-def write_card(folder=None):
+def write_card():
     """models/README.md from every shipped model's card.json: the model card."""
-    folder = folder or DIR
-    cards = {name: files.read_json(os.path.join(folder, name, CARD))
-             for name in SHIPPED if os.path.isfile(os.path.join(folder, name, CARD))}
+    cards = {name: files.read_json(os.path.join(DIR, name, CARD))
+             for name in SHIPPED if os.path.isfile(os.path.join(DIR, name, CARD))}
     lines = ['# Shipped models', '',
              'Small int8 TFLite models the project trained, for `--model NAME` in `predict.py`, '
              '`serve.py` and `evaluate.py` (`predict.py` and `serve.py` use `camvid-road` when '
@@ -136,5 +135,5 @@ def write_card(folder=None):
                   f'| file | `{name}/{FILE}`, {card["megabytes"]:.1f} MB |',
                   f'| speed on this machine | {card["speed"]} |',
                   f'| licence | {card["licence"]} |', '']
-    files.write_bytes(os.path.join(folder, 'README.md'), '\n'.join(lines).encode())
+    files.write_bytes(os.path.join(DIR, 'README.md'), '\n'.join(lines).encode())
     return cards
