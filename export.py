@@ -78,10 +78,11 @@ def main(argv=None):
             raise UserError(f'--model {args.model}: a {original.kind} model; export from a run '
                             f'folder or the SavedModel main.py wrote')
         info, folder = original.info, inference.model_folder(args.model)
+        run_dir = os.path.dirname(os.path.abspath(folder))  # the run, when `folder` is its model/
         output_dir = zoo.folder_of(args.ship) if args.ship else args.output_dir or \
-            os.path.join(os.path.dirname(os.path.abspath(folder)), 'export')
+            os.path.join(run_dir, 'export')
         files.check_writable(output_dir, '--ship' if args.ship else '--output-dir')  # first
-        if args.ship and not os.path.isfile(os.path.join(run_folder(args.model), 'split.json')):
+        if args.ship and not os.path.isfile(os.path.join(run_dir, 'split.json')):
             raise UserError(f'--ship {args.ship}: --model {args.model} is not a run folder; '
                             f'a shipped model is exported from the run that trained it')
         samples = export.check_samples(args.model, info, args.check_dir)
@@ -92,10 +93,11 @@ def main(argv=None):
             if args.ship:  # the shipped folder is replaced only by a model within tolerance
                 output_dir = stack.enter_context(files.atomic_path(output_dir))
                 os.makedirs(output_dir)
-            exports, metric, reference = export_and_check(export, args, original, folder,
-                                                          output_dir, samples, calibration)
+            exports, reference = export_and_check(export, args, original, folder, output_dir,
+                                                  samples, calibration)
             if args.ship:
-                ship(args, original, exports['int8'], reference, len(samples), calibration)
+                ship(args, run_dir, original, exports['int8'], reference, len(samples),
+                     calibration)
     if args.ship:
         zoo.write_card()
         print(f'shipped {args.ship}: {zoo.path(args.ship)}; its card is in '
@@ -104,8 +106,7 @@ def main(argv=None):
 
 def export_and_check(export, args, original, folder, output_dir, samples, calibration):
     """Write the exports of args.formats to `output_dir`, check each against `original` on
-    `samples`, print and record the agreement: ({format: agreement}, metric, original's
-    figure). An export outside its tolerance stops with PartlyFailed, after the record."""
+    `samples`, print and record the agreement: ({format: agreement}, the original's figure). An export outside its tolerance stops with PartlyFailed, after the record."""
     info = original.info
     paths = export.write_exports(folder, info, output_dir, args.formats, calibration)
     reference = evaluation.key_metric(evaluation.evaluate(original, samples))
@@ -128,15 +129,10 @@ def export_and_check(export, args, original, folder, output_dir, samples, calibr
         raise PartlyFailed(f'{", ".join(outside)} disagree with the original beyond their '
                            f'tolerance' + ('; nothing shipped' if args.ship else
                                            ' (see agreement.json)'))
-    return exports, metric, reference
+    return exports, reference
 
 
-def run_folder(model):
-    """The run folder of --model (a run folder, or its model/)."""
-    return os.path.dirname(os.path.abspath(inference.model_folder(model)))
-
-
-def ship(args, original, result, reference, images_checked, calibration):
+def ship(args, run_dir, original, result, reference, images_checked, calibration):
     """Write the shipped model's card.json beside its int8 file: the run, its data, its
     cross-validated quality, the int8 file's agreement and its speed here."""
     path = result['path']
@@ -144,8 +140,7 @@ def ship(args, original, result, reference, images_checked, calibration):
         milliseconds = zoo.speed(shipped, calibration[0])
     checked = {'result': result, 'original': reference, 'images': images_checked,
                'source': args.check_dir or "the run's validation images"}
-    card = zoo.card(args.ship, run_folder(args.model), original.info, checked, milliseconds,
-                    path)
+    card = zoo.card(args.ship, run_dir, original.info, checked, milliseconds, path)
     files.write_json(os.path.join(os.path.dirname(path), zoo.CARD), card)
 
 

@@ -63,12 +63,14 @@ def _producer(name):
     return name.lstrip('^').split(':')[0]
 
 
-def downstream(graph_def, start):
-    """The names of `start` and of every node that depends on it, nearest first."""
+def downstream(graph_def, start, ops=None):
+    """The names of `start` and of every node that depends on it, nearest first; with `ops`,
+    only through nodes of those ops."""
     consumers = {}
     for node in graph_def.node:
         for name in node.input:
-            consumers.setdefault(_producer(name), []).append(node.name)
+            if ops is None or node.op in ops:
+                consumers.setdefault(_producer(name), []).append(node.name)
     seen, queue = {start: None}, collections.deque([start])
     while queue:
         for name in consumers.get(queue.popleft(), []):
@@ -245,16 +247,7 @@ def input_preprocessing(graph_def):
     and cost a dusk drive 0.13 road IoU (docs/experiments.md). Each name is given twice, as it
     is and with the suffix 1 that TFLite gives an op it rewrites (a RealDiv by a constant
     becomes a MUL named `truediv1`)."""
-    consumers = {}
-    for node in graph_def.node:
-        for name in node.input:
-            consumers.setdefault(_producer(name), []).append(node)
-    found, queue = {}, collections.deque(['image'])
-    while queue:
-        for node in consumers.get(queue.popleft(), []):
-            if node.op in PREPROCESSING_OPS and node.name not in found:
-                found[node.name] = None
-                queue.append(node.name)
+    found = downstream(graph_def, 'image', PREPROCESSING_OPS)[1:]  # not the input itself
     return [name + suffix for name in found for suffix in ('', '1')]
 
 
