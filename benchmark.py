@@ -1,12 +1,17 @@
 """Time the FCN on this CPU: training and inference per image for each encoder and image size,
-the inference FLOP rate against numpy's float32 matmul measured in the same run, and, for VGG16,
-the peer implementations (Keras, PyTorch) in --peer-dir run one after the other.
+and the inference FLOP rate against numpy's float32 matmul measured in the same run. Each
+network is built exactly as main.py trains it (with random weights) and fed random images and
+one-hot labels:
 
-Each network is built exactly as main.py trains it (with random weights) and fed random images
-and one-hot labels:
+    python benchmark.py --encoders vgg16,mobilenetv2 --image-shapes 160x576,352x480 --json b.json
 
-    python benchmark.py --encoders vgg16,mobilenetv2 --image-shapes 160x576,352x480 \
-        --peer-dir PEERS_DIR --json b.json
+With --precisions, the variants (float32, bfloat16, ...) are timed in turn within each repeat,
+and with --peer-dir the peer implementations of VGG16 (Keras in float32 and mixed_bfloat16,
+PyTorch with --torch-python) run in processes of their own once per repeat, in turn with them:
+each peer's time over the project's is reported per repeat, with its median:
+
+    python benchmark.py --encoders vgg16 --precisions float32,bfloat16 \
+        --image-shapes 160x576,352x480 --peer-dir PEERS_DIR --json p.json
 
 With --deploy RUN_DIR it times that trained model's deployment formats instead: the frozen
 TensorFlow graph and TFLite float32, float16 and int8 (export.py's code), each frozen and
@@ -14,9 +19,11 @@ converted at every --deploy-shapes size (the network is fully convolutional; KIT
 375x1242 frame runs as 384x1248, the next multiples of 32) and timed in a process of its own, for
 its peak resident memory: latency at batch 1, throughput at batch 8, GFLOP/s. With --video-frames
 DIR, predict.py then segments a video made of those images with the fastest format, decoding
-and encoding included:
+and encoding included, and each stage of its work is timed alone for its share; with
+--video MODEL, the same for any model (a path or a shipped name):
 
     python benchmark.py --deploy RUN_DIR --video-frames IMAGE_DIR --json d.json
+    python benchmark.py --video camvid-road --video-frames IMAGE_DIR
 
 With --serve MODEL[,MODEL...] it load-tests serve.py on loopback instead (benchmarks/service.py):
 1, 4 and 16 concurrent clients each posting --requests KITTI-sized JPEGs (of --serve-images, or
@@ -41,6 +48,7 @@ import tempfile
 
 import numpy as np
 
+from benchmarks import video
 from roadseg import cli, files, images
 from roadseg.errors import UserError
 from roadseg.model import DECODERS, TIRAMISU_DEPTHS
@@ -64,16 +72,17 @@ def parse_args(argv=None):
     parser.add_argument('--repeats', type=int, default=5,
                         help='timed runs after warm-up; the median is reported '
                              '(default: %(default)s)')
-    parser.add_argument('--peer-dir', help='folder holding the peer scripts '
-                                           'peer_keras_fcn8s_vgg.py and peer_torch_fcn8s_vgg.py '
-                                           '(peers are skipped without it)')
+    parser.add_argument('--peer-dir', help='with --precisions: folder holding the peer scripts '
+                                           'peer_keras_fcn8s_vgg.py and peer_torch_fcn8s_vgg.py, '
+                                           'run in turn with the variants (peers are skipped '
+                                           'without it)')
     parser.add_argument('--torch-python', help='Python interpreter with torch, to run the '
                                                'PyTorch peer (skipped without it)')
     parser.add_argument('--precisions', metavar='VARIANT[,VARIANT...]',
                         help='instead: time training and inference in each variant, in turn '
                              'within each repeat: float32, bfloat16, float16, each optionally '
                              '+xla (e.g. float32,bfloat16,float32+xla); speed-ups over the first; '
-                             'with --peer-dir, the Keras peer in float32 and mixed_bfloat16')
+                             'with --peer-dir, the peers in turn with them')
     parser.add_argument('--loader', metavar='DATASET:PATH',
                         help='instead: the training loader\'s own rate in images per second '
                              '(reading, augmenting, batching) on a data set, e.g. '
@@ -86,9 +95,13 @@ def parse_args(argv=None):
     parser.add_argument('--calibration-images', type=int, default=images.CALIBRATION_IMAGES,
                         help="int8 calibration images from the run's training set "
                              "(default: %(default)s)")
+    parser.add_argument('--video', metavar='MODEL',
+                        help='time predict.py --video with this model (a path or a shipped '
+                             'name) on a video of --video-frames instead, and each stage alone')
     parser.add_argument('--video-frames', metavar='IMAGE_DIR',
-                        help='with --deploy: segment a video of these images (looped to 100 '
-                             'frames) with the fastest format at the first --deploy-shapes size')
+                        help='with --video, or --deploy (its fastest format at the first '
+                             '--deploy-shapes size): segment a video of these images, looped to '
+                             '100 frames')
     parser.add_argument('--serve', metavar='MODEL[,MODEL...]',
                         help='load-test serve.py with each of these models instead')
     parser.add_argument('--serve-images', metavar='IMAGE_DIR',
@@ -118,6 +131,8 @@ def parse_args(argv=None):
         raise UserError(f'--deploy {args.deploy}: no such run folder')
     if args.video_frames is not None and not os.path.isdir(args.video_frames):
         raise UserError(f'--video-frames {args.video_frames}: folder not found')
+    if args.video is not None and args.video_frames is None:
+        raise UserError('--video: give --video-frames IMAGE_DIR, the frames of its video')
     try:
         args.clients = [int(n) for n in args.clients.split(',')]
     except ValueError:
@@ -151,14 +166,17 @@ def parse_args(argv=None):
                             f'optionally +xla')
     if args.peer_dir is not None and not os.path.isdir(args.peer_dir):
         raise UserError(f'--peer-dir {args.peer_dir}: folder not found')
+    if args.peer_dir is not None and not args.precisions:
+        raise UserError('--peer-dir: the peers are timed in turn with the --precisions '
+                        'variants; give --precisions float32 (or float32,bfloat16)')
     if args.torch_python is not None and not os.access(args.torch_python, os.X_OK):
         raise UserError(f'--torch-python {args.torch_python}: not an executable')
     return args
 
 
 def main(argv=None):
-    """Measure each encoder at each size, numpy and the peers, or (--deploy) a trained model's
-    deployment formats; print the table, optionally write JSON."""
+    """Measure each encoder at each size and numpy, the precisions beside the peers, or
+    (--deploy) a trained model's deployment formats; print the table, optionally write JSON."""
     args = parse_args(argv)
     if args.soak:  # no TensorFlow in this process either
         from benchmarks import service
@@ -167,6 +185,15 @@ def main(argv=None):
                    'soak': service.run_soak(args.soak, args.serve_images, max(args.clients),
                                                 args.soak_seconds)}
         service.print_soak(results['soak'], args.soak)
+        if args.json:
+            files.write_json(args.json, results)
+            print(f'wrote {args.json}')
+        return results
+    if args.video:  # no TensorFlow in this process for a TFLite model
+        with tempfile.TemporaryDirectory() as folder:
+            results = {'python': platform.python_version(), 'cpus': os.cpu_count(),
+                       'video': video.measure(args.video, args.video_frames, folder)}
+        video.print_video(results['video'])
         if args.json:
             files.write_json(args.json, results)
             print(f'wrote {args.json}')
@@ -204,13 +231,15 @@ def main(argv=None):
                 args.deploy, args.deploy_shapes, args.calibration_images, args.repeats,
                 results['numpy_gflops'], folder)
             if args.video_frames:
-                results['video'] = models.measure_video(args.video_frames, results['formats'],
-                                                       args.deploy_shapes[0], folder)
+                fastest = models.fastest(results['formats'], args.deploy_shapes[0])
+                results['video'] = video.measure(fastest['path'], args.video_frames, folder)
         models.print_deploy_table(results)
+        if args.video_frames:
+            video.print_video(results['video'])
     elif args.precisions:
         results['precisions'] = models.measure_precision_variants(
             args.encoders, args.decoder, args.image_shapes, args.batch_size, args.repeats,
-            args.precisions, args.peer_dir)
+            args.precisions, args.peer_dir, args.torch_python)
         models.print_precision_table(results)
     else:
         results['measurements'] = []
@@ -218,9 +247,6 @@ def main(argv=None):
             for shape in args.image_shapes:
                 print(f'timing {encoder} at {shape[0]}x{shape[1]}, batch {args.batch_size} ...')
                 m = models.measure(encoder, args.decoder, shape, args.batch_size, args.repeats)
-                if encoder == 'vgg16':
-                    m['peers'] = models.run_peers(args.peer_dir, args.torch_python,
-                                                 args.batch_size, m)
                 results['measurements'].append(m)
         results['numpy_gflops_runs'].append(models.numpy_matmul_gflops())
         models.print_table(results)

@@ -128,14 +128,11 @@ def main(argv=None):
         with media.Outputs(args.output_dir, wanted(args), model.info, bad) as outputs, \
                 tqdm(total=sum(map(media.frame_estimate, sources)), unit='frame',
                      desc='Segmenting', disable=None) as bar:
-            for frames in media.batched(media.read_frames(sources, args.crop, bad),
-                                        args.batch_size):
-                segmented = inference.segment(model, [frame.image for frame in frames],
-                                              [frame.rows for frame in frames])
-                for frame, probabilities in zip(frames, segmented):
-                    outputs.write(frame, probabilities)
-                count += len(frames)
-                bar.update(len(frames))
+            for frame, probabilities in inference.segment_stream(
+                    model, media.read_frames(sources, args.crop, bad), args.batch_size):
+                outputs.write(frame, probabilities)
+                count += 1
+                bar.update()
         seconds = time.perf_counter() - start
     print(f'{count} frames in {seconds:.1f} s: {count / max(seconds, 1e-9):.1f} frames/s '
           f'(model {model.kind})' + (f'; outputs in {args.output_dir}' if args.output_dir

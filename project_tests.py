@@ -343,11 +343,13 @@ def test_download_good_file(tmp_path):
     assert helper.maybe_download_pretrained_vgg(str(tmp_path), url=url + '/vgg.zip') == path
 
 
-def test_download_truncated_file(tmp_path):
+def test_download_cut_off_resumes_on_the_next_run(tmp_path):
     with serve({'/vgg.zip': VGG_ZIP}) as url:
         with pytest.raises(UserError, match=r'vgg.zip.*(truncated|cut off).*by hand'):
             helper.maybe_download_pretrained_vgg(str(tmp_path), url=url + '/vgg.zip?truncated')
-    assert leftovers(tmp_path) == []
+        assert leftovers(tmp_path) == ['vgg.zip.part']  # kept, for the next run to resume
+        helper.maybe_download_pretrained_vgg(str(tmp_path), url=url + '/vgg.zip')
+    assert leftovers(tmp_path) == ['vgg']
 
 
 def test_download_wrong_checksum(tmp_path):
@@ -436,7 +438,8 @@ def test_main_keras_h5_encoder_in_process(tiny_data, tmp_path):
      r'--plain-epochs: 4 must be from 0 to --epochs \(3\)'),
     (['--image-shape', '64x64', '--train-crop', '96x32'], None,
      r'--train-crop: 96x32 is larger than --image-shape 64x64'),
-    (['--encoder-weights', 'imagenet'], None, r"--encoder-weights: .*use udacity, none or"),
+    (['--encoder-weights', 'imagenet1k'], None,
+     r"--encoder-weights: .*use udacity, imagenet, none or"),
     ([], ('gt_image_2/um_road_000001.png', 'unknown colour'), r'um_road_000001.png: colour'),
     ([], ('image_2/um_000002.png', 'truncated'), r'um_000002.png: cannot read image'),
     (['--data-dir', 'no/such/dir'], None, r'--data-dir no/such/dir: folder not found'),

@@ -15,8 +15,7 @@ import time
 import numpy as np
 
 from benchmarks.service import peak_memory_mb
-from roadseg import cli, export, images, inference, media
-from roadseg.data.datasets import IMAGE_EXTENSIONS
+from roadseg import cli, export, inference
 from roadseg.errors import UserError
 from roadseg.model.ops import tf, tf1
 from roadseg.model.settings import NetworkConfig
@@ -159,10 +158,15 @@ def measure(encoder, decoder, image_shape, batch_size, repeats):
             'inference_vs_numpy_percent': 100 * gflop * batch_size / (product_flop / 1e9) * ratio}
 
 
-def measure_precisions(encoder, decoder, image_shape, batch_size, repeats, variants):
+def measure_precisions(encoder, decoder, image_shape, batch_size, repeats, variants,
+                       peers=()):
     """Inference and training seconds per image at `batch_size` of each variant (name, session
     config) of one graph, the variants timed in turn within each repeat, so that all see the
-    machine in the same state; and each variant's time over the first's, per repeat, median."""
+    machine in the same state; and each variant's time over the first's, per repeat, median.
+
+    `peers` (name, python, script, environment, the variant it is compared with) run in their
+    own processes once per repeat, after the variants: each peer's time over its variant's
+    is taken per repeat, so a ratio never spans minutes of this machine's drift."""
     sessions = []
     for _, config in variants:
         sess, net, label, learning_rate, train_op = build_fcn(encoder, decoder, image_shape,
@@ -180,8 +184,14 @@ def measure_precisions(encoder, decoder, image_shape, batch_size, repeats, varia
                       lambda s=sess, t=train_op, f=train: s.run(t, f)))
     for infer, train in calls:  # warm-up: graph optimisation, the first allocations
         infer(), train()
-    times = [[(seconds(infer) / batch_size, seconds(train) / batch_size)
-              for infer, train in calls] for _ in range(repeats)]
+    times, peer_times = [], {peer[0]: [] for peer in peers}
+    for repeat in range(repeats):
+        times.append([(seconds(infer) / batch_size, seconds(train) / batch_size)
+                      for infer, train in calls])
+        for name, python, script, environment, _ in peers:
+            print(f'  repeat {repeat + 1}/{repeats}: {name} ...', flush=True)
+            peer_times[name].append(run_peer(python, script, image_shape, batch_size,
+                                             environment))
     for sess, *_ in sessions:
         sess.close()
     results = []
@@ -195,30 +205,67 @@ def measure_precisions(encoder, decoder, image_shape, batch_size, repeats, varia
                             run[0][0] / run[index][0] for run in times),
                         'train_speedup': statistics.median(
                             run[0][1] / run[index][1] for run in times)})
+    names = [name for name, _ in variants]
+    for name, *_, variant in peers:
+        runs = peer_times[name]
+        if any(run is None for run in runs):
+            continue  # run_peer said why
+        index = names.index(variant)
+        ratios = {kind: [run[f'{kind}_s_per_image'] / mine[index][i]
+                         for run, mine in zip(runs, times)]
+                  for i, kind in enumerate(('inference', 'train'))}
+        results.append({'encoder': name, 'decoder': decoder, 'image_shape': list(image_shape),
+                        'variant': variant, 'lines': [run['line'] for run in runs],
+                        **{f'{kind}_s_per_image': statistics.median(
+                            run[f'{kind}_s_per_image'] for run in runs)
+                           for kind in ('inference', 'train')},
+                        **{f'{kind}_peer_over_project': values
+                           for kind, values in ratios.items()},
+                        **{f'{kind}_peer_over_project_median': statistics.median(values)
+                           for kind, values in ratios.items()}})
     return results
 
 
+def peer_runs(peer_dir, torch_python, variants):
+    """The peers to run beside `variants` (measure_precisions' `peers`): Keras in float32 and
+    under mixed_bfloat16 beside the project's float32 and bfloat16, and PyTorch (with
+    `torch_python`) in float32; a note for each peer that cannot run."""
+    if peer_dir is None:
+        print('note: no --peer-dir, peers skipped')
+        return []
+    peers = []
+    keras, torch = (os.path.join(peer_dir, script) for _, script in PEERS)
+    for variant, policy in (('float32', 'float32'), ('bfloat16', 'mixed_bfloat16')):
+        if variant in variants and os.path.isfile(keras):
+            peers.append((f'keras peer {policy}', sys.executable, keras,
+                          {'KERAS_PRECISION': policy}, variant))
+    if not os.path.isfile(keras):
+        print(f'note: no {keras}, keras peer skipped')
+    if 'float32' in variants:
+        if not torch_python:
+            print('note: torch peer skipped (give --torch-python)')
+        elif not os.path.isfile(torch):
+            print(f'note: no {torch}, torch peer skipped')
+        else:
+            peers.append(('torch peer float32', torch_python, torch, {}, 'float32'))
+    return peers
+
+
 def measure_precision_variants(encoders, decoder, shapes, batch_size, repeats, variants,
-                               peer_dir=None):
-    """measure_precisions for each encoder and size; the Keras VGG16 peer in its float32 and
-    mixed_bfloat16 policies beside VGG16 when `peer_dir` holds it."""
+                               peer_dir=None, torch_python=None):
+    """measure_precisions for each encoder and size, with the peers (peer_runs) in alternation
+    beside VGG16 when `peer_dir` holds them."""
     from roadseg.training import distribute
     configs = [(v, distribute.session_config(v.partition('+')[0], v.endswith('+xla')))
                for v in variants]
     rows = []
     for encoder in encoders:
+        peers = peer_runs(peer_dir, torch_python, variants) if encoder == 'vgg16' else []
         for shape in shapes:
             print(f'timing {encoder} at {shape[0]}x{shape[1]}, batch {batch_size}: '
-                  f'{", ".join(variants)} ...')
-            rows += measure_precisions(encoder, decoder, shape, batch_size, repeats, configs)
-            script = peer_dir and os.path.join(peer_dir, PEERS[0][1])
-            if encoder == 'vgg16' and script and os.path.isfile(script):
-                for policy in ('float32', 'mixed_bfloat16'):
-                    peer = run_peer(sys.executable, script, shape, batch_size,
-                                    {'KERAS_PRECISION': policy})
-                    if peer:
-                        rows.append({'encoder': 'keras peer', 'decoder': decoder,
-                                     'image_shape': list(shape), 'variant': policy, **peer})
+                  f'{", ".join([*variants, *(p[0] for p in peers)])}, in turn ...', flush=True)
+            rows += measure_precisions(encoder, decoder, shape, batch_size, repeats, configs,
+                                       peers)
     return rows
 
 
@@ -239,6 +286,15 @@ def print_precision_table(results):
                      f'{m["train_speedup"]:.2f}' if 'train_speedup' in m else ''))
     for line in cli.aligned(header, rows, left=3):
         print('  ' + line)
+    for m in results['precisions']:
+        if 'inference_peer_over_project' in m:
+            print(f'  {m["encoder"]} time over the project {m["variant"]} at '
+                  f'{m["image_shape"][0]}x{m["image_shape"][1]} (above 1: the project is '
+                  f'faster; target >= 1.1), per repeat: inference '
+                  f'{" ".join(f"{r:.2f}" for r in m["inference_peer_over_project"])} (median '
+                  f'{m["inference_peer_over_project_median"]:.2f}), training '
+                  f'{" ".join(f"{r:.2f}" for r in m["train_peer_over_project"])} (median '
+                  f'{m["train_peer_over_project_median"]:.2f})')
 
 
 def run_peer(python, script, image_shape, batch_size, environment=None):
@@ -258,31 +314,6 @@ def run_peer(python, script, image_shape, batch_size, environment=None):
         return None
     return {'line': lines[-1], 'inference_s_per_image': float(found[1]),
             'train_s_per_image': float(found[2])}
-
-
-def run_peers(peer_dir, torch_python, batch_size, measurement):
-    """Time the peers found in `peer_dir` at the size of a VGG16 `measurement` and compare each
-    with it (ratios of time per image: above 1, the project is slower)."""
-    if peer_dir is None:
-        print('note: no --peer-dir, peers skipped')
-        return {}
-    pythons = {'keras': sys.executable, 'torch': torch_python}
-    results = {}
-    for name, script in PEERS:
-        path = os.path.join(peer_dir, script)
-        if not pythons[name]:
-            print(f'note: {name} peer skipped (give --torch-python)')
-        elif not os.path.isfile(path):
-            print(f'note: no {path}, {name} peer skipped')
-        else:
-            peer = run_peer(pythons[name], path, measurement['image_shape'], batch_size)
-            if peer:
-                peer['inference_ratio'] = (measurement['inference_ms_per_image'] / 1e3
-                                           / peer['inference_s_per_image'])
-                peer['train_ratio'] = (measurement['train_s_per_image']
-                                       / peer['train_s_per_image'])
-                results[name] = peer
-    return results
 
 
 def target(measurement, key):
@@ -309,17 +340,10 @@ def print_table(results):
                      f'{m["inference_ms_batch1"]:.1f}',
                      f'{m["inference_ms_per_image"]:.1f}', f'{m["inference_gflops"]:.1f}',
                      f'{m["inference_vs_numpy_percent"]:.0f}', f'{m["train_s_per_image"]:.3f}'))
-        for peer_name, peer in m.get('peers', {}).items():
-            rows.append((f'{peer_name} peer', size, '', '', '',
-                         f'{peer["inference_s_per_image"] * 1e3:.1f}', '', '',
-                         f'{peer["train_s_per_image"]:.3f}'))
     for line in cli.aligned(header, rows, left=2):
         print('  ' + line)
     for m in results['measurements']:
         size = '{}x{}'.format(*m['image_shape'])
-        for peer_name, peer in m.get('peers', {}).items():
-            print(f'  project/{peer_name} at {size}: inference {peer["inference_ratio"]:.2f}x, '
-                  f'training {peer["train_ratio"]:.2f}x the time (above 1: project slower)')
         for key in ('inference_vs_numpy_percent', 'inference_ms_batch1', 'train_s_per_image'):
             if target(m, key):
                 print(f'  target {m["encoder"]} {size} {key}: {target(m, key)}; measured '
@@ -331,7 +355,6 @@ def print_table(results):
 # ----------------------------------------------------------------------------------------------
 
 DEPLOY_FORMATS = ('frozen', 'tflite32', 'tflite16', 'int8')
-FRAMES_PER_SECOND = re.compile(r'(\d+) frames in ([0-9.]+) s: ([0-9.]+) frames/s')
 
 
 def time_model(path, repeats):
@@ -387,46 +410,31 @@ def measure_deploy(run_dir, shapes, calibration_count, repeats, numpy_gflops, fo
             row.update(format=fmt, path=path, image_shape=list(shape), gflop_per_image=gflop,
                        gflops=gflop / (row['latency_ms'] / 1e3))
             row['vs_numpy_percent'] = 100 * row['gflops'] / numpy_gflops
-        timed['int8']['int8_speedup_paired'] = int8_speedup(paths['frozen'], paths['int8'],
-                                                            repeats)
+        timed['int8']['int8_speedup_paired'] = int8_speedups(paths, repeats)
         rows.extend(timed.values())
     return rows
 
 
-def int8_speedup(frozen_path, int8_path, repeats):
-    """The frozen graph's batch-1 time over the int8 model's, both loaded in one process and
-    called in alternation (time_paired), so a slow minute of this machine slows both."""
-    print('timing frozen and int8 in alternation ...')
-    with inference.load_model(frozen_path) as frozen, \
-            inference.load_model(int8_path) as int8:
+def int8_speedups(paths, repeats):
+    """{reference format: its batch-1 time over the int8 model's}, for the frozen graph and
+    float32 TFLite: each loaded in one process with the int8 model and called in alternation
+    with it (time_paired), so a slow minute of this machine slows both."""
+    speedups = {}
+    with inference.load_model(paths['int8']) as int8:
         image = np.random.default_rng(0).integers(0, 256, (1, *int8.image_shape, 3),
                                                   dtype=np.uint8)
-        return time_paired(lambda: int8(image), lambda: frozen(image), repeats)[1]
+        for reference in ('frozen', 'tflite32'):
+            print(f'timing {reference} and int8 in alternation ...')
+            with inference.load_model(paths[reference]) as other:
+                speedups[reference] = time_paired(lambda: int8(image), lambda: other(image),
+                                                  repeats)[1]
+    return speedups
 
 
-def measure_video(frames_dir, rows, shape, folder):
-    """predict.py on a 100-frame video of the images in `frames_dir` with the fastest format
-    at `shape`: frames per second, decoding and encoding included."""
-    fastest = min((r for r in rows if r['image_shape'] == list(shape)),
-                  key=lambda r: r['latency_ms'])
-    paths = [p for p in media.input_files([frames_dir], {})
-             if p.lower().endswith(IMAGE_EXTENSIONS)]
-    if not paths:
-        raise UserError(f'--video-frames {frames_dir}: no images there')
-    frames = [images.read_rgb(p) for p in paths]
-    video = os.path.join(folder, 'frames.mp4')
-    with media.open_video(video, 10, frames[0].shape[:2]) as writer:
-        for i in range(100):
-            writer.append_data(images.resize_image(frames[i % len(frames)], frames[0].shape[:2]))
-    done = subprocess.run([sys.executable, os.path.join(ROOT, 'predict.py'), '--model',
-                           fastest['path'], video, '--video', '--output-dir',
-                           os.path.join(folder, 'video')], capture_output=True, text=True)
-    found = FRAMES_PER_SECOND.search(done.stdout)
-    if done.returncode or not found:
-        raise UserError(f'predict.py on {video} failed: {done.stderr.strip()[-300:]}')
-    return {'format': fastest['format'], 'image_shape': list(shape),
-            'frame_size': list(frames[0].shape[:2]), 'frames': int(found[1]),
-            'seconds': float(found[2]), 'frames_per_s': float(found[3])}
+def fastest(rows, shape):
+    """The deployment format timed fastest at `shape`."""
+    return min((r for r in rows if r['image_shape'] == list(shape)),
+               key=lambda r: r['latency_ms'])
 
 
 def print_deploy_table(results):
@@ -443,17 +451,13 @@ def print_deploy_table(results):
         print('  ' + line)
     for shape in sorted({tuple(r['image_shape']) for r in results['formats']}):
         rows = {r['format']: r for r in results['formats'] if tuple(r['image_shape']) == shape}
-        print(f'  int8 TFLite vs the float32 TensorFlow graph at {shape[0]}x{shape[1]}: '
-              f'{rows["frozen"]["latency_ms"] / rows["int8"]["latency_ms"]:.2f}x faster by the '
-              f'table, {rows["int8"]["int8_speedup_paired"]:.2f}x timed in alternation '
-              f'(target >= 2x)')
-    video = results.get('video')
-    if video:
-        print(f'  video: {video["frames"]} frames of {video["frame_size"][1]}x'
-              f'{video["frame_size"][0]} through predict.py with {video["format"]} at '
-              f'{video["image_shape"][0]}x{video["image_shape"][1]}: '
-              f'{video["frames_per_s"]:.1f} frames/s, decoding and encoding included '
-              f'(target >= 10)')
+        print(f'  int8 TFLite at {shape[0]}x{shape[1]}: '
+              f'{rows["tflite32"]["latency_ms"] / rows["int8"]["latency_ms"]:.2f}x faster than '
+              f'float32 TFLite by the table, '
+              f'{rows["int8"]["int8_speedup_paired"]["tflite32"]:.2f}x timed in alternation '
+              f'(target >= 1.5x); against the float32 TensorFlow graph '
+              f'{rows["frozen"]["latency_ms"] / rows["int8"]["latency_ms"]:.2f}x and '
+              f'{rows["int8"]["int8_speedup_paired"]["frozen"]:.2f}x (target >= 2x)')
 
 
 if __name__ == '__main__':

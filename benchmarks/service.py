@@ -25,6 +25,7 @@ import httpx2 as httpx
 import numpy as np
 from PIL import Image
 
+from benchmarks import video
 from roadseg import cli, images, media
 from roadseg.data.datasets import IMAGE_EXTENSIONS
 from roadseg.errors import UserError
@@ -34,7 +35,6 @@ KITTI_SIZE = (375, 1242)
 JPEG_QUALITY = 90
 START_TIMEOUT_S = 120
 REQUEST_TIMEOUT_S = 60
-FRAMES_PER_SECOND = re.compile(r'(\d+) frames in ([0-9.]+) s: ([0-9.]+) frames/s')
 
 
 def kitti_jpegs(folder, count=8):
@@ -172,13 +172,7 @@ def load(url, jpegs, clients, requests, deadline_s):
 
 def predict_rate(model, folder, output_dir):
     """predict.py --mask's own frames per second on the JPEGs in `folder`."""
-    done = subprocess.run([sys.executable, os.path.join(ROOT, 'predict.py'), '--model',
-                           os.path.abspath(model), folder, '--mask', '--output-dir', output_dir],
-                          capture_output=True, text=True, cwd=ROOT)
-    found = FRAMES_PER_SECOND.search(done.stdout)
-    if done.returncode or not found:
-        raise UserError(f'predict.py --model {model} failed: {done.stderr.strip()[-300:]}')
-    return float(found[3])
+    return video.predict_rate(os.path.abspath(model), folder, output_dir, '--mask')['frames_per_s']
 
 
 def measure_serve(models, jpegs, clients_levels, requests, deadline_s, folder):

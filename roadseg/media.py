@@ -137,18 +137,6 @@ def read_frames(sources, crop, bad):
             bad[source.path] = str(e)
 
 
-def batched(items, size):
-    """Lists of up to `size` consecutive items."""
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def open_video(path, fps, shape):
     """An H.264 MP4 writer. yuv420p, which every player plays, needs even sizes; odd-sized
     frames (KITTI's are 375 rows) are written as yuv444p, so the video keeps the frames' size.

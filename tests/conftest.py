@@ -247,19 +247,30 @@ def tiny_data(tmp_path, tiny_vgg):
 # ----------------------------------------------------------------------------------------------
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    """Serves `files[path]`; a path ending in `?truncated` promises more bytes than it sends."""
-    files = {}
+    """Serves `files[path]`, honouring `Range: bytes=N-` (206, or 416 past the end) unless the
+    path ends in `?norange`; `?truncated` promises the whole file but sends only its first
+    half. Every request's path and Range header is noted in `requests`."""
+    files, requests = {}, []
 
     def do_GET(self):
         path, _, mode = self.path.partition('?')
         body = self.files.get(path)
+        asked = self.headers.get('Range')
+        self.requests.append((self.path, asked))
         if body is None:
             self.send_error(404)
             return
-        self.send_response(200)
-        self.send_header('Content-Length', str(len(body) + (1000 if mode == 'truncated' else 0)))
+        start = int(asked[len('bytes='):-1]) if asked and mode != 'norange' else None
+        if start is not None and start >= len(body):
+            self.send_error(416)
+            return
+        self.send_response(200 if start is None else 206)
+        if start is not None:
+            self.send_header('Content-Range', f'bytes {start}-{len(body) - 1}/{len(body)}')
+        body = body[start or 0:]
+        self.send_header('Content-Length', str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(body[:len(body) // 2] if mode == 'truncated' else body)
 
     def log_message(self, *args):
         pass
@@ -268,7 +279,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def serve(files):
     """An HTTP server on 127.0.0.1 serving `files`; yields its base URL."""
-    Handler.files = files
+    Handler.files, Handler.requests = files, []
     server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

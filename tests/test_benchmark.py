@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import benchmark
-from benchmarks import models, service
+from benchmarks import models, service, video
 from roadseg.errors import UserError
 from roadseg.model.ops import tf, tf1
 from tests.conftest import ROOT, make_kitti, save_tiny_model
@@ -44,7 +44,9 @@ def test_tiramisu_is_measured_at_its_depth_with_its_parameters():
     (['--soak', '/no/model'], '--soak /no/model: no such model'),
     (['--loader', 'coco:.'], '--loader coco:.: give DATASET:PATH'),
     (['--loader', 'kitti:/nowhere'], 'give DATASET:PATH'),
-    (['--precisions', 'float32,int4'], '--precisions int4: use float32, bfloat16 or float16')])
+    (['--precisions', 'float32,int4'], '--precisions int4: use float32, bfloat16 or float16'),
+    (['--video', 'camvid-road'], '--video: give --video-frames IMAGE_DIR'),
+    (['--peer-dir', '.'], '--peer-dir: the peers are timed in turn with the --precisions')])
 def test_bad_options_are_one_line_errors(argv, message):
     with pytest.raises(UserError, match=message):
         benchmark.parse_args(argv)
@@ -71,9 +73,24 @@ def test_a_child_process_reports_its_own_peak_memory_not_its_parents():
     assert float(done.stdout.split()[-1]) < models.peak_memory_mb() - ballast.nbytes / 2**21
 
 
-def test_peers_are_skipped_with_a_note_without_peer_dir(capsys):
-    assert models.run_peers(None, None, 4, {'image_shape': [32, 32]}) == {}
+def test_peers_are_skipped_with_a_note_without_peer_dir_or_their_scripts(capsys, tmp_path):
+    assert models.peer_runs(None, None, ['float32']) == []
     assert 'no --peer-dir, peers skipped' in capsys.readouterr().out
+    assert models.peer_runs(str(tmp_path), None, ['float32']) == []
+    out = capsys.readouterr().out
+    assert 'peer_keras_fcn8s_vgg.py, keras peer skipped' in out and '--torch-python' in out
+
+
+def test_peers_match_the_variants_they_are_compared_with(tmp_path):
+    for _, script in models.PEERS:
+        (tmp_path / script).write_text('')
+    peers = models.peer_runs(str(tmp_path), sys.executable, ['float32', 'bfloat16'])
+    assert [(name, environment, variant) for name, _, _, environment, variant in peers] == [
+        ('keras peer float32', {'KERAS_PRECISION': 'float32'}, 'float32'),
+        ('keras peer mixed_bfloat16', {'KERAS_PRECISION': 'mixed_bfloat16'}, 'bfloat16'),
+        ('torch peer float32', {}, 'float32')]
+    assert [p[0] for p in models.peer_runs(str(tmp_path), None, ['bfloat16'])] == [
+        'keras peer mixed_bfloat16']
 
 
 @pytest.mark.slow
@@ -93,6 +110,25 @@ def test_serve_load_test_reports_every_level_against_predict(tmp_path, capsys):
     out = capsys.readouterr().out
     assert 'serve.py on loopback' in out and '% predict' in out
     assert json.loads((tmp_path / 's.json').read_text())['serve'][0]['levels'][1]['clients'] == 3
+
+
+@pytest.mark.slow
+def test_video_reports_predicts_rate_and_every_stages_share(tmp_path, capsys, monkeypatch):
+    """benchmark.py --video on the tiny model, a 7-frame video of 3 KITTI-layout images."""
+    monkeypatch.setattr(video, 'FRAMES', 7)
+    make_kitti(tmp_path / 'data', stems=['um_000000', 'um_000001', 'um_000002'], size=(45, 77))
+    save_tiny_model(str(tmp_path / 'run' / 'model'), steps=20)
+    results = benchmark.main(['--video', str(tmp_path / 'run'), '--video-frames',
+                              str(tmp_path / 'data' / 'data_road' / 'training' / 'image_2'),
+                              '--json', str(tmp_path / 'v.json')])['video']
+    assert results['frames'] == 7 and results['frame_size'] == [45, 77]
+    assert results['frames_per_s'] > 0
+    assert list(results['stages']) == list(video.STAGES)
+    assert all(s['ms_per_frame'] > 0 for s in results['stages'].values())
+    assert sum(s['share'] for s in results['stages'].values()) == pytest.approx(1)
+    out = capsys.readouterr().out
+    assert '7 frames of 77x45' in out and 'resize back' in out
+    assert json.loads((tmp_path / 'v.json').read_text())['video']['frames'] == 7
 
 
 @pytest.mark.slow
@@ -145,11 +181,31 @@ def test_loader_rate_is_measured_on_the_data_set(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_precision_variants_are_timed_in_turn(monkeypatch):
-    times = iter([4.0, 8.0, 2.0, 4.0] * 2)  # a's inference and training, then b's, twice
-    monkeypatch.setattr(models, 'seconds', lambda fn: next(times))
+def test_precision_variants_and_peers_are_timed_in_turn_within_each_repeat(monkeypatch):
+    events = []
+    times = iter([4.0, 8.0, 2.0, 4.0, 4.0, 8.0, 1.0, 2.0])  # a's, then b's, per repeat
+
+    def timed(fn):
+        events.append('project')
+        return next(times)
+    peer_times = iter([(3.0, 6.0), (1.5, 3.0)])  # per image, per repeat
+
+    def peer(python, script, shape, batch_size, environment):
+        events.append(script)
+        inference, train = next(peer_times)
+        return {'line': script, 'inference_s_per_image': inference, 'train_s_per_image': train}
+    monkeypatch.setattr(models, 'seconds', timed)
+    monkeypatch.setattr(models, 'run_peer', peer)
     rows = models.measure_precisions('mobilenetv2', 'fcn8s', (32, 32), 2, 2,
-                                    [('a', None), ('b', None)])
-    assert [r['variant'] for r in rows] == ['a', 'b']
-    assert (rows[1]['inference_s_per_image'], rows[1]['train_s_per_image']) == (1.0, 2.0)
-    assert (rows[1]['inference_speedup'], rows[1]['train_speedup']) == (2.0, 2.0)
+                                    [('a', None), ('b', None)],
+                                    [('keras peer', 'python', 'keras.py', {}, 'b')])
+    assert events == ['project'] * 4 + ['keras.py'] + ['project'] * 4 + ['keras.py']
+    assert [r['variant'] for r in rows] == ['a', 'b', 'b']
+    assert (rows[1]['inference_s_per_image'], rows[1]['train_s_per_image']) == (0.75, 1.5)
+    assert (rows[1]['inference_speedup'], rows[1]['train_speedup']) == (3.0, 3.0)
+    peer_row = rows[2]
+    assert peer_row['encoder'] == 'keras peer'
+    # b took 1.0 and 0.5 s per image in the two repeats; the peer 3.0 then 1.5: 3x both times
+    assert peer_row['inference_peer_over_project'] == [3.0, 3.0]
+    assert peer_row['train_peer_over_project'] == [3.0, 3.0]
+    assert peer_row['inference_peer_over_project_median'] == 3.0

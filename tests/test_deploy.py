@@ -223,6 +223,36 @@ def test_video_gives_overlaid_video_and_gif_at_its_frame_rate_and_size(run_dir, 
         assert written[..., 1][mask == 1].mean() > written[..., 1][mask == 0].mean() + 40  # green
 
 
+def blended(image, classes, colors):
+    """The overlay as predict.py drew it before it looked blends up in a table: each drawn
+    class's pixels mixed half and half with its colour, rounded half to even."""
+    out = image.copy()
+    for index, color in enumerate(colors):
+        if color is not None:
+            mask = classes == index
+            out[mask] = (0.5 * image[mask].astype(np.float32) + 0.5 * np.array(color, np.float32)
+                         ).round()
+    return out
+
+
+@pytest.mark.slow
+def test_the_pipelined_video_is_the_in_series_output_frame_for_frame(run_dir, original,
+                                                                      tmp_path):
+    write_video(tmp_path / 'drive.mp4', frames=11)
+    out = tmp_path / 'out'
+    assert run_predict('--model', run_dir, tmp_path / 'drive.mp4', '--output-dir', out,
+                       '--video', '--overlay', '--batch-size', 4) == 0  # batches of 4, 4, 3
+    frames = read_video(tmp_path / 'drive.mp4')
+    reference = tmp_path / 'reference.mp4'
+    with media.open_video(str(reference), 7.5, frames[0].shape[:2]) as writer:
+        for index, frame in enumerate(frames):  # one frame at a time, on this thread
+            probabilities = inference.segment(original, [frame])[0]
+            drawn = blended(frame, probabilities[..., 1] >= 0.5, (None, inference.OVERLAY_RGB))
+            assert np.array_equal(iio.imread(out / f'drive_{index:06d}.png'), drawn), index
+            writer.append_data(drawn)
+    assert (out / 'drive_overlay.mp4').read_bytes() == reference.read_bytes()
+
+
 def test_default_for_a_video_is_the_overlaid_video_with_an_even_size(run_dir, tmp_path):
     write_video(tmp_path / 'even.mov', frames=3, fps=10, size=(46, 78))
     assert run_predict('--model', run_dir, tmp_path / 'even.mov', '--output-dir',
@@ -316,6 +346,15 @@ def test_overlay_blends_green_only_on_the_mask():
     out = inference.overlay(image, mask)
     assert out[0, 0].tolist() == [50, 178, 50]
     assert np.all(out[~mask] == 100)
+
+
+@pytest.mark.parametrize('classes', [2, 3, 12])
+def test_overlay_tables_blend_every_value_of_every_class_as_the_formula(classes):
+    colors = [None] + [(71 * c % 256, 255 - c, 2 * c + 1) for c in range(1, classes)]
+    image = np.tile(np.arange(256, dtype=np.uint8)[:, None, None], (1, classes, 3))
+    image[..., 1] = image[::-1, :, 1]  # the channels apart
+    grid = np.tile(np.arange(classes), (256, 1))
+    assert np.array_equal(inference.overlay(image, grid, colors), blended(image, grid, colors))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -268,7 +268,8 @@ def test_a_batch_that_does_not_split_among_the_replicas_is_refused():
 
 
 def test_the_frozen_udacity_vgg_cannot_be_replicated():
-    with pytest.raises(UserError, match='frozen graph.*--encoder-weights none or keras-h5'):
+    with pytest.raises(UserError, match='frozen graph.*--encoder-weights none, imagenet or '
+                                        'keras-h5'):
         distribute.setup(TrainingConfig(distribute='mirrored', batch_size=2),
                          frozen_encoder=True)
 

@@ -64,7 +64,7 @@ def test_the_network_config_gives_each_encoder_its_decoder_and_keeps_every_rule(
         '--ema-decay needs an encoder built in the graph': dict(encoder_weights='udacity',
                                                                ema_decay=0.9),
         '--input-norm image needs': dict(encoder_weights='udacity', input_norm='image'),
-        '--encoder mobilenetv2 takes --encoder-weights none or keras-h5': dict(
+        '--encoder mobilenetv2 takes --encoder-weights none, imagenet or keras-h5': dict(
             encoder='mobilenetv2', encoder_weights='udacity'),
         "--alpha 0.5: Keras's MobileNetV2 weights are of width 1.0": dict(
             encoder='mobilenetv2', encoder_weights='keras-h5:x.h5', alpha=0.5),
@@ -75,7 +75,8 @@ def test_the_network_config_gives_each_encoder_its_decoder_and_keeps_every_rule(
         '--depth 50': dict(encoder='tiramisu', depth=50),
         '--alpha: nan': dict(alpha=float('nan')),
         '--ema-decay: 1 must be in': dict(ema_decay=1),
-        "--encoder-weights 'imagenet'": dict(encoder_weights='imagenet'),
+        "--encoder-weights 'imagenet1k': use udacity, imagenet, none": dict(
+            encoder_weights='imagenet1k'),
     }
     for message, fields in refused.items():
         with pytest.raises(UserError, match=re.escape(message)):

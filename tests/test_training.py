@@ -35,8 +35,8 @@ def test_config_file_overlays_the_defaults_and_flags_override_it(tmp_path):
 
 
 @pytest.mark.parametrize('argv, message', [
-    (['--encoder', 'mobilenetv2'], '--encoder mobilenetv2 takes --encoder-weights none or '
-                                   'keras-h5:PATH'),
+    (['--encoder', 'mobilenetv2'], '--encoder mobilenetv2 takes --encoder-weights none, '
+                                   'imagenet or keras-h5:PATH'),
     (['--decoder', 'dilated'], '--decoder dilated is for mobilenetv2'),
     (['--encoder', 'mobilenetv2', '--encoder-weights', 'none', '--alpha', '0'], '--alpha'),
     (['--encoder-weights', 'none', '--ema-decay', '1'], r'--ema-decay: 1.0 must be in \[0, 1\)'),

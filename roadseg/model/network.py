@@ -32,13 +32,14 @@ Network = collections.namedtuple('Network', 'input_image keep_prob train_output 
 
 def encoder_weights(config, data_dir):
     """What build_network needs of `config`'s encoder weights, read from disk beforehand: the
-    folder of Udacity's VGG16 SavedModel in `data_dir` (fetched by
-    training.inputs.fetch_downloads), the arrays of a Keras VGG16 file, or None."""
+    folder of Udacity's VGG16 SavedModel in `data_dir` (both fetched by
+    training.inputs.fetch_downloads), the arrays of a Keras VGG16 or MobileNetV2 file
+    (keras-h5:PATH or imagenet), or None."""
     if config.encoder_weights == 'udacity':
         return vgg.vgg_dir(data_dir)
-    if config.encoder_weights.startswith('keras-h5:'):
+    if config.keras_file():
         read = mobilenet.read_keras_h5 if config.encoder == 'mobilenetv2' else vgg.read_keras_h5
-        return read(config.encoder_weights[len('keras-h5:'):])
+        return read(config.keras_file())
     return None
 
 
@@ -63,7 +64,7 @@ def build_network(sess, config, num_classes, input_shape=(None, None, None), wei
     nothing without --ema-decay.
     """
     restored, averages, calibration = set(), {}, []
-    keras = weights if config.encoder_weights.startswith('keras-h5:') else None
+    keras = weights if config.keras_file() else None
     if config.encoder_weights == 'udacity':
         try:
             image_input, keep_prob, *features = vgg.load_vgg(sess, weights)

@@ -8,7 +8,7 @@ build their networks through it.
 import dataclasses
 import math
 
-from roadseg.model import DECODERS, TIRAMISU_DEPTHS
+from roadseg.model import DECODERS, TIRAMISU_DEPTHS, imagenet
 from roadseg.settings import Settings
 
 ENCODERS = ('vgg16', 'mobilenetv2', 'tiramisu')
@@ -20,30 +20,37 @@ def _in_graph(config):
     return config.encoder_weights != 'udacity'
 
 
+def _keras(config):
+    """Whether the encoder starts from a Keras weights file (keras-h5:PATH, or imagenet's)."""
+    return config.encoder_weights == 'imagenet' or config.encoder_weights.startswith('keras-h5:')
+
+
 # (the rule a configuration keeps, what to say when it does not), in the order they are checked
 RULES = (
     (lambda c: c.encoder in ENCODERS,
      lambda c: f'--encoder {c.encoder}: use one of {", ".join(ENCODERS)}'),
     (lambda c: c.decoder in DECODERS or c.decoder == 'tiramisu',
      lambda c: f'--decoder {c.decoder}: use one of {", ".join([*DECODERS, "tiramisu"])}'),
-    (lambda c: c.encoder_weights in ('udacity', 'none')
-     or c.encoder_weights.startswith('keras-h5:'),
-     lambda c: f'--encoder-weights {c.encoder_weights!r}: use udacity, none or keras-h5:PATH'),
+    (lambda c: c.encoder_weights in ('udacity', 'none') or _keras(c),
+     lambda c: f'--encoder-weights {c.encoder_weights!r}: use udacity, imagenet, none or '
+               f'keras-h5:PATH'),
     (lambda c: c.ema_decay == 0 or _in_graph(c),
-     lambda c: '--ema-decay needs an encoder built in the graph (--encoder-weights none or '
-               'keras-h5:PATH); the frozen udacity VGG16 has a single tower'),
+     lambda c: '--ema-decay needs an encoder built in the graph (--encoder-weights none, '
+               'imagenet or keras-h5:PATH); the frozen udacity VGG16 has a single tower'),
     (lambda c: c.input_norm == 'fixed' or _in_graph(c),
      lambda c: '--input-norm image needs an encoder built in the graph (--encoder-weights '
-               'none or keras-h5:PATH); the frozen udacity VGG16 takes its input as it is'),
+               'none, imagenet or keras-h5:PATH); the frozen udacity VGG16 takes its input as '
+               'it is'),
     (lambda c: c.encoder == 'vgg16' or c.encoder_weights == 'none'
-     or c.encoder == 'mobilenetv2' and c.encoder_weights.startswith('keras-h5:'),
+     or c.encoder == 'mobilenetv2' and _keras(c),
      lambda c: f'--encoder {c.encoder} takes --encoder-weights none'
-               + (" or keras-h5:PATH (Keras's MobileNetV2 file)"
+               + (", imagenet or keras-h5:PATH (Keras's MobileNetV2 file)"
                   if c.encoder == 'mobilenetv2' else ' (it trains from scratch)')
-               + f'; {c.encoder_weights} is a VGG16 encoder'),
+               + ('; udacity is a VGG16 encoder' if c.encoder_weights == 'udacity' else
+                  f'; {c.encoder_weights} is for vgg16 and mobilenetv2')),
     (lambda c: c.encoder != 'mobilenetv2' or c.encoder_weights == 'none' or c.alpha == 1.0,
      lambda c: f"--alpha {c.alpha}: Keras's MobileNetV2 weights are of width 1.0; give "
-               f"--alpha 1.0 with --encoder-weights keras-h5"),
+               f"--alpha 1.0 with --encoder-weights imagenet or keras-h5"),
     (lambda c: c.encoder != 'tiramisu' or c.decoder == 'tiramisu',
      lambda c: f'--decoder {c.decoder} is for mobilenetv2; --encoder tiramisu has its own '
                f'decoder (--decoder tiramisu)'),
@@ -69,8 +76,9 @@ RULES = (
 class NetworkConfig(Settings):
     """The network build_network makes: the encoder (vgg16, mobilenetv2 with width `alpha`,
     or tiramisu at `depth`), its decoder (None: the encoder's own), where the encoder's weights
-    come from (udacity, none, keras-h5:PATH), the input normalisation (fixed or image), the L2
-    weight decay and the weight averages' decay (0: none). Checked against RULES when made."""
+    come from (udacity, imagenet, none, keras-h5:PATH), the input normalisation (fixed or
+    image), the L2 weight decay and the weight averages' decay (0: none). Checked against RULES
+    when made."""
     encoder: str = 'vgg16'
     decoder: str = None
     encoder_weights: str = 'none'
@@ -85,3 +93,12 @@ class NetworkConfig(Settings):
         if self.decoder is None and self.encoder in OWN_DECODER:
             object.__setattr__(self, 'decoder', OWN_DECODER[self.encoder])
         super().__post_init__()
+
+    def keras_file(self, fetch=False):
+        """The Keras weights file the encoder starts from, or None: keras-h5's PATH, or the
+        ImageNet file in data/ (downloaded first with `fetch`)."""
+        if self.encoder_weights.startswith('keras-h5:'):
+            return self.encoder_weights[len('keras-h5:'):]
+        if self.encoder_weights == 'imagenet':
+            return (imagenet.fetch if fetch else imagenet.path)(self.encoder)
+        return None

@@ -33,14 +33,14 @@ def train_crop_arg(text):
 
 
 def encoder_weights_arg(text):
-    """Parse `udacity`, `none` or `keras-h5:PATH`."""
-    if text in ('udacity', 'none'):
+    """Parse `udacity`, `imagenet`, `none` or `keras-h5:PATH`."""
+    if text in ('udacity', 'imagenet', 'none'):
         return text
     if text.startswith('keras-h5:'):
         if not os.path.isfile(text[len('keras-h5:'):]):
             raise argparse.ArgumentTypeError(f'{text[len("keras-h5:"):]}: file not found')
         return text
-    raise argparse.ArgumentTypeError(f'{text!r}: use udacity, none or keras-h5:PATH')
+    raise argparse.ArgumentTypeError(f'{text!r}: use udacity, imagenet, none or keras-h5:PATH')
 
 
 def load_config(path):
@@ -133,9 +133,10 @@ def parse_args(argv=None):
                              "each image's channels to one mean and deviation, in the graph, "
                              "for other light (in-graph encoders) (default: %(default)s)")
     parser.add_argument('--encoder-weights', type=encoder_weights_arg,
-                        help="udacity (data-dir/vgg, downloaded if absent), keras-h5:PATH "
-                             "(Keras's VGG16 or, for --encoder mobilenetv2, MobileNetV2 "
-                             "ImageNet file) or none (from scratch) "
+                        help="udacity (data-dir/vgg, downloaded if absent), imagenet (Keras's "
+                             "ImageNet file of the encoder, downloaded into data/ if absent), "
+                             "keras-h5:PATH (Keras's VGG16 or, for --encoder mobilenetv2, "
+                             "MobileNetV2 ImageNet file) or none (from scratch) "
                              "(default: %(default)s)")
     parser.add_argument('--seed', type=int, help='(default: %(default)s)')
     parser.add_argument('--val-fraction', type=float,

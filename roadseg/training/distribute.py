@@ -139,7 +139,7 @@ def setup(training, frozen_encoder=False):
     if kind != 'none' and frozen_encoder:
         raise UserError(f'--distribute {kind}: --encoder-weights udacity is a frozen graph, '
                         'which tf.distribute cannot replicate; train the same VGG16 built in '
-                        'the graph with --encoder-weights none or keras-h5:PATH')
+                        'the graph with --encoder-weights none, imagenet or keras-h5:PATH')
     if training.xla and not visible:
         raise UserError('--xla is for GPUs: on CPUs it measured no gain for VGG16 (1.04x '
                         'inference, 1.09x training) and a tenfold loss for MobileNetV2 (see '

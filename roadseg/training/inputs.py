@@ -10,12 +10,13 @@ from roadseg.data.settings import DataConfig
 from roadseg.data.transforms import Augment
 from roadseg.errors import UserError
 from roadseg.model import vgg
+from roadseg.model.settings import NetworkConfig
 
 
 def fetch_downloads(args):
-    """Download what the run needs and lacks (KITTI or CamVid, Udacity's VGG16) before anything
-    else; when that fails (offline), one error names every missing file, how to place it by
-    hand, and how to train without it."""
+    """Download what the run needs and lacks (KITTI or CamVid, Udacity's VGG16, Keras's ImageNet
+    weights) before anything else; when that fails (offline), one error names every missing
+    file, how to place it by hand, and how to train without it."""
     fetches = []
     if args.dataset == 'kitti' and os.path.isdir(args.data_dir):
         fetches.append(lambda: datasets.maybe_download_kitti(args.data_dir, datasets.KITTI_URL))
@@ -23,6 +24,8 @@ def fetch_downloads(args):
         fetches.append(lambda: datasets.maybe_download_camvid(args.data_dir, datasets.CAMVID_URL))
     if args.encoder_weights == 'udacity' and os.path.isdir(args.data_dir):
         fetches.append(lambda: vgg.maybe_download_pretrained_vgg(args.data_dir, vgg.VGG_URL))
+    if args.encoder_weights == 'imagenet':
+        fetches.append(lambda: NetworkConfig.of(args).keras_file(fetch=True))
     problems = []
     for fetch in fetches:
         try:
