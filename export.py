@@ -134,13 +134,15 @@ def export_and_check(export, args, original, folder, output_dir, samples, calibr
 
 def ship(args, run_dir, original, result, reference, images_checked, calibration):
     """Write the shipped model's card.json beside its int8 file: the run, its data, its
-    cross-validated quality, the int8 file's agreement and its speed here."""
+    cross-validated quality, its score on the data set's validation images, the int8 file's
+    agreement and its speed here."""
     path = result['path']
     with inference.load_model(path) as shipped:
         milliseconds = zoo.speed(shipped, calibration[0])
+        validation = zoo.validation_score(shipped, path, args.check_dir)
     checked = {'result': result, 'original': reference, 'images': images_checked,
                'source': args.check_dir or "the run's validation images"}
-    card = zoo.card(args.ship, run_dir, original.info, checked, milliseconds, path)
+    card = zoo.card(args.ship, run_dir, original.info, checked, milliseconds, path, validation)
     files.write_json(os.path.join(os.path.dirname(path), zoo.CARD), card)
 
 

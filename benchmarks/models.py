@@ -165,8 +165,9 @@ def measure_precisions(encoder, decoder, image_shape, batch_size, repeats, varia
     machine in the same state; and each variant's time over the first's, per repeat, median.
 
     `peers` (name, python, script, environment, the variant it is compared with) run in their
-    own processes once per repeat, after the variants: each peer's time over its variant's
-    is taken per repeat, so a ratio never spans minutes of this machine's drift."""
+    own processes once per repeat, after the variants (a peer that fails runs once more): each
+    peer's time over its variant's is taken per repeat, so a ratio never spans minutes of this
+    machine's drift."""
     sessions = []
     for _, config in variants:
         sess, net, label, learning_rate, train_op = build_fcn(encoder, decoder, image_shape,
@@ -190,8 +191,9 @@ def measure_precisions(encoder, decoder, image_shape, batch_size, repeats, varia
                       for infer, train in calls])
         for name, python, script, environment, _ in peers:
             print(f'  repeat {repeat + 1}/{repeats}: {name} ...', flush=True)
-            peer_times[name].append(run_peer(python, script, image_shape, batch_size,
-                                             environment))
+            peer = run_peer(python, script, image_shape, batch_size, environment) or \
+                run_peer(python, script, image_shape, batch_size, environment)  # once more
+            peer_times[name].append(peer)
     for sess, *_ in sessions:
         sess.close()
     results = []
@@ -207,15 +209,16 @@ def measure_precisions(encoder, decoder, image_shape, batch_size, repeats, varia
                             run[0][1] / run[index][1] for run in times)})
     names = [name for name, _ in variants]
     for name, *_, variant in peers:
-        runs = peer_times[name]
-        if any(run is None for run in runs):
+        paired = [(run, mine) for run, mine in zip(peer_times[name], times) if run]
+        if not paired:
             continue  # run_peer said why
         index = names.index(variant)
-        ratios = {kind: [run[f'{kind}_s_per_image'] / mine[index][i]
-                         for run, mine in zip(runs, times)]
+        ratios = {kind: [run[f'{kind}_s_per_image'] / mine[index][i] for run, mine in paired]
                   for i, kind in enumerate(('inference', 'train'))}
+        runs = [run for run, _ in paired]
         results.append({'encoder': name, 'decoder': decoder, 'image_shape': list(image_shape),
                         'variant': variant, 'lines': [run['line'] for run in runs],
+                        'failed_repeats': repeats - len(runs),
                         **{f'{kind}_s_per_image': statistics.median(
                             run[f'{kind}_s_per_image'] for run in runs)
                            for kind in ('inference', 'train')},
@@ -294,7 +297,9 @@ def print_precision_table(results):
                   f'{" ".join(f"{r:.2f}" for r in m["inference_peer_over_project"])} (median '
                   f'{m["inference_peer_over_project_median"]:.2f}), training '
                   f'{" ".join(f"{r:.2f}" for r in m["train_peer_over_project"])} (median '
-                  f'{m["train_peer_over_project_median"]:.2f})')
+                  f'{m["train_peer_over_project_median"]:.2f})'
+                  + (f'; it crashed in {m["failed_repeats"]} repeat(s), twice each'
+                     if m['failed_repeats'] else ''))
 
 
 def run_peer(python, script, image_shape, batch_size, environment=None):

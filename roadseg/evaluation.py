@@ -137,7 +137,8 @@ def bev_table(results):
 def evaluation_data(path, data_dir, info, split):
     """The model's data set in `data_dir` and the (image, label) pairs to evaluate: the run's
     validation images or, with `seen`, the training groups' unseen images (split.json), or every
-    labelled image (`all`)."""
+    labelled image (`all`). A model outside a run folder (a shipped model) is scored on the
+    data set's own validation images for `val` (CamVid's val/)."""
     dataset = datasets.open_dataset(info['dataset'], data_dir, info['label'], info['classes'],
                                     info['remap'])
     if dataset.classes.num_classes != info['num_classes']:
@@ -150,9 +151,11 @@ def evaluation_data(path, data_dir, info, split):
     folders = [path] if os.path.isdir(path) else [os.path.dirname(path) or '.']
     folders.append(os.path.dirname(os.path.abspath(folders[0])))
     found = [f for f in (os.path.join(f, 'split.json') for f in folders) if os.path.isfile(f)]
+    if not found and split == 'val' and dataset.val:
+        return dataset, dataset.val
     if not found:
-        raise UserError(f'--split {split} needs a run folder holding split.json; {path} has '
-                        f'none: use --split all')
+        raise UserError(f'--split {split} needs a run folder holding split.json, or for val a '
+                        f'data set with validation images; {path} has none: use --split all')
     names = set(files.read_json(found[0], 'use --split all').get(split, []))
     if not names:
         raise UserError(f'--split {split}: {found[0]} lists no such images (only a run with '

@@ -10,7 +10,8 @@ import time
 
 import numpy as np
 
-from roadseg import files, metrics
+from roadseg import evaluation, files, metrics
+from roadseg.data import datasets
 from roadseg.errors import UserError
 
 DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'models')
@@ -72,10 +73,25 @@ def speed(model, image, runs=10):
     return 1000 * float(np.median(times))
 
 
-def card(name, run_dir, info, checked, milliseconds, model_file):
+def validation_score(model, path, data_dir):
+    """(score, images) of `model` (the shipped file at `path`) on the validation images of
+    `data_dir`'s data set (CamVid's val/), as `evaluate.py --model NAME` scores it; None
+    without such images."""
+    if not data_dir:
+        return None
+    try:
+        dataset, pairs = evaluation.evaluation_data(path, data_dir, model.info, 'val')
+    except UserError:
+        return None
+    results = evaluation.evaluate(model, datasets.load_samples(pairs, dataset.read_label))
+    return evaluation.key_metric(results), len(pairs)
+
+
+def card(name, run_dir, info, checked, milliseconds, model_file, validation=None):
     """card.json of the shipped model `name` exported from the run `run_dir`: what trained it,
-    on what, its cross-validated quality (the run's crossval.json) and its int8 file's
-    agreement (`checked`: export.py's agreement for the int8 file and its check images)."""
+    on what, its cross-validated quality (the run's crossval.json), its int8 file's agreement
+    (`checked`: export.py's agreement for the int8 file and its check images) and its score on
+    the data set's validation images (`validation`: validation_score's)."""
     config = files.read_json(os.path.join(run_dir, 'config.json'))
     split = files.read_json(os.path.join(run_dir, 'split.json'))
     metric = metrics.key_metric_name(info['num_classes'])
@@ -102,7 +118,11 @@ def card(name, run_dir, info, checked, milliseconds, model_file):
                             f'({100 * result["class_agreement"]:.2f} % of pixels agreeing) on '
                             f'{checked["images"]} labelled images of {checked["source"]}'
                             + (', which it trained on: a check of the int8 file, not of the '
-                               'model' if final else '')},
+                               'model' if final else ''),
+                    **({'val': f'{metric} {validation[0]:.4f} on val/, the data set\'s '
+                               f'{validation[1]} validation images'
+                               + (', which it trained on' if final else '')}
+                       if validation else {})},
         'input_size': '{}x{}'.format(*info['image_shape']),
         'classes': info['class_names'],
         'megabytes': os.path.getsize(model_file) / 1e6,
@@ -129,6 +149,8 @@ def write_card():
                   f'| trained on | {card["trained_on"]} |',
                   f'| quality on a new street | {quality["crossval"]} |',
                   f'| the int8 file against its float model | {quality["int8"]} |',
+                  *([f'| `evaluate.py --model {name}` (the int8 file) | {quality["val"]} |']
+                    if 'val' in quality else []),
                   f'| input | RGB, {card["input_size"]}; any image is resized to it and the '
                   f'result back |',
                   f'| classes | {", ".join(card["classes"])} |',

@@ -209,3 +209,24 @@ def test_precision_variants_and_peers_are_timed_in_turn_within_each_repeat(monke
     assert peer_row['inference_peer_over_project'] == [3.0, 3.0]
     assert peer_row['train_peer_over_project'] == [3.0, 3.0]
     assert peer_row['inference_peer_over_project_median'] == 3.0
+
+
+@pytest.mark.slow
+def test_a_peer_that_crashes_runs_once_more_and_its_lost_repeats_are_counted(monkeypatch):
+    monkeypatch.setattr(models, 'seconds', lambda fn: 2.0)  # 1 s per image, batch 2
+    answers = iter([None, None, {'line': 'ok', 'inference_s_per_image': 2.0,
+                                 'train_s_per_image': 4.0},
+                    None, {'line': 'ok', 'inference_s_per_image': 3.0, 'train_s_per_image': 3.0}])
+    calls = []
+
+    def peer(*args):
+        calls.append(args)
+        return next(answers)
+    monkeypatch.setattr(models, 'run_peer', peer)
+    rows = models.measure_precisions('mobilenetv2', 'fcn8s', (32, 32), 2, 3, [('a', None)],
+                                    [('keras peer', 'python', 'keras.py', {}, 'a')])
+    assert len(calls) == 5  # repeat 1 failed twice; repeat 3 failed once, then ran
+    (peer_row,) = [r for r in rows if r['encoder'] == 'keras peer']
+    assert peer_row['failed_repeats'] == 1
+    assert peer_row['inference_peer_over_project'] == [2.0, 3.0]
+    assert peer_row['train_peer_over_project'] == [4.0, 3.0]

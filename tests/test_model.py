@@ -24,6 +24,27 @@ def test_bilinear_kernel_upsamples_linearly(sess):
     np.testing.assert_allclose(np.diff(up[0, 8, 2:14, 0]), 0.5, atol=1e-5)
 
 
+@pytest.mark.parametrize('size, height, width', [(7, 5, 18), (7, 2, 3), (3, 4, 4), (1, 3, 5)])
+def test_conv_as_matmul_is_the_same_convolution_forward_and_backward(size, height, width):
+    """fc6 and fc7 as one matrix product: the SAME convolution's values and gradients, on a
+    map of unknown size, smaller than the kernel too."""
+    rng = np.random.default_rng(size)
+    x = rng.normal(size=(2, height, width, 5)).astype(np.float32)
+    kernel = rng.normal(size=(size, size, 5, 6)).astype(np.float32)
+    with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
+        images = tf.compat.v1.placeholder(tf.float32, [None, None, None, 5])
+        weights = tf.constant(kernel)
+        ours, theirs = vgg.conv_as_matmul(images, weights), tf.nn.conv2d(images, weights, 1,
+                                                                         'SAME')
+        assert ours.shape.as_list() == [None, None, None, 6]
+        gradients = [tf.gradients(tf.reduce_sum(tf.sin(y)), [images, weights])
+                     for y in (ours, theirs)]
+        (a, b), (ga, gb) = sess.run([(ours, theirs), gradients], {images: x})
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    for mine, reference in zip(ga, gb):
+        np.testing.assert_allclose(mine, reference, rtol=1e-4, atol=1e-4)
+
+
 def test_keras_h5_weights_land_in_the_saved_model(sess, tmp_path):
     weights = write_keras_h5(tmp_path / 'w.h5')
     path = vgg.save_vgg_saved_model(str(tmp_path / 'vgg'), keras_h5=str(tmp_path / 'w.h5'))

@@ -3,7 +3,10 @@ model by default, export.py --ship rebuilding one from a run with its card, and 
 run records (files.git_commit)."""
 import json
 import os
+import re
+import shutil
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,10 +15,10 @@ import evaluate
 import export
 import predict
 import serve
+from roadseg import cli, evaluation, files, inference, zoo
 from roadseg import export as formats
-from roadseg import files, zoo
 from roadseg.errors import PartlyFailed, UserError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SHARED_DATA
 from tests.test_mobilenet import train_tiny_run
 
 
@@ -99,6 +102,7 @@ def test_ship_rebuilds_a_shipped_model_with_its_card_and_every_command_takes_its
     assert card['trained_on'] == ('6 labelled images of kitti (every labelled one), '
                                   '8 epochs, from scratch')
     assert card['quality']['crossval'] == 'not cross-validated'
+    assert 'val' not in card['quality']  # KITTI has no validation images of its own
     assert card['quality']['int8'].startswith('road IoU ') and '6 labelled images of' in \
         card['quality']['int8'] and card['quality']['int8'].endswith('not of the model')
     assert card['input_size'] == '32x64' and card['classes'] == ['not road', 'road']
@@ -149,3 +153,51 @@ def test_predict_writes_into_runs_without_an_output_dir():
     args = predict.parse_args(['image.png'])
     assert args.model is None and args.output_dir.startswith(os.path.join('runs', 'predict-'))
     assert predict.parse_args(['x.png', '--output-dir', 'o']).output_dir == 'o'
+
+
+def shipped_or_skip(name):
+    """The shipped model `name`'s file, or a skip saying it is not in this checkout."""
+    path = zoo.path(name)
+    if not os.path.isfile(path):
+        pytest.skip(f'{name} is not shipped in this checkout ({path} is absent)')
+    return path
+
+
+@pytest.mark.parametrize('name', sorted(zoo.SHIPPED))
+def test_each_shipped_model_loads_checks_and_segments_and_a_damaged_copy_is_one_line(
+        name, tmp_path, capsys):
+    path = shipped_or_skip(name)
+    assert files.manifest_problem(os.path.dirname(path), [zoo.FILE]) is None
+    with inference.load_model(path) as model:
+        assert model.kind == 'tflite-int8' and model.info == zoo_info(name)
+        image = np.random.default_rng(0).integers(0, 256, (*model.image_shape, 3), np.uint8)
+        (probabilities,) = inference.segment(model, [image])
+    assert probabilities.shape == (*model.image_shape, model.num_classes)
+    np.testing.assert_allclose(probabilities.sum(-1), 1, atol=0.02)
+    copy = tmp_path / name
+    shutil.copytree(os.path.dirname(path), copy)
+    data = bytearray((copy / zoo.FILE).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / zoo.FILE).write_bytes(bytes(data))
+    assert cli.main_guard(predict.main, ['--model', str(copy / zoo.FILE), 'x.png']) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert re.fullmatch(rf'error: --model {re.escape(str(copy / zoo.FILE))}: .*SHA-256.*; the '
+                        r'model is damaged: copy or export it again', line), line
+
+
+def zoo_info(name):
+    return files.read_json(os.path.join(zoo.folder_of(name), inference.MODEL_INFO))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', sorted(zoo.SHIPPED))
+def test_each_shipped_model_scores_val_as_its_card_says(name, tmp_path):
+    shipped_or_skip(name)
+    data = os.path.join(SHARED_DATA, 'camvid')
+    if not os.path.isdir(data):
+        pytest.skip(f'no CamVid at {data}: the card\'s val/ figure is checked where it is')
+    card = files.read_json(os.path.join(zoo.folder_of(name), zoo.CARD))
+    figure = float(re.match(r'\S+ IoU ([0-9.]+) on val/', card['quality']['val'])[1])
+    evaluate.main(['--model', name, '--data-dir', data, '--output-dir', str(tmp_path)])
+    scored = json.loads((tmp_path / 'metrics.json').read_text())
+    assert abs(evaluation.key_metric(scored) - figure) <= 0.005, (scored, figure)

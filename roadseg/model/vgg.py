@@ -40,13 +40,34 @@ def preprocess(image_input, mode):
     return x / IMAGENET_STD_RGB
 
 
-def conv_relu(x, filters, size, name):
-    """A SAME-padded convolution with bias and ReLU; variables `name/kernel`, `name/bias`."""
+def conv_relu(x, filters, size, name, as_matmul=False):
+    """A SAME-padded convolution with bias and ReLU; variables `name/kernel`, `name/bias`;
+    computed by conv_as_matmul with `as_matmul`."""
     with tf1.variable_scope(name):
         kernel = tf1.get_variable('kernel', [size, size, x.shape[-1], filters],
                                   initializer=tf1.initializers.he_normal())
         bias = tf1.get_variable('bias', [filters], initializer=tf1.zeros_initializer())
-        return tf.nn.relu(tf.nn.bias_add(tf.nn.conv2d(x, kernel, 1, 'SAME'), bias))
+        conv = conv_as_matmul(x, kernel) if as_matmul else tf.nn.conv2d(x, kernel, 1, 'SAME')
+        return tf.nn.relu(tf.nn.bias_add(conv, bias))
+
+
+def conv_as_matmul(x, kernel):
+    """The SAME-padded, stride-1 convolution of `x` with an odd-sized `kernel`, as one matrix
+    product: every tap's shifted input side by side, times the kernel as a matrix. The same
+    numbers; for fc6 (7x7 over 512 channels, 4096 filters, on a map of a few rows) and fc7,
+    oneDNN's convolution ran at half the rate of its matrix product here, forward and backward
+    (docs/benchmarks.md, "VGG16's fully connected layers")."""
+    size, _, channels, filters = kernel.shape.as_list()
+    pad = size // 2
+    height, width = tf.shape(x)[1], tf.shape(x)[2]
+    padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]]) if pad else x
+    taps = tf.concat([padded[:, i:i + height, j:j + width]
+                      for i in range(size) for j in range(size)], -1) if pad else x
+    product = tf.matmul(tf.reshape(taps, [-1, size * size * channels]),
+                        tf.reshape(kernel, [size * size * channels, filters]))
+    out = tf.reshape(product, tf.concat([tf.shape(x)[:3], [filters]], 0))
+    out.set_shape(x.shape[:3].concatenate([filters]))
+    return out
 
 
 def build_encoder(image_input, keep_prob, blocks=BLOCKS, fc_width=FC_WIDTH,
@@ -62,7 +83,7 @@ def build_encoder(image_input, keep_prob, blocks=BLOCKS, fc_width=FC_WIDTH,
         x = tf.nn.max_pool2d(x, 2, 2, 'SAME', name=f'block{b}_pool')
         outputs.append(x)
     for name, size in (('fc6', 7), ('fc7', 1)):
-        x = conv_relu(x, fc_width, size, name)
+        x = conv_relu(x, fc_width, size, name, as_matmul=True)
         if training:
             x = tf.nn.dropout(x, rate=1 - keep_prob)
     return (tf.identity(outputs[2], 'layer3_out'), tf.identity(outputs[3], 'layer4_out'),
