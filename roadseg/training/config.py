@@ -177,8 +177,8 @@ def parse_args(argv=None):
                              '--batch-size stays the global batch (default: %(default)s)')
     parser.add_argument('--precision', choices=('float32', 'bfloat16', 'float16'),
                         help='mixed precision, weights kept in float32: bfloat16 on CPUs with '
-                             'AVX512-BF16 or AMX, float16 on GPUs with dynamic loss scaling '
-                             '(default: %(default)s)')
+                             'AMX (without it, slower than float32), float16 on GPUs with '
+                             'dynamic loss scaling (default: %(default)s)')
     parser.add_argument('--xla', action=argparse.BooleanOptionalAction, default=None,
                         help='compile the graph with XLA, on GPUs (refused on CPUs, where it '
                              'measured no gain)')
