@@ -202,13 +202,12 @@ def download(url, dest, sha256=None, md5=None, timeout=30):
     """
     part = dest + '.part'
     try:
-        received = _fetch_into(url, part, timeout)
+        received, expected = _fetch_into(url, part, timeout)
     except _RangeRefused:  # the part is longer than the file: start again
         os.remove(part)
-        received = _fetch_into(url, part, timeout)
-    expected = received[1]
-    if expected is not None and received[0] != expected:
-        raise UserError(f'download of {url} stopped at {received[0]} of {expected} bytes; run '
+        received, expected = _fetch_into(url, part, timeout)
+    if expected is not None and received != expected:
+        raise UserError(f'download of {url} stopped at {received} of {expected} bytes; run '
                         f'again to resume it')
     digests = {'SHA-256': (hashlib.sha256(), sha256), 'MD5': (hashlib.md5(), md5)}
     with open(part, 'rb') as f:
