@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from roadseg import images, inference, media, streams, zoo
+from roadseg import images, inference, media, metrics, streams, zoo
 from roadseg.data.datasets import IMAGE_EXTENSIONS
 from roadseg.errors import UserError
 
@@ -70,7 +70,7 @@ def stage_times(model_path, video, folder, batch_size=8):
                                       for p in model(np.stack(batch))])
         full, resize_back = timed(lambda: [inference.at_image_size(model, f, p, rows)
                                            for f, p in zip(frames, outputs)])
-        threshold = 0.5 if model.num_classes == 2 else None
+        threshold = 0.5 if metrics.is_road_model(model.num_classes) else None
         colors = inference.overlay_colors(model.info['class_colors'])
         drawn, draw = timed(lambda: [inference.overlay(f, inference.classes_of(p, threshold),
                                                        colors) for f, p in zip(frames, full)])
