@@ -325,8 +325,8 @@ BOOLS = {'val_bev', 'xla', 'all_labelled'}
 SHAPES = {'image_shape', 'train_crop'}
 PATHS = {'data_dir', 'runs_dir', 'classes', 'resume', 'config', 'encoder_weights', 'group_by',
          'crossval'}
-TEXTS = {'dataset', 'label', 'class_weights', 'encoder', 'decoder', 'context', 'lr_schedule',
-         'input_norm', 'distribute', 'precision', 'remap', 'augment', 'val_groups'} | PATHS
+TEXTS = {'dataset', 'label', 'class_weights', 'encoder', 'decoder', 'lr_schedule', 'input_norm',
+         'distribute', 'precision', 'remap', 'augment', 'val_groups'} | PATHS
 OPTIONS = sorted(INTS | FLOATS | BOOLS | SHAPES | TEXTS)
 NEAR = {  # a value of the right kind for each option, often a valid one
     'dataset': st.sampled_from(sorted(datasets.READERS)),
@@ -336,7 +336,6 @@ NEAR = {  # a value of the right kind for each option, often a valid one
     'decoder': st.sampled_from(['fcn8s', 'fcn4s', 'dilated', 'fpn', 'tiramisu']),
     'lr_schedule': st.sampled_from(['constant', 'poly']),
     'input_norm': st.sampled_from(['fixed', 'image']),
-    'context': st.sampled_from(['none', 'lraspp', 'aspp']),
     'distribute': st.sampled_from(['auto', 'none', 'mirrored']),
     'precision': st.sampled_from(['float32', 'bfloat16']),
     'encoder_weights': st.sampled_from(['udacity', 'none', 'keras-h5:missing.h5']),
@@ -406,6 +405,7 @@ def check_option_types(args):
 @example({'alpha': math.nan})  # was accepted, then crashed building MobileNetV2
 @example({'seed': -1})  # was accepted, then crashed splitting the data
 @example({'group_by': '('})  # was accepted without --val-groups
+@example({'crossval': 'missing.json'})  # read relative to the config file
 def test_config_files_give_typed_options_or_one_line(options):
     with temporary_file(json.dumps(options), 'options.json') as path:
         expected = dict(options)  # an object: as it is, a relative record beside the file

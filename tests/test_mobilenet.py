@@ -27,10 +27,9 @@ from tests.conftest import ROOT, make_kitti
 ALPHA = 0.1  # 8 channels in most layers: fast, yet every block is built
 
 
-def network_args(encoder='mobilenetv2', decoder='fcn8s', ema_decay=0.0, input_norm='fixed',
-                 context='none'):
+def network_args(encoder='mobilenetv2', decoder='fcn8s', ema_decay=0.0, input_norm='fixed'):
     return NetworkConfig(encoder, decoder, alpha=ALPHA, ema_decay=ema_decay,
-                         input_norm=input_norm, context=context)
+                         input_norm=input_norm)
 
 
 @contextlib.contextmanager
@@ -66,16 +65,14 @@ def test_make_divisible_rounds_to_multiples_of_8_within_10_percent():
         [32, 8, 8, 72, 24]
 
 
-@pytest.mark.parametrize('encoder,decoder,context', [
-    ('mobilenetv2', 'fcn8s', 'none'), ('mobilenetv2', 'fcn4s', 'none'),
-    ('mobilenetv2', 'fcn4s', 'lraspp'), ('mobilenetv2', 'dilated', 'none'),
-    ('mobilenetv2', 'fpn', 'lraspp'), ('vgg16', 'fcn8s', 'none')])
-def test_both_towers_keep_unknown_input_sizes(encoder, decoder, context, monkeypatch):
+@pytest.mark.parametrize('encoder,decoder', [('mobilenetv2', 'fcn8s'), ('mobilenetv2', 'fcn4s'),
+                                             ('mobilenetv2', 'dilated'), ('mobilenetv2', 'fpn'),
+                                             ('vgg16', 'fcn8s')])
+def test_both_towers_keep_unknown_input_sizes(encoder, decoder, monkeypatch):
     monkeypatch.setattr(vgg, 'BLOCKS', ((4, 4), (4, 4), (6, 6, 6), (8, 8, 8), (8, 8, 8)))
     monkeypatch.setattr(vgg, 'FC_WIDTH', 16)  # a few channels suffice
     with tf.Graph().as_default(), tf1.Session() as sess:
-        net = network.build_network(sess, network_args(encoder, decoder, context=context), 3)
-        assert any('lraspp' in v.name for v in tf1.global_variables()) == (context != 'none')
+        net = network.build_network(sess, network_args(encoder, decoder), 3)
         assert net.output.shape.as_list() == net.train_output.shape.as_list() == \
             [None, None, None, 3]
         net.initialise()
@@ -108,30 +105,6 @@ def test_input_norm_image_maps_each_images_channels_to_one_mean_and_deviation():
                            for x in (batch, tinted))
             change = np.abs(plain - dusk).max() / np.abs(plain).max()
             assert change < 1e-4 if agree else change > 1e-3
-
-
-def test_the_lraspp_context_lets_the_whole_image_reach_every_pixel():
-    """--context lraspp's module: each pixel's features are gated by the image's average, so
-    a change at the far side of the map moves every pixel's output, by the gate's formula."""
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 6, (1, 4, 64, 16)).astype(np.float32)
-    changed = x.copy()
-    changed[:, :, 48:] = 6 - changed[:, :, 48:]
-    with tf.Graph().as_default(), tf1.Session() as sess:
-        features = tf1.placeholder(tf.float32, [None, None, None, 16])
-        out = decoders.lraspp(features, False, channels=8)
-        sess.run(tf1.global_variables_initializer())
-        before, after = (sess.run(out, {features: f}) for f in (x, changed))
-        assert before.shape == (1, 4, 64, 8)
-        values = {v.op.name: v for v in tf1.global_variables()}
-        kernel, bias = sess.run([values['lraspp/gate/kernel'], values['lraspp/gate/bias']])
-        with tf1.variable_scope('', reuse=True):
-            projected = sess.run(mobilenet.conv_bn(features, 8, 1, 1, False,
-                                                   'lraspp/features'), {features: x})
-    gate = 1 / (1 + np.exp(-(x.mean(axis=(1, 2)) @ kernel[0, 0] + bias)))
-    np.testing.assert_allclose(before, projected * gate[:, None, None], rtol=1e-5, atol=1e-6)
-    far, active = np.abs(before - after)[:, :, :16], projected[:, :, :16] > 0
-    assert active.mean() > 0.3 and far[active].min() > 0  # far from the change, all moved
 
 
 @pytest.mark.slow

@@ -98,12 +98,10 @@ def test_the_network_config_gives_each_encoder_its_decoder_and_keeps_every_rule(
         '--ema-decay: 1 must be in': dict(ema_decay=1),
         "--encoder-weights 'imagenet1k': use udacity, imagenet, none": dict(
             encoder_weights='imagenet1k'),
-        '--context aspp: use one of none, lraspp': dict(encoder='mobilenetv2', context='aspp'),
-        '--context lraspp is for --encoder mobilenetv2 (not vgg16)': dict(context='lraspp'),
     }
     for message, fields in refused.items():
         with pytest.raises(UserError, match=re.escape(message)):
             NetworkConfig(**fields)
-    assert len(RULES) == 17
+    assert len(RULES) == 15
     with pytest.raises(dataclasses.FrozenInstanceError):
         NetworkConfig().encoder = 'mobilenetv2'

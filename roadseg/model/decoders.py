@@ -13,7 +13,6 @@ tf, tf1 = ops.tf, ops.tf1
 VGG_STRIDES = (8, 16, 32)  # of pool3, pool4 and fc7
 VGG_SKIP_SCALES = (1e-4, 1e-2)  # pool3's and pool4's, the FCN paper's at-once FCN-8s
 PYRAMID_CHANNELS = 64  # of the 'fpn' decoder's merged features
-CONTEXT_CHANNELS = 128  # of --context lraspp's gated features, as in MobileNetV3's head
 
 
 def bilinear_kernel(size, channels):
@@ -96,23 +95,6 @@ def fpn(features, num_classes, training, weight_decay=1e-3,
         scores = score(merged, num_classes, 'score', weight_decay)
         return tf.identity(upsample(scores, strides[0], f'upscore{strides[0]}', weight_decay),
                            'fcn_out')
-
-
-def lraspp(x, training, channels=CONTEXT_CHANNELS):
-    """The context module of MobileNetV3's LR-ASPP head (Howard et al. 2019), on the encoder's
-    last features (--context lraspp): a 1x1 convolution to `channels`, each channel gated by a
-    sigmoid of the whole image's average features. A 1x1 score sees a few hundred pixels
-    around each pixel; the gate lets the scene as a whole (a wide road, dusk, a junction) turn
-    channels up or down, at almost no cost."""
-    with tf1.variable_scope('lraspp'):
-        features = mobilenet.conv_bn(x, channels, 1, 1, training, 'features')
-        pooled = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
-        with tf1.variable_scope('gate'):
-            kernel = ops.weight('kernel', [1, 1, x.shape[-1], channels],
-                                tf1.initializers.he_normal(), mobilenet.WEIGHT_DECAY)
-            bias = tf1.get_variable('bias', [channels], initializer=tf1.zeros_initializer())
-            gate = tf.sigmoid(tf.nn.bias_add(tf.nn.conv2d(pooled, kernel, 1, 'SAME'), bias))
-        return features * gate
 
 
 def pyramid(features, strides, training, channels=PYRAMID_CHANNELS):

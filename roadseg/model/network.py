@@ -80,11 +80,7 @@ def build_network(sess, config, num_classes, input_shape=(None, None, None), wei
             strides, skip_scales = DECODERS[config.decoder], (1, 1)
 
             def encoder(images, training):
-                *finer, top = mobilenet.build_encoder(images, training, config.alpha,
-                                                      config.decoder)
-                if config.context == 'lraspp':
-                    top = decoders.lraspp(top, training)
-                return (*finer, top)
+                return mobilenet.build_encoder(images, training, config.alpha, config.decoder)
         elif config.encoder == 'vgg16':  # tiramisu has no encoder apart from its decoder
             blocks, fc_width = vgg.encoder_shape(keras) if keras else (vgg.BLOCKS,
                                                                          vgg.FC_WIDTH)

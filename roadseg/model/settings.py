@@ -14,7 +14,6 @@ from roadseg.settings import Settings
 ENCODERS = ('vgg16', 'mobilenetv2', 'tiramisu')
 # The decoder an encoder gets when none is given
 OWN_DECODER = {'vgg16': 'fcn8s', 'mobilenetv2': 'fcn8s', 'tiramisu': 'tiramisu'}
-CONTEXTS = ('none', 'lraspp')  # what runs on the encoder's last features (decoders.lraspp)
 
 
 def _in_graph(config):
@@ -60,10 +59,6 @@ RULES = (
                f"(not {c.encoder})"),
     (lambda c: c.encoder != 'vgg16' or c.decoder == 'fcn8s',
      lambda c: f'--decoder {c.decoder} is for mobilenetv2; VGG16 uses fcn8s'),
-    (lambda c: c.context in CONTEXTS,
-     lambda c: f'--context {c.context}: use one of {", ".join(CONTEXTS)}'),
-    (lambda c: c.context == 'none' or c.encoder == 'mobilenetv2',
-     lambda c: f'--context {c.context} is for --encoder mobilenetv2 (not {c.encoder})'),
     (lambda c: c.input_norm in ('fixed', 'image'),
      lambda c: f'--input-norm {c.input_norm}: use fixed or image'),
     (lambda c: c.depth in TIRAMISU_DEPTHS,
@@ -80,14 +75,12 @@ RULES = (
 @dataclasses.dataclass(frozen=True)
 class NetworkConfig(Settings):
     """The network build_network makes: the encoder (vgg16, mobilenetv2 with width `alpha`,
-    or tiramisu at `depth`), its decoder (None: the encoder's own), the context module on the
-    encoder's last features (none, or lraspp for mobilenetv2), where the encoder's weights
+    or tiramisu at `depth`), its decoder (None: the encoder's own), where the encoder's weights
     come from (udacity, imagenet, none, keras-h5:PATH), the input normalisation (fixed or
     image), the L2 weight decay and the weight averages' decay (0: none). Checked against RULES
     when made."""
     encoder: str = 'vgg16'
     decoder: str = None
-    context: str = 'none'
     encoder_weights: str = 'none'
     alpha: float = 1.0
     depth: int = 103

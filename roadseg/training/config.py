@@ -11,7 +11,6 @@ from roadseg.data import datasets, transforms
 from roadseg.data import settings as data_settings
 from roadseg.errors import UserError
 from roadseg.model import DECODERS, TIRAMISU_DEPTHS, settings
-from roadseg.model.settings import CONTEXTS
 from roadseg.training import crossval
 from roadseg.training import settings as training_settings
 
@@ -116,11 +115,6 @@ def parse_args(argv=None):
                              "dilated with skips at 8/4; fpn: strides 4-32 merged as features "
                              "(a feature pyramid), scored once; tiramisu: FC-DenseNet's own up "
                              "path (default: the encoder's own: fcn8s, tiramisu for tiramisu)")
-    parser.add_argument('--context', choices=CONTEXTS,
-                        help="what runs on mobilenetv2's last features before the decoder: "
-                             "none, or lraspp: MobileNetV3's LR-ASPP context module, 128 "
-                             "channels gated by the whole image's average features "
-                             "(default: %(default)s)")
     parser.add_argument('--depth', type=int, choices=sorted(TIRAMISU_DEPTHS),
                         help="FC-DenseNet's depth, as the paper's 56, 67 and 103 "
                              "(default: %(default)s)")
