@@ -320,7 +320,7 @@ def test_any_file_as_label_colors_is_classes_or_one_line(content):
 
 INTS = {'epochs', 'batch_size', 'plain_epochs', 'depth', 'seed', 'val_every', 'tb_images_every'}
 FLOATS = {'learning_rate', 'keep_prob', 'weight_decay', 'alpha', 'ema_decay', 'val_fraction',
-          'step_timeout'}
+          'step_timeout', 'aux_loss'}
 BOOLS = {'val_bev', 'xla', 'all_labelled'}
 SHAPES = {'image_shape', 'train_crop'}
 PATHS = {'data_dir', 'runs_dir', 'classes', 'resume', 'config', 'encoder_weights', 'group_by',

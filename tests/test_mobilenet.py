@@ -15,7 +15,7 @@ import evaluate
 import export
 import main
 from roadseg.errors import UserError
-from roadseg.model import decoders, keras_weights, mobilenet, network, vgg
+from roadseg.model import decoders, keras_weights, mobilenet, network, ops, vgg
 from roadseg.model.ops import tf, tf1
 from roadseg.model.settings import NetworkConfig
 from roadseg.training import checkpoints, loop, monitoring, outputs
@@ -27,9 +27,10 @@ from tests.conftest import ROOT, make_kitti
 ALPHA = 0.1  # 8 channels in most layers: fast, yet every block is built
 
 
-def network_args(encoder='mobilenetv2', decoder='fcn8s', ema_decay=0.0, input_norm='fixed'):
+def network_args(encoder='mobilenetv2', decoder='fcn8s', ema_decay=0.0, input_norm='fixed',
+                 aux_loss=0.0):
     return NetworkConfig(encoder, decoder, alpha=ALPHA, ema_decay=ema_decay,
-                         input_norm=input_norm)
+                         input_norm=input_norm, aux_loss=aux_loss)
 
 
 @contextlib.contextmanager
@@ -105,6 +106,36 @@ def test_input_norm_image_maps_each_images_channels_to_one_mean_and_deviation():
                            for x in (batch, tinted))
             change = np.abs(plain - dusk).max() / np.abs(plain).max()
             assert change < 1e-4 if agree else change > 1e-3
+
+
+def test_the_auxiliary_loss_trains_its_own_score_and_leaves_the_inference_tower_alone():
+    """--aux-loss 0.4: the training tower's stride-16 features get a class score at the
+    input's size, weighted 0.4 in what Adam minimises (its score learns, where without it
+    there is no such variable); the inference tower, which validation and export run, does
+    not reach it."""
+    x = images(2)
+    y = np.eye(2, dtype=np.float32)[np.random.default_rng(1).integers(0, 2, (2, 64, 96))]
+    for aux_loss in (0.0, 0.4):
+        with built(network_args(decoder='fcn4s', aux_loss=aux_loss, ema_decay=0.99), 2) as \
+                (sess, net, label, train_op, loss):
+            auxiliary = tf1.get_collection(ops.AUXILIARY_LOGITS)
+            scores = [v for v in tf1.trainable_variables() if 'auxiliary/score' in v.name]
+            assert len(auxiliary) == (aux_loss > 0) and len(scores) == 2 * (aux_loss > 0)
+            inference_ops, stack = set(), [net.output.op]
+            while stack:
+                op = stack.pop()
+                if op.name not in inference_ops:
+                    inference_ops.add(op.name)
+                    stack.extend(t.op for t in op.inputs)
+            assert not any('auxiliary' in name for name in inference_ops)
+            if aux_loss:
+                (logits, weight), = auxiliary
+                assert weight == 0.4
+                feed = {net.input_image: x, label: y, net.keep_prob: 1.0}
+                assert sess.run(logits, feed).shape == (2, 64, 96, 2)
+                before = sess.run(scores[0])
+                sess.run(train_op, feed)
+                assert not np.array_equal(before, sess.run(scores[0]))
 
 
 @pytest.mark.slow

@@ -98,10 +98,14 @@ def test_the_network_config_gives_each_encoder_its_decoder_and_keeps_every_rule(
         '--ema-decay: 1 must be in': dict(ema_decay=1),
         "--encoder-weights 'imagenet1k': use udacity, imagenet, none": dict(
             encoder_weights='imagenet1k'),
+        '--aux-loss: -0.4 must be a number from 0 up': dict(encoder='mobilenetv2',
+                                                            aux_loss=-0.4),
+        '--aux-loss is for --encoder mobilenetv2 with an FCN decoder (fcn8s, fcn4s, dilated), '
+        'not mobilenetv2 with fpn': dict(encoder='mobilenetv2', decoder='fpn', aux_loss=0.4),
     }
     for message, fields in refused.items():
         with pytest.raises(UserError, match=re.escape(message)):
             NetworkConfig(**fields)
-    assert len(RULES) == 15
+    assert len(RULES) == 17
     with pytest.raises(dataclasses.FrozenInstanceError):
         NetworkConfig().encoder = 'mobilenetv2'

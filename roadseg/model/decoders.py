@@ -97,6 +97,21 @@ def fpn(features, num_classes, training, weight_decay=1e-3,
                            'fcn_out')
 
 
+def auxiliary(features, like, num_classes, weight, weight_decay):
+    """Deep supervision (PSPNet's auxiliary loss, --aux-loss W): in a training tower, a 1x1
+    class score of the decoder's layer-4 `features` (stride 16) resized bilinearly to the size
+    of `like` (the logits), put with its loss weight W in the replica's AUXILIARY_LOGITS,
+    which `loss.optimize` adds. The encoder's middle learns the classes directly, not only through
+    the decoder. The inference tower does not build it, so validation and exports are
+    unchanged."""
+    if not ops.first_use():
+        return
+    with tf1.variable_scope('auxiliary'):
+        logits = tf.image.resize(score(features, num_classes, 'score', weight_decay),
+                                 tf.shape(like)[1:3])
+    tf1.add_to_collection(ops.replica_collection(ops.AUXILIARY_LOGITS), (logits, weight))
+
+
 def pyramid(features, strides, training, channels=PYRAMID_CHANNELS):
     """The top-down path of Lin et al.'s feature pyramid (FPN, 2017) in MobileNetV2's blocks:
     layer 7 reduced to `channels` by a 1x1 convolution, then at each finer skip upsampled,

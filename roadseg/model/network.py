@@ -100,8 +100,12 @@ def build_network(sess, config, num_classes, input_shape=(None, None, None), wei
                 return decoders.fpn(encoder(images, training), num_classes, training,
                                     config.weight_decay, strides)
             *finer, layer3, layer4, layer7 = encoder(images, training)
-            return decoders.fcn(layer3, layer4, layer7, num_classes, config.weight_decay, strides,
-                                skip_scales, finer)
+            logits = decoders.fcn(layer3, layer4, layer7, num_classes, config.weight_decay,
+                                  strides, skip_scales, finer)
+            if training and config.aux_loss:
+                decoders.auxiliary(layer4, logits, num_classes, config.aux_loss,
+                                   config.weight_decay)
+            return logits
         train_output = ops.for_each_replica(
             lambda: tower(ops.replica_share(image_input), True))
         if config.ema_decay:

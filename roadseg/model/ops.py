@@ -118,6 +118,7 @@ def weight(name, shape, initializer, weight_decay=0.0):
 
 
 BATCH_STATISTICS = 'batch_statistics'  # (moving statistic, the batch's) pairs
+AUXILIARY_LOGITS = 'auxiliary_logits'  # (logits at the input's size, loss weight) pairs
 
 
 def batch_norm(x, training, momentum, epsilon=1e-3, name='bn'):

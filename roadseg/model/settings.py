@@ -59,6 +59,11 @@ RULES = (
                f"(not {c.encoder})"),
     (lambda c: c.encoder != 'vgg16' or c.decoder == 'fcn8s',
      lambda c: f'--decoder {c.decoder} is for mobilenetv2; VGG16 uses fcn8s'),
+    (lambda c: math.isfinite(c.aux_loss) and c.aux_loss >= 0,
+     lambda c: f'--aux-loss: {c.aux_loss} must be a number from 0 up'),
+    (lambda c: c.aux_loss == 0 or c.encoder == 'mobilenetv2' and c.decoder != 'fpn',
+     lambda c: f'--aux-loss is for --encoder mobilenetv2 with an FCN decoder (fcn8s, fcn4s, '
+               f'dilated), not {c.encoder} with {c.decoder}'),
     (lambda c: c.input_norm in ('fixed', 'image'),
      lambda c: f'--input-norm {c.input_norm}: use fixed or image'),
     (lambda c: c.depth in TIRAMISU_DEPTHS,
@@ -77,14 +82,15 @@ class NetworkConfig(Settings):
     """The network build_network makes: the encoder (vgg16, mobilenetv2 with width `alpha`,
     or tiramisu at `depth`), its decoder (None: the encoder's own), where the encoder's weights
     come from (udacity, imagenet, none, keras-h5:PATH), the input normalisation (fixed or
-    image), the L2 weight decay and the weight averages' decay (0: none). Checked against RULES
-    when made."""
+    image), the auxiliary loss's weight (0: none), the L2 weight decay and the weight averages'
+    decay (0: none). Checked against RULES when made."""
     encoder: str = 'vgg16'
     decoder: str = None
     encoder_weights: str = 'none'
     alpha: float = 1.0
     depth: int = 103
     input_norm: str = 'fixed'
+    aux_loss: float = 0.0
     weight_decay: float = 1e-3
     ema_decay: float = 0.0
     RULES = RULES
