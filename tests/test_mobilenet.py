@@ -121,13 +121,9 @@ def test_the_auxiliary_loss_trains_its_own_score_and_leaves_the_inference_tower_
             auxiliary = tf1.get_collection(ops.AUXILIARY_LOGITS)
             scores = [v for v in tf1.trainable_variables() if 'auxiliary/score' in v.name]
             assert len(auxiliary) == (aux_loss > 0) and len(scores) == 2 * (aux_loss > 0)
-            inference_ops, stack = set(), [net.output.op]
-            while stack:
-                op = stack.pop()
-                if op.name not in inference_ops:
-                    inference_ops.add(op.name)
-                    stack.extend(t.op for t in op.inputs)
-            assert not any('auxiliary' in name for name in inference_ops)
+            inference = tf1.graph_util.extract_sub_graph(sess.graph.as_graph_def(),
+                                                         [net.output.op.name])
+            assert not any('auxiliary' in node.name for node in inference.node)
             if aux_loss:
                 (logits, weight), = auxiliary
                 assert weight == 0.4

@@ -119,8 +119,7 @@ def parse_args(argv=None):
                         help="deep supervision for mobilenetv2's FCN decoders: add W times the "
                              "cross-entropy of a 1x1 class score of the decoder's layer-4 "
                              "features (stride 16) to the loss, in training only (PSPNet uses "
-                             "0.4); 0: none "
-                             "(default: %(default)s)")
+                             "0.4); 0: none (default: %(default)s)")
     parser.add_argument('--depth', type=int, choices=sorted(TIRAMISU_DEPTHS),
                         help="FC-DenseNet's depth, as the paper's 56, 67 and 103 "
                              "(default: %(default)s)")
