@@ -41,6 +41,10 @@ def main(argv=None):
         dataset, pairs = evaluation.evaluation_data(args.model, args.data_dir, model.info,
                                                     'train')
         pairs = pairs[::max(1, len(pairs) // args.images)][:args.images]
+        if args.output:
+            files.check_outputs([(args.output, '--output')],
+                                files.files_in(args.model) + [path for pair in pairs
+                                                              for path in pair if path])
         samples = datasets.load_samples(pairs, dataset.read_label)
         print(f'scoring {len(list(itertools.product(*crf.GRID.values())))} CRF settings on '
               f'{len(samples)} training images of {args.model}')

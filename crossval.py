@@ -80,8 +80,8 @@ def main(argv=None):
     runs = crossval.run_folds(state['argv'], cv_dir, state['folds'], training.run)
     summary = crossval.summarise(runs, state['sizes'])
     crossval.write_state(cv_dir, {**state, 'summary': summary})
-    names = files.read_json(os.path.join(next(iter(runs.values())), 'model',
-                                         'fcn.json'))['class_names']
+    names = files.read_json(os.path.join(next(iter(runs.values())), 'model', 'fcn.json'),
+                            kind='fcn')['class_names']
     print(crossval.format_summary(summary, names))
     print(f'summary written to {os.path.join(cv_dir, crossval.STATE)}')
     return summary

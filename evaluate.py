@@ -55,6 +55,8 @@ def main(argv=None):
         os.path.join('runs', name) if name in zoo.SHIPPED else args.model, args.split,
         args.flip_tta, bool(args.crf))
     files.check_writable(output_dir, '--output-dir')
+    files.check_outputs([(os.path.join(output_dir, 'metrics.json'), 'the metrics')],
+                        folders=[output_dir])
     with inference.load_model(args.model, flip=args.flip_tta,
                               refine=crf.refiner(args.crf)) as model:
         dataset, pairs = evaluation.evaluation_data(args.model, args.data_dir, model.info,

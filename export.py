@@ -82,6 +82,8 @@ def main(argv=None):
         output_dir = zoo.folder_of(args.ship) if args.ship else args.output_dir or \
             os.path.join(run_dir, 'export')
         files.check_writable(output_dir, '--ship' if args.ship else '--output-dir')  # first
+        if not args.ship:
+            check_outputs(export, args.formats, output_dir, folder)
         if args.ship and not os.path.isfile(os.path.join(run_dir, 'split.json')):
             raise UserError(f'--ship {args.ship}: --model {args.model} is not a run folder; '
                             f'a shipped model is exported from the run that trained it')
@@ -91,7 +93,8 @@ def main(argv=None):
             if 'int8' in args.formats else ()
         with contextlib.ExitStack() as stack:
             if args.ship:  # the shipped folder is replaced only by a model within tolerance
-                output_dir = stack.enter_context(files.atomic_path(output_dir))
+                output_dir = stack.enter_context(files.atomic_path(output_dir,
+                                                                      replace_folder=True))
                 os.makedirs(output_dir)
             exports, reference = export_and_check(export, args, original, folder, output_dir,
                                                   samples, calibration)
@@ -102,6 +105,17 @@ def main(argv=None):
         zoo.write_card()
         print(f'shipped {args.ship}: {zoo.path(args.ship)}; its card is in '
               f'{os.path.join(zoo.DIR, "README.md")}')
+
+
+def check_outputs(export, formats, output_dir, folder):
+    """Stop before any work unless the exports of `formats` may be written to `output_dir`
+    (files.check_outputs): a SavedModel folder is replaced only when an earlier export wrote
+    it, as its version folder's manifest shows."""
+    paths = [os.path.join(output_dir, export.FILES[fmt]) for fmt in formats]
+    earlier = [path for path in paths if os.path.isfile(
+        os.path.join(path, export.SERVING_VERSION, files.MANIFEST))]
+    files.check_outputs([(path, f'the {fmt} export') for fmt, path in zip(formats, paths)],
+                        files.files_in(folder), [output_dir], replaceable=earlier)
 
 
 def export_and_check(export, args, original, folder, output_dir, samples, calibration):

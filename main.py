@@ -83,9 +83,9 @@ def run(argv=None):
     args = config.options(argv)
     net_config, training = NetworkConfig.of(args), TrainingConfig.of(args)
     setup = distribute.setup(training, frozen_encoder=net_config.encoder_weights == 'udacity')
+    runs_dir, flag = (args.resume, '--resume') if args.resume else (args.runs_dir, '--runs-dir')
     if setup.is_chief:  # the one that writes: stop now, not once the data and graph are ready
-        files.check_writable(args.resume or args.runs_dir,
-                             '--resume' if args.resume else '--runs-dir')
+        files.check_writable(runs_dir, flag)
     inputs.fetch_downloads(args)
     dataset, train_pairs, val_pairs, seen_pairs = inputs.data_split(args)
     classes = dataset.classes
@@ -97,7 +97,7 @@ def run(argv=None):
     class_weights = inputs.class_weights(args, get_batches_fn.labels, classes.num_classes)
     weights = network.encoder_weights(net_config, args.data_dir)  # read before the graph
     with tf.Graph().as_default(), setup.scope(), setup.session() as sess, \
-            distribute.failures(training, setup):
+            distribute.failures(training, setup), files.full_disk(runs_dir, flag):
         tf1.set_random_seed(args.seed)
         built = graph.build(sess, net_config, classes.num_classes, weights, class_weights,
                             args.precision == 'float16')
@@ -142,10 +142,11 @@ def run(argv=None):
     colors = inference.overlay_colors(classes.colors)
     if dataset.test_note:
         print(dataset.test_note)
-    with inference.load_model(run_dir) as exported:  # the overlays show the model shipped
+    # the overlays show the model shipped
+    with inference.load_model(run_dir) as exported, files.full_disk(runs_dir, flag):
         for message in outputs.write_overlays(exported, dataset.test_images, run_dir, colors):
-            print(f'skipped {message}', file=sys.stderr)
-    inference.write_legend(os.path.join(run_dir, 'legend.png'), classes.names, colors)
+            print(cli.one_line(f'skipped {message}'), file=sys.stderr)
+        inference.write_legend(os.path.join(run_dir, 'legend.png'), classes.names, colors)
     log(f'model and overlays written to {run_dir}')
     return run_dir
 

@@ -4,6 +4,8 @@ the epoch or, with --minutes, against the wall-clock minutes of training.
 
     python plot.py runs/20261121-192051 runs/20261121-203000 --output curve.png --minutes
 """
+import argparse
+import math
 import os
 import sys
 
@@ -15,13 +17,14 @@ def read_run(run_dir):
     """(label, epochs, minutes, training losses, validation IoUs) of a run folder."""
     path = os.path.join(run_dir, 'metrics.json')
     hint = 'not a run folder with metrics.json and config.json'
-    records = files.read_json(path, hint).get('epochs')
-    config = files.read_json(os.path.join(run_dir, 'config.json'), hint)
+    records = files.read_json(path, hint, 'metrics')['epochs']
+    config = files.read_json(os.path.join(run_dir, 'config.json'), hint, 'config',
+                             ('image_shape',))
     if not records:
         raise UserError(f'{path}: no epoch recorded yet')
     encoder = config.get('encoder', 'vgg16')
     if encoder == 'mobilenetv2':
-        encoder += '-' + config.get('decoder', 'fcn8s')
+        encoder += '-' + (config.get('decoder') or 'fcn8s')  # null: the encoder's own
     elif encoder == 'tiramisu':
         encoder += str(config['depth'])
     if config.get('ema_decay'):
@@ -71,6 +74,17 @@ def plot(runs, output, by_minutes=False, iou_min=None):
     plt.close(figure)
 
 
+def iou_min_arg(text):
+    """Parse --iou-min: a finite number below 1, the most an IoU can be."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value >= 1:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a number below 1, e.g. 0.85')
+    return value
+
+
 def main(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('runs', nargs='+', metavar='RUN_DIR', help='run folders to plot')
@@ -78,10 +92,13 @@ def main(argv=None):
                                          'folder)')
     parser.add_argument('--minutes', action='store_true',
                         help='x axis in wall-clock minutes of training instead of epochs')
-    parser.add_argument('--iou-min', type=float, help='lower end of the IoU axis, e.g. 0.85')
+    parser.add_argument('--iou-min', type=iou_min_arg,
+                        help='lower end of the IoU axis, a number below 1, e.g. 0.85')
     args = parser.parse_args(argv)
     output = args.output or os.path.join(args.runs[0], 'curve.png')
     files.check_writable(os.path.dirname(os.path.abspath(output)), '--output')
+    files.check_outputs([(output, '--output')], [os.path.join(run, name) for run in args.runs
+                                                 for name in ('metrics.json', 'config.json')])
     plot([read_run(run) for run in args.runs], output, args.minutes, args.iou_min)
     print(f'wrote {output}')
 

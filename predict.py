@@ -18,6 +18,7 @@ DIR/kitti_road_bev.zip (what KITTI's server takes), and the perspective maps in 
 shipped model's name (models/, roadseg.zoo; camvid-road by default). A TFLite model runs
 without importing TensorFlow.
 """
+import contextlib
 import os
 import sys
 import time
@@ -92,20 +93,6 @@ def check_options(args, model):
                         f'{model.num_classes} classes')
 
 
-def check_names(sources, output_dir):
-    """Stop before two inputs write outputs of the same name, or an overlay replaces its input."""
-    stems = {}
-    for source in sources:
-        other = stems.setdefault(source.stem, source.path)
-        if other != source.path:
-            raise UserError(f'{other} and {source.path} would write outputs of the same '
-                            f'name; rename one or run them separately')
-        overlay = os.path.join(output_dir, source.stem + '.png')
-        if os.path.abspath(overlay) == os.path.abspath(source.path):
-            raise UserError(f'--output-dir {output_dir} holds the input {source.path}, '
-                            f'which its overlay would replace; choose another folder')
-
-
 def main(argv=None):
     args = parse_args(argv)
     model_path = zoo.resolve(args.model)
@@ -114,18 +101,23 @@ def main(argv=None):
                          (args.kitti_submission, '--kitti-submission')):
         if folder:
             files.check_writable(folder, flag)
-    bad = {}
+    bad, outputs_wanted = {}, wanted(args)
     with inference.load_model(model_path, flip=args.flip_tta,
-                              refine=crf.refiner(args.crf)) as model:
+                              refine=crf.refiner(args.crf)) as model, \
+            contextlib.ExitStack() as stack:
         check_options(args, model)
         sources = [media.Source(path) for path in media.input_files(args.inputs, bad)]
         if args.kitti_submission:
             media.check_submission(sources)
-        check_names(sources, args.output_dir or args.kitti_submission)
-        if args.output_dir:
-            os.makedirs(args.output_dir, exist_ok=True)
+        folders = [folder for folder in (args.output_dir, args.kitti_submission) if folder]
+        files.check_outputs(media.planned_outputs(sources, outputs_wanted, args.output_dir,
+                                                  model.info),
+                            [source.path for source in sources] + files.files_in(model_path),
+                            folders)
+        for folder in folders:
+            stack.enter_context(files.output_folder(folder))
         start, count = time.perf_counter(), 0
-        with media.Outputs(args.output_dir, wanted(args), model.info, bad) as outputs, \
+        with media.Outputs(args.output_dir, outputs_wanted, model.info, bad) as outputs, \
                 tqdm(total=sum(map(media.frame_estimate, sources)), unit='frame',
                      desc='Segmenting', disable=None) as bar:
             for frame, probabilities in inference.segment_stream(
@@ -144,7 +136,7 @@ def main(argv=None):
               f'{", ".join(f"{n} {c}" for c, n in sorted(counts.items()))}) in {path}; upload '
               f'that zip to KITTI\'s road benchmark')
     for message in bad.values():
-        print(f'skipped {message}', file=sys.stderr)
+        print(cli.one_line(f'skipped {message}'), file=sys.stderr)
     if bad and args.kitti_submission:
         print(f'--kitti-submission: no zip, as every test image needs its map'
               f'{media.remove_submission_zip(args.kitti_submission, model.info)}',

@@ -21,7 +21,7 @@ import os
 import cv2
 import numpy as np
 
-from roadseg import metrics
+from roadseg import files, metrics
 from roadseg.data import kitti_names
 from roadseg.data.classes import VOID
 from roadseg.errors import UserError
@@ -43,8 +43,8 @@ def read_calibration(path):
     """The matrices of the KITTI calib file at `path` that the warp needs (read_calibration_text);
     a file that cannot be read is a UserError naming it."""
     try:
-        with open(path) as f:
-            text = f.read()
+        text = files.read_limited(path, files.MAX_TEXT_BYTES, 'calibration file',
+                                  'KITTI ships one per image in calib/').decode('utf-8')
     except (OSError, ValueError) as e:  # ValueError: not text
         reason = e.strerror if isinstance(e, OSError) and e.strerror else e
         raise UserError(f'{path}: cannot read the calibration ({reason}); KITTI ships one per '

@@ -2,6 +2,7 @@
 line, the guard that turns errors into one line and an exit status, and the size and crop
 arguments."""
 import argparse
+import errno
 import sys
 
 from roadseg.errors import PartlyFailed, UserError
@@ -26,8 +27,10 @@ def main_guard(fn, *args):
         return 2
     except OSError as e:
         where = f'{e.filename}: ' if e.filename else ''
-        print(one_line(f'error: {where}{e.strerror or e}; check that the folder exists and is '
-                       f'writable and that the disk has space'), file=sys.stderr)
+        advice = ('the disk is full: free space on it and run again' if e.errno == errno.ENOSPC
+                  else 'check that the folder exists and is writable and that the disk has '
+                       'space')
+        print(one_line(f'error: {where}{e.strerror or e}; {advice}'), file=sys.stderr)
         return 2
     except PartlyFailed as e:
         print(f'error: {one_line(e)}', file=sys.stderr)

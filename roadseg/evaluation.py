@@ -156,7 +156,7 @@ def evaluation_data(path, data_dir, info, split):
     if not found:
         raise UserError(f'--split {split} needs a run folder holding split.json, or for val a '
                         f'data set with validation images; {path} has none: use --split all')
-    names = set(files.read_json(found[0], 'use --split all').get(split, []))
+    names = set(files.read_json(found[0], 'use --split all', 'split').get(split, []))
     if not names:
         raise UserError(f'--split {split}: {found[0]} lists no such images (only a run with '
                         f'--val-groups has unseen images of its training groups)')

@@ -209,7 +209,7 @@ def write_serving_model(path, graph_def, info):
         classes = tf.cast(tf.argmax(probabilities, -1), tf.uint8, name='classes')
         signature = tf1.saved_model.predict_signature_def(
             inputs={'image': image}, outputs={'probabilities': probabilities, 'classes': classes})
-        with files.atomic_path(path) as tmp:
+        with files.atomic_path(path, replace_folder=True) as tmp:  # export.py checks it first
             version = os.path.join(tmp, SERVING_VERSION)
             builder = tf1.saved_model.Builder(version)
             builder.add_meta_graph_and_variables(
@@ -307,7 +307,8 @@ def tflite_model(graph_def, info, fmt, calibration=()):
 
 def run_data(run_dir, info, split, hint):
     """evaluation.evaluation_data on the run's own data set: the data_dir of its config.json."""
-    data_dir = files.read_json(os.path.join(run_dir, 'config.json'), hint)['data_dir']
+    data_dir = files.read_json(os.path.join(run_dir, 'config.json'), hint, 'config',
+                               ('data_dir',))['data_dir']
     try:
         return evaluation.evaluation_data(run_dir, data_dir, info, split)
     except UserError as e:
@@ -325,7 +326,8 @@ def calibration_images(model, info, calibration_dir=None, count=images.CALIBRATI
     else:
         source = f'the training images of {model}'
         hint = 'int8 calibrates on the run\'s training images, or pass --calibration-dir'
-        names = set(files.read_json(os.path.join(model, 'split.json'), hint)['train'])
+        names = set(files.read_json(os.path.join(model, 'split.json'), hint, 'split',
+                                    ('train',))['train'])
         paths = [image for image, _ in run_data(model, info, 'all', hint)[1]
                  if os.path.basename(image) in names]
     if not paths:
@@ -390,18 +392,19 @@ def write_exports(folder, info, output_dir, formats, calibration=()):
     calibrated on the images `calibration`); returns {format: path}."""
     graph_def = frozen_graph(folder, info)
     paths = {fmt: os.path.join(output_dir, FILES[fmt]) for fmt in formats}
-    if set(formats) - {'savedmodel'}:
-        files.write_json(os.path.join(output_dir, inference.MODEL_INFO), info)
-    for fmt, path in paths.items():
-        print(f'writing {path}')
-        if fmt == 'savedmodel':
-            write_serving_model(path, graph_def, info)
-        elif fmt == 'frozen':
-            files.write_bytes(path, graph_def.SerializeToString())
-        else:
-            files.write_bytes(path, tflite_model(graph_def, info, fmt, calibration))
-    if set(formats) - {'savedmodel'}:  # the file exports share one manifest, as one fcn.json
-        files.write_manifest(output_dir, sorted(
-            name for name in os.listdir(output_dir) if os.path.isfile(os.path.join(
-                output_dir, name)) and name not in (files.MANIFEST, 'agreement.json')))
+    with files.full_disk(output_dir):  # TensorFlow's writers call a full disk "exhausted"
+        if set(formats) - {'savedmodel'}:
+            files.write_json(os.path.join(output_dir, inference.MODEL_INFO), info)
+        for fmt, path in paths.items():
+            print(f'writing {path}')
+            if fmt == 'savedmodel':
+                write_serving_model(path, graph_def, info)
+            elif fmt == 'frozen':
+                files.write_bytes(path, graph_def.SerializeToString())
+            else:
+                files.write_bytes(path, tflite_model(graph_def, info, fmt, calibration))
+        if set(formats) - {'savedmodel'}:  # the file exports share one manifest and fcn.json
+            files.write_manifest(output_dir, sorted(
+                name for name in os.listdir(output_dir) if os.path.isfile(os.path.join(
+                    output_dir, name)) and name not in (files.MANIFEST, 'agreement.json')))
     return paths

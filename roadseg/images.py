@@ -5,19 +5,27 @@ import io
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from roadseg.errors import UserError
 
 CALIBRATION_IMAGES = 32  # batch norm of averaged weights (training), int8 ranges (export)
 
 
+def upright(image):
+    """`image` turned as its EXIF Orientation says, as every viewer shows it: a phone stores
+    photos as the sensor saw them and the tag says how to turn them, so masks are computed and
+    written in the orientation a person sees."""
+    ImageOps.exif_transpose(image, in_place=True)  # no tag, or 1: unchanged
+    return image
+
+
 def _open_image(path):
-    """A PIL image, fully decoded so that truncated files fail here."""
+    """A PIL image, fully decoded so that truncated files fail here, upright (EXIF)."""
     try:
         image = Image.open(path)
         image.load()
-        return image
+        return upright(image)
     except Exception as e:  # PIL raises many types for unreadable files
         raise UserError(f'{path}: cannot read image ({e}); replace or remove the file') from None
 
@@ -56,7 +64,7 @@ def decode_rgb(data, name, max_pixels=None):
         check_pixels(image.width, image.height, name, max_pixels)
         if image.mode not in ('RGB', 'RGBA', 'L', 'LA', 'P', '1'):
             raise UserError(f'{name}: {image.mode} image, expected 8-bit RGB or grayscale')
-        return np.asarray(image.convert('RGB'))
+        return np.asarray(upright(image).convert('RGB'))
     except UserError:
         raise
     except Image.DecompressionBombError:  # PIL's own limit, far above any sane max_pixels

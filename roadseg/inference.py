@@ -23,7 +23,6 @@ from roadseg.graph_mode import import_tensorflow, quiet_stderr
 from roadseg.images import resize_image, resize_probabilities
 
 MODEL_INFO = 'fcn.json'  # the model's training size, classes and data set, beside the model
-REQUIRED_INFO = ('image_shape', 'num_classes', 'class_names', 'class_colors')
 # The file each export format is written to (roadseg.export writes them, load_model reads them)
 EXPORT_FILES = {'savedmodel': 'savedmodel', 'frozen': 'model.pb',
                 'tflite32': 'model_float32.tflite', 'tflite16': 'model_float16.tflite',
@@ -92,16 +91,13 @@ def model_folder(path):
 
 
 def read_info(folder, model_path):
-    """The fcn.json in `folder`: the training size, classes and data set of the model."""
+    """The fcn.json in `folder`: the training size, classes and data set of the model, checked
+    against its schema (roadseg.schemas)."""
     path = os.path.join(folder, MODEL_INFO)
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise UserError(f'--model {model_path}: no {MODEL_INFO} beside it; keep the '
                         f'{MODEL_INFO} that main.py or export.py wrote with the model')
-    info = files.read_json(path)
-    missing = [key for key in REQUIRED_INFO if key not in info]
-    if missing:
-        raise UserError(f'{path}: no {missing[0]!r}; not the {MODEL_INFO} of a model')
-    return info
+    return files.read_json(path, kind='fcn')
 
 
 def load_model(path, flip=False, refine=None):
@@ -127,15 +123,17 @@ def _load(path):
     if loader is None:
         raise UserError(f'--model {path}: not a model; expected a run folder, a '
                         f'SavedModel folder, a frozen graph (.pb) or a TFLite file (.tflite)')
+    files.regular_file(path, files.MAX_MODEL_BYTES, 'model', 'give --model a model file')
     folder = os.path.dirname(path) or '.'
-    _verify(path, folder, os.path.basename(path))
+    _verify(path, folder, [os.path.basename(path), MODEL_INFO])
     return loader(path, read_info(folder, path))
 
 
-def _verify(path, folder, name=None):
-    """Stop when the model's files do not match the manifest.json written with them (the
-    model folder's, or for a file that of the folder holding it)."""
-    reason = files.manifest_problem(folder, [name] if name else None)
+def _verify(path, folder, names=None):
+    """Stop when the model's files do not match the manifest.json written with them: every
+    file the model folder's lists or, for a model file, the file and the fcn.json beside it,
+    as the folder holding them lists them (export.py lists both)."""
+    reason = files.manifest_problem(folder, names)
     if reason:
         raise UserError(f'--model {path}: {reason}; the model is damaged: copy or export it '
                         f'again')
@@ -214,8 +212,7 @@ def _frozen_graph(path, info):
     graph = tf1.Graph()
     try:
         graph_def = tf1.GraphDef()
-        with open(path, 'rb') as f:
-            graph_def.ParseFromString(f.read())
+        graph_def.ParseFromString(files.read_limited(path, files.MAX_MODEL_BYTES, 'model'))
         with graph.as_default():
             tf1.import_graph_def(graph_def, name='')
         image = graph.get_tensor_by_name('image:0')

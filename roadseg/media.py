@@ -183,10 +183,9 @@ class Outputs:
         self.output_dir, self.wanted, self.bad = output_dir, wanted, bad
         self.colors = inference.overlay_colors(info['class_colors'])
         self.label = info.get('label') or 'road'
-        self.source, self.writers, self.stack = None, [], None
-        if output_dir and len(self.colors) > 2:  # many classes: which colour is which
-            inference.write_legend(os.path.join(output_dir, 'legend.png'), info['class_names'],
-                                   self.colors)
+        self.source, self.writers, self.stack, self.written = None, [], None, set()
+        if output_dir and has_legend(info):  # many classes: which colour is which
+            inference.write_legend(self.path('legend.png'), info['class_names'], self.colors)
 
     def write(self, frame, probabilities):
         if frame.source is not self.source:
@@ -196,13 +195,14 @@ class Outputs:
         classes = inference.classes_of(probabilities, wanted.threshold)
         overlay = inference.overlay(frame.image, classes, self.colors)
         name, video = frame.source.frame_name(frame.index), frame.source.video
-        if wanted.overlays or (wanted.image_overlays and not video):
-            self.png(name + '.png', overlay)
-        if wanted.masks:
-            self.png(name + '_mask.png', classes)
-        if wanted.probabilities:
-            self.png(inference.probability_name(name, self.label),
-                     metrics.quantize(probabilities[..., 1]))
+        names = frame_names(wanted, name, video, self.label)
+        if 'overlay' in names:
+            files.write_png(self.path(names['overlay']), overlay)
+        if 'mask' in names:
+            files.write_png(self.path(names['mask']), classes)
+        if 'probability' in names:
+            files.write_png(self.path(names['probability']),
+                            metrics.quantize(probabilities[..., 1]))
         if wanted.kitti_submission:
             write_submission_maps(wanted.kitti_submission, frame.source.path,
                                   inference.probability_name(name, self.label),
@@ -213,20 +213,26 @@ class Outputs:
             for writer in self.writers:
                 writer.append_data(overlay)
 
-    def png(self, name, pixels):
-        files.write_png(os.path.join(self.output_dir, name), pixels)
+    def path(self, name):
+        """Where the output `name` goes; a name written twice in one run (a video longer than
+        planned_outputs expected, beside an image of its frames' names) stops the run."""
+        if name in self.written:
+            raise UserError(f'{os.path.join(self.output_dir, name)}: two outputs of this run '
+                            f'have this name; rename the inputs or run them separately')
+        self.written.add(name)
+        return os.path.join(self.output_dir, name)
 
     def open_writers(self, source, shape):
         self.stack, self.writers = contextlib.ExitStack(), []
-        if self.wanted.video:
-            self.add_writer(source.stem + '_overlay.mp4',
-                            lambda path: open_video(path, source.fps, shape))
-        if self.wanted.gif:
-            self.add_writer(source.stem + '_overlay.gif', lambda path: open_gif(path, source.fps))
+        names = video_names(self.wanted, source.stem)
+        if 'video' in names:
+            self.add_writer(names['video'], lambda path: open_video(path, source.fps, shape))
+        if 'gif' in names:
+            self.add_writer(names['gif'], lambda path: open_gif(path, source.fps))
 
     def add_writer(self, name, opener):
         """A writer opened by `opener` on a temporary name, renamed to `name` by finish()."""
-        tmp = self.stack.enter_context(files.atomic_path(os.path.join(self.output_dir, name)))
+        tmp = self.stack.enter_context(files.atomic_path(self.path(name)))
         writer = opener(tmp)
         self.stack.callback(writer.close)
         self.writers.append(writer)
@@ -246,6 +252,55 @@ class Outputs:
 
     def __exit__(self, exc_type, *_):
         self.finish(failed=exc_type is not None)
+
+
+def has_legend(info):
+    """Whether a model's outputs come with legend.png: more than two classes to tell apart."""
+    return len(info['class_colors']) > 2
+
+
+def frame_names(wanted, name, video, label):
+    """The file names of the outputs that `wanted` asks for of the frame `name`, by kind."""
+    names = {}
+    if wanted.overlays or (wanted.image_overlays and not video):
+        names['overlay'] = name + '.png'
+    if wanted.masks:
+        names['mask'] = name + '_mask.png'
+    if wanted.probabilities:
+        names['probability'] = inference.probability_name(name, label)
+    return names
+
+
+def video_names(wanted, stem):
+    """The file names of the overlaid video and GIF that `wanted` asks for of a video."""
+    return {kind: stem + suffix for kind, suffix, asked in (
+        ('video', '_overlay.mp4', wanted.video), ('gif', '_overlay.gif', wanted.gif)) if asked}
+
+
+def planned_outputs(sources, wanted, output_dir, info):
+    """Every (path, what writes it) that Outputs and the submission will write for `sources`,
+    a video's frames counted by frame_estimate: what files.check_outputs checks before any
+    work."""
+    label, planned = info.get('label') or 'road', []
+    if output_dir and has_legend(info):
+        planned.append((os.path.join(output_dir, 'legend.png'), 'the legend'))
+    for source in sources:
+        for index in range(max(1, frame_estimate(source)) if source.video else 1):
+            name = source.frame_name(index)
+            where = f'frame {index} of {source.path}' if source.video else source.path
+            planned += [(os.path.join(output_dir, file), f'the {kind} of {where}')
+                        for kind, file in frame_names(wanted, name, source.video, label).items()]
+            if wanted.kitti_submission and not source.video:
+                map_name = inference.probability_name(name, label)
+                planned += [(os.path.join(wanted.kitti_submission, view, map_name),
+                             f'the {view} map of {source.path}')
+                            for view in ('perspective', 'bev')]
+        if source.video:
+            planned += [(os.path.join(output_dir, file), f'the {kind} of {source.path}')
+                        for kind, file in video_names(wanted, source.stem).items()]
+    if wanted.kitti_submission:
+        planned.append((submission_zip(wanted.kitti_submission, label), 'the submission zip'))
+    return planned
 
 
 # ----------------------------------------------------------------------------------------------

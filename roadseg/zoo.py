@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from roadseg import evaluation, files, metrics
+from roadseg import cli, evaluation, files, metrics
 from roadseg.data import datasets
 from roadseg.errors import UserError
 
@@ -49,11 +49,11 @@ def resolve(model):
 
 def describe(model, resolved):
     """One line naming the model a command uses: the shipped model's name and file, or the
-    path given."""
+    path given (its line breaks escaped)."""
     if resolved != model and (model is None or model in SHIPPED):
         name = model or DEFAULT
-        return f'model: {name}, the shipped {SHIPPED[name][0]} ({resolved})'
-    return f'model: {resolved}'
+        return cli.one_line(f'model: {name}, the shipped {SHIPPED[name][0]} ({resolved})')
+    return cli.one_line(f'model: {resolved}')
 
 
 def folder_of(name):
@@ -92,12 +92,13 @@ def card(name, run_dir, info, checked, milliseconds, model_file, validation=None
     on what, its cross-validated quality (the run's crossval.json), its int8 file's agreement
     (`checked`: export.py's agreement for the int8 file and its check images) and its score on
     the data set's validation images (`validation`: validation_score's)."""
-    config = files.read_json(os.path.join(run_dir, 'config.json'))
-    split = files.read_json(os.path.join(run_dir, 'split.json'))
+    config = files.read_json(os.path.join(run_dir, 'config.json'), kind='config',
+                             needs=('dataset', 'epochs'))
+    split = files.read_json(os.path.join(run_dir, 'split.json'), kind='split', needs=('train',))
     metric = metrics.key_metric_name(info['num_classes'])
     expected = os.path.join(run_dir, 'crossval.json')
     if os.path.isfile(expected):
-        record = files.read_json(expected)
+        record = files.read_json(expected, kind='crossval record')
         row = record.get('at_epochs') or record['best']
         crossval = (f'{metric} {row["mean"]:.3f} +- {row["std"]:.3f}, the mean over '
                     f'{len(record["folds"])} held-out drives ({", ".join(record["folds"])}) of '
@@ -133,7 +134,7 @@ def card(name, run_dir, info, checked, milliseconds, model_file, validation=None
 
 def write_card():
     """models/README.md from every shipped model's card.json: the model card."""
-    cards = {name: files.read_json(os.path.join(DIR, name, CARD))
+    cards = {name: files.read_json(os.path.join(DIR, name, CARD), kind='card')
              for name in SHIPPED if os.path.isfile(os.path.join(DIR, name, CARD))}
     lines = ['# Shipped models', '',
              'Small int8 TFLite models the project trained, for `--model NAME` in `predict.py`, '

@@ -72,7 +72,8 @@ def test_camvid_label_value_outside_the_class_file(tmp_path):
     write(str(tmp_path / 'trainannot' / '0001TP_000010.png'), label)
     dataset = datasets.open_dataset('camvid', str(tmp_path))
     with pytest.raises(UserError, match=r'0001TP_000010.png: label value 17 at row 2, '
-                                               r'column 5 is not in .*camvid11.json'):
+                                        r'column 5 is neither a class nor void in '
+                                        r'.*camvid11.json'):
         dataset.read_label(dataset.train[0][1])
 
 
@@ -164,9 +165,18 @@ def test_folder_layout_with_index_masks(tmp_path):
     ('{"encoding": "hsv", "classes": [{"name": "x", "color": [1, 2, 3]}]}',
      r'encoding must be "color" or "index"'),
     ('{"encoding": "index", "classes": [{"name": "x", "color": [1, 2, 3]}], '
-     '"void": {"value": 300}}', r'the void value 300 must be a label value from 1 to 255'),
+     '"void": {"value": 300}}', r'the label values of void, \[300\], must be a list of values '
+                                r'from 0 to 255'),
     ('{"encoding": "index", "classes": [{"name": "x", "color": [1, 2, 3]}, '
-     '{"name": "y", "color": [4, 5, 6]}], "void": {"value": 1}}', r'void value 1 must be'),
+     '{"name": "y", "color": [4, 5, 6]}], "void": {"value": 1}}',
+     r"the label value 1 is both class 'y' and void"),
+    ('{"encoding": "index", "classes": [{"name": "x", "color": [1, 2, 3], "values": [7, 8]}, '
+     '{"name": "y", "color": [4, 5, 6], "values": [8]}]}',
+     r"the label value 8 is both class 'x' and class 'y'"),
+    ('{"classes": [{"name": "x", "color": [1, 2, 3], "values": [7]}]}',
+     r'"values" are for index labels'),
+    ('{"encoding": "index", "classes": [{"name": "x", "color": [1, 2, 3], "values": []}]}',
+     r"the label values of class 'x', \[\], must be"),
     ('{"classes": [{"name": "road", "color": [1, 2, 3]}, {"name": "road", "color": [4, 5, 6]}]}',
      r"the class name 'road' is given twice"),
     ('{"classes": [{"name": "x", "color": [1, 2, 256]}]}',

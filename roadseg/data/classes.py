@@ -6,8 +6,12 @@ a new data set needs no code:
                  {"name": "road", "color": [255, 0, 255]}],
      "void": {"color": [0, 0, 0]}}              # or {"value": 11} for index labels
 
-Every label becomes a uint8 class map with VOID (255) for ignored pixels.
+With "index" labels a class is the label value of its place in the list, unless it gives the
+values it takes, `"values": [7]` (Cityscapes' labelIds: cityscapes19.json), and void may be
+several values, `"void": {"values": [0, 1, 2]}`. Every label becomes a uint8 class map with VOID
+(255) for ignored pixels.
 """
+import io
 import json
 import os
 import re
@@ -15,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from roadseg import configs
+from roadseg import configs, files
 from roadseg.errors import UserError
 from roadseg.images import read_label_image
 
@@ -30,16 +34,18 @@ class ClassSet:
     colors: list
     encoding: str = 'color'          # 'color': RGB labels; 'index': class-number labels
     void_color: tuple = None         # with 'color' encoding
-    void_value: int = None           # with 'index' encoding
+    void_values: tuple = ()          # with 'index' encoding
+    values: tuple = None             # with 'index' encoding: each class's label values (default:
+                                     # its index)
     source: str = '(built in)'       # the file it came from, for error messages
     lookup: np.ndarray = field(default=None, repr=False)  # label value -> class, for 'index'
 
     def __post_init__(self):
         if self.encoding == 'index':
             self.lookup = np.full(256, -1, np.int16)
-            self.lookup[:len(self.names)] = np.arange(len(self.names))
-            if self.void_value is not None:
-                self.lookup[self.void_value] = VOID
+            for index, values in enumerate(self.values or [(i,) for i in range(len(self.names))]):
+                self.lookup[list(values)] = index
+            self.lookup[list(self.void_values)] = VOID
 
     @property
     def num_classes(self):
@@ -57,8 +63,7 @@ class ClassSet:
             if bad.any():
                 y, x = np.argwhere(bad)[0]
                 raise UserError(f'{path}: label value {int(label[y, x])} at row {y}, '
-                                f'column {x} is not in {self.source} (classes 0..'
-                                f'{self.num_classes - 1}, void {self.void_value})')
+                                f'column {x} is neither a class nor void in {self.source}')
             return classes.astype(np.uint8)
         if label.ndim != 3 or label.shape[2] != 3:
             raise UserError(f'{path}: expected an RGB colour label ({self.source})')
@@ -133,8 +138,7 @@ def _pack(rgb):
 def load_class_file(path):
     """A ClassSet from a JSON class file (see the module docstring)."""
     try:
-        with open(path) as f:
-            spec = json.load(f)
+        spec = json.loads(files.read_limited(path, files.MAX_JSON_BYTES, 'class file'))
         if not isinstance(spec, dict) or not isinstance(spec.get('void', {}), dict):
             raise ValueError('a class file is a JSON object, and its "void" one too')
         names = [c['name'] for c in spec['classes']]
@@ -144,9 +148,18 @@ def load_class_file(path):
         if encoding not in ('color', 'index'):
             raise ValueError('encoding must be "color" or "index"')
         void_color = tuple(void['color']) if 'color' in void else None
-        check_classes(names, colors, void_color, void.get('value'), encoding)
+        values = [c['values'] for c in spec['classes']] if any(
+            'values' in c for c in spec['classes']) else None
+        if values is not None:  # a class that gives none takes its index
+            values = [c.get('values', [i]) for i, c in enumerate(spec['classes'])]
+        void_values = void['values'] if 'values' in void else \
+            [void['value']] if 'value' in void else []
+        if 'value' in void and 'values' in void:
+            raise ValueError('void has "value" or "values", not both')
+        check_classes(names, colors, void_color, void_values, encoding, values)
         return ClassSet(names, colors, encoding, void_color=void_color,
-                        void_value=void.get('value'), source=path)
+                        void_values=tuple(void_values), source=path,
+                        values=values and tuple(tuple(v) for v in values))
     except FileNotFoundError:
         raise UserError(f'{path}: class file not found') from None
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
@@ -154,11 +167,13 @@ def load_class_file(path):
             from None
 
 
-def check_classes(names, colors, void_color=None, void_value=None, encoding='color'):
+def check_classes(names, colors, void_color=None, void_values=(), encoding='color',
+                  values=None):
     """Raise ValueError unless there are 1 to 255 classes (class maps are uint8, VOID is 255),
     the names are distinct text, every colour is three whole numbers from 0 to 255 and, for
-    colour labels, no two classes (nor a class and void) share one, and a void value is a label
-    value (0..255) that no class has."""
+    colour labels, no two classes (nor a class and void) share one; for index labels, each
+    class's label `values` (default: its index) and the `void_values` are label values
+    (0..255), each of one class or of void only."""
     if not 1 <= len(names) <= VOID:
         raise ValueError(f'a class file needs at least one class and at most {VOID} classes, '
                          f'not {len(names)}')
@@ -169,18 +184,31 @@ def check_classes(names, colors, void_color=None, void_value=None, encoding='col
         raise ValueError(f'the class name {repeated[0]!r} is given twice')
     every = list(colors) + ([void_color] if void_color is not None else [])
     for color in every:
-        if len(color) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and
-                                      0 <= v <= 255 for v in color):
+        if len(color) != 3 or not all(_byte(v) for v in color):
             raise ValueError(f'colour {list(color)} is not three values from 0 to 255')
     shared = [c for i, c in enumerate(every) if c in every[:i]]
     if encoding == 'color' and shared:
         raise ValueError(f'colour {list(shared[0])} is given twice; a colour label needs one '
                          f'colour per class and another for void')
-    if void_value is not None and (isinstance(void_value, bool) or
-                                   not isinstance(void_value, int) or
-                                   not len(names) <= void_value <= 255):
-        raise ValueError(f'the void value {void_value!r} must be a label value from '
-                         f'{len(names)} to 255 (0..{len(names) - 1} are the classes)')
+    if encoding == 'color' and values is not None:
+        raise ValueError('a class\'s "values" are for index labels ("encoding": "index")')
+    owner = {}
+    for what, taken in [*((f'class {name!r}', v) for name, v in
+                          zip(names, values or [[i] for i in range(len(names))])),
+                        ('void', void_values)]:
+        if not isinstance(taken, (list, tuple)) or (what != 'void' and not taken) or \
+                not all(_byte(v) for v in taken):
+            raise ValueError(f'the label values of {what}, {json.dumps(taken)[:40]}, must be '
+                             f'a list of values from 0 to 255')
+        for value in taken:
+            if owner.setdefault(value, what) != what:
+                raise ValueError(f'the label value {value} is both {owner[value]} and {what}; '
+                                 f'give each value to one class or to void')
+
+
+def _byte(value):
+    """Whether a JSON value is a whole number from 0 to 255 (true and false are not)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255
 
 
 def read_label_colors(path):
@@ -188,23 +216,23 @@ def read_label_colors(path):
     entry is the void colour."""
     names, colors, void = [], [], None
     try:
-        with open(path, encoding='utf-8') as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                match = re.fullmatch(r'\s*(\d+)\s+(\d+)\s+(\d+)\s+(\S.*?)\s*', line)
-                if not match:
-                    raise UserError(f'{path}: line {number} is not "R G B Name"')
-                rgb, name = tuple(int(v) for v in match.groups()[:3]), match.group(4)
-                if max(rgb) > 255:
-                    raise UserError(f'{path}: line {number} has a colour value above 255')
-                if name.lower() == 'void' and void:
-                    raise UserError(f'{path}: line {number} is a second Void; keep one')
-                if name.lower() == 'void':
-                    void = rgb
-                else:
-                    names.append(name)
-                    colors.append(rgb)
+        text = files.read_limited(path, files.MAX_TEXT_BYTES, 'class file').decode('utf-8')
+        for number, line in enumerate(io.StringIO(text, newline=None), 1):  # as open() splits
+            if not line.strip():
+                continue
+            match = re.fullmatch(r'\s*(\d+)\s+(\d+)\s+(\d+)\s+(\S.*?)\s*', line)
+            if not match:
+                raise UserError(f'{path}: line {number} is not "R G B Name"')
+            rgb, name = tuple(int(v) for v in match.groups()[:3]), match.group(4)
+            if max(rgb) > 255:
+                raise UserError(f'{path}: line {number} has a colour value above 255')
+            if name.lower() == 'void' and void:
+                raise UserError(f'{path}: line {number} is a second Void; keep one')
+            if name.lower() == 'void':
+                void = rgb
+            else:
+                names.append(name)
+                colors.append(rgb)
         check_classes(names, colors, void)
     except (OSError, ValueError) as e:  # ValueError: not UTF-8 text, or check_classes
         reason = e.strerror if isinstance(e, OSError) and e.strerror else e

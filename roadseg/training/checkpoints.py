@@ -10,7 +10,7 @@ import os
 import re
 import shutil
 
-from roadseg import files
+from roadseg import cli, files
 from roadseg.graph_mode import import_tensorflow
 
 tf = import_tensorflow()
@@ -25,7 +25,7 @@ def folder_for(checkpoint_dir, epoch):
 def save(sess, saver, checkpoint_dir, epoch, keep=(), extra=None):
     """Write the checkpoint of `epoch` atomically, with the `extra` keys in its manifest (the
     run's records), then delete all but the two newest and the epochs in `keep` (the best)."""
-    with files.atomic_path(folder_for(checkpoint_dir, epoch)) as tmp:
+    with files.atomic_path(folder_for(checkpoint_dir, epoch), replace_folder=True) as tmp:
         os.makedirs(tmp)
         saver.save(sess, os.path.join(tmp, PREFIX), write_meta_graph=False, write_state=False)
         files.write_manifest(tmp, epoch=epoch, **(extra or {}))
@@ -42,13 +42,15 @@ def epochs(checkpoint_dir):
 
 
 def problem(folder):
-    """Why a checkpoint folder cannot be trusted, or None when its files match the manifest."""
-    return files.manifest_problem(folder, complete=True)
+    """Why a checkpoint folder cannot be trusted, or None when its manifest has a checkpoint's
+    shape (roadseg.schemas: its records too) and its files match it."""
+    return files.manifest_problem(folder, complete=True, kind='checkpoint')
 
 
 def manifest(checkpoint_dir, epoch):
     """The manifest of the checkpoint of `epoch`: its files and the keys saved with it."""
-    return files.read_json(os.path.join(folder_for(checkpoint_dir, epoch), MANIFEST))
+    return files.read_json(os.path.join(folder_for(checkpoint_dir, epoch), MANIFEST),
+                           kind='checkpoint')
 
 
 def restore(sess, saver, checkpoint_dir, epoch):
@@ -70,6 +72,6 @@ def restore_latest(sess, saver, checkpoint_dir, log=print):
         reason = restore(sess, saver, checkpoint_dir, epoch)
         if reason is None:
             return epoch
-        log(f'checkpoint {folder_for(checkpoint_dir, epoch)} is unusable: {reason}; trying the '
-            f'one before it')
+        log(cli.one_line(f'checkpoint {folder_for(checkpoint_dir, epoch)} is unusable: '
+                         f'{reason}; trying the one before it'))
     return 0

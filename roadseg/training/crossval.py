@@ -51,8 +51,10 @@ def finished(run_dir):
     path = os.path.join(run_dir, 'metrics.json')
     if not os.path.isfile(path):
         return False
-    epochs = files.read_json(os.path.join(run_dir, 'config.json'))['epochs']
-    return any(record['epoch'] == epochs for record in files.read_json(path)['epochs'])
+    epochs = files.read_json(os.path.join(run_dir, 'config.json'), kind='config',
+                             needs=('epochs',))['epochs']
+    return any(record['epoch'] == epochs
+               for record in files.read_json(path, kind='metrics')['epochs'])
 
 
 def run_folds(argv, cv_dir, folds, train, log=print):
@@ -79,7 +81,7 @@ def summarise(runs, sizes):
     the mean, standard deviation, range and pooled figure; the epoch of the best mean."""
     validations = {}
     for group, run_dir in runs.items():
-        records = files.read_json(os.path.join(run_dir, 'metrics.json'))['epochs']
+        records = files.read_json(os.path.join(run_dir, 'metrics.json'), kind='metrics')['epochs']
         validations[group] = {r['epoch']: r['val'] for r in records if 'val' in r}
     common = sorted(set.intersection(*(set(v) for v in validations.values())))
     if not common:

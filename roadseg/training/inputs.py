@@ -105,7 +105,7 @@ def group_split(data, dataset):
 def resumed_split(run_dir, dataset, data_dir):
     """The (train, validation, seen) pairs of the run in `run_dir` (--resume), from its
     split.json, found among `dataset`'s images in `data_dir`."""
-    split = files.read_json(os.path.join(run_dir, 'split.json'), 'not a run folder?')
+    split = files.read_json(os.path.join(run_dir, 'split.json'), 'not a run folder?', 'split')
     by_name = {os.path.basename(image): (image, label)
                for image, label in dataset.train + (dataset.val or [])}
     names = {key: split.get(key, []) for key in ('train', 'val', 'seen')}

@@ -127,7 +127,8 @@ class RunMonitor:
         if self.best:
             self.log(self.headline())
         info = os.path.join(self.run_dir, 'model', inference.MODEL_INFO)
-        exported = files.read_json(info).get('epoch') if os.path.isfile(info) else None
+        exported = files.read_json(info, kind='fcn').get('epoch') if os.path.isfile(info) \
+            else None
         if not self.best:
             if exported != self.args.epochs:
                 self.export(self.args.epochs)

@@ -17,7 +17,7 @@ def save_model(sess, export_dir, input_image, keep_prob, probabilities, info):
     signature = tf1.saved_model.predict_signature_def(
         inputs={'image': input_image, 'keep_prob': keep_prob},
         outputs={'probabilities': probabilities})
-    with files.atomic_path(export_dir) as tmp:
+    with files.atomic_path(export_dir, replace_folder=True) as tmp:
         builder = tf1.saved_model.Builder(tmp)
         builder.add_meta_graph_and_variables(
             sess, [tf1.saved_model.tag_constants.SERVING],

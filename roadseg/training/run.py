@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from roadseg import files
+from roadseg import cli, files
 from roadseg.data import groups
 from roadseg.data.settings import DataConfig
 from roadseg.errors import UserError
@@ -104,13 +104,21 @@ def start_run(sess, saver, args, split, weights, writes=True):
     save_config(run_dir, args, weights)  # --epochs and --data-dir may have changed
     log = RunLog(os.path.join(run_dir, 'train.log'))
     done = checkpoints.restore_latest(sess, saver, checkpoint_dir, log)
-    log(f'resuming {run_dir} after epoch {done}' if done else
-        f'resuming {run_dir}: no usable checkpoint, starting from epoch 1')
+    log(cli.one_line(f'resuming {run_dir} after epoch {done}' if done else
+                     f'resuming {run_dir}: no usable checkpoint, starting from epoch 1'))
+    return run_dir, done + 1, resumed_records(run_dir, checkpoint_dir, done)
+
+
+def resumed_records(run_dir, checkpoint_dir, done):
+    """The epoch records, up to epoch `done`, that a run resumed from that epoch's checkpoint
+    goes on from: its manifest's, or for a checkpoint written before manifests held them, those
+    of metrics.json; each file checked against its schema (roadseg.schemas)."""
     records = checkpoints.manifest(checkpoint_dir, done).get('records') if done else []
     if records is None:  # a checkpoint written before its manifest held the records
         path = os.path.join(run_dir, 'metrics.json')
-        records = files.read_json(path)['epochs'] if os.path.exists(path) else []
-    return run_dir, done + 1, [r for r in records if r['epoch'] <= done]
+        records = files.read_json(path, kind='resumed metrics')['epochs'] \
+            if os.path.exists(path) else []
+    return [r for r in records if r['epoch'] <= done]
 
 
 def describe(run_dir, args, classes, split, start_epoch):
