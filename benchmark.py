@@ -35,8 +35,11 @@ errors and the server's peak memory:
 
 With --soak MODEL it runs serve.py for --soak-seconds under the largest --clients number of
 clients sending good and bad requests in turn (images, predict JSON, malformed bodies, NaN
-pixels, long URLs, large headers): answers by request and status, 5xx, p50/p99 latency, and
-the server's resident memory after warm-up against the end:
+pixels, long URLs, large headers, bodies over the limit declared and chunked, 12-megapixel
+photos to serving_default), beside connections that send half a request head and idle, and a
+/healthz probe: answers by request and status, 5xx, p50/p99 latency, and the targets checked
+(no 5xx, resident memory after warm-up within 10 % at the end, /healthz p99 under 1 s
+throughout):
 
     python benchmark.py --soak RUN_DIR/export/model_int8.tflite --soak-seconds 600
 """
@@ -50,6 +53,7 @@ import numpy as np
 
 from benchmarks import video
 from roadseg import cli, files, images
+from roadseg.data import datasets
 from roadseg.errors import UserError
 from roadseg.model import DECODERS, TIRAMISU_DEPTHS
 
@@ -154,9 +158,9 @@ def parse_args(argv=None):
         raise UserError('--batch-size and --repeats must be at least 1')
     if args.loader is not None:
         kind, _, path = args.loader.partition(':')
-        if kind not in ('kitti', 'camvid', 'camvid32', 'folder') or not os.path.isdir(path):
-            raise UserError(f'--loader {args.loader}: give DATASET:PATH, DATASET one of kitti, '
-                            f'camvid, camvid32, folder, and PATH its folder')
+        if kind not in datasets.READERS or not os.path.isdir(path):
+            raise UserError(f'--loader {args.loader}: give DATASET:PATH, DATASET one of '
+                            f'{", ".join(sorted(datasets.READERS))}, and PATH its folder')
         args.loader = (kind, path)
     args.precisions = args.precisions.split(',') if args.precisions else []
     for variant in args.precisions:

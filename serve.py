@@ -2,7 +2,9 @@
 try it in a browser.
 
     python serve.py --model runs/20261121-143000 [--host 127.0.0.1] [--port 8501] \\
-        [--max-batch 8] [--batch-timeout-ms 5] [--workers N] [--max-pixels 40000000]
+        [--max-batch 8] [--batch-timeout-ms 5] [--workers N] [--max-pixels 40000000] \\
+        [--max-body-bytes 64000000] [--max-answer-bytes 32000000] [--head-timeout-s 5] \\
+        [--max-connections 512]
 
 then open http://127.0.0.1:8501/ and drop an image. Endpoints (roadseg.serving):
 
@@ -16,19 +18,26 @@ then open http://127.0.0.1:8501/ and drop an image. Endpoints (roadseg.serving):
 TFLite model (.tflite, run on LiteRT without importing TensorFlow). Concurrent requests are
 gathered into one model call of up to --max-batch images, waiting at most --batch-timeout-ms
 for more after the first. SIGTERM (or Ctrl-C) answers the requests in flight, then stops.
+What a client can make the server read, build or hold is bounded (roadseg.serving): the body,
+the JSON answer, the time a request head may take, the open connections.
 """
 import errno
+import functools
 import json
 import math
 import os
+import resource
 import signal
 import socket
 import sys
 
-from roadseg import cli, crf, inference, zoo
+import uvicorn
+
+from roadseg import cli, crf, inference, serving, zoo
 from roadseg.errors import UserError
 
 GRACE_S = 30  # how long a stopping server lets requests in flight finish
+FD_RESERVE = 256  # open files a server process needs beside its connections (model, log, CRF)
 
 
 def parse_args(argv=None):
@@ -51,15 +60,36 @@ def parse_args(argv=None):
                              '(default: %(default)s)')
     parser.add_argument('--max-pixels', type=int, default=40_000_000,
                         help='larger images are refused with 413 (default: %(default)s)')
+    parser.add_argument('--max-body-bytes', type=int, default=serving.MAX_BODY_BYTES,
+                        help='a larger request body is refused with 413 before it is read '
+                             '(default: %(default)s)')
+    parser.add_argument('--max-answer-bytes', type=int, default=serving.MAX_ANSWER_BYTES,
+                        help='a predict request whose JSON answer would be larger is refused '
+                             'with 413 before any image is decoded; the *_png signatures answer '
+                             'small PNGs (default: %(default)s)')
+    parser.add_argument('--head-timeout-s', type=float, default=serving.HEAD_TIMEOUT_S,
+                        help='a connection whose request head has not arrived this long after '
+                             'it opened, or after its last answer, is closed (default: '
+                             '%(default)s)')
+    parser.add_argument('--max-connections', type=int, default=serving.MAX_CONNECTIONS,
+                        help='open connections a server process holds; one more closes the '
+                             'one waiting longest for a request head, or is answered 503 '
+                             '(default: %(default)s)')
     crf.add_flag(parser)
     args = parser.parse_args(argv)
     for flag, value, low in (('--port', args.port, 1), ('--max-batch', args.max_batch, 1),
                              ('--workers', args.workers, 1), ('--max-pixels', args.max_pixels, 1),
-                             ('--batch-timeout-ms', args.batch_timeout_ms, 0)):
+                             ('--batch-timeout-ms', args.batch_timeout_ms, 0),
+                             ('--max-body-bytes', args.max_body_bytes, 1),
+                             ('--max-answer-bytes', args.max_answer_bytes, 1),
+                             ('--head-timeout-s', args.head_timeout_s, 0.1),
+                             ('--max-connections', args.max_connections, 1)):
         if value < low:
             parser.error(f'argument {flag}: must be at least {low}')
-    if not math.isfinite(args.batch_timeout_ms):
-        parser.error('argument --batch-timeout-ms: must be a finite number')
+    for flag, value in (('--batch-timeout-ms', args.batch_timeout_ms),
+                        ('--head-timeout-s', args.head_timeout_s)):
+        if not math.isfinite(value):
+            parser.error(f'argument {flag}: must be a finite number')
     if args.port > 65535:
         parser.error('argument --port: must be at most 65535')
     return args
@@ -79,6 +109,21 @@ def check_port(host, port):
         raise UserError(f'--host {host} --port {port}: {why}') from None
 
 
+def check_file_limit(connections):
+    """Raise this process's limit on open files (ulimit -n) to hold `connections`, as many
+    refused ones lingering (serving.LimitedH11Protocol) and FD_RESERVE more, or stop with one
+    line: accept() failing for want of a file descriptor starves the service and logs a
+    traceback a connection."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = 2 * connections + FD_RESERVE
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise UserError(f'--max-connections {connections} needs {needed} open files, over this '
+                        f'process\'s limit of {hard} (ulimit -Hn); lower --max-connections')
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
 def stopped(*_):
     """SIGTERM before uvicorn runs (while the model loads), or raised again by uvicorn after its
     graceful shutdown: a stop that was asked for, so exit status 0."""
@@ -91,11 +136,10 @@ def main(argv=None):
     model_path = zoo.resolve(args.model)  # a missing shipped model: one line, now
     print(zoo.describe(args.model, model_path), flush=True)
     check_port(args.host, args.port)
-    import uvicorn  # after the options are sound: --help and bad flags answer at once
-
-    from roadseg import serving
+    check_file_limit(args.max_connections)
     settings = {'max_batch': args.max_batch, 'batch_timeout_ms': args.batch_timeout_ms,
-                'max_pixels': args.max_pixels}
+                'max_pixels': args.max_pixels, 'max_body_bytes': args.max_body_bytes,
+                'max_answer_bytes': args.max_answer_bytes}
     crf_parameters = crf.parameters_for(args.crf)  # a bad file or no pydensecrf2: one line, now
     signal.signal(signal.SIGTERM, stopped)
     model = inference.load_model(model_path)  # one that does not load: one line, now
@@ -104,7 +148,9 @@ def main(argv=None):
           + (f', dense CRF of {args.crf}' if args.crf else '')
           + f') on http://{args.host}:{args.port}/', flush=True)
     common = {'host': args.host, 'port': args.port, 'timeout_graceful_shutdown': GRACE_S,
-              'http': 'roadseg.serving:LimitedH11Protocol'}
+              'http': functools.partial(serving.LimitedH11Protocol,
+                                        head_timeout_s=args.head_timeout_s,
+                                        max_connections=args.max_connections)}
     if args.workers == 1:
         uvicorn.run(serving.create_app(model, **settings, crf_parameters=crf_parameters),
                     **common)

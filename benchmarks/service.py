@@ -243,11 +243,29 @@ SOAK_SAMPLE_S = 2  # how often the server's resident memory is read
 # threads), so growth compares medians of windows: the tenth of the time after the first
 # fifth (the warm-up), against the last tenth.
 SOAK_WARM_UP, SOAK_WINDOW = 0.2, 0.1
+# The server's body limit in the soak: over the mix's largest good request (0.3 MB), so that
+# a chunked body streamed past it costs 2 MB of loopback, not the default 64 MB
+SOAK_MAX_BODY_BYTES = 2_000_000
+SOAK_IDLE_HEADS = 4  # connections at a time that send half a request head and idle
+SOAK_PROBE_S = 0.5  # how often a client of its own times /healthz
+TARGET_GROWTH_PERCENT, TARGET_HEALTHZ_P99_MS = 10, 1000
+HALF_A_HEAD = b'GET /healthz HTTP/1.1\r\nHost: soak\r\n'
+
+
+def large_jpeg(size=(3000, 4000)):
+    """A smooth photo-sized JPEG (4000x3000: 12 megapixels in about 0.2 MB)."""
+    corners = np.array([[[30, 90, 200], [200, 60, 40]], [[90, 90, 90], [250, 250, 250]]],
+                       np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(corners).resize(size[::-1], Image.BILINEAR).save(buffer, 'JPEG',
+                                                                      quality=JPEG_QUALITY)
+    return buffer.getvalue()
 
 
 def soak_requests(jpeg):
     """The soak's mix: (name, method, path, httpx keyword arguments, good), the bad ones each
-    a kind of request the service must refuse with a 4xx and survive."""
+    a kind of request the service must refuse with a 4xx and survive. Method 'raw' sends
+    `data` as it is on a connection of its own (raw_status)."""
     pixels = np.asarray(Image.open(io.BytesIO(jpeg)).convert('RGB').resize((64, 32))).tolist()
     b64 = base64.b64encode(jpeg).decode()
 
@@ -255,6 +273,10 @@ def soak_requests(jpeg):
         return {'content': data, 'headers': {'Content-Type': kind}}
     image = body(jpeg)
     predict = '/v1/models/fcn:predict'
+    upload = b'POST /segment HTTP/1.1\r\nHost: soak\r\nContent-Type: image/jpeg\r\n'
+    chunk = 65536
+    chunks = b''.join(b'%x\r\n' % chunk + b'\0' * chunk + b'\r\n'
+                      for _ in range(SOAK_MAX_BODY_BYTES // chunk + 2))
     return [
         ('segment mask', 'post', '/segment?output=mask', image, True),
         ('segment overlay', 'post', '/segment', image, True),
@@ -277,6 +299,13 @@ def soak_requests(jpeg):
         ('long URL', 'get', '/healthz?q=' + 'a' * 20_000, {}, False),
         ('large headers', 'get', '/healthz', {'headers': {'X-Big': 'b' * 40_000}}, False),
         ('unknown path', 'get', '/v2/nothing', {}, False),
+        ('12 MP to serving_default', 'post', predict, {'json': {'instances': [
+            {'b64': base64.b64encode(large_jpeg()).decode()}]}}, False),
+        ('body declared 10 GB', 'raw', '/segment', {'data': upload + b'Content-Length: '
+                                                    b'10000000000\r\n\r\n' + b'\0' * chunk},
+         False),
+        ('chunked body past the limit', 'raw', '/segment', {
+            'data': upload + b'Transfer-Encoding: chunked\r\n\r\n' + chunks}, False),
     ]
 
 
@@ -286,14 +315,69 @@ def resident_mb(pid):
         return next(int(line.split()[1]) for line in f if line.startswith('VmRSS:')) / 1024
 
 
+def address(url):
+    host, port = url.rsplit('/', 1)[-1].rsplit(':', 1)
+    return host, int(port)
+
+
+def raw_status(url, data):
+    """The status the server answers `data`, sent as it is on a connection of its own."""
+    with socket.create_connection(address(url), timeout=REQUEST_TIMEOUT_S) as connection:
+        connection.sendall(data)
+        return status_of(connection)
+
+
+def status_of(connection):
+    """The status of the answer on `connection`, read until its status line (or the close)."""
+    answer = b''
+    while b'\r\n' not in answer and (chunk := connection.recv(65536)):
+        answer += chunk
+    return int(answer.split()[1]) if answer else 'closed without an answer'
+
+
+def idle_heads(url, done, record):
+    """Until `done`: SOAK_IDLE_HEADS connections at a time that send half a request head and
+    idle until the server closes them (408 after its head timeout, or REQUEST_TIMEOUT_S, after
+    which they close), each recorded as (status, seconds)."""
+    while not done.is_set():
+        start = time.perf_counter()
+        connections = [socket.create_connection(address(url), timeout=REQUEST_TIMEOUT_S)
+                       for _ in range(SOAK_IDLE_HEADS)]
+        for connection in connections:
+            connection.sendall(HALF_A_HEAD)
+        for connection in connections:
+            with connection:
+                try:
+                    status = status_of(connection)
+                except OSError as e:
+                    status = type(e).__name__
+                record((status, time.perf_counter() - start))
+
+
+def probe_health(url, done, record):
+    """Until `done`: GET /healthz every SOAK_PROBE_S, each recorded as (time, status,
+    seconds)."""
+    begun = time.monotonic()
+    with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S) as http:
+        while not done.wait(SOAK_PROBE_S):
+            start = time.perf_counter()
+            try:
+                status = http.get('/healthz').status_code
+            except httpx.HTTPError as e:
+                status = type(e).__name__
+            record((time.monotonic() - begun, status, time.perf_counter() - start))
+
+
 def soak(model, jpegs, clients, seconds, folder):
     """serve.py with `model` under `clients` threads sending soak_requests in turn for
-    `seconds`: answers by request and status, 5xx and transport errors, p50/p99 latency of
-    the good and the bad, and resident memory after warm-up against the end."""
-    server = Server(model, os.path.join(folder, 'soak.log'))
+    `seconds`, beside idle partial heads and a /healthz probe: answers by request and status,
+    5xx and transport errors, p50/p99 latency of the good and the bad, the probe's p99, and
+    resident memory after warm-up against the end."""
+    server = Server(model, os.path.join(folder, 'soak.log'), '--max-body-bytes',
+                    str(SOAK_MAX_BODY_BYTES))
     mix = soak_requests(jpegs[0])
-    answers, lock, done = [], threading.Lock(), threading.Event()
-    memory = []
+    answers, heads, probes, memory = [], [], [], []
+    lock, done = threading.Lock(), threading.Event()
 
     def client(offset):
         with httpx.Client(base_url=server.url, timeout=REQUEST_TIMEOUT_S) as http:
@@ -303,8 +387,9 @@ def soak(model, jpegs, clients, seconds, folder):
                 i += 1
                 start = time.perf_counter()
                 try:
-                    status = getattr(http, method)(path, **kwargs).status_code
-                except httpx.HTTPError as e:
+                    status = raw_status(server.url, kwargs['data']) if method == 'raw' else \
+                        getattr(http, method)(path, **kwargs).status_code
+                except (httpx.HTTPError, OSError) as e:
                     status = type(e).__name__
                 with lock:
                     answers.append((name, good, status, time.perf_counter() - start))
@@ -315,7 +400,9 @@ def soak(model, jpegs, clients, seconds, folder):
             memory.append((time.monotonic() - start, resident_mb(server.process.pid)))
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
-    threads.append(threading.Thread(target=sample))
+    threads += [threading.Thread(target=sample),
+                threading.Thread(target=idle_heads, args=(server.url, done, heads.append)),
+                threading.Thread(target=probe_health, args=(server.url, done, probes.append))]
     try:
         for thread in threads:
             thread.start()
@@ -326,16 +413,22 @@ def soak(model, jpegs, clients, seconds, folder):
         alive = server.process.poll() is None
     finally:
         status = server.stop()
-    return soak_summary(answers, memory, seconds, clients, alive, status)
+    return soak_summary(answers, memory, seconds, clients, alive, status, heads, probes)
 
 
-def soak_summary(answers, memory, seconds, clients, alive, exit_status):
-    """soak's figures from its (name, good, status, seconds) answers and (time, MB) samples."""
+def soak_summary(answers, memory, seconds, clients, alive, exit_status, heads=(), probes=()):
+    """soak's figures from its (name, good, status, seconds) answers, (time, MB) samples,
+    idle heads' (status, seconds) and /healthz probes' (time, status, seconds), with the
+    targets checked: no 5xx, resident memory after warm-up within TARGET_GROWTH_PERCENT, the
+    probe's p99 under TARGET_HEALTHZ_P99_MS in every tenth of the time."""
     by_request = {}
-    for name, good, status, _ in answers:
-        counts = by_request.setdefault(name, {'good': good, 'statuses': {}})
+    for name, good, status, took in answers:
+        counts = by_request.setdefault(name, {'good': good, 'statuses': {}, 'times': []})
         counts['statuses'][str(status)] = counts['statuses'].get(str(status), 0) + 1
-    statuses = [status for _, _, status, _ in answers]
+        counts['times'].append(took)
+    for counts in by_request.values():
+        counts['p99_ms'] = float(np.percentile(counts.pop('times'), 99)) * 1e3
+    statuses = [status for _, _, status, _ in answers] + [status for _, status, _ in probes]
     wrong = sum(1 for _, good, status, _ in answers
                 if status != 200 and good or not good and not (isinstance(status, int) and
                                                                400 <= status < 500))
@@ -344,21 +437,40 @@ def soak_summary(answers, memory, seconds, clients, alive, exit_status):
                                      (SOAK_WARM_UP + SOAK_WINDOW) * seconds] or settled[:1]))
     end = float(np.median([mb for t, mb in memory if t >= (1 - SOAK_WINDOW) * seconds]
                           or settled[-1:]))
+    growth = 100 * (end / after_warm_up - 1)
 
     def percentiles(good):
         times = [s for _, g, _, s in answers if g == good]
         return [float(np.percentile(times, q)) * 1e3 if times else float('nan')
                 for q in (50, 99)]
+    windows = [[] for _ in range(round(1 / SOAK_WINDOW))]
+    for t, _, took in probes:
+        windows[min(int(t * len(windows) / seconds), len(windows) - 1)].append(took)
+    healthz_p99 = [float(np.percentile(w, 99)) * 1e3 for w in windows if w]
+    errors = sum(isinstance(s, int) and s >= 500 for s in statuses)
+    worst = max(healthz_p99, default=float('nan'))
+    head_statuses = {}
+    for status, _ in heads:
+        head_statuses[str(status)] = head_statuses.get(str(status), 0) + 1
     return {'seconds': seconds, 'clients': clients, 'requests': len(answers),
             'requests_per_s': len(answers) / seconds,
-            'server_errors': sum(isinstance(s, int) and s >= 500 for s in statuses),
+            'server_errors': errors,
             'transport_errors': sum(not isinstance(s, int) for s in statuses),
             'unexpected': wrong, 'by_request': by_request,
             'good_p50_ms': percentiles(True)[0], 'good_p99_ms': percentiles(True)[1],
             'bad_p50_ms': percentiles(False)[0], 'bad_p99_ms': percentiles(False)[1],
+            'idle_heads': head_statuses,
+            'idle_head_max_s': max((s for _, s in heads), default=float('nan')),
+            'healthz_probes': len(probes), 'healthz_p99_ms_by_window': healthz_p99,
+            'healthz_worst_p99_ms': worst,
             'rss_after_warm_up_mb': after_warm_up, 'rss_end_mb': end,
-            'rss_max_mb': max(settled), 'rss_growth_percent': 100 * (end / after_warm_up - 1),
-            'rss_samples': memory, 'server_survived': alive, 'server_exit_status': exit_status}
+            'rss_max_mb': max(settled), 'rss_growth_percent': growth,
+            'rss_samples': memory, 'server_survived': alive, 'server_exit_status': exit_status,
+            'targets': {'no 5xx': errors == 0,
+                        f'memory within {TARGET_GROWTH_PERCENT} %':
+                            abs(growth) <= TARGET_GROWTH_PERCENT,
+                        f'/healthz p99 under {TARGET_HEALTHZ_P99_MS} ms':
+                            worst < TARGET_HEALTHZ_P99_MS}}
 
 
 def print_soak(result, model):
@@ -367,14 +479,20 @@ def print_soak(result, model):
           f'{result["seconds"]:.0f} s, {result["requests"]} requests '
           f'({result["requests_per_s"]:.1f}/s), good and bad in turn')
     rows = [(name, 'good' if counts['good'] else 'bad',
-             ', '.join(f'{status}: {n}' for status, n in sorted(counts['statuses'].items())))
-            for name, counts in result['by_request'].items()]
+             ', '.join(f'{status}: {n}' for status, n in sorted(counts['statuses'].items())),
+             f'p99 {counts["p99_ms"]:.0f} ms') for name, counts in result['by_request'].items()]
     for line in cli.aligned(None, rows, left=3):
         print('  ' + line)
     print(f'5xx: {result["server_errors"]}, transport errors: {result["transport_errors"]}, '
           f'answers other than expected (200 good, 4xx bad): {result["unexpected"]}')
     print(f'latency: good p50 {result["good_p50_ms"]:.0f} ms, p99 {result["good_p99_ms"]:.0f} '
           f'ms; bad p50 {result["bad_p50_ms"]:.0f} ms, p99 {result["bad_p99_ms"]:.0f} ms')
+    print(f'idle partial heads ({SOAK_IDLE_HEADS} at a time): '
+          f'{", ".join(f"{s}: {n}" for s, n in sorted(result["idle_heads"].items()))}, '
+          f'the longest held {result["idle_head_max_s"]:.1f} s')
+    print(f'/healthz every {SOAK_PROBE_S:g} s: {result["healthz_probes"]} probes, p99 by tenth '
+          f'of the time {", ".join(f"{p:.0f}" for p in result["healthz_p99_ms_by_window"])} '
+          f'ms')
     print(f'resident memory (medians every {SOAK_SAMPLE_S} s): '
           f'{result["rss_after_warm_up_mb"]:.0f} MB after warm-up '
           f'({100 * SOAK_WARM_UP:.0f}-{100 * (SOAK_WARM_UP + SOAK_WINDOW):.0f} % of the time), '
@@ -382,7 +500,8 @@ def print_soak(result, model):
           f'{result["rss_growth_percent"]:+.1f} %), at most {result["rss_max_mb"]:.0f} MB; '
           f'server {"up" if result["server_survived"] else "DOWN"} to the end, exit status '
           f'{result["server_exit_status"]}')
-    print('targets: no 5xx, growth after warm-up within 10 %')
+    print('targets: ' + ', '.join(f'{name}: {"met" if met else "MISSED"}'
+                                  for name, met in result['targets'].items()))
 
 
 def run_soak(model, image_folder, clients, seconds):

@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import signal
 import sys
+import threading
 
 import numpy as np
 import pebble
@@ -37,6 +38,7 @@ GRID = {'bilateral_sxy': (40, 80, 120), 'bilateral_srgb': (5, 10, 20),
         'bilateral_weight': (4, 8, 12)}
 # How long the server's worker process may take over one image before it is stopped
 TIMEOUT_S = 60
+BROKEN = concurrent.futures.process.BrokenProcessPool
 
 
 class RefineFailed(Exception):
@@ -122,30 +124,74 @@ def refine(image, probabilities, parameters):
 
 class IsolatedRefiner:
     """`refine` with fixed parameters in worker processes, for the server: pydensecrf is native
-    code, and a crash or an overrun there ends a worker (replaced by pebble's pool), not the
-    service; that image's request fails with RefineFailed. Workers are spawned, not forked
-    from a process that may hold TensorFlow's threads."""
+    code, and a crash or an overrun there ends a worker, not the service; that image's request
+    fails with RefineFailed. A worker that dies between requests (killed, or crashed) leaves
+    pebble's pool broken for good: the next call, or `state`, replaces the pool, and a call
+    that found it broken is retried once in the new one. Workers are spawned, not forked from
+    a process that may hold TensorFlow's threads."""
 
     def __init__(self, parameters, workers=1, timeout_s=TIMEOUT_S):
-        self.parameters, self.timeout_s = parameters, timeout_s
-        self.pool = pebble.ProcessPool(workers, context=multiprocessing.get_context('spawn'))
+        self.parameters, self.workers, self.timeout_s = parameters, workers, timeout_s
+        self.restarts, self.lock = 0, threading.Lock()  # workers replaced so far
+        self.pool = self._new_pool()
+
+    def _new_pool(self):
+        return pebble.ProcessPool(self.workers, context=multiprocessing.get_context('spawn'))
 
     def __call__(self, image, probabilities):
-        future = self.pool.schedule(refine, (image, probabilities, self.parameters),
-                                    timeout=self.timeout_s)
+        pool = self.pool
+        try:
+            return self._refine(pool, image, probabilities)
+        except _Broken:
+            self._replace(pool)
+        try:
+            return self._refine(self.pool, image, probabilities)
+        except _Broken as e:
+            raise RefineFailed(f'the dense CRF\'s worker cannot run ({e})') from None
+
+    def _refine(self, pool, image, probabilities):
+        try:
+            future = pool.schedule(refine, (image, probabilities, self.parameters),
+                                   timeout=self.timeout_s)
+        except (RuntimeError, BROKEN) as e:  # a pool in error, or whose workers cannot start
+            raise _Broken(_reason(e)) from e
         try:
             return future.result()
+        except BROKEN as e:  # it broke with this image queued
+            raise _Broken(_reason(e)) from e
         except pebble.ProcessExpired as e:
+            self.restarts += 1
             code = e.exitcode
             how = f'signal {signal.Signals(-code).name}' if code and code < 0 and \
                 -code in signal.Signals._value2member_map_ else f'exit status {code}'
             raise RefineFailed(f'the dense CRF crashed ({how}); its worker was restarted') \
                 from None
-        except concurrent.futures.process.BrokenProcessPool as e:  # workers that cannot start
-            raise RefineFailed(f'the dense CRF\'s worker cannot run ({e})') from None
         except concurrent.futures.TimeoutError:
+            self.restarts += 1
             raise RefineFailed(f'the dense CRF took over {self.timeout_s:g} s; its worker was '
                                f'stopped and restarted') from None
+
+    def _replace(self, broken):
+        """A new pool in place of `broken`, unless another thread replaced it already."""
+        with self.lock:
+            if self.pool is not broken:
+                return
+            print('warning: the dense CRF\'s worker pool is broken (a worker ended outside a '
+                  'request, or none could start); starting a new one', file=sys.stderr,
+                  flush=True)
+            self.pool = self._new_pool()
+            self.restarts += 1
+        broken.stop()
+        broken.join()
+
+    def state(self):
+        """For /healthz: {"workers", "ready" (the pool can take an image), "restarts"}; a pool
+        found broken is replaced first, so that this says what the next request finds."""
+        pool = self.pool
+        if not _running(pool):
+            self._replace(pool)
+        return {'workers': self.workers, 'ready': _running(self.pool),
+                'restarts': self.restarts}
 
     def warm_up(self):
         """Start a worker and refine a tiny image, so the first request does not wait for it;
@@ -158,6 +204,25 @@ class IsolatedRefiner:
     def close(self):
         self.pool.stop()
         self.pool.join()
+
+
+class _Broken(Exception):
+    """IsolatedRefiner's pool cannot take work: replaced, and the image retried."""
+
+
+def _reason(error):
+    """The first message along an exception's causes (pebble's often have none)."""
+    while error is not None and not str(error):
+        error = error.__cause__ or error.__context__
+    return str(error) if error is not None else 'no reason given'
+
+
+def _running(pool):
+    """Whether a pebble pool can take work, starting its workers if it has not yet."""
+    try:
+        return pool.active
+    except BROKEN:  # they cannot start
+        return False
 
 
 def search(model, samples, base):

@@ -10,15 +10,26 @@ model. Bad requests are answered 4xx with {"error": "..."} and never reach the m
 With --crf the dense CRF runs in a worker process (crf.IsolatedRefiner): pydensecrf's native code
 can crash or overrun on one image without taking the service down.
 
+What a client can make the service read or build is bounded: the body (BodyLimit, 413 before it
+is read), the JSON answer (estimated from the images' sizes before they are decoded, 413), the
+request head's size and the time it takes to arrive, and the open connections
+(LimitedH11Protocol). A client that goes away mid-request is counted under status 499, nginx's
+"client closed request", not as a server error.
+
     create_app(model, max_batch=8, batch_timeout_ms=5, max_pixels=40_000_000,
-               crf_parameters=None)
+               crf_parameters=None, max_body_bytes=MAX_BODY_BYTES,
+               max_answer_bytes=MAX_ANSWER_BYTES)
 """
 import asyncio
 import base64
 import binascii
 import concurrent.futures
 import contextlib
+import http
+import io
 import json
+import logging
+import math
 import os
 import re
 import sys
@@ -30,8 +41,10 @@ import numpy as np
 import prometheus_client
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from roadseg import cli, crf, images, inference, media, metrics
@@ -58,6 +71,22 @@ MAX_IMAGES = 64  # images in one predict request
 MAX_URL_BYTES = 8192
 MAX_HEAD_BYTES = 32768
 LINGER_S = 2  # how long the rest of a refused request is read and dropped before closing
+# A body over this is refused 413 before it is read: 64 MB holds any JPEG under --max-pixels,
+# and a photo of about 20 megapixels as PNG in base64 JSON, while a client cannot make the
+# server hold more than that for one request.
+MAX_BODY_BYTES = 64_000_000
+# A JSON answer over this is refused 413 before the images are decoded: 32 MB is three
+# KITTI-size (1242x375) images under serving_default (up to 8.9 MB each), where one 4000x3000
+# photo would be up to 228 MB of JSON and over 2 GB of Python lists while it is built. The PNG
+# signatures stay small.
+MAX_ANSWER_BYTES = 32_000_000
+HEAD_TIMEOUT_S = 5  # a request head must arrive within this of the connection or last answer
+# Connections one server process holds open (and as many refused ones, for LINGER_S at most);
+# serve.py checks that the file-descriptor limit (ulimit -n) holds them, as accept() failing
+# for want of one starves the service and logs a traceback a connection.
+MAX_CONNECTIONS = 512
+WARN_EVERY_S = 10  # each kind of refusal is logged at most this often, with a count
+DISCONNECTED = 499  # the status a request whose client went away is counted under
 DECIMALS = 4  # probabilities in JSON: float32 noise beyond this only lengthens the answer
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 
@@ -145,9 +174,10 @@ class Batcher:
 # ----------------------------------------------------------------------------------------------
 
 class _Connection(h11.Connection):
-    """h11's connection, remembering the status h11 suggests for a head over its size limit."""
+    """h11's connection, remembering why it refused a request head: the status h11 suggests for
+    a head over its size limit, or its reason for a malformed one."""
 
-    too_large = None
+    too_large = reason = None
 
     def next_event(self):
         try:
@@ -155,45 +185,223 @@ class _Connection(h11.Connection):
         except h11.RemoteProtocolError as e:
             if e.error_status_hint == 431:
                 self.too_large = 431 if b'\n' in self.trailing_data[0] else 414
+            self.reason = str(e).split(':')[0]  # without the client's bytes it may quote
             raise
 
 
-class LimitedH11Protocol(H11Protocol):
-    """uvicorn's h11 server with the request head capped at MAX_HEAD_BYTES: one that arrives
-    over it in pieces is answered 414 (its request line overflows) or 431 (its headers do)
-    with one JSON line, where uvicorn answers a plain-text 400 and closes at once, which
-    resets the connection before the client reads anything. serve.py runs uvicorn with it."""
+class _Refusals(logging.Filter):
+    """uvicorn's log with each kind of warning (its format string) at most once every
+    WARN_EVERY_S, the next one counting those held back, so that a flood of bad connections
+    cannot flood the log. uvicorn's own line for a malformed head is dropped:
+    LimitedH11Protocol logs what was wrong with it."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self):
+        super().__init__()
+        self.logged = {}  # format string -> (when last logged, lines held back since)
+
+    def filter(self, record):
+        if record.levelno != logging.WARNING:
+            return True
+        if record.msg == 'Invalid HTTP request received.':
+            return False
+        now = time.monotonic()
+        last, held = self.logged.get(record.msg, (-math.inf, 0))
+        if now - last < WARN_EVERY_S:
+            self.logged[record.msg] = (last, held + 1)
+            return False
+        self.logged[record.msg] = (now, 0)
+        if held:
+            record.msg, record.args = f'{record.getMessage()} ({held} more since the last)', ()
+        return True
+
+
+REFUSALS = _Refusals()
+
+
+class LimitedH11Protocol(H11Protocol):
+    """uvicorn's h11 server with what a client can hold bounded (serve.py runs uvicorn with it,
+    its limits given through functools.partial):
+    - a request head over MAX_HEAD_BYTES that arrives in pieces is answered 414 (its request
+      line overflows) or 431 (its headers do), a malformed one 400;
+    - a head must arrive within `head_timeout_s` of the connection or of the last answer: a
+      client that sent part of one is then answered 408, an idle one closed;
+    - at most `max_connections` are open: one more closes the connection that has waited
+      longest for a request head or, when all are in requests, is answered 503;
+    - a request answered before its body was read (413) has the rest of it dropped, and the
+      connection is closed if it is still coming LINGER_S later.
+    Each refusal is one JSON line (uvicorn's is plain text) and one warning in the log at most
+    (REFUSALS)."""
+
+    def __init__(self, *args, head_timeout_s=HEAD_TIMEOUT_S, max_connections=MAX_CONNECTIONS,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.conn = _Connection(h11.SERVER, MAX_HEAD_BYTES)
+        self.head_timeout_s, self.max_connections = head_timeout_s, max_connections
+        self.head_timer, self.head_since, self.lingering = None, 0.0, False
+        if REFUSALS not in self.logger.filters:
+            self.logger.addFilter(REFUSALS)
 
-    def send_400_response(self, msg):
-        status = self.conn.too_large
-        if status is None:
-            return super().send_400_response(msg)
-        message = too_large_message(status, f'over {MAX_HEAD_BYTES} bytes')
-        self.logger.warning(f'refused a request: {message}')
-        for event in (h11.Response(status_code=status, reason=b'Request Too Large',
-                                   headers=[(b'content-type', b'application/json'),
-                                            (b'connection', b'close')]),
-                      h11.Data(data=json.dumps({'error': message}).encode()),
-                      h11.EndOfMessage()):
-            self.transport.write(self.conn.send(event))
-        # Close only once the client has had time to read the answer: closing with its
-        # unread bytes still arriving would reset the connection and lose the answer.
-        self.transport.write_eof()
-        self.loop.call_later(LINGER_S, self.transport.close)
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        self.await_head()
+        if len(self.connections) <= self.max_connections:
+            return
+        waiting = [c for c in self.connections if c is not self and c.waiting_for_head()]
+        if waiting:
+            self.logger.warning('closed the connection waiting longest for a request head: '
+                                '%d connections are open, the limit', self.max_connections)
+            min(waiting, key=lambda c: c.head_since).close_waiting(
+                503, f'the server is at its limit of {self.max_connections} connections, and '
+                     f'this one sent no whole request head; send it at once')
+        else:
+            self.logger.warning('refused a connection: %d are open in requests, the limit',
+                                self.max_connections)
+            self.refuse(503, f'the server is at its limit of {self.max_connections} open '
+                             f'connections; try again shortly')
+
+    def connection_lost(self, exc):
+        self.head_timer.cancel()
+        super().connection_lost(exc)
 
     def data_received(self, data):
-        if self.conn.too_large is None:  # else the rest of a refused request: dropped
+        if not self.lingering:  # else the rest of a refused request: dropped
             super().data_received(data)
+
+    def on_response_complete(self):
+        unread = self.conn.their_state is h11.SEND_BODY  # answered before its body was read
+        super().on_response_complete()
+        if self.transport.is_closing():
+            return
+        if unread:  # uvicorn drops the rest; a body still coming after LINGER_S is cut off
+            self.loop.call_later(LINGER_S, self.cut_off, self.cycle)
+        self.await_head()
+
+    def cut_off(self, cycle):
+        if self.cycle is cycle and self.conn.their_state is h11.SEND_BODY:
+            self.logger.warning('closed a connection: the rest of a body answered unread was '
+                                'still coming after %g s', LINGER_S)
+            self.transport.close()
+
+    def send_400_response(self, msg):
+        status = self.conn.too_large or 400
+        if self.conn.too_large:
+            message = too_large_message(status, f'over {MAX_HEAD_BYTES} bytes')
+        else:
+            message = f'malformed HTTP request ({self.conn.reason}); send HTTP/1.1'
+        self.logger.warning('refused a request head: %s', message)
+        self.refuse(status, message)
+
+    def await_head(self):
+        """Start the clock for the next request head."""
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+        self.head_since = self.loop.time()
+        self.head_timer = self.loop.call_later(self.head_timeout_s, self.head_timed_out)
+
+    def waiting_for_head(self):
+        return self.conn.their_state is h11.IDLE and not self.lingering and \
+            not self.transport.is_closing()
+
+    def head_timed_out(self):
+        if self.waiting_for_head():
+            if self.conn.trailing_data[0]:
+                self.logger.warning('closed a connection: no whole request head within %g s',
+                                    self.head_timeout_s)
+            self.close_waiting(408, f'the request head did not arrive within '
+                                    f'{self.head_timeout_s:g} s')
+
+    def close_waiting(self, status, message):
+        """Close a connection waiting for a request head, answered `status` with `message`
+        when part of one had arrived (an idle one was not asked anything)."""
+        if self.conn.trailing_data[0]:
+            self.refuse(status, message)
+        else:
+            self.transport.close()
+
+    def refuse(self, status, message):
+        """Answer `status` with `message`, then close: once the client has had time to read
+        it while under twice max_connections are open, else at once (a flood: the descriptor
+        back now, the answer perhaps lost)."""
+        self.transport.write(refusal(status, message))
+        if len(self.connections) <= 2 * self.max_connections:
+            self.linger()
+        else:
+            self.transport.close()
+
+    def linger(self):
+        """Close once the client has had LINGER_S to read the answer, dropping what it still
+        sends: closing with its bytes arriving would reset the connection and lose the
+        answer."""
+        self.lingering = True
+        self._unset_keepalive_if_required()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
+
+
+def refusal(status, message):
+    """A whole HTTP answer of `status` with {"error": message} that closes the connection, as
+    bytes: written whatever state h11 is in."""
+    body = json.dumps({'error': message}).encode()
+    return (f'HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n'
+            f'content-type: application/json\r\ncontent-length: {len(body)}\r\n'
+            f'connection: close\r\n\r\n').encode() + body
 
 
 def too_large_message(status, size):
     """The error of a 414 or 431 answer, `size` saying how large that part was."""
     what = 'the URL takes' if status == 414 else 'the request headers take'
     return f'{what} {size}; send the image in the body and options in a short query'
+
+
+def declared_length(headers):
+    """A request's Content-Length in bytes, None without one. One that is not a number of
+    bytes is a 400 (h11 refuses those before the app; another server might not)."""
+    values = {value.strip() for name, value in headers if name.lower() == b'content-length'}
+    if not values:
+        return None
+    (value, *others) = values
+    if others or not value.isdigit():  # bytes.isdigit: ASCII digits only
+        shown = b', '.join(sorted(values)).decode('latin-1')
+        raise RequestFailed(400, f'Content-Length {shown[:40]!r} is not one number of bytes')
+    value = value.lstrip(b'0') or b'0'
+    return int(value) if len(value) < 19 else 10 ** 18  # past any limit; int() takes 4300 digits
+
+
+class BodyLimit:
+    """ASGI middleware refusing a request body over `max_bytes` with 413 before it is read: at
+    once when its Content-Length says so, and as soon as a chunked one streams past the limit
+    (RequestFailed from receive, which the app answers), so that no request makes the server
+    hold more than the limit."""
+
+    def __init__(self, app, max_bytes):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope['type'] != 'http':
+            await self.app(scope, receive, send)
+            return
+        try:
+            declared = declared_length(scope['headers'])
+            if declared is not None and declared > self.max_bytes:
+                raise RequestFailed(413, self.over(f'the body declares {declared} bytes, over'))
+        except RequestFailed as e:
+            await JSONResponse({'error': str(e)}, e.status)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get('body', b''))
+            if received > self.max_bytes:
+                raise RequestFailed(413, self.over('the body streams past'))
+            return message
+        await self.app(scope, counted, send)
+
+    def over(self, what):
+        return (f'{what} the limit of {self.max_bytes} bytes; send a smaller image (a '
+                f'JPEG), or start serve.py with a larger --max-body-bytes')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -355,10 +563,12 @@ def segment_options(query):
 class Service:
     """The model, its batcher, the request handling and the metrics behind the app."""
 
-    def __init__(self, model, max_batch, batch_timeout_ms, max_pixels, crf_parameters):
-        self.model, self.max_pixels = model, max_pixels
+    def __init__(self, model, max_batch, batch_timeout_ms, max_pixels, crf_parameters,
+                 max_body_bytes, max_answer_bytes):
+        self.model, self.max_pixels, self.max_answer_bytes = model, max_pixels, max_answer_bytes
+        self.refiner = None
         if crf_parameters is not None:  # at_image_size refines through the worker process
-            model.refine = crf.IsolatedRefiner(crf_parameters)
+            model.refine = self.refiner = crf.IsolatedRefiner(crf_parameters)
         self.two_classes = metrics.is_road_model(model.num_classes)
         self.threshold = 0.5 if self.two_classes else None  # predict.py's default
         self.colors = inference.overlay_colors(model.info['class_colors'])
@@ -374,7 +584,8 @@ class Service:
             registry=self.registry)
         self.batcher = Batcher(model, max_batch, batch_timeout_ms / 1000, batch_sizes)
         self.settings = {'max_batch': max_batch, 'batch_timeout_ms': batch_timeout_ms,
-                         'max_pixels': max_pixels}
+                         'max_pixels': max_pixels, 'max_body_bytes': max_body_bytes,
+                         'max_answer_bytes': max_answer_bytes}
 
     # The pipeline: decode and resize (thread), model (batcher), resize back and draw (thread)
 
@@ -388,9 +599,9 @@ class Service:
         rows = media.crop_rows(crop, image.shape[0], name)
         return image, rows, inference.model_input(image, rows, self.model.image_shape)
 
-    async def segment(self, payload, name, crop=None, flip=False):
-        """The image and its class probabilities at its own size."""
-        image, rows, small = await run_in_threadpool(self.prepare, payload, name, crop)
+    async def segment(self, prepared, flip=False):
+        """A prepared image and its class probabilities at its own size."""
+        image, rows, small = prepared
         probabilities = await self.batcher(small, flip)
         return image, await run_in_threadpool(inference.at_image_size, self.model, image,
                                               probabilities, rows)
@@ -439,10 +650,26 @@ class Service:
                                                                 await request.body())
         self.check_road_only(signature, f'signature_name {signature!r}')
         where = 'inputs' if columnar else 'instances'
-        segmented = await asyncio.gather(*(self.segment(payload, f'{where}[{i}]')
-                                           for i, payload in enumerate(payloads)))
+        self.check_answer_size(signature, [size for size in map(_size, payloads) if size])
+        prepared = await asyncio.gather(*(run_in_threadpool(self.prepare, payload,
+                                                            f'{where}[{i}]', None)
+                                          for i, payload in enumerate(payloads)))
+        segmented = await asyncio.gather(*(self.segment(p) for p in prepared))
         return Response(await run_in_threadpool(self.answer, signature, columnar, segmented),
                         media_type='application/json')
+
+    def check_answer_size(self, signature, sizes):
+        """Refuse a JSON answer that would be over max_answer_bytes (answer_bytes' estimate
+        for images of `sizes`, (H, W)), before anything is decoded."""
+        size = answer_bytes(signature, sizes, self.model.num_classes)
+        if size > self.max_answer_bytes:
+            what = f'a {sizes[0][1]}x{sizes[0][0]} image' if len(sizes) == 1 else \
+                f'{len(sizes)} images of {sum(h * w for h, w in sizes) / 1e6:.3g} megapixels'
+            raise RequestFailed(413, f'{signature} would answer up to {_mb(size)} of JSON for '
+                                     f'{what}, over the limit of {_mb(self.max_answer_bytes)}; '
+                                     f'ask for signature_name "mask_png" (a PNG of the classes; '
+                                     f'"probability_png" for the road probability) or POST '
+                                     f'the image to /segment?output=mask')
 
     def answer(self, signature, columnar, segmented):
         """TensorFlow Serving's answer as JSON bytes: predictions (row format) or outputs
@@ -463,7 +690,8 @@ class Service:
         self.check_road_only(output, f'output={output}')
         data, name = await _upload(request)
         start = time.perf_counter()
-        image, probabilities = await self.segment(data, name, crop, flip)
+        prepared = await run_in_threadpool(self.prepare, data, name, crop)
+        image, probabilities = await self.segment(prepared, flip)
         png = await run_in_threadpool(
             lambda: images.encode_png(self.render(output, image, probabilities)))
         stem = os.path.splitext(os.path.basename(name))[0] if name != 'the body' else 'image'
@@ -516,6 +744,36 @@ def _too_large(scope):
     return None
 
 
+def answer_bytes(signature, sizes, num_classes):
+    """At least the length of the JSON answer of `signature` for images of `sizes` ((H, W)),
+    known before it is built: a probability takes at most DECIMALS + 3 bytes ("0.1234,"), a
+    class its digits and a comma, brackets 3 bytes a list ("[...],"), and each image's keys
+    under 100; 0 for the PNG signatures, whose answers are small."""
+    value, label = DECIMALS + 3, len(str(num_classes - 1)) + 1
+    per_pixel = {'probabilities': num_classes * value + 3, 'classes': label,
+                 'road_probability': value}
+    outputs = [per_pixel[output] for output in SIGNATURES[signature] if output in per_pixel]
+    if not outputs:
+        return 0
+    return sum(h * w * sum(outputs) + 3 * (h + 1) * len(outputs) + 100 for h, w in sizes)
+
+
+def _size(payload):
+    """An image's (height, width), from its array or its file's header before anything is
+    decoded; None when the header does not say (decoding then says what is wrong)."""
+    if isinstance(payload, np.ndarray):
+        return payload.shape[:2]
+    try:
+        width, height = Image.open(io.BytesIO(payload)).size
+    except Exception:  # PIL raises many types for what is not an image
+        return None
+    return height, width
+
+
+def _mb(size):
+    return f'{size / 1e6:.3g} MB'
+
+
 def _first_line(error):
     """An exception's message, first line only (TensorFlow's run over many)."""
     return (str(error).strip().splitlines() or [''])[0]
@@ -545,6 +803,8 @@ async def _upload(request):
     if kind == 'multipart/form-data':
         try:
             form = await request.form()
+        except (ClientDisconnect, RequestFailed):  # gone, or over the body limit
+            raise
         except Exception as e:  # python-multipart's errors for a malformed body
             raise RequestFailed(400, f'malformed multipart body ({_first_line(e)})') from None
         try:
@@ -567,24 +827,27 @@ async def _upload(request):
 # ----------------------------------------------------------------------------------------------
 
 def create_app(model, max_batch=8, batch_timeout_ms=5.0, max_pixels=40_000_000,
-               crf_parameters=None):
+               crf_parameters=None, max_body_bytes=MAX_BODY_BYTES,
+               max_answer_bytes=MAX_ANSWER_BYTES):
     """The FastAPI app serving `model` (an inference.Model, closed when the app stops), its
     answers refined by a dense CRF of `crf_parameters` (crf.read_parameters) when given."""
-    service = Service(model, max_batch, batch_timeout_ms, max_pixels, crf_parameters)
+    service = Service(model, max_batch, batch_timeout_ms, max_pixels, crf_parameters,
+                      max_body_bytes, max_answer_bytes)
+    refiner = service.refiner
     with open(PAGE, encoding='utf-8') as f:
         page = f.read()
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         service.batcher.start()
-        if isinstance(model.refine, crf.IsolatedRefiner):
-            await run_in_threadpool(model.refine.warm_up)
+        if refiner is not None:
+            await run_in_threadpool(refiner.warm_up)
         try:
             yield
         finally:
             await service.batcher.stop()
-            if isinstance(model.refine, crf.IsolatedRefiner):
-                model.refine.close()
+            if refiner is not None:
+                refiner.close()
             model.close()
 
     app = FastAPI(title='FCN road segmentation', lifespan=lifespan, docs_url=None,
@@ -614,13 +877,18 @@ def create_app(model, max_batch=8, batch_timeout_ms=5.0, max_pixels=40_000_000,
             message = f'{request.method} is not allowed on {request.url.path}'
         return JSONResponse({'error': cli.one_line(message)}, e.status_code)
 
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)  # inside measure: counted
+
     @app.middleware('http')
     async def measure(request, call_next):
         """Count and time every request; answer an unexpected failure 500 with one JSON line
-        (the traceback goes to the server's log, not to the client)."""
+        (the traceback goes to the server's log, not to the client). A client that went away
+        before its request was read is no failure: DISCONNECTED, and no one to answer."""
         start = time.perf_counter()
         try:
             response = _too_large(request.scope) or await call_next(request)
+        except ClientDisconnect:
+            response = Response(status_code=DISCONNECTED)
         except Exception as e:
             traceback.print_exc(file=sys.stderr)
             response = JSONResponse(
@@ -657,8 +925,12 @@ def create_app(model, max_batch=8, batch_timeout_ms=5.0, max_pixels=40_000_000,
 
     @app.get('/healthz')
     async def healthz():
-        return {'status': 'ok', 'model': MODEL_NAME, 'format': model.kind,
-                'crf': model.refine is not None}
+        """ok, or 503 when the dense CRF's workers cannot run; `crf` is the pool's state
+        (crf.IsolatedRefiner.state, which replaces a broken pool), null without one."""
+        pool = None if refiner is None else await run_in_threadpool(refiner.state)
+        ready = pool is None or pool['ready']
+        return JSONResponse({'status': 'ok' if ready else 'unavailable', 'model': MODEL_NAME,
+                             'format': model.kind, 'crf': pool}, 200 if ready else 503)
 
     @app.get('/metrics')
     async def prometheus():

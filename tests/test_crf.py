@@ -1,10 +1,14 @@
 """--crf: the dense CRF on synthetic scenes, its one-line error without pydensecrf2, and the
 commands that take it (evaluate.py, predict.py, the server)."""
+import errno
 import importlib.util
 import json
+import multiprocessing
 import os
+import signal
 import sys
 import tempfile
+import time
 
 import imageio.v3 as iio
 import numpy as np
@@ -160,14 +164,15 @@ def test_a_crf_that_crashes_is_a_500_line_and_the_service_stays_up(tmp_path, inp
                              crf_parameters={**GOOD, 'bilateral_srgb': 0})
     data = (inputs / 'street.jpg').read_bytes()
     with TestClient(app) as client:
-        for _ in range(2):  # the worker is replaced, and crashes again
+        for restarts in (2, 3):  # the worker is replaced (after the warm-up's crash too)
             response = client.post('/segment', content=data,
                                    headers={'Content-Type': 'image/jpeg'})
             assert response.status_code == 500
             assert response.json() == {'error': 'the dense CRF crashed (signal SIGSEGV); its '
                                                 'worker was restarted'}
-            assert client.get('/healthz').json() == {'status': 'ok', 'model': 'fcn',
-                                                     'format': 'savedmodel', 'crf': True}
+            assert client.get('/healthz').json() == {
+                'status': 'ok', 'model': 'fcn', 'format': 'savedmodel',
+                'crf': {'workers': 1, 'ready': True, 'restarts': restarts}}
         response = client.post('/v1/models/fcn:predict', json={'instances': [
             np.zeros((4, 4, 3), int).tolist()]})
         assert response.status_code == 500 and 'SIGSEGV' in response.json()['error']
@@ -236,7 +241,7 @@ def test_evaluate_predict_serve_and_choose_the_crf(tmp_path, inputs, capsys):
                                   refined.argmax(-1))
     model = inference.load_model(str(run))
     with TestClient(serving.create_app(model, crf_parameters=crf.read_parameters())) as client:
-        assert client.get('/healthz').json()['crf'] is True
+        assert client.get('/healthz').json()['crf']['ready'] is True
         response = client.post('/segment?output=mask',
                                content=(inputs / 'street.jpg').read_bytes(),
                                headers={'Content-Type': 'image/jpeg'})
@@ -248,3 +253,89 @@ def test_evaluate_predict_serve_and_choose_the_crf(tmp_path, inputs, capsys):
               str(tmp_path / 'chosen.json')])
     assert 'on 1 training images' in capsys.readouterr().out
     assert set(crf.read_parameters(str(tmp_path / 'chosen.json'))) == set(crf.KEYS)
+
+
+# ----------------------------------------------------------------------------------------------
+# The server's worker pool: a worker that dies between requests, workers that cannot start
+# ----------------------------------------------------------------------------------------------
+
+def kill_idle_worker(refiner):
+    """SIGKILL the worker of a one-worker IsolatedRefiner while it waits for work."""
+    os.kill(refiner.pool.schedule(os.getpid).result(timeout=60), signal.SIGKILL)
+
+
+@pytest.mark.slow
+@needs_crf
+def test_the_isolated_crf_replaces_a_worker_killed_between_requests(capfd):
+    image, probabilities, _ = two_regions()
+    expected = crf.refine(image, probabilities, GOOD)
+    refiner = crf.IsolatedRefiner(GOOD)
+    try:
+        for restarts in (1, 2):
+            kill_idle_worker(refiner)
+            np.testing.assert_allclose(refiner(image, probabilities), expected, atol=1e-6)
+            assert refiner.restarts == restarts
+    finally:
+        refiner.close()
+    err = capfd.readouterr().err
+    assert err.count("warning: the dense CRF's worker pool is broken (a worker ended outside a "
+                     "request, or none could start); starting a new one\n") == 2
+    assert 'Traceback' not in err
+
+
+@pytest.mark.slow
+@needs_crf
+def test_a_crf_worker_killed_while_idle_is_replaced_and_healthz_reports_the_pool(tmp_path,
+                                                                               inputs, capfd):
+    save_tiny_model(str(tmp_path / 'model'))
+    app = serving.create_app(inference.load_model(str(tmp_path)), crf_parameters=GOOD)
+    refiner = app.state.service.model.refine
+    data = (inputs / 'street.jpg').read_bytes()
+    with TestClient(app) as client:
+        assert client.get('/healthz').json()['crf'] == {'workers': 1, 'ready': True,
+                                                        'restarts': 0}
+        kill_idle_worker(refiner)  # the next request finds the pool broken
+        response = client.post('/segment?output=mask', content=data,
+                               headers={'Content-Type': 'image/jpeg'})
+        assert response.status_code == 200, response.text
+        assert iio.imread(response.content).shape == (50, 90)
+        kill_idle_worker(refiner)  # a health check finds it broken
+        deadline = time.monotonic() + 60
+        while refiner.pool.active:  # until pebble has seen the worker go
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        health = client.get('/healthz')
+        assert health.status_code == 200 and health.json() == {
+            'status': 'ok', 'model': 'fcn', 'format': 'savedmodel',
+            'crf': {'workers': 1, 'ready': True, 'restarts': 2}}
+        response = client.post('/segment?output=mask', content=data,
+                               headers={'Content-Type': 'image/jpeg'})
+        assert response.status_code == 200, response.text
+    assert 'Traceback' not in capfd.readouterr().err
+
+
+class _NoProcesses(multiprocessing.context.SpawnContext):
+    """A spawn context whose processes cannot start, as on a machine out of them."""
+
+    class Process(multiprocessing.context.SpawnProcess):
+        def start(self):
+            raise OSError(errno.EAGAIN, 'Resource temporarily unavailable')
+
+
+def test_healthz_is_503_and_the_crf_a_500_line_when_its_workers_cannot_start(monkeypatch,
+                                                                            capfd):
+    monkeypatch.setattr(multiprocessing, 'get_context', lambda method: _NoProcesses())
+    info = {'image_shape': [32, 64], 'num_classes': 2, 'class_names': ['a', 'b'],
+            'class_colors': [[0, 0, 0], [255, 0, 255]]}
+    model = inference.Model('fake', 'fake', info,
+                            lambda images: np.full(images.shape[:3] + (2,), 0.5, np.float32))
+    with TestClient(serving.create_app(model, crf_parameters=GOOD)) as client:
+        health = client.get('/healthz')
+        assert health.status_code == 503 and health.json()['status'] == 'unavailable'
+        assert health.json()['crf']['ready'] is False
+        response = client.post('/v1/models/fcn:predict', json={
+            'signature_name': 'classes', 'instances': [np.zeros((4, 4, 3), int).tolist()]})
+        assert response.status_code == 500
+        assert response.json()['error'] == ("the dense CRF's worker cannot run ([Errno 11] "
+                                            "Resource temporarily unavailable)")
+    assert 'Traceback' not in capfd.readouterr().err

@@ -281,6 +281,8 @@ def test_xla_is_refused_where_it_does_not_help(monkeypatch):
 
 
 def test_a_precision_the_machine_lacks_says_so(monkeypatch):
+    for name in ('TF_ENABLE_ONEDNN_OPTS', 'ONEDNN_MAX_CPU_ISA'):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(distribute, 'cpu_flags', lambda: {'avx2'})
     with pytest.raises(UserError, match='bfloat16 needs a CPU with AVX512-BF16 or AMX'):
         distribute.session_config('bfloat16')
@@ -290,6 +292,15 @@ def test_a_precision_the_machine_lacks_says_so(monkeypatch):
     monkeypatch.setattr(distribute, 'cpu_flags', lambda: {'avx512_bf16'})
     with pytest.raises(UserError, match='or bfloat16: this CPU has it'):
         distribute.session_config('float16')
+    # The CPU has the kernels, but oneDNN is off or kept below them: its first bf16
+    # convolution would fail ("could not create a primitive descriptor")
+    monkeypatch.setenv('ONEDNN_MAX_CPU_ISA', 'avx512_core_bf16')
+    assert distribute.bfloat16_problem() is None
+    for name, value, said in (('ONEDNN_MAX_CPU_ISA', 'AVX2', 'ONEDNN_MAX_CPU_ISA=AVX2 keeps it'),
+                              ('TF_ENABLE_ONEDNN_OPTS', '0', 'TF_ENABLE_ONEDNN_OPTS=0 turns')):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(UserError, match=f'--precision bfloat16 runs on oneDNN.*{said}'):
+            distribute.session_config('bfloat16')
 
 
 def test_out_of_memory_and_a_silent_worker_are_one_line():
@@ -307,8 +318,8 @@ def test_out_of_memory_and_a_silent_worker_are_one_line():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not distribute.cpu_flags() & set(distribute.BF16_FLAGS),
-                    reason='this CPU lacks AVX512-BF16 and AMX')
+@pytest.mark.skipif(bool(distribute.bfloat16_problem()),
+                    reason=f'bfloat16 {distribute.bfloat16_problem()}')
 def test_a_bfloat16_step_runs_and_changes_the_float32_weights():
     from roadseg.model import network
     from roadseg.model.settings import NetworkConfig

@@ -1,17 +1,21 @@
 """Property-based tests (Hypothesis) of what a client sends the service: the predict JSON in
-both formats, /segment's query and bodies, and the image decoder behind both. Whatever
+both formats, /segment's query and bodies, the image decoder behind both, and the HTTP layer's
+request heads and Content-Length. Whatever
 arrives, the answer is a correct one or a 4xx with one JSON line; never a 500 or a traceback.
 The example budget is the `ci` profile's (tests/conftest.py); `--hypothesis-profile long`
 hunts longer."""
+import asyncio
 import io
 import json
 
 import numpy as np
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from PIL import Image
+from uvicorn.server import ServerState
 
 from roadseg import images, inference, serving
 from roadseg.errors import UserError
@@ -227,3 +231,122 @@ def test_the_decoder_gives_rgb_pixels_or_one_line(data, max_pixels):
 def test_the_decoder_reads_every_valid_image_at_its_size(image):
     data, size = image
     assert images.decode_rgb(data, 'the upload').shape == (*size, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# The HTTP layer: request heads, Content-Length, the answer's size
+# ----------------------------------------------------------------------------------------------
+
+class Transport(asyncio.Transport):
+    """What LimitedH11Protocol writes, for a connection that never goes anywhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.written, self.closing = b'', False
+
+    def write(self, data):
+        self.written += data
+
+    def get_extra_info(self, name, default=None):
+        return ('127.0.0.1', 8501) if name in ('sockname', 'peername') else default
+
+    def is_closing(self):
+        return self.closing
+
+    def close(self):
+        self.closing = True
+
+    def can_write_eof(self):
+        return True
+
+    def write_eof(self):
+        pass
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+
+async def unused(scope, receive, send):
+    """The app behind the HTTP layer in these tests: requests reach it, and it never runs."""
+
+
+HTTP_CONFIG = uvicorn.Config(unused, log_config=None)
+LINES = st.one_of(st.sampled_from([b'GET /healthz HTTP/1.1', b'POST /segment HTTP/1.1',
+                                   b'GET / HTTP/1.0', b'\xff\xfe GET / HTTP/1.1', b'garbage',
+                                   b'GET /a b HTTP/1.1', b'GET / HTTP/2', b'']),
+                  st.binary(max_size=30))
+LENGTHS = st.one_of(st.integers(-10 ** 30, 10 ** 30).map(lambda n: str(n).encode()),
+                    st.sampled_from([b'', b' 12', b'1e3', b'0x10', b'12, 12', b'+5']),
+                    st.binary(max_size=6))
+HEADERS = st.lists(st.one_of(st.tuples(st.just(b'Content-Length'), LENGTHS),
+                             st.tuples(st.sampled_from([b'Host', b'Transfer-Encoding',
+                                                        b'Expect', b'X']),
+                                       st.sampled_from([b'x', b'chunked', b'100-continue',
+                                                        b'gzip, chunked', b''])),
+                             st.tuples(st.binary(min_size=1, max_size=6),
+                                       st.binary(max_size=6))), max_size=4)
+
+
+@given(line=LINES, headers=HEADERS, ending=st.sampled_from([b'\r\n\r\n', b'\n\n', b'\r\n', b'']),
+       body=st.binary(max_size=20))
+def test_any_request_head_reaches_the_app_or_is_refused_in_one_json_line(line, headers,
+                                                                         ending, body):
+    """Whatever bytes open a connection, the HTTP layer passes a request on to the app, waits
+    for more, or answers a 4xx of one JSON line; never uvicorn's plain text."""
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = serving.LimitedH11Protocol(HTTP_CONFIG, ServerState(), {}, _loop=loop)
+        transport = Transport()
+        protocol.connection_made(transport)
+        data = line + b''.join(b'\r\n' + name + b': ' + value for name, value in headers)
+        assume(data + ending + body)  # asyncio never hands a protocol b'' (h11's end of input)
+        protocol.data_received(data + ending + body)
+        if transport.written:
+            head, answer = transport.written.split(b'\r\n\r\n', 1)
+            assert 400 <= int(head.split()[1]) < 500 and b'application/json' in head
+            error = json.loads(answer)['error']
+            assert error and '\n' not in error
+        else:
+            assert protocol.cycle is not None or protocol.waiting_for_head()
+    finally:
+        loop.run_until_complete(cancelled(asyncio.all_tasks(loop)))  # the app's, never run
+        loop.close()
+
+
+async def cancelled(tasks):
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@given(values=st.lists(LENGTHS, max_size=3))
+def test_any_content_length_is_read_as_its_number_or_refused_in_one_line(values):
+    headers = [(b'content-length', value) for value in values] + [(b'host', b'x')]
+    try:
+        length = serving.declared_length(headers)
+    except serving.RequestFailed as e:
+        assert e.status == 400 and '\n' not in str(e) and str(e).startswith('Content-Length ')
+        return
+    if not values:
+        assert length is None
+    else:
+        number = values[0].strip()
+        assert number.isdigit() and all(v.strip() == number for v in values)
+        assert length == min(int(number), 10 ** 18) if len(number) < 4000 else 10 ** 18
+
+
+@given(sizes=st.lists(st.tuples(st.integers(1, 12), st.integers(1, 12)), min_size=1,
+                      max_size=3),
+       signature=st.sampled_from(['serving_default', 'classes', 'road_probability']),
+       columnar=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_the_answer_estimate_is_never_below_the_answer(client, sizes, signature, columnar,
+                                                       seed):
+    service = client.app.state.service
+    rng = np.random.default_rng(seed)
+    segmented = [(np.zeros((h, w, 3), np.uint8),
+                  rng.dirichlet([0.3, 0.3], (h, w)).astype(np.float32)) for h, w in sizes]
+    answer = service.answer(signature, columnar, segmented)
+    assert len(answer) <= serving.answer_bytes(signature, sizes, 2)

@@ -7,10 +7,15 @@ give exactly what the command line gives.
 """
 import asyncio
 import base64
+import contextlib
+import functools
 import io
+import itertools
 import json
+import logging
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -23,6 +28,7 @@ import httpx2 as httpx
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
 
 import predict
@@ -375,6 +381,260 @@ def test_many_classes_refuse_road_only_outputs(tmp_path, inputs):
 
 
 # ----------------------------------------------------------------------------------------------
+# Bounds: the body, the answer, the request head, the connections; clients that go away
+# ----------------------------------------------------------------------------------------------
+
+def fake_model(calls=None):
+    """A two-class model at SHAPE answering 0.5 everywhere, noting each call in `calls`."""
+    def run(images):
+        if calls is not None:
+            calls.append(len(images))
+        return np.full(images.shape[:3] + (2,), 0.5, np.float32)
+    info = {'image_shape': [32, 64], 'num_classes': 2, 'class_names': ['a', 'b'],
+            'class_colors': COLORS[:2]}
+    return inference.Model('fake', 'fake', info, run)
+
+
+def asgi(app, path, headers, body):
+    """One POST through `app` as a server would send it, the body from the iterable `body`
+    of chunks, then a disconnect: (status, answer bytes, chunks the app read)."""
+    chunks, answer, read = iter(body), {'status': None, 'body': b''}, [0]
+
+    async def receive():
+        chunk = next(chunks, None)
+        if chunk is None:
+            return {'type': 'http.disconnect'}
+        read[0] += 1
+        return {'type': 'http.request', 'body': chunk, 'more_body': True}
+
+    async def send(message):
+        if message['type'] == 'http.response.start':
+            answer['status'] = message['status']
+        else:
+            answer['body'] += message.get('body', b'')
+    path, _, query = path.partition('?')
+    scope = {'type': 'http', 'asgi': {'version': '3.0'}, 'http_version': '1.1',
+             'method': 'POST', 'scheme': 'http', 'path': path, 'raw_path': path.encode(),
+             'query_string': query.encode(), 'root_path': '', 'client': ('127.0.0.1', 1),
+             'server': ('127.0.0.1', 2), 'headers': [(k.lower().encode(), v.encode())
+                                                     for k, v in headers.items()]}
+    asyncio.run(app(scope, receive, send))
+    return answer['status'], answer['body'], read[0]
+
+
+def test_a_declared_body_over_the_limit_is_413_before_any_of_it_is_read():
+    app = serving.create_app(fake_model(), max_body_bytes=1000)
+    endless = itertools.repeat(b'x' * 1000)
+    status, answer, read = asgi(app, '/segment', {'Content-Type': 'image/jpeg',
+                                                  'Content-Length': str(10 ** 12)}, endless)
+    assert (status, read) == (413, 0)
+    assert json.loads(answer) == {'error': 'the body declares 1000000000000 bytes, over the '
+                                           'limit of 1000 bytes; send a smaller image (a JPEG), '
+                                           'or start serve.py with a larger --max-body-bytes'}
+
+
+UPLOADS = [('/segment', 'image/jpeg', b''),
+           ('/segment', 'multipart/form-data; boundary=x',
+            b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.jpg"\r\n\r\n'),
+           ('/v1/models/fcn:predict', 'application/json', b'')]
+
+
+def test_a_chunked_body_is_refused_as_soon_as_it_streams_past_the_limit():
+    app = serving.create_app(fake_model(), max_body_bytes=10_000)
+    for path, kind, start in UPLOADS:  # no Content-Length: chunked, never ending
+        endless = itertools.chain([start + b'x' * (1000 - len(start))],
+                                  itertools.repeat(b'x' * 1000))
+        status, answer, read = asgi(app, path, {'Content-Type': kind}, endless)
+        assert (status, read) == (413, 11), path
+        assert json.loads(answer)['error'].startswith('the body streams past the limit of '
+                                                      '10000 bytes')
+
+
+def test_a_client_gone_mid_body_is_counted_499_without_a_traceback(capsys):
+    app = serving.create_app(fake_model())
+    for path, kind, start in UPLOADS:
+        status, _, read = asgi(app, path, {'Content-Type': kind, 'Content-Length': '5000'},
+                               [start + b'x' * 1000])
+        assert (status, read) == (serving.DISCONNECTED, 1)
+    with TestClient(app) as c:
+        text = c.get('/metrics').text
+    assert 'fcn_requests_total{endpoint="/segment",status="499"} 2.0' in text
+    assert 'fcn_requests_total{endpoint="/v1/models/{name}:predict",status="499"} 1.0' in text
+    assert 'status="500"' not in text and 'Traceback' not in capsys.readouterr().err
+
+
+def test_a_json_answer_over_the_limit_is_413_naming_the_png_alternatives(inputs):
+    calls = []
+    image = {'b64': b64(inputs / SCENE)}  # 77x45: 67 KB of serving_default JSON at most
+    with TestClient(serving.create_app(fake_model(calls), max_answer_bytes=20_000)) as c:
+        for signature in ('serving_default', 'road_probability'):
+            response = c.post(PREDICT, json={'signature_name': signature,
+                                             'instances': [image]})
+            assert response.status_code == 413, response.text
+            error = response.json()['error']
+            assert error.startswith(f'{signature} would answer up to ') and \
+                'of JSON for a 77x45 image, over the limit of 0.02 MB' in error
+            assert 'signature_name "mask_png"' in error and '/segment?output=mask' in error
+        assert calls == []  # refused before the model ran
+        answer = c.post(PREDICT, json={'signature_name': 'classes', 'instances': [image]})
+        assert answer.status_code == 200 and len(answer.content) <= 20_000
+        response = c.post(PREDICT, json={'signature_name': 'classes',
+                                         'instances': [image] * 3})
+        assert response.status_code == 413 and 'for 3 images of 0.0104 megapixels' in \
+            response.json()['error']
+        assert c.post(PREDICT, json={'signature_name': 'mask_png',
+                                     'instances': [image] * 3}).status_code == 200
+
+
+def test_by_default_a_kitti_image_is_answered_and_a_12_megapixel_photo_refused_at_once(
+        monkeypatch):
+    assert serving.answer_bytes('serving_default', [(375, 1242)] * 3, 2) < \
+        serving.MAX_ANSWER_BYTES < serving.answer_bytes('serving_default', [(3000, 4000)], 2)
+    buffer = io.BytesIO()
+    iio.imwrite(buffer, np.full((3000, 4000, 3), 90, np.uint8), extension='.jpg')
+    calls = []
+    monkeypatch.setattr(serving.images, 'decode_rgb', lambda *_: calls.append('decoded'))
+    with TestClient(serving.create_app(fake_model(calls))) as c:
+        response = c.post(PREDICT, json={'instances': [
+            {'b64': base64.b64encode(buffer.getvalue()).decode()}]})
+    assert response.status_code == 413 and calls == []
+    assert 'serving_default would answer up to 228 MB of JSON for a 4000x3000 image' in \
+        response.json()['error']
+
+
+def test_refusals_are_logged_once_a_window_with_a_count_of_the_rest():
+    refusals = serving._Refusals()
+
+    def record(message, *args, level=logging.WARNING):
+        return logging.LogRecord('uvicorn.error', level, __file__, 1, message, args, None)
+    assert refusals.filter(record('refused a request head: %s', 'a'))
+    assert not any(refusals.filter(record('refused a request head: %s', str(i)))
+                   for i in range(1000))
+    assert refusals.filter(record('closed a connection: %g s', 1))  # another kind
+    assert refusals.filter(record('Exception in ASGI application', level=logging.ERROR))
+    assert not refusals.filter(record('Invalid HTTP request received.'))  # said better
+    refusals.logged['refused a request head: %s'] = (-serving.WARN_EVERY_S, 1000)
+    line = record('refused a request head: %s', 'b')
+    assert refusals.filter(line)
+    assert line.getMessage() == 'refused a request head: b (1000 more since the last)'
+
+
+@contextlib.contextmanager
+def uvicorn_server(app, **limits):
+    """`app` under uvicorn with LimitedH11Protocol of `limits`, in this process on a free port
+    of 127.0.0.1 (uvicorn's log goes to the root logger: caplog); yields the port."""
+    config = uvicorn.Config(app, host='127.0.0.1', port=free_port(), log_config=None,
+                            http=functools.partial(serving.LimitedH11Protocol, **limits),
+                            timeout_graceful_shutdown=10)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, 'uvicorn did not start'
+        time.sleep(0.05)
+    try:
+        yield config.port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+
+
+def connect(port, data=b''):
+    connection = socket.create_connection(('127.0.0.1', port), timeout=30)
+    connection.sendall(data)
+    return connection
+
+
+def answer_of(connection):
+    """(status, headers, body) of what the server sends before it closes `connection`."""
+    answer = b''
+    with connection:
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, body = answer.split(b'\r\n\r\n', 1)
+    return int(head.split()[1]), head.decode('latin-1').lower(), body
+
+
+def json_refusal(connection, status):
+    """The error of the one JSON line `connection` is answered with `status`."""
+    code, head, body = answer_of(connection)
+    assert code == status and 'content-type: application/json' in head, (code, head, body)
+    error = json.loads(body)['error']
+    assert error and '\n' not in error
+    return error
+
+
+HEALTHZ = b'GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'
+
+
+@pytest.mark.slow
+def test_the_http_layer_refuses_bad_heads_bodies_and_slow_clients_in_json(caplog):
+    caplog.set_level(logging.INFO)
+    app = serving.create_app(fake_model(), max_body_bytes=100_000)
+    with uvicorn_server(app, head_timeout_s=1) as port:
+        for line in (b'\xff\xfe GET / HTTP/1.1\r\n\r\n', b'garbage\r\n\r\n'):
+            assert json_refusal(connect(port, line), 400) == \
+                'malformed HTTP request (illegal request line); send HTTP/1.1'
+        # a body declared over the limit: answered before it is sent
+        head = b'POST /segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n'
+        connection = connect(port, head + b'Content-Length: 1000000000\r\n\r\n' + b'x' * 1000)
+        assert 'declares 1000000000 bytes' in json_refusal(connection, 413)
+        # a chunked one: answered once it passes the limit, the rest dropped
+        connection = connect(port, head + b'Transfer-Encoding: chunked\r\n\r\n')
+        for _ in range(30):
+            connection.sendall(b'2710\r\n' + b'x' * 10_000 + b'\r\n')
+        assert 'streams past the limit of 100000 bytes' in json_refusal(connection, 413)
+        # a client that goes away mid-body
+        connect(port, head + b'Content-Length: 5000\r\n\r\nxx').close()
+        # part of a request head, then nothing: 408 once the head timeout has passed
+        connection = connect(port, b'GET /healthz HTTP/1.1\r\nHost: x\r\n')
+        assert json_refusal(connection, 408) == 'the request head did not arrive within 1 s'
+        code, _, body = answer_of(connect(port, HEALTHZ))
+        assert code == 200 and json.loads(body)['status'] == 'ok'
+        deadline = time.monotonic() + 30
+        while 'status="499"' not in (metrics := httpx.get(f'http://127.0.0.1:{port}/metrics',
+                                                          timeout=30).text):
+            assert time.monotonic() < deadline, metrics
+            time.sleep(0.1)
+    assert 'fcn_requests_total{endpoint="/segment",status="413"} 1.0' in metrics
+    assert 'status="500"' not in metrics
+    assert not any(r.exc_info or r.levelno >= logging.ERROR for r in caplog.records), \
+        caplog.text
+    assert 'Traceback' not in caplog.text
+
+
+@pytest.mark.slow
+def test_at_the_connection_limit_the_longest_wait_for_a_head_makes_room(caplog):
+    with uvicorn_server(serving.create_app(fake_model()), max_connections=3,
+                        head_timeout_s=60) as port:
+        # three connections in requests (the app reading their bodies): a fourth is refused
+        busy = [connect(port, b'POST /segment HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n'
+                              b'Expect: 100-continue\r\n\r\n') for _ in range(3)]
+        for connection in busy:
+            assert connection.recv(100).startswith(b'HTTP/1.1 100 ')
+        code, _, body = answer_of(connect(port, HEALTHZ))
+        assert (code, json.loads(body)) == (503, {
+            'error': 'the server is at its limit of 3 open connections; try again shortly'})
+        for connection in busy:
+            connection.close()
+        # three that sent part of a head: a fourth pushes out the one that waited longest
+        idle = [connect(port, b'GET /healthz HTTP/1.1\r\n') for _ in range(3)]
+        code, _, body = answer_of(connect(port, HEALTHZ))
+        assert code == 200 and json.loads(body)['status'] == 'ok'
+        (pushed_out, *_), _, _ = select.select(idle, [], [], 30)
+        try:  # answered if the server had read its part of a head, else closed
+            assert json_refusal(pushed_out, 503) == (
+                'the server is at its limit of 3 connections, and this one sent no whole '
+                'request head; send it at once')
+        except (ConnectionResetError, ValueError):
+            pass
+        for connection in idle:
+            connection.close()
+    assert 'Traceback' not in caplog.text
+
+
+# ----------------------------------------------------------------------------------------------
 # The page, health and metrics
 # ----------------------------------------------------------------------------------------------
 
@@ -395,7 +655,7 @@ def test_metrics_count_requests_latencies_and_batch_sizes(run_dir, inputs):
         c.post(PREDICT, json={'instances': [{'b64': b64(inputs / SCENE)}] * 2})
         c.post('/segment', content=b'x', headers={'Content-Type': 'image/png'})
         assert c.get('/healthz').json() == {'status': 'ok', 'model': 'fcn',
-                                            'format': 'savedmodel', 'crf': False}
+                                            'format': 'savedmodel', 'crf': None}
         text = c.get('/metrics').text
     assert 'fcn_requests_total{endpoint="/segment",status="200"} 3.0' in text
     assert 'fcn_requests_total{endpoint="/segment",status="400"} 1.0' in text
@@ -484,6 +744,11 @@ def test_batcher_never_blocks_the_event_loop():
     (['--model', 'x', '--port', '70000'], 'argument --port: must be at most 65535'),
     (['--model', 'x', '--batch-timeout-ms', 'inf'], 'argument --batch-timeout-ms: must be a '
                                                     'finite number'),
+    (['--model', 'x', '--max-connections', '0'], 'argument --max-connections: must be at '
+                                                 'least 1'),
+    (['--model', 'x', '--max-body-bytes', '-5'], 'argument --max-body-bytes: must be at least 1'),
+    (['--model', 'x', '--head-timeout-s', 'nan'], 'argument --head-timeout-s: must be a finite '
+                                                  'number'),
 ])
 def test_serve_stops_at_start_up_with_one_line(argv, message, capsys):
     assert cli.main_guard(serve.main, argv + ['--port', str(free_port())]
@@ -499,6 +764,48 @@ def test_serve_refuses_a_port_in_use(run_dir):
         port = taken.getsockname()[1]
         with pytest.raises(UserError, match=f'--port {port}: in use; choose another --port'):
             serve.main(['--model', str(run_dir), '--port', str(port)])
+
+
+def test_serve_raises_the_open_file_limit_for_its_connections_or_says_why_not(monkeypatch):
+    raised = []
+    monkeypatch.setattr(serve.resource, 'setrlimit', lambda what, limits: raised.append(limits))
+    monkeypatch.setattr(serve.resource, 'getrlimit', lambda what: (1024, 4096))
+    serve.check_file_limit(512)  # 2 x 512 + 256 open files: more than 1024
+    assert raised == [(1280, 4096)]
+    monkeypatch.setattr(serve.resource, 'getrlimit', lambda what: (1024, 1024))
+    with pytest.raises(UserError, match=r'^--max-connections 512 needs 1280 open files, over '
+                                        r"this process's limit of 1024 \(ulimit -Hn\); lower "
+                                        r'--max-connections$'):
+        serve.check_file_limit(512)
+    serve.check_file_limit(300)
+    assert raised == [(1280, 4096)]
+
+
+@pytest.mark.slow
+def test_serve_py_bounds_heads_bodies_and_answers_by_its_flags(run_dir, inputs, tmp_path):
+    server = Server(run_dir, tmp_path / 'serve.log', '--head-timeout-s', '1',
+                    '--max-body-bytes', '20000', '--max-answer-bytes', '5000',
+                    '--max-connections', '8')
+    port = int(server.url.rsplit(':', 1)[1])
+    try:
+        assert json_refusal(connect(port, b'GET /healthz HTTP/1.1\r\n'), 408) == \
+            'the request head did not arrive within 1 s'
+        assert json_refusal(connect(port, b'\xff\xfe GET / HTTP/1.1\r\n\r\n'), 400) == \
+            'malformed HTTP request (illegal request line); send HTTP/1.1'
+        response = httpx.post(server.url + '/segment', content=b'x' * 20_001,
+                              headers={'Content-Type': 'image/jpeg'}, timeout=30)
+        assert response.status_code == 413 and 'over the limit of 20000 bytes' in \
+            response.json()['error']
+        response = httpx.post(server.url + PREDICT, json={'instances': [
+            {'b64': b64(inputs / SCENE)}]}, timeout=30)
+        assert response.status_code == 413 and 'over the limit of 0.005 MB' in \
+            response.json()['error']
+        fcn = httpx.get(server.url + '/v1/models/fcn/metadata',
+                        timeout=30).json()['metadata']['fcn']
+        assert (fcn['max_body_bytes'], fcn['max_answer_bytes']) == (20_000, 5000)
+    finally:
+        assert server.stop() == 0
+    assert 'Traceback' not in server.output()
 
 
 def test_the_service_imports_no_tensorflow():

@@ -21,6 +21,9 @@ from roadseg.model import ops
 from roadseg.model.ops import tf, tf1
 
 BF16_FLAGS = ('avx512_bf16', 'amx_bf16')  # /proc/cpuinfo flags of CPUs oneDNN runs bf16 on
+# ONEDNN_MAX_CPU_ISA values that leave oneDNN its bf16 kernels (AVX512_CORE_BF16 and above)
+BF16_ISAS = ('AVX512_CORE_BF16', 'AVX512_CORE_FP16', 'AVX10_1_512', 'AVX512_CORE_AMX',
+             'AVX10_1_512_AMX', 'AVX512_CORE_AMX_FP16', 'AVX10_1_512_AMX_FP16', 'ALL', 'DEFAULT')
 
 
 class Setup:
@@ -81,6 +84,22 @@ def cpu_flags():
         return set()
 
 
+def bfloat16_problem():
+    """Why bfloat16 cannot run here, or None. It runs on oneDNN's bf16 kernels: the CPU must
+    have them (AVX512-BF16 or AMX), and oneDNN must be on (TF_ENABLE_ONEDNN_OPTS) and allowed
+    to use them (ONEDNN_MAX_CPU_ISA), else its convolutions fail at the first step."""
+    if not cpu_flags() & set(BF16_FLAGS):
+        return (f'needs a CPU with AVX512-BF16 or AMX (flags {" or ".join(BF16_FLAGS)}), which '
+                f'this one lacks')
+    if os.environ.get('TF_ENABLE_ONEDNN_OPTS', '1').strip() == '0':
+        return 'runs on oneDNN, which TF_ENABLE_ONEDNN_OPTS=0 turns off'
+    isa = os.environ.get('ONEDNN_MAX_CPU_ISA', 'ALL').strip().upper()
+    if isa not in BF16_ISAS:
+        return (f'runs on oneDNN\'s AVX512_CORE_BF16 kernels or later ones, which '
+                f'ONEDNN_MAX_CPU_ISA={isa} keeps it from')
+    return None
+
+
 def session_config(precision='float32', xla=False):
     """The ConfigProto of the precision and XLA options, after checking the machine runs them:
     bfloat16 through oneDNN's automatic mixed-precision rewrite (CPUs with AVX512-BF16 or AMX),
@@ -90,16 +109,16 @@ def session_config(precision='float32', xla=False):
     config.gpu_options.allow_growth = True  # a Session given a config ignores set_memory_growth
     rewrites = config.graph_options.rewrite_options
     if precision == 'bfloat16':
-        if not cpu_flags() & set(BF16_FLAGS):
-            raise UserError('--precision bfloat16 needs a CPU with AVX512-BF16 or AMX (flags '
-                            f'{" or ".join(BF16_FLAGS)}), which this one lacks; use --precision '
-                            'float32, or float16 on a GPU')
+        problem = bfloat16_problem()
+        if problem:
+            raise UserError(f'--precision bfloat16 {problem}; use --precision float32, or '
+                            f'float16 on a GPU')
         rewrites.auto_mixed_precision_onednn_bfloat16 = rewrites.ON
     elif precision == 'float16':
         if not gpus():
             raise UserError('--precision float16 runs on GPUs and none is visible here; use '
                             '--precision float32' + (', or bfloat16: this CPU has it'
-                                                     if cpu_flags() & set(BF16_FLAGS) else ''))
+                                                     if not bfloat16_problem() else ''))
         rewrites.auto_mixed_precision = rewrites.ON
     if xla:
         config.graph_options.optimizer_options.global_jit_level = tf1.OptimizerOptions.ON_1
