@@ -139,8 +139,12 @@ def evaluation_data(path, data_dir, info, split):
     validation images or, with `seen`, the training groups' unseen images (split.json), or every
     labelled image (`all`). A model outside a run folder (a shipped model) is scored on the
     data set's own validation images for `val` (CamVid's val/)."""
-    dataset = datasets.open_dataset(info['dataset'], data_dir, info['label'], info['classes'],
-                                    info['remap'])
+    if not info.get('dataset'):  # optional in fcn.json: predict.py and serve.py need it not
+        raise UserError(f'{path}: its fcn.json does not say which data set the model learned '
+                        f'("dataset"), so there are no labels to score it on; evaluate a model '
+                        f'that main.py or export.py wrote')
+    dataset = datasets.open_dataset(info['dataset'], data_dir, info.get('label') or 'road',
+                                    info.get('classes'), info.get('remap'))
     if dataset.classes.num_classes != info['num_classes']:
         raise UserError(f'{data_dir}: {dataset.classes.num_classes} classes, but the model '
                         f'predicts {info["num_classes"]}')

@@ -28,6 +28,7 @@ from roadseg.errors import UserError
 from roadseg.model.ops import tf, tf1
 from roadseg.training import checkpoints, config, inputs, run
 from roadseg.training import crossval as folds
+from tests.conftest import make_kitti
 from tests.test_fuzz_inputs import assert_refusal, json_values
 
 # ----------------------------------------------------------------------------------------------
@@ -540,3 +541,20 @@ def test_resume_passes_over_a_checkpoint_whose_manifest_has_the_wrong_shape(coun
     assert 'epoch-0002 is unusable: manifest.json is damaged: $' in message
     assert run.resumed_records(str(tmp_path.parent), str(tmp_path), 1) == [
         {'epoch': 1, 'train_loss': 1.0}]
+
+
+@pytest.mark.parametrize('missing', ['dataset', 'label', 'classes', 'remap'])
+def test_an_fcn_json_without_its_optional_data_set_keys_is_scored_or_one_line(tmp_path, missing):
+    """predict.py and serve.py need no data set, so fcn.json may leave its keys out; evaluate.py
+    then takes the defaults, or says in one line that it cannot know the labels."""
+    info = {key: value for key, value in model_info().items() if key != missing}
+    data = tmp_path / 'data'
+    if missing == 'dataset':
+        with pytest.raises(UserError, match='does not say which data set') as refused:
+            evaluation.evaluation_data(str(tmp_path / 'model.tflite'), str(data), info, 'all')
+        assert_refusal(refused.value, str(tmp_path / 'model.tflite'))
+    else:
+        make_kitti(data)
+        dataset, pairs = evaluation.evaluation_data(str(tmp_path / 'model.tflite'), str(data),
+                                                    info, 'all')
+        assert dataset.name == 'kitti' and len(pairs) == 3
