@@ -118,7 +118,7 @@ def main(argv=None):
             stack.enter_context(files.output_folder(folder))
         start, count = time.perf_counter(), 0
         with media.Outputs(args.output_dir, outputs_wanted, model.info, bad) as outputs, \
-                tqdm(total=sum(map(media.frame_estimate, sources)), unit='frame',
+                tqdm(total=sum(source.frame_estimate for source in sources), unit='frame',
                      desc='Segmenting', disable=None) as bar:
             for frame, probabilities in inference.segment_stream(
                     model, media.read_frames(sources, args.crop, bad), args.batch_size):

@@ -20,6 +20,22 @@ def upright(image):
     return image
 
 
+EXIF_ORIENTATION = 0x0112
+TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations whose turn swaps width and height
+
+
+def displayed_size(data):
+    """(height, width) of encoded image bytes as upright shows them, from the header alone
+    (nothing decoded); None when Pillow cannot read it as an image."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        turned = image.getexif().get(EXIF_ORIENTATION, 1) in TRANSPOSED
+    except Exception:  # PIL raises many types for what is not an image
+        return None
+    return (width, height) if turned else (height, width)
+
+
 def _open_image(path):
     """A PIL image, fully decoded so that truncated files fail here, upright (EXIF)."""
     try:

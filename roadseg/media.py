@@ -4,6 +4,7 @@ KITTI's submission: bird's-eye-view road probability maps, zipped as its server 
 import collections
 import contextlib
 import dataclasses
+import functools
 import glob
 import os
 import zipfile
@@ -38,6 +39,19 @@ class Source:
         """What the outputs of frame `index` are named after: the image's stem, or the video's
         stem and the frame number."""
         return f'{self.stem}_{index:06d}' if self.video else self.stem
+
+    @functools.cached_property
+    def frame_estimate(self):
+        """How many frames it will give, for the progress bar and the outputs planned: a
+        video's duration times its frame rate (0 when unreadable: that is reported when it is
+        read), 1 for an image. Read once: probing a video starts a process."""
+        if not self.video:
+            return 1
+        try:
+            meta = iio.immeta(self.path, plugin='FFMPEG')
+            return round(meta['duration'] * meta['fps'])
+        except (OSError, RuntimeError, ValueError, KeyError, TypeError):
+            return 0
 
 
 Frame = collections.namedtuple('Frame', 'source index image rows')  # rows: the crop, top..bottom
@@ -101,18 +115,6 @@ def read_video(source):
             raise unreadable(e, f' after frame {count}') from None
     if count == 0:
         raise UserError(f'{source.path}: a video without frames')
-
-
-def frame_estimate(source):
-    """How many frames `source` will give, for the progress bar: a video's duration times its
-    frame rate (0 when unreadable: that is reported when it is read), 1 for anything else."""
-    if not source.video:
-        return 1
-    try:
-        meta = iio.immeta(source.path, plugin='FFMPEG')
-        return round(meta['duration'] * meta['fps'])
-    except (OSError, RuntimeError, ValueError, KeyError, TypeError):
-        return 0
 
 
 def crop_rows(crop, height, path):
@@ -279,13 +281,13 @@ def video_names(wanted, stem):
 
 def planned_outputs(sources, wanted, output_dir, info):
     """Every (path, what writes it) that Outputs and the submission will write for `sources`,
-    a video's frames counted by frame_estimate: what files.check_outputs checks before any
+    a video's frames counted by its frame_estimate: what files.check_outputs checks before any
     work."""
     label, planned = info.get('label') or 'road', []
     if output_dir and has_legend(info):
         planned.append((os.path.join(output_dir, 'legend.png'), 'the legend'))
     for source in sources:
-        for index in range(max(1, frame_estimate(source)) if source.video else 1):
+        for index in range(max(1, source.frame_estimate)):
             name = source.frame_name(index)
             where = f'frame {index} of {source.path}' if source.video else source.path
             planned += [(os.path.join(output_dir, file), f'the {kind} of {where}')

@@ -26,7 +26,6 @@ import binascii
 import concurrent.futures
 import contextlib
 import http
-import io
 import json
 import logging
 import math
@@ -41,7 +40,6 @@ import numpy as np
 import prometheus_client
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
@@ -759,15 +757,12 @@ def answer_bytes(signature, sizes, num_classes):
 
 
 def _size(payload):
-    """An image's (height, width), from its array or its file's header before anything is
-    decoded; None when the header does not say (decoding then says what is wrong)."""
+    """An image's (height, width) as it will be segmented, from its array or its file's header
+    before anything is decoded; None when the header does not say (decoding then says what is
+    wrong)."""
     if isinstance(payload, np.ndarray):
         return payload.shape[:2]
-    try:
-        width, height = Image.open(io.BytesIO(payload)).size
-    except Exception:  # PIL raises many types for what is not an image
-        return None
-    return height, width
+    return images.displayed_size(payload)
 
 
 def _mb(size):

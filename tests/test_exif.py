@@ -10,7 +10,7 @@ from PIL import Image
 import predict
 from roadseg import images
 
-ORIENTATION = 0x0112
+ORIENTATION = images.EXIF_ORIENTATION
 # EXIF orientation -> how the stored pixels are turned to be shown (numpy, on the stored array)
 SHOWN = {1: lambda a: a, 3: lambda a: np.rot90(a, 2), 6: lambda a: np.rot90(a, -1),
          8: lambda a: np.rot90(a, 1), 2: lambda a: a[:, ::-1], 4: lambda a: a[::-1]}
@@ -57,3 +57,13 @@ def test_predict_writes_the_mask_of_a_rotated_photo_as_it_is_shown(tmp_path):
     assert masks[0].shape == masks[1].shape == (96, 64)
     np.testing.assert_array_equal(masks[1], masks[0])
     assert masks[0][70:].mean() > masks[0][:30].mean()  # road below, not above: not blank
+
+
+@pytest.mark.parametrize('orientation', sorted(SHOWN))
+def test_the_size_read_from_the_header_is_the_size_shown(orientation):
+    """serve.py bounds an answer from the header's size before decoding: the size it will
+    segment, turned as the tag says."""
+    upright = np.zeros((20, 36, 3), np.uint8)
+    data = png_with_orientation(stored(upright, orientation), orientation)
+    assert images.displayed_size(data) == (20, 36) == images.decode_rgb(data, 'x').shape[:2]
+    assert images.displayed_size(b'not an image') is None
