@@ -99,7 +99,9 @@ def summarise(runs, sizes):
                      'class_iou_mean': _class_means([r['iou'] for r in results])})
     best = max(rows, key=lambda row: row['mean'])
     return {'metric': metrics.key_metric_name(len(rows[0]['class_iou_mean'])),
-            'folds': {group: {'images': sizes[group], 'run': os.path.abspath(run_dir)}
+            # each fold's run relative to CV_DIR, so that a record copied elsewhere reads right
+            'folds': {group: {'images': sizes[group],
+                              'run': os.path.join(group, os.path.basename(run_dir))}
                       for group, run_dir in runs.items()},
             'epochs': rows, 'best_epoch': best['epoch'], 'best': best}
 
