@@ -91,6 +91,12 @@ def parse_args(argv=None):
                         help='instead: the training loader\'s own rate in images per second '
                              '(reading, augmenting, batching) on a data set, e.g. '
                              'camvid:data/camvid, beside what one GPU consumes')
+    parser.add_argument('--loader-recipe', metavar='CONFIG.json',
+                        help='with --loader: the augmentation, image size and crop of this '
+                             'recipe (default: KITTI\'s defaults)')
+    parser.add_argument('--against', metavar='CHECKOUT',
+                        help='with --loader: also the old in-memory generator of this checkout '
+                             '(5b3ce9e or before) and this pipeline on one core, in turn')
     parser.add_argument('--json', help='also write every figure to this JSON file')
     parser.add_argument('--deploy', metavar='RUN_DIR',
                         help="time this trained model's deployment formats instead")
@@ -215,7 +221,8 @@ def main(argv=None):
         return results
     if args.loader:  # no TensorFlow needed
         from benchmarks import loader
-        results = {'loader': loader.measure(*args.loader, args.batch_size, args.repeats)}
+        results = {'loader': loader.measure(*args.loader, args.batch_size, args.repeats,
+                                            args.loader_recipe, args.against)}
         loader.print_loader(results['loader'])
         if args.json:
             files.write_json(args.json, results)

@@ -6,7 +6,7 @@ import sys
 
 from roadseg import images, inference
 from roadseg.data import classes, datasets, transforms
-from roadseg.data.batches import BatchGenerator
+from roadseg.data.pipeline import TrainingData
 from roadseg.model import vgg
 from roadseg.model.ops import tf
 from roadseg.training import outputs
@@ -22,10 +22,11 @@ def gen_batch_function(data_folder, image_shape, label='road', seed=None):
     """Return `get_batches_fn(batch_size)` over the KITTI folder holding image_2/ and gt_image_2/,
     with random horizontal flips.
 
-    Batches are float32 RGB images in 0..255 and one-hot [not-road, road] labels, void rows zero.
+    Batches are float32 RGB images in 0..255 and one-hot [not-road, road] labels, void rows zero,
+    from the tf.data pipeline main.py trains on (roadseg/data/pipeline.py).
     """
     kitti = classes.builtin('kitti_road')
-    return BatchGenerator(datasets.kitti_pairs(data_folder, label), image_shape,
+    return TrainingData(datasets.kitti_pairs(data_folder, label), image_shape,
                           lambda path: classes.read_label(kitti, path), kitti.num_classes,
                           transforms.Augment('none,flip=0.5'), seed)
 

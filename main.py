@@ -20,7 +20,6 @@ if __name__ == '__main__':  # answer --help and a bad option at once, before Ten
         sys.exit(status)
 
 from roadseg import files, inference  # noqa: E402  (these load TensorFlow, seconds)
-from roadseg.data import datasets  # noqa: E402
 from roadseg.model import decoders, network, vgg  # noqa: E402
 from roadseg.model.ops import tf, tf1  # noqa: E402
 from roadseg.model.settings import NetworkConfig  # noqa: E402
@@ -89,18 +88,20 @@ def run(argv=None):
     inputs.fetch_downloads(args)
     dataset, train_pairs, val_pairs, seen_pairs = inputs.data_split(args)
     classes = dataset.classes
-    get_batches_fn = inputs.batch_generator(args, dataset, train_pairs, setup)
-    val_samples, seen_samples = ([datasets.load_samples(pairs, dataset.read_label)
+    data = inputs.training_data(args, dataset, train_pairs, setup)
+    val_samples, seen_samples = ([inputs.samples(pairs, dataset.read_label)
                                   for pairs in (val_pairs, seen_pairs)]
                                  if setup.is_chief else ([], []))
     bev_paths = setup.is_chief and inputs.bev_paths(args, val_pairs, dataset.classes.num_classes)
-    class_weights = inputs.class_weights(args, get_batches_fn.labels, classes.num_classes)
+    class_weights = inputs.class_weights(args, data)
     weights = network.encoder_weights(net_config, args.data_dir)  # read before the graph
     with tf.Graph().as_default(), setup.scope(), setup.session() as sess, \
             distribute.failures(training, setup), files.full_disk(runs_dir, flag):
         tf1.set_random_seed(args.seed)
+        get_batches_fn = data.bind(args.batch_size)  # the pipeline the network trains on
         built = graph.build(sess, net_config, classes.num_classes, weights, class_weights,
-                            args.precision == 'float16')
+                            args.precision == 'float16',
+                            batch=(get_batches_fn.images, get_batches_fn.labels))
         net, probabilities = built.net, built.probabilities
         saver = tf1.train.Saver(max_to_keep=None)
         net.initialise()
@@ -109,7 +110,7 @@ def run(argv=None):
         run_dir, start_epoch, records = runs.start_run(sess, saver, args, split, class_weights,
                                                        setup.is_chief)
         distribute.check_same_epoch(sess, setup, start_epoch)
-        get_batches_fn.epoch = start_epoch - 1
+        data.epoch = start_epoch - 1
         log = runs.RunLog(run_dir and os.path.join(run_dir, 'train.log'))
         log(setup.describe())
         log(runs.describe(run_dir, args, classes, split, start_epoch))
@@ -121,7 +122,7 @@ def run(argv=None):
             outputs.save_model(sess, os.path.join(run_dir, 'model'), net.input_image, net.keep_prob,
                             probabilities, {**info, 'epoch': epoch, 'val_iou': key_metric})
 
-        batches = loop.steps_per_epoch(get_batches_fn, args.batch_size)
+        batches = loop.steps_per_epoch(data, args.batch_size)
         monitor = setup.is_chief and monitoring.RunMonitor(
             run_dir, sess, saver, model, export, val_samples, args, log, records,
             (start_epoch - 1) * batches, classes, bev_paths, seen_samples)

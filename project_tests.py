@@ -19,7 +19,7 @@ import main
 from roadseg import cli, inference
 from roadseg.data import classes as class_files
 from roadseg.data import datasets
-from roadseg.data.batches import one_hot
+from roadseg.data.pipeline import one_hot
 from roadseg.errors import UserError
 from roadseg.model import vgg
 from roadseg.model.ops import tf, tf1
@@ -213,8 +213,8 @@ def test_train_nn_reduces_loss_and_reports(sess, capsys):
 def test_unpaired_files_are_reported(tmp_path, remove, message):
     training = make_kitti(tmp_path)
     os.remove(os.path.join(training, remove))
-    with pytest.raises(UserError, match=message):
-        helper.gen_batch_function(training, (32, 64))
+    with pytest.raises(UserError, match=message):  # when made (headers) or at the first read
+        list(helper.gen_batch_function(training, (32, 64))(2))
 
 
 def test_missing_and_empty_folders_are_reported(tmp_path):
@@ -272,8 +272,8 @@ def test_same_seed_same_batches(tmp_path):
 def test_bad_files_are_reported(tmp_path, which, kind, message):
     training = make_kitti(tmp_path)
     write_bad(os.path.join(training, which), kind)
-    with pytest.raises(UserError, match=message):
-        helper.gen_batch_function(training, (32, 64))
+    with pytest.raises(UserError, match=message):  # when made (headers) or at the first read
+        list(helper.gen_batch_function(training, (32, 64))(2))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -400,7 +400,7 @@ def test_main_end_to_end(tiny_data, tmp_path):
     assert len(split['val']) == 1 and len(split['train']) == 3
     log = (run_dir / 'train.log').read_text()
     assert 'epoch 1/2: mean loss' in log and 'epoch 2: validation road IoU' in log
-    assert re.search(r'epoch 2/2: mean loss .*images, \d+\.\d% of it waiting for data', log)
+    assert re.search(r'epoch 2/2: mean loss [0-9.]+ \(\d+ s, 3 images\)', log)
     records = json.loads((run_dir / 'metrics.json').read_text())
     assert [r['epoch'] for r in records['epochs']] == [1, 2]
     assert records['best_epoch'] in (1, 2)
@@ -440,7 +440,8 @@ def test_main_keras_h5_encoder_in_process(tiny_data, tmp_path):
      r'--train-crop: 96x32 is larger than --image-shape 64x64'),
     (['--encoder-weights', 'imagenet1k'], None,
      r"--encoder-weights: .*use udacity, imagenet, none or"),
-    ([], ('gt_image_2/um_road_000001.png', 'unknown colour'), r'um_road_000001.png: colour'),
+    ([], ('gt_image_2/um_road_000002.png', 'other size'),
+     r'um_road_000002.png: size 70x41 differs'),
     ([], ('image_2/um_000002.png', 'truncated'), r'um_000002.png: cannot read image'),
     (['--data-dir', 'no/such/dir'], None, r'--data-dir no/such/dir: folder not found'),
     (['--val-fraction', '0.9'], None, r'--val-fraction 0.9 holds out all 4 labelled images'),
@@ -463,6 +464,23 @@ def test_main_bad_input_one_line_no_run_folder(tiny_data, tmp_path, capfd, args,
     assert len(lines) == 1 and lines[0].startswith('error: '), stderr
     assert re.search(message, lines[0]), lines[0]
     assert leftovers(runs) == []
+
+
+@pytest.mark.parametrize('damage, message', [
+    (('gt_image_2/um_road_000001.png', 'unknown colour'), r'um_road_000001.png: colour'),
+])
+def test_main_bad_pixels_one_line(tiny_data, tmp_path, capfd, damage, message):
+    """A file whose header reads but whose pixels do not is found when the pipeline reads it:
+    one line, and the run folder keeps its record of what was tried, but no model."""
+    write_bad(os.path.join(tiny_data, 'data_road', 'training', damage[0]), damage[1])
+    runs = tmp_path / 'runs'
+    assert cli.main_guard(main.run, ['--data-dir', str(tiny_data), '--runs-dir', str(runs),
+                                     '--val-fraction', '0', '--cache', 'none']) == 2
+    lines = [line.rsplit('\r', 1)[-1] for line in capfd.readouterr().err.split('\n')]
+    lines = [line for line in lines if line.strip()]
+    assert len(lines) == 1 and re.search(message, lines[0]), lines
+    (run_dir,) = runs.iterdir()
+    assert not (run_dir / 'model').exists() and not list(run_dir.glob('checkpoints/*'))
 
 
 def test_main_offline_names_every_missing_download_and_the_alternatives(tmp_path, capfd,

@@ -25,10 +25,10 @@ TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations whose turn swaps width and height
 
 
 def displayed_size(data):
-    """(height, width) of encoded image bytes as upright shows them, from the header alone
-    (nothing decoded); None when Pillow cannot read it as an image."""
+    """(height, width) of encoded image bytes, or of an open image file, as upright shows them,
+    from the header alone (nothing decoded); None when Pillow cannot read it as an image."""
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
         width, height = image.size
         turned = image.getexif().get(EXIF_ORIENTATION, 1) in TRANSPOSED
     except Exception:  # PIL raises many types for what is not an image

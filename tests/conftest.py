@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import main
-from roadseg.data.batches import one_hot
+from roadseg.data.pipeline import one_hot
 from roadseg.model import vgg
 from roadseg.model.ops import tf, tf1
 from roadseg.training import outputs

@@ -8,8 +8,8 @@ import pytest
 
 from roadseg import images
 from roadseg.data import datasets, transforms
-from roadseg.data.batches import BatchGenerator
 from roadseg.data.classes import VOID
+from roadseg.data.pipeline import TrainingData
 from roadseg.errors import UserError
 from tests.conftest import SHARED_DATA, leftovers, make_kitti, serve, zip_bytes
 
@@ -197,7 +197,7 @@ def test_image_and_label_of_different_sizes(tmp_path):
     dataset = datasets.open_dataset('camvid', str(tmp_path))
     with pytest.raises(UserError, match=r'0001TP_000010.png: size 12x9 differs from its '
                                                r'image'):
-        BatchGenerator(dataset.train, (32, 32), dataset.read_label, 11)
+        TrainingData(dataset.train, (32, 32), dataset.read_label, 11)
 
 
 def test_calibration_images_at_an_even_step_whole_and_resized(tmp_path):
@@ -222,7 +222,7 @@ def test_median_frequency_weights_hand_computed():
 
 def test_batches_from_a_many_class_dataset(tmp_path):
     dataset = datasets.open_dataset('camvid', str(make_camvid(tmp_path)))
-    batches = BatchGenerator(dataset.train, (32, 32), dataset.read_label, 11, seed=0)
+    batches = TrainingData(dataset.train, (32, 32), dataset.read_label, 11, seed=0)
     images, labels = next(iter(batches(3)))
     assert images.shape == (3, 32, 32, 3) and labels.shape == (3, 32, 32, 11)
     assert set(np.unique(labels.sum(-1))) == {0.0, 1.0}  # one-hot or void
@@ -231,7 +231,7 @@ def test_batches_from_a_many_class_dataset(tmp_path):
 
 def test_batches_from_plain_from_on_are_the_images_themselves(tmp_path):
     dataset = datasets.open_dataset('camvid', str(make_camvid(tmp_path)))
-    batches = BatchGenerator(dataset.train, (32, 32), dataset.read_label, 11,
+    batches = TrainingData(dataset.train, (32, 32), dataset.read_label, 11,
                                     transforms.Augment('flip=0,brightness=0.5'), seed=0,
                                     plain_from=2)
 
@@ -239,7 +239,7 @@ def test_batches_from_plain_from_on_are_the_images_themselves(tmp_path):
         """One epoch's images, as sorted bytes."""
         seen = np.concatenate([images for images, _ in batches(2)]).astype(np.uint8)
         return sorted(image.tobytes() for image in seen)
-    originals = sorted(image.tobytes() for image in batches.images)
+    originals = sorted(batches.read(i)[0].tobytes() for i in range(len(batches)))
     assert set(epoch()).isdisjoint(originals)  # epoch 1: every image jittered
     assert epoch() == epoch() == originals  # epochs 2 and 3: the images as they are
 

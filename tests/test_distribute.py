@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import evaluate
-from roadseg.data.batches import BatchGenerator
+from roadseg.data.pipeline import TrainingData
 from roadseg.errors import UserError
 from roadseg.model.ops import tf, tf1
 from roadseg.training import distribute
@@ -145,7 +145,7 @@ def test_each_worker_takes_its_share_of_every_global_batch(tmp_path):
     from roadseg.data.transforms import Augment
 
     def epoch(**kw):
-        batches = BatchGenerator(dataset.train, (32, 32), dataset.read_label, 2,
+        batches = TrainingData(dataset.train, (32, 32), dataset.read_label, 2,
                                  Augment('flip=0.5,scale=0.2,brightness=0.2'), seed=3, **kw)
         return list(batches(4))
     whole = epoch()
@@ -153,7 +153,7 @@ def test_each_worker_takes_its_share_of_every_global_batch(tmp_path):
     shares = [epoch(replicas=2, shard=(w, 2)) for w in range(2)]
     assert [len(images) for images, _ in shares[0]] == [2, 2, 1]  # 3 cut to 2, one each
     for count, replicas, steps in ((11, 1, 3), (11, 2, 3), (9, 2, 2), (9, 1, 3), (8, 2, 2)):
-        batches = BatchGenerator(dataset.train[:count], (32, 32), dataset.read_label, 2,
+        batches = TrainingData(dataset.train[:count], (32, 32), dataset.read_label, 2,
                                  replicas=replicas)
         assert batches.steps(4) == steps == len(list(batches(4)))
     for index, (images, labels) in enumerate(whole):

@@ -348,13 +348,14 @@ BOOLS = {'val_bev', 'xla', 'all_labelled'}
 SHAPES = {'image_shape', 'train_crop'}
 PATHS = {'data_dir', 'runs_dir', 'classes', 'resume', 'config', 'encoder_weights', 'group_by',
          'crossval'}
-TEXTS = {'dataset', 'label', 'class_weights', 'encoder', 'decoder', 'lr_schedule', 'input_norm',
-         'distribute', 'precision', 'remap', 'augment', 'val_groups'} | PATHS
+TEXTS = {'dataset', 'label', 'cache', 'class_weights', 'encoder', 'decoder', 'lr_schedule',
+         'input_norm', 'distribute', 'precision', 'remap', 'augment', 'val_groups'} | PATHS
 OPTIONS = sorted(INTS | FLOATS | BOOLS | SHAPES | TEXTS)
 NEAR = {  # a value of the right kind for each option, often a valid one
     'dataset': st.sampled_from(sorted(datasets.READERS)),
     'label': st.sampled_from(['road', 'lane']),
     'class_weights': st.sampled_from(['none', 'median']),
+    'cache': st.sampled_from(['auto', 'memory', 'none', 'disk']),
     'encoder': st.sampled_from(['vgg16', 'mobilenetv2', 'tiramisu']),
     'decoder': st.sampled_from(['fcn8s', 'fcn4s', 'dilated', 'fpn', 'tiramisu']),
     'lr_schedule': st.sampled_from(['constant', 'poly']),

@@ -66,6 +66,7 @@ def test_the_data_config_names_its_split_and_keeps_every_rule(tmp_path):
         '--val-fraction 1: must be at least 0 and below 1': dict(val_fraction=1),
         '--val-fraction nan': dict(val_fraction=float('nan')),
         '--seed: -2 must be a whole number from 0 up': dict(seed=-2),
+        '--cache disk: use one of auto, memory, none': dict(cache='disk'),
         "--group-by '(': not a regular expression": dict(group_by='('),
         'missing.json: class file not found': dict(classes=str(tmp_path / 'missing.json')),
         "--augment: unknown option 'zoom'": dict(augment='zoom=1'),
@@ -73,7 +74,7 @@ def test_the_data_config_names_its_split_and_keeps_every_rule(tmp_path):
     for message, fields in refused.items():
         with pytest.raises(UserError, match=re.escape(message)):
             DataConfig(**fields)
-    assert len(RULES) == 4
+    assert len(RULES) == 5
     options = config.parse_args(['--dataset', 'camvid', '--val-groups', 'A'])
     assert DataConfig.of(options) == DataConfig(
         dataset='camvid', data_dir=options.data_dir, augment=options.augment,

@@ -8,6 +8,7 @@ with label_colors.txt), `cityscapes` (the official layout, its 19 training class
 downloaded, as it needs a login) and `folder` (images/ and masks/ with a classes.json). Images
 and labels pair by file stem, whatever their extensions.
 """
+import collections.abc
 import glob
 import os
 import re
@@ -20,7 +21,7 @@ from roadseg import files
 from roadseg.data import classes as class_files
 from roadseg.data import kitti_names
 from roadseg.errors import UserError
-from roadseg.images import read_rgb, resize_image, resize_label
+from roadseg.images import displayed_size, read_rgb, resize_image, resize_label
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.tif', '.tiff')
 KITTI_URL = 'https://s3.eu-central-1.amazonaws.com/avg-kitti/data_road.zip'
@@ -283,28 +284,51 @@ def load_pair(image_path, label_path, read_label):
     return image, classes
 
 
-def load_training_pairs(pairs, image_shape, read_label):
-    """(images, class maps) of the (image, label) path pairs, resized to `image_shape`, as two
-    stacked arrays: every file read and checked before training starts."""
-    images, labels = [], []
-    for image_path, label_path in tqdm(pairs, desc='Reading data', leave=False, disable=None):
-        image, classes = load_pair(image_path, label_path, read_label)
-        images.append(resize_image(image, image_shape))
-        labels.append(resize_label(classes, image_shape))
-    return np.stack(images), np.stack(labels)
+class Samples(collections.abc.Sequence):
+    """(name, RGB image, class map) at the original size for each (image, label) path pair,
+    each read when asked for, so memory does not grow with the set. With `keep_bytes`, the
+    pairs are kept after their first read when all of them take at most that (validation,
+    which reads them every time it runs)."""
+
+    def __init__(self, pairs, read_label, keep_bytes=0):
+        self.pairs, self.read_label = list(pairs), read_label
+        self.kept = {} if keep_bytes and self.decoded_bytes() <= keep_bytes else None
+
+    def decoded_bytes(self):
+        """What the decoded pairs take, from the image headers (4 bytes a pixel)."""
+        total = 0
+        for image_path, _ in self.pairs:
+            with open(image_path, 'rb') as f:
+                height, width = displayed_size(f) or (0, 0)
+            total += 4 * height * width
+        return total
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if self.kept is not None and index in self.kept:
+            return self.kept[index]
+        image_path, label_path = self.pairs[index]
+        sample = (os.path.basename(image_path),) + load_pair(image_path, label_path,
+                                                             self.read_label)
+        if self.kept is not None:
+            self.kept[index] = sample
+        return sample
 
 
-def load_samples(pairs, read_label):
-    """(name, RGB image, class map) at the original size for each (image, label) path pair."""
-    return [(os.path.basename(image_path),) + load_pair(image_path, label_path, read_label)
-            for image_path, label_path in tqdm(pairs, desc='Reading validation data',
-                                               leave=False, disable=None)]
+def load_samples(pairs, read_label, keep_bytes=0):
+    """The Samples of the (image, label) path pairs."""
+    return Samples(pairs, read_label, keep_bytes)
 
 
 def median_frequency_weights(label_maps, num_classes):
     """SegNet's median-frequency balancing: weight_c = median(freq) / freq_c, where freq_c is the
     class's pixels over all labelled pixels of the images that contain it. A class absent from
-    every label gets weight 0 (it never occurs in the loss anyway)."""
+    every label gets weight 0 (it never occurs in the loss anyway). `label_maps` may be any
+    iterable, read once."""
     pixels = np.zeros(num_classes)
     present_in = np.zeros(num_classes)
     for classes in label_maps:

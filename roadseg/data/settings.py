@@ -20,6 +20,8 @@ RULES = (
      lambda d: f'--label {d.label}: use one of {", ".join(LABELS)}'),
     (lambda d: math.isfinite(d.val_fraction) and 0 <= d.val_fraction < 1,
      lambda d: f'--val-fraction {d.val_fraction}: must be at least 0 and below 1'),
+    (lambda d: d.cache in ('auto', 'memory', 'none'),
+     lambda d: f'--cache {d.cache}: use one of auto, memory, none'),
     (lambda d: d.seed >= 0,
      lambda d: f'argument --seed: {d.seed} must be a whole number from 0 up'),
 )
@@ -39,7 +41,8 @@ class DataConfig(Settings):
     `val_groups` (a comma-separated list, grouped by `group_by` or the data set's rule) those
     groups validate, else the data set's validation set or a `val_fraction` drawn with `seed`.
     `all_labelled` pools train/ and val/; without `val_groups` it is the final model's: every
-    labelled image trains and none validates. Checked against RULES, and its files and texts
+    labelled image trains and none validates. `cache`: the decoded training pairs kept in
+    memory (pipeline.py's rule). Checked against RULES, and its files and texts
     read (READS), when made, whether or not this split uses the option."""
     dataset: str = 'kitti'
     data_dir: str = './data'
@@ -51,6 +54,7 @@ class DataConfig(Settings):
     val_groups: str = None
     group_by: str = None
     all_labelled: bool = False
+    cache: str = 'auto'
     seed: int = 0
     RULES = RULES
 

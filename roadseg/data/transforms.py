@@ -28,13 +28,19 @@ shift add void corners, and the others suit only some data sets; turned on, blur
 to 1 and CLAHE a clip limit of 2. The CamVid configurations turn gamma, hue, blur and noise on
 and widen the jitter, for other drives and dusk light (docs/experiments.md, "Unseen drives").
 
+The transforms are TensorFlow ops, run by the tf.data pipeline (pipeline.py) on every core.
 Flip, zoom with crop or pad, rotation and shift are one affine matrix, applied with one
-cv2.warpAffine per array: bilinear for the image, nearest neighbour for the label, so class
+projective transform per array: bilinear for the image, nearest neighbour for the label, so class
 indices never blend; pixels from outside the source become 0 in the image and VOID in the label.
-Then the photometric transforms change the image only: the three jitters as one colour matrix
-(cv2.transform rounds and saturates to uint8), gamma as a lookup table, hue in HSV, then blur,
-CLAHE and noise. They may lift the padded 0s, which are void in the label. All randomness comes
-from the `rng` argument, and OpenCV releases the GIL, so loader threads can share one Augment.
+Then the photometric transforms change the image only: the three jitters as one colour matrix,
+gamma, hue, then blur (separable, edges reflected as OpenCV's), CLAHE and noise, each rounded and
+saturated to 0..255 as 8-bit images are. They may lift the padded 0s, which are void in the label.
+CLAHE has no TensorFlow op: it runs OpenCV's through tf.numpy_function, in the pipeline's threads
+(OpenCV releases the GIL), costing what OpenCV costs plus a copy.
+
+All randomness is stateless: an image's seed, from (run seed, epoch, image index), is split into
+one key per transform, so a run repeats exactly, and switching one transform on or off leaves the
+draws of the others unchanged.
 """
 import math
 
@@ -43,6 +49,21 @@ import numpy as np
 
 from roadseg.data.classes import VOID
 from roadseg.errors import UserError
+from roadseg.graph_mode import import_tensorflow
+
+
+
+class _Deferred:
+    """TensorFlow, imported at its first use: reading the options (DataConfig, --help) must not
+    load it."""
+
+    def __getattr__(self, name):
+        global tf
+        tf = import_tensorflow()
+        return getattr(tf, name)
+
+
+tf = _Deferred()
 
 DEFAULTS = {'flip': 0.5, 'scale': 0.25, 'rotate': 0.0, 'shift': 0.0,
             'brightness': 0.1, 'contrast': 0.2, 'saturation': 0.2, 'gamma': 0.0, 'hue': 0.0,
@@ -59,6 +80,9 @@ LIMITS = {'flip': (0, 1), 'scale': (0, 0.9), 'rotate': (0, 180), 'shift': (0, 0.
 PAIRED = {'blur': 'blur_sigma', 'blur_sigma': 'blur', 'clahe': 'clahe_clip', 'clahe_clip': 'clahe'}
 
 GRAY_RGB = np.array([0.299, 0.587, 0.114])  # BT.601 luma weights, as cv2.COLOR_RGB2GRAY
+# The transforms in the order of their keys in an image's seed (Augment.__call__)
+KEYS = ('flip', 'scale', 'rotate', 'shift', 'crop', 'jitter', 'gamma', 'hue', 'blur', 'clahe',
+        'noise')
 
 
 def parse_options(options):
@@ -97,10 +121,11 @@ def split_option(item):
 
 
 class Augment:
-    """`augment(image, label, rng)`: the randomly transformed pair, same dtypes, and the same
-    shapes or, with `crop`, cropped to it.
+    """`augment(image, label, seed)`: TensorFlow ops giving the randomly transformed pair, same
+    dtypes, and the same shapes or, with `crop`, cropped to it.
 
-    The image is uint8 HxWx3 RGB, the label uint8 HxW class indices with VOID ignored.
+    The image is a uint8 HxWx3 RGB tensor, the label a uint8 HxW tensor of class indices with
+    VOID ignored, both of static size; `seed` is an int64 [2] tensor, the image's own.
     """
 
     def __init__(self, options=None, crop=None):
@@ -125,111 +150,174 @@ class Augment:
         """Whether option `key` and, for blur and CLAHE, its partner are both above 0."""
         return self.options[key] > 0 and self.options[PAIRED.get(key, key)] > 0
 
-    def happens(self, key, rng):
-        """Whether the transform with probability option `key` is applied this time (one draw
-        from `rng`, only when it is on)."""
-        return self.is_on(key) and rng.random() < self.options[key]
 
-    def __call__(self, image, label, rng):
-        if image.dtype != np.uint8 or label.dtype != np.uint8 or image.shape != label.shape + (3,):
+    def happens(self, key, draw):
+        """Whether the transform with probability option `key` applies, for a uniform `draw`
+        (a boolean tensor; only asked when the transform is on)."""
+        return draw < self.options[key]
+
+    def __call__(self, image, label, seed):
+        height, width = label.shape.as_list()
+        if image.dtype != tf.uint8 or label.dtype != tf.uint8 or \
+                image.shape.as_list() != [height, width, 3] or None in (height, width):
             raise UserError(f'augment: expected a uint8 HxWx3 image and a uint8 HxW label '
-                            f'of the same size, got {image.dtype} {image.shape} and '
-                            f'{label.dtype} {label.shape}')
-        image, label = self.warped(image, label, rng)
-        image = self.toned(self.jittered(image, rng), rng)
-        return self.noisy(self.equalized(self.blurred(image, rng), rng), rng), label
+                            f'of the same static size, got {image.dtype.name} {image.shape} '
+                            f'and {label.dtype.name} {label.shape}')
+        keys = dict(zip(KEYS, tf.unstack(tf.random.experimental.stateless_split(
+            tf.cast(seed, tf.int64), len(KEYS)))))
+        image, label = self.warped(image, label, keys)
+        image = self.toned(self.jittered(image, keys), keys)
+        image = self.noisy(self.equalized(self.blurred(image, keys), keys), keys)
+        return tf.cast(image, tf.uint8), label
 
-    def geometry(self, shape, rng):
+    def geometry(self, shape, keys):
         """This call's flip, zoom with crop or pad, rotation and shift as one 3x3 matrix taking
-        source pixel centres to output ones."""
+        source pixel centres to output ones (a float32 tensor)."""
         height, width = shape
         o = self.options
-        m = np.eye(3)
-        if self.happens('flip', rng):
-            m = np.array([[-1, 0, width - 1], [0, 1, 0], [0, 0, 1]]) @ m
+        m = tf.eye(3)
+        if self.is_on('flip'):
+            flipped = self.happens('flip', uniform(keys['flip']))
+            m = tf.where(flipped, affine(-1, 0, width - 1, 0, 1, 0), m)
         if self.is_on('scale'):
-            s = rng.uniform(1 - o['scale'], 1 + o['scale'])
+            zoom, *offsets = tf.unstack(uniform(keys['scale'], [3]))
+            s = 1 - o['scale'] + 2 * o['scale'] * zoom
             # Offsets between 0 and (n - 1)(1 - s): the output lies inside the zoomed image
             # when s > 1 (a crop), the zoomed image inside the output when s < 1 (a pad).
-            tx, ty = (rng.random() * (n - 1) * (1 - s) for n in (width, height))
-            m = np.array([[s, 0, tx], [0, s, ty], [0, 0, 1]]) @ m
-        if self.is_on('rotate'):
-            angle = rng.uniform(-o['rotate'], o['rotate'])
-            rotation = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), angle, 1)
-            m = np.vstack([rotation, [0, 0, 1]]) @ m
+            tx, ty = (draw * (n - 1) * (1 - s) for draw, n in zip(offsets, (width, height)))
+            m = affine(s, 0, tx, 0, s, ty) @ m
+        if self.is_on('rotate'):  # as cv2.getRotationMatrix2D about the centre
+            angle = (2 * uniform(keys['rotate']) - 1) * math.radians(o['rotate'])
+            a, b = tf.cos(angle), tf.sin(angle)
+            cx, cy = (width - 1) / 2, (height - 1) / 2
+            m = affine(a, b, (1 - a) * cx - b * cy, -b, a, b * cx + (1 - a) * cy) @ m
         if self.is_on('shift'):
-            m[:2, 2] += rng.uniform(-o['shift'], o['shift'], 2) * (width, height)
+            dx, dy = tf.unstack((2 * uniform(keys['shift'], [2]) - 1) * o['shift']
+                                * [width, height])
+            m = affine(1, 0, dx, 0, 1, dy) @ m
         if self.crop:
-            m[:2, 2] -= [rng.integers(n - c + 1)
-                         for n, c in zip((width, height), self.crop[::-1])]
+            ox, oy = (tf.cast(tf.random.stateless_uniform([], key, 0, n - c + 1, tf.int64),
+                              tf.float32)
+                      for key, n, c in zip(tf.unstack(tf.random.experimental.stateless_split(
+                          keys['crop'])), (width, height), self.crop[::-1]))
+            m = affine(1, 0, -ox, 0, 1, -oy) @ m
         return m
 
-    def warped(self, image, label, rng):
-        """The geometric transforms: one warp each for image and label, none for the identity."""
-        if self.crop and any(c > n for c, n in zip(self.crop, label.shape)):
+    def warped(self, image, label, keys):
+        """The geometric transforms: one warp each for image and label (none for the identity);
+        the image comes out float32, rounded as an 8-bit warp rounds."""
+        shape = tuple(label.shape.as_list())
+        if self.crop and any(c > n for c, n in zip(self.crop, shape)):
             raise UserError(f'augment: crop {self.crop[0]}x{self.crop[1]} is larger than '
-                            f'the {label.shape[0]}x{label.shape[1]} training images')
-        m = self.geometry(label.shape, rng)
-        size = (self.crop or label.shape)[::-1]
-        if np.array_equal(m, np.eye(3)) and size == label.shape[::-1]:
+                            f'the {shape[0]}x{shape[1]} training images')
+        image = tf.cast(image, tf.float32)
+        if not self.crop and not any(self.is_on(k) for k in ('flip', 'scale', 'rotate',
+                                                                 'shift')):
             return image, label
-        image = cv2.warpAffine(image, m[:2], size, flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-        label = cv2.warpAffine(label, m[:2], size, flags=cv2.INTER_NEAREST,
-                               borderMode=cv2.BORDER_CONSTANT, borderValue=VOID)
+        inverse = tf.linalg.inv(self.geometry(shape, keys))  # output pixel -> source pixel
+        transform = tf.concat([tf.reshape(inverse[:2], [6]), [0.0, 0.0]], 0)[None]
+        size = tf.constant(self.crop or shape, tf.int32)
+
+        def warp(array, interpolation, fill):
+            return tf.raw_ops.ImageProjectiveTransformV3(
+                images=array[None], transforms=transform, output_shape=size,
+                fill_value=fill, interpolation=interpolation, fill_mode='CONSTANT')[0]
+        image = tf.clip_by_value(tf.round(warp(image, 'BILINEAR', 0.0)), 0, 255)
+        label = warp(label[..., None], 'NEAREST', float(VOID))[..., 0]
         return image, label
 
-    def jittered(self, image, rng):
+    def jittered(self, image, keys):
         """Brightness, contrast and saturation jitter, as one 3x4 colour matrix."""
         if not any(self.is_on(k) for k in ('brightness', 'contrast', 'saturation')):
             return image
         o = self.options
-        b = rng.uniform(-255, 255) * o['brightness'] if self.is_on('brightness') else 0
-        c = rng.uniform(1 - o['contrast'], 1 + o['contrast']) if self.is_on('contrast') else 1
-        f = rng.uniform(1 - o['saturation'], 1 + o['saturation']) \
-            if self.is_on('saturation') else 1
+        draws = 2 * uniform(keys['jitter'], [3]) - 1  # each in [-1, 1)
+        b = draws[0] * 255 * o['brightness'] if self.is_on('brightness') else 0.0
+        c = 1 + draws[1] * o['contrast'] if self.is_on('contrast') else 1.0
+        f = 1 + draws[2] * o['saturation'] if self.is_on('saturation') else 1.0
         # x + b, scaled by c about its mean, blended by f with its gray (whose weights sum to 1,
         # so constants pass through): c (f I + (1 - f) G) x + b + (1 - c) mean(x)
-        matrix = np.empty((3, 4))
-        matrix[:, :3] = c * (f * np.eye(3) + (1 - f) * GRAY_RGB)
-        matrix[:, 3] = b + (1 - c) * np.mean(cv2.mean(image)[:3])
-        return cv2.transform(image, matrix)
+        gray = tf.constant(np.tile(GRAY_RGB, (3, 1)), tf.float32)
+        matrix = c * (f * tf.eye(3) + (1 - f) * gray)
+        offset = b + (1 - c) * tf.reduce_mean(image)
+        return saturated(tf.tensordot(image, tf.transpose(matrix), 1) + offset)
 
-    def toned(self, image, rng):
-        """Gamma as a lookup table on every channel, then a hue rotation in HSV."""
+    def toned(self, image, keys):
+        """Gamma on every channel, then a rotation of every pixel's hue."""
         if self.is_on('gamma'):
-            exponent = math.exp(rng.uniform(-self.options['gamma'], self.options['gamma']))
-            table = np.round(255 * (np.arange(256) / 255) ** exponent).astype(np.uint8)
-            image = cv2.LUT(image, table)
+            exponent = tf.exp((2 * uniform(keys['gamma']) - 1) * self.options['gamma'])
+            image = saturated(255 * (image / 255) ** exponent)
         if self.is_on('hue'):
-            # OpenCV's 8-bit hue runs 0..179, in steps of 2 degrees
-            shift = round(rng.uniform(-1, 1) * self.options['hue'] * 180)
-            hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
-            hsv[..., 0] = (hsv[..., 0].astype(np.int16) + shift) % 180
-            image = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+            turn = (2 * uniform(keys['hue']) - 1) * self.options['hue']  # of a full circle
+            image = saturated(255 * tf.image.adjust_hue(image / 255, turn))
         return image
 
-    def blurred(self, image, rng):
-        """Gaussian blur with probability `blur`, sigma uniform in [0, blur_sigma]."""
-        if not self.happens('blur', rng):
+    def blurred(self, image, keys):
+        """Gaussian blur with probability `blur`, sigma uniform in [0, blur_sigma], the kernel
+        reaching 3 sigma (OpenCV's size for 8-bit images), edges reflected as OpenCV's are."""
+        if not self.is_on('blur'):
             return image
-        sigma = rng.uniform(0, self.options['blur_sigma'])
-        size = 2 * math.ceil(3 * sigma) + 1
-        return cv2.GaussianBlur(image, (size, size), sigma)
+        happen, draw = tf.unstack(uniform(keys['blur'], [2]))
+        sigma = draw * self.options['blur_sigma']
+        radius = min(math.ceil(3 * self.options['blur_sigma']), *(n - 1 for n in
+                                                                  image.shape[:2]))
+        x = tf.range(-radius, radius + 1, dtype=tf.float32)
+        reach = tf.math.ceil(3 * sigma)
+        kernel = tf.where((tf.abs(x) <= reach) & (sigma > 1e-3),
+                          tf.exp(-x * x / (2 * tf.maximum(sigma, 1e-3) ** 2)),
+                          tf.cast(tf.equal(x, 0), tf.float32))
+        kernel /= tf.reduce_sum(kernel)
 
-    def equalized(self, image, rng):
-        """CLAHE on the lightness channel with probability `clahe`."""
-        if not self.happens('clahe', rng):
+        def blur():
+            padded = tf.pad(image[None], [[0, 0], [radius] * 2, [radius] * 2, [0, 0]], 'REFLECT')
+            rows = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), [1, 1, 3, 1])
+            across = tf.nn.depthwise_conv2d(padded, rows, [1] * 4, 'VALID')
+            both = tf.nn.depthwise_conv2d(across, tf.transpose(rows, [1, 0, 2, 3]), [1] * 4,
+                                          'VALID')
+            return saturated(both[0])
+        return tf.cond(self.happens('blur', happen), blur, lambda: image)
+
+    def equalized(self, image, keys):
+        """CLAHE on the lightness channel with probability `clahe` (OpenCV's, through
+        tf.numpy_function)."""
+        if not self.is_on('clahe'):
             return image
-        # A new CLAHE object per call: apply() keeps buffers, so threads must not share one.
-        clahe = cv2.createCLAHE(clipLimit=self.options['clahe_clip'], tileGridSize=(8, 8))
-        lightness, a, b = cv2.split(cv2.cvtColor(image, cv2.COLOR_RGB2LAB))
-        return cv2.cvtColor(cv2.merge((clahe.apply(lightness), a, b)), cv2.COLOR_LAB2RGB)
 
-    def noisy(self, image, rng):
+        def clahe():
+            out = tf.numpy_function(lambda a: equalize(a, self.options['clahe_clip']),
+                                    [tf.cast(image, tf.uint8)], tf.uint8, stateful=False)
+            return tf.cast(tf.ensure_shape(out, image.shape), tf.float32)
+        return tf.cond(self.happens('clahe', uniform(keys['clahe'])), clahe, lambda: image)
+
+    def noisy(self, image, keys):
         """Gaussian noise of a deviation uniform in [0, noise x 255], rounded and clipped."""
         if not self.is_on('noise'):
             return image
-        sigma = rng.uniform(0, self.options['noise'] * 255)
-        noise = rng.standard_normal(image.shape, dtype=np.float32) * sigma
-        return np.clip(image + noise + 0.5, 0, 255).astype(np.uint8)
+        deviation, field = tf.unstack(tf.random.experimental.stateless_split(keys['noise']))
+        sigma = tf.random.stateless_uniform([], deviation) * self.options['noise'] * 255
+        noise = tf.random.stateless_normal(tf.shape(image), field) * sigma
+        return tf.floor(tf.clip_by_value(image + noise + 0.5, 0, 255))
+
+
+def uniform(key, shape=()):
+    """Uniform draws in [0, 1) from a stateless key."""
+    return tf.random.stateless_uniform(shape, key)
+
+
+def affine(a, b, c, d, e, f):
+    """The 3x3 float32 matrix [[a, b, c], [d, e, f], [0, 0, 1]] of scalars or scalar tensors."""
+    return tf.reshape(tf.stack([tf.cast(v, tf.float32) for v in (a, b, c, d, e, f, 0, 0, 1)]),
+                      [3, 3])
+
+
+def saturated(image):
+    """Values rounded and clipped to 0..255, as an 8-bit image stores them."""
+    return tf.clip_by_value(tf.round(image), 0, 255)
+
+
+def equalize(image, clip):
+    """OpenCV's CLAHE on the L channel of LAB (8x8 tiles) of a uint8 RGB array."""
+    # A new CLAHE object per call: apply() keeps buffers, so threads must not share one.
+    clahe = cv2.createCLAHE(clipLimit=clip, tileGridSize=(8, 8))
+    lightness, a, b = cv2.split(cv2.cvtColor(image, cv2.COLOR_RGB2LAB))
+    return cv2.cvtColor(cv2.merge((clahe.apply(lightness), a, b)), cv2.COLOR_LAB2RGB)

@@ -43,7 +43,8 @@ def encoder_weights(config, data_dir):
     return None
 
 
-def build_network(sess, config, num_classes, input_shape=(None, None, None), weights=None):
+def build_network(sess, config, num_classes, input_shape=(None, None, None), weights=None,
+                  train_images=None):
     """The network of `config` (a settings.NetworkConfig): its encoder with its decoder on it,
     or FC-DenseNet (its own decoder), as a training and an inference tower that share their
     weights. `weights` is encoder_weights(config, ...): no file is read or fetched here.
@@ -54,6 +55,9 @@ def build_network(sess, config, num_classes, input_shape=(None, None, None), wei
     the graph that is deployed. `initialise()` initialises every variable not restored from a
     SavedModel, then loads Keras weights when given. `input_shape` (batch, height, width) fixes
     the input's shape for in-graph encoders (the benchmark counts FLOPs on static shapes).
+    `train_images` (float32, from a data pipeline) is what the training tower trains on, else
+    it trains on what is fed to `image_input`; Udacity's one tower takes them as the default of
+    its input, so that feeding an image still runs inference.
 
     With `config.ema_decay`, the inference tower reads an exponential moving average of the
     trainable weights instead of the weights: `averaged(train_op)` is the training op that also
@@ -67,7 +71,7 @@ def build_network(sess, config, num_classes, input_shape=(None, None, None), wei
     keras = weights if config.keras_file() else None
     if config.encoder_weights == 'udacity':
         try:
-            image_input, keep_prob, *features = vgg.load_vgg(sess, weights)
+            image_input, keep_prob, *features = vgg.load_vgg(sess, weights, train_images)
         except UserError as e:
             raise UserError(f'{e}; or train from scratch with --encoder-weights none') \
                 from None
@@ -107,7 +111,8 @@ def build_network(sess, config, num_classes, input_shape=(None, None, None), wei
                                    config.weight_decay)
             return logits
         train_output = ops.for_each_replica(
-            lambda: tower(ops.replica_share(image_input), True))
+            lambda: tower(ops.replica_share(image_input if train_images is None
+                                            else train_images), True))
         if config.ema_decay:
             averages = {v.ref(): tf1.get_variable(v.op.name + '/average', v.shape, v.dtype,
                                                   tf1.zeros_initializer(), trainable=False)

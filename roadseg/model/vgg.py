@@ -160,8 +160,9 @@ def maybe_download_pretrained_vgg(data_dir, url=VGG_URL, sha256=None):
     return files.maybe_download_and_extract(url, vgg_dir(data_dir), sha256=sha256)
 
 
-def load_vgg(sess, vgg_path):
-    """Load the VGG16 SavedModel (tag `vgg16`) into `sess`.
+def load_vgg(sess, vgg_path, images=None):
+    """Load the VGG16 SavedModel (tag `vgg16`) into `sess`; with `images` (a tensor, a data
+    pipeline's), its `image_input` is a placeholder that reads them unless fed.
 
     :return: (image_input, keep_prob, layer3_out, layer4_out, layer7_out) tensors
     """
@@ -170,7 +171,11 @@ def load_vgg(sess, vgg_path):
         raise UserError(f'{vgg_path}: {reason}; the VGG16 SavedModel is damaged: write or '
                         f'download it again')
     try:
-        tf1.saved_model.loader.load(sess, [TAG], vgg_path)
+        inputs = None
+        if images is not None:  # made first, it takes the name image_input
+            inputs = {TENSORS[0]: tf1.placeholder_with_default(images, [None, None, None, 3],
+                                                               TENSORS[0].split(':')[0])}
+        tf1.saved_model.loader.load(sess, [TAG], vgg_path, input_map=inputs)
     except (OSError, RuntimeError, ValueError, tf1.errors.OpError) as e:
         raise UserError(f'{vgg_path}: cannot load a SavedModel tagged {TAG!r} '
                         f'({str(e).splitlines()[0]})') from None

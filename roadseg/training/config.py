@@ -103,6 +103,11 @@ def parse_args(argv=None):
                              'multiples of 32 (validation and inference see whole images); '
                              'cheaper steps, so more of them in the same time; none: whole '
                              'images (default: %(default)s)')
+    parser.add_argument('--cache', choices=('auto', 'memory', 'none'),
+                        help='keep the decoded, resized training pairs in memory after their '
+                             'first read: memory; none: read the files every epoch, memory '
+                             'independent of the data set; auto: memory when they take at most '
+                             '1 GiB (default: %(default)s)')
     parser.add_argument('--class-weights', choices=('none', 'median'),
                         help='weight the loss by median-frequency balancing of the training '
                              'labels (default: %(default)s)')

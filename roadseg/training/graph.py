@@ -12,14 +12,21 @@ TrainingGraph = collections.namedtuple('TrainingGraph', 'net label learning_rate
 
 
 def build(sess, config, num_classes, weights=None, class_weights=None, loss_scale=False,
-          input_shape=(None, None, None)):
+          input_shape=(None, None, None), batch=None):
     """The training graph of the network `config` (a NetworkConfig, with the encoder `weights`
     read beforehand) for `num_classes` classes: the softmax cross-entropy over non-void pixels,
     weighted by `class_weights`, minimised with Adam (with dynamic loss scaling when
-    `loss_scale`, for float16), one optimiser per replica. `input_shape` fixes the batch,
-    height and width (the benchmark counts FLOPs on static shapes)."""
-    net = network.build_network(sess, config, num_classes, input_shape, weights)
-    label = tf1.placeholder(tf.float32, [*input_shape, num_classes], 'label')
+    `loss_scale`, for float16), one optimiser per replica. It trains on `batch`, the uint8
+    (images, class maps) tensors of a data pipeline, or else on what is fed to the `image_input`
+    and `label` placeholders. `input_shape` fixes the batch, height and width (the benchmark
+    counts FLOPs on static shapes)."""
+    images = None
+    if batch is not None:  # VOID (255) and any index >= num_classes: an all-zero row
+        images = tf.cast(batch[0], tf.float32)
+        label = tf.one_hot(tf.cast(batch[1], tf.int32), num_classes)
+    net = network.build_network(sess, config, num_classes, input_shape, weights, images)
+    if batch is None:
+        label = tf1.placeholder(tf.float32, [*input_shape, num_classes], 'label')
     learning_rate = tf1.placeholder(tf.float32, [], 'learning_rate')
 
     def replica_step(train_output):  # once per replica under --distribute

@@ -5,7 +5,7 @@ import os
 
 from roadseg import bev, files, images
 from roadseg.data import datasets, groups
-from roadseg.data.batches import BatchGenerator
+from roadseg.data.pipeline import CACHE_BYTES, TrainingData, check_pairs
 from roadseg.data.settings import DataConfig
 from roadseg.data.transforms import Augment
 from roadseg.errors import UserError
@@ -116,20 +116,29 @@ def resumed_split(run_dir, dataset, data_dir):
     return tuple([by_name[n] for n in names[key]] for key in ('train', 'val', 'seen'))
 
 
-def batch_generator(args, dataset, train_pairs, setup):
-    """The training batches of the options: augmented, the last --plain-epochs on flips only;
-    this worker's share of every global batch under --distribute (`setup`)."""
-    return BatchGenerator(
+def training_data(args, dataset, train_pairs, setup):
+    """The training batches of the options (pipeline.TrainingData): augmented, the last
+    --plain-epochs on flips only, this worker's share of every global batch under --distribute
+    (`setup`), kept in memory as --cache says."""
+    return TrainingData(
         train_pairs, args.image_shape, dataset.read_label, dataset.classes.num_classes,
         Augment(args.augment, args.train_crop), args.seed,
         plain_from=args.epochs - args.plain_epochs + 1 if args.plain_epochs else None,
-        replicas=setup.replicas, shard=(setup.worker, setup.workers))
+        replicas=setup.replicas, shard=(setup.worker, setup.workers), cache=args.cache)
 
 
-def class_weights(args, label_maps, num_classes):
-    """The loss's class weights: median-frequency balancing of the training labels, or None."""
+def samples(pairs, read_label):
+    """Validation images (datasets.Samples), their headers checked now; kept in memory after
+    the first validation when they fit in pipeline.CACHE_BYTES, else read at each one."""
+    check_pairs(pairs)
+    return datasets.load_samples(pairs, read_label, CACHE_BYTES)
+
+
+def class_weights(args, data):
+    """The loss's class weights: median-frequency balancing of the training labels of `data`
+    (a TrainingData, read once more for it), or None."""
     if args.class_weights == 'median':
-        return datasets.median_frequency_weights(label_maps, num_classes)
+        return datasets.median_frequency_weights(data.label_maps(), data.num_classes)
     return None
 
 

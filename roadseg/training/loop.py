@@ -13,40 +13,53 @@ def train(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_loss
     """Train epochs `start_epoch`..`epochs`, showing a progress bar with the running loss and
     reporting each epoch's mean loss through `log`.
 
-    `learning_rate_value` is a number or a function of the global step (0-based, counted from
-    the start of epoch 1). `on_step(loss)` is called after every step and
+    `get_batches_fn` is the classic generator of fed numpy batches, or a data pipeline
+    (pipeline.Pipeline) the graph trains on: then nothing is fed but `keep_prob` and
+    `learning_rate`. `learning_rate_value` is a number or a function of the global step
+    (0-based, counted from the start of epoch 1). `on_step(loss)` is called after every step and
     `on_epoch_end(epoch, mean_loss)` after every epoch (validation, checkpoints and summaries
     hang there). A loss that is not finite stops training with a UserError before the epoch
     ends, so nothing computed from the diverged weights is checkpointed or exported.
     :return: the list of mean losses, one per epoch trained
     """
-    batches = steps_per_epoch(get_batches_fn, batch_size)
+    in_graph = hasattr(get_batches_fn, 'start_epoch')
+    batches = steps_per_epoch(get_batches_fn.data if in_graph else get_batches_fn, batch_size)
     rate = learning_rate_value if callable(learning_rate_value) else lambda _: learning_rate_value
     step = (start_epoch - 1) * (batches or 0)
     history = []
     for epoch in range(start_epoch, epochs + 1):
         start, total, seen, waited = time.time(), 0.0, 0, [0.0]
-        with tqdm(timed(get_batches_fn(batch_size), waited), total=batches,
-                  desc=f'Epoch {epoch}/{epochs}', leave=False, disable=None) as bar:
-            for images, labels in bar:
-                _, loss = sess.run([train_op, cross_entropy_loss],
-                                   {input_image: images, correct_label: labels,
-                                    keep_prob: keep_prob_value, learning_rate: rate(step)})
+        if in_graph:
+            get_batches_fn.start_epoch(sess, batch_size)
+            steps, fetches = range(batches), [train_op, cross_entropy_loss, get_batches_fn.size]
+        else:
+            steps, fetches = timed(get_batches_fn(batch_size), waited), [train_op,
+                                                                         cross_entropy_loss]
+        with tqdm(steps, total=batches, desc=f'Epoch {epoch}/{epochs}', leave=False,
+                  disable=None) as bar:
+            for batch in bar:
+                feeds = {keep_prob: keep_prob_value, learning_rate: rate(step)}
+                if in_graph:
+                    _, loss, size = get_batches_fn.run(sess, fetches, feeds)
+                else:
+                    feeds.update({input_image: batch[0], correct_label: batch[1]})
+                    (_, loss), size = sess.run(fetches, feeds), len(batch[0])
                 step += 1
                 if not math.isfinite(loss):
                     raise UserError(
                         f'epoch {epoch}, step {step}: the training loss is {loss}; training '
                         f'diverged and stopped, keeping the checkpoints of the epochs before. '
                         f'Lower --learning-rate and start again, or --resume the run')
-                total += loss * len(images)
-                seen += len(images)
+                total += loss * size
+                seen += size
                 bar.set_postfix(loss=f'{total / seen:.4f}')
                 if on_step:
                     on_step(float(loss))
         history.append(float(total / seen))
         took = time.time() - start
-        log(f'epoch {epoch}/{epochs}: mean loss {history[-1]:.4f} ({took:.0f} s, {seen} images, '
-            f'{100 * waited[0] / took:.1f}% of it waiting for data)')
+        waiting = '' if in_graph else f', {100 * waited[0] / took:.1f}% of it waiting for data'
+        log(f'epoch {epoch}/{epochs}: mean loss {history[-1]:.4f} ({took:.0f} s, {seen} images'
+            f'{waiting})')
         if on_epoch_end:
             on_epoch_end(epoch, history[-1])
     return history
