@@ -68,7 +68,7 @@ def train_steps(folder, steps):
                                                 alpha=0.35, encoder_weights='none'), 2,
                             batch=(pipeline.images, pipeline.labels))
         built.net.initialise()
-        pipeline.start_epoch(sess, 2)
+        pipeline.start_epoch(sess)
         for _ in range(steps):
             pipeline.run(sess, built.train_op, {built.net.keep_prob: 1.0,
                                                 built.learning_rate: 1e-3})

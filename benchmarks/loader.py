@@ -74,7 +74,7 @@ def one_run(source, kind, path, batch_size, epochs, recipe):
         setup = time.perf_counter() - started
 
         def epoch():
-            pipeline.start_epoch(sess, batch_size)
+            pipeline.start_epoch(sess)
             return sum(len(sess.run(pipeline.labels)) for _ in range(data.steps(batch_size)))
         kind_of = 'tf.data pipeline' + (' (cached)' if data.cached else '')
     started = time.perf_counter()

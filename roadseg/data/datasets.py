@@ -21,7 +21,7 @@ from roadseg import files
 from roadseg.data import classes as class_files
 from roadseg.data import kitti_names
 from roadseg.errors import UserError
-from roadseg.images import displayed_size, read_rgb, resize_image, resize_label
+from roadseg.images import read_rgb, resize_image, resize_label
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.tif', '.tiff')
 KITTI_URL = 'https://s3.eu-central-1.amazonaws.com/avg-kitti/data_road.zip'
@@ -286,22 +286,13 @@ def load_pair(image_path, label_path, read_label):
 
 class Samples(collections.abc.Sequence):
     """(name, RGB image, class map) at the original size for each (image, label) path pair,
-    each read when asked for, so memory does not grow with the set. With `keep_bytes`, the
-    pairs are kept after their first read when all of them take at most that (validation,
-    which reads them every time it runs)."""
+    each read when asked for, so memory does not grow with the set. With `keep`, each pair is
+    kept after its first read (validation, which reads them every time it runs, of a set that
+    fits in memory)."""
 
-    def __init__(self, pairs, read_label, keep_bytes=0):
+    def __init__(self, pairs, read_label, keep=False):
         self.pairs, self.read_label = list(pairs), read_label
-        self.kept = {} if keep_bytes and self.decoded_bytes() <= keep_bytes else None
-
-    def decoded_bytes(self):
-        """What the decoded pairs take, from the image headers (4 bytes a pixel)."""
-        total = 0
-        for image_path, _ in self.pairs:
-            with open(image_path, 'rb') as f:
-                height, width = displayed_size(f) or (0, 0)
-            total += 4 * height * width
-        return total
+        self.kept = {} if keep else None
 
     def __len__(self):
         return len(self.pairs)
@@ -319,9 +310,9 @@ class Samples(collections.abc.Sequence):
         return sample
 
 
-def load_samples(pairs, read_label, keep_bytes=0):
+def load_samples(pairs, read_label, keep=False):
     """The Samples of the (image, label) path pairs."""
-    return Samples(pairs, read_label, keep_bytes)
+    return Samples(pairs, read_label, keep)
 
 
 def median_frequency_weights(label_maps, num_classes):

@@ -31,7 +31,6 @@ tf = import_tensorflow()
 tf1 = tf.compat.v1
 
 CACHE_BYTES = 2 ** 30
-CACHE_CHOICES = ('auto', 'memory', 'none')
 
 
 def one_hot(classes, num_classes):
@@ -167,24 +166,19 @@ class Pipeline:
         self.images, self.labels = self.iterator.get_next()
         self.size = tf.shape(self.labels)[0]
 
-    def start_epoch(self, sess, batch_size):
-        """Start the data's next epoch (epoch numbers count from 1); `batch_size` is the global
-        batch."""
+    def start_epoch(self, sess):
+        """Start the data's next epoch (epoch numbers count from 1)."""
         data = self.data
         data.epoch += 1
         plain = bool(data.plain_from and data.epoch >= data.plain_from)
         self.run(sess, self.iterator.initializer,
-                 {self.indexes: data.order(data.epoch, batch_size),
+                 {self.indexes: data.order(data.epoch, self.batch_size * data.shard[1]),
                   self.epoch_number: data.epoch, self.plain: plain})
 
     def epoch(self, sess, steps):
         """Start the next epoch and yield once per batch, for the caller to run."""
-        self.start_epoch(sess, self.global_batch)
+        self.start_epoch(sess)
         yield from range(steps)
-
-    @property
-    def global_batch(self):
-        return self.batch_size * self.data.shard[1]
 
     def run(self, sess, fetches, feeds=None):
         """sess.run, with a bad file the pipeline met reported as its own one line."""
@@ -198,7 +192,9 @@ class Pipeline:
 def check_pairs(pairs):
     """Stop with one line unless every image and label file exists with a readable header, the
     two of one size (as a viewer shows them): reading headers only, so a large set is checked
-    in seconds and a bad file found before training starts."""
+    in seconds and a bad file found before training starts. Returns each pair's (height,
+    width)."""
+    shapes = []
     for image_path, label_path in tqdm(pairs, desc='Checking files', leave=False, disable=None):
         sizes = []
         for path in (image_path, label_path):
@@ -215,4 +211,6 @@ def check_pairs(pairs):
         if sizes[0] != sizes[1]:
             raise UserError(f'{label_path}: size {sizes[1][1]}x{sizes[1][0]} differs from its '
                             f'image {image_path} ({sizes[0][1]}x{sizes[0][0]})')
+        shapes.append(sizes[0])
+    return shapes
 

@@ -130,8 +130,8 @@ def training_data(args, dataset, train_pairs, setup):
 def samples(pairs, read_label):
     """Validation images (datasets.Samples), their headers checked now; kept in memory after
     the first validation when they fit in pipeline.CACHE_BYTES, else read at each one."""
-    check_pairs(pairs)
-    return datasets.load_samples(pairs, read_label, CACHE_BYTES)
+    decoded = sum(4 * height * width for height, width in check_pairs(pairs))
+    return datasets.load_samples(pairs, read_label, keep=decoded <= CACHE_BYTES)
 
 
 def class_weights(args, data):

@@ -30,7 +30,7 @@ def train(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_loss
     for epoch in range(start_epoch, epochs + 1):
         start, total, seen, waited = time.time(), 0.0, 0, [0.0]
         if in_graph:
-            get_batches_fn.start_epoch(sess, batch_size)
+            get_batches_fn.start_epoch(sess)
             steps, fetches = range(batches), [train_op, cross_entropy_loss, get_batches_fn.size]
         else:
             steps, fetches = timed(get_batches_fn(batch_size), waited), [train_op,
