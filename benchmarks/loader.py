@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+from roadseg import cpu
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (encoder, image shape): (training GFLOP per image, sustained TFLOP/s on one A100)
@@ -117,25 +119,12 @@ def measure(kind, path, batch_size, repeats, recipe=None, against=None, epochs=2
             runs[name].append(measure_in_process(source, kind, path, batch_size, epochs,
                                                  recipe, cores))
     result = {'dataset': kind, 'path': os.path.relpath(path), 'batch_size': batch_size,
-              'recipe': recipe, 'cpu': cpu_model(), 'variants': {}}
+              'recipe': recipe, 'cpu': cpu.model(), 'variants': {}}
     for name, measured in runs.items():
         rates = [m['images_per_second'] for m in measured]
         result['variants'][name] = {**measured[0], 'runs': rates,
                                     'images_per_second': statistics.median(rates)}
     return result
-
-
-def cpu_model():
-    """The CPU's model name from /proc/cpuinfo (Linux), else the platform's word."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or 'unknown CPU'
 
 
 def print_loader(result):

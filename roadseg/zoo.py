@@ -6,11 +6,12 @@ manifest.json (export.py writes them) and card.json, what models/README.md says 
 rebuilt from a run with `python export.py --model RUN --ship NAME`.
 """
 import os
+import re
 import time
 
 import numpy as np
 
-from roadseg import cli, evaluation, files, metrics
+from roadseg import cli, cpu, evaluation, files, metrics
 from roadseg.data import datasets
 from roadseg.errors import UserError
 
@@ -109,7 +110,8 @@ def card(name, run_dir, info, checked, milliseconds, model_file, validation=None
     final = config.get('all_labelled') and not config.get('val_groups')
     return {
         'task': SHIPPED[name][0],
-        'command': config.get('command') or f'python main.py --config {SHIPPED[name][1]}',
+        'command': portable(config.get('command')) or
+                   f'python main.py --config {SHIPPED[name][1]}',
         'commit': config.get('commit'),
         'trained_on': (f'{len(split["train"])} labelled images of {config["dataset"]}'
                        + (' (every labelled one)' if final else '')
@@ -117,7 +119,8 @@ def card(name, run_dir, info, checked, milliseconds, model_file, validation=None
         'quality': {'crossval': crossval,
                     'int8': f'{metric} {result["iou"]:.4f} against {checked["original"]:.4f} '
                             f'({100 * result["class_agreement"]:.2f} % of pixels agreeing) on '
-                            f'{checked["images"]} labelled images of {checked["source"]}'
+                            f'{checked["images"]} labelled images of '
+                            f'{portable(checked["source"])}'
                             + (', which it trained on: a check of the int8 file, not of the '
                                'model' if final else ''),
                     **({'val': f'{metric} {validation[0]:.4f} on val/, the data set\'s '
@@ -127,9 +130,19 @@ def card(name, run_dir, info, checked, milliseconds, model_file, validation=None
         'input_size': '{}x{}'.format(*info['image_shape']),
         'classes': info['class_names'],
         'megabytes': os.path.getsize(model_file) / 1e6,
-        'speed': f'{milliseconds:.0f} ms per image (LiteRT, one image at a time, on this '
-                 f'machine\'s 2 CPU cores)',
+        'speed': f'{milliseconds:.0f} ms per image (LiteRT, one image at a time, on '
+                 f'{len(os.sched_getaffinity(0))} cores: {cpu.model()})',
         'licence': LICENCES.get(config['dataset'], 'the terms of the data it trained on')}
+
+
+def portable(text):
+    """`text` (a command, a folder) with every absolute path written relative to the repository,
+    so that a card reads right in any clone; None stays None."""
+    if text is None:
+        return None
+    root = os.path.dirname(DIR)
+    return re.sub(r'(?<![\w.])/[^\s\'"]+',
+                  lambda m: os.path.relpath(m.group(0), root), text)
 
 
 def write_card():

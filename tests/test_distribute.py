@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import evaluate
+from roadseg import cpu
 from roadseg.data.pipeline import TrainingData
 from roadseg.errors import UserError
 from roadseg.model.ops import tf, tf1
@@ -283,13 +284,13 @@ def test_xla_is_refused_where_it_does_not_help(monkeypatch):
 def test_a_precision_the_machine_lacks_says_so(monkeypatch):
     for name in ('TF_ENABLE_ONEDNN_OPTS', 'ONEDNN_MAX_CPU_ISA'):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(distribute, 'cpu_flags', lambda: {'avx2'})
+    monkeypatch.setattr(cpu, 'flags', lambda: {'avx2'})
     with pytest.raises(UserError, match='bfloat16 needs a CPU with AVX512-BF16 or AMX'):
         distribute.session_config('bfloat16')
     with pytest.raises(UserError, match='float16 runs on GPUs and none is visible here; use '
                                         '--precision float32$'):
         distribute.session_config('float16')
-    monkeypatch.setattr(distribute, 'cpu_flags', lambda: {'avx512_bf16'})
+    monkeypatch.setattr(cpu, 'flags', lambda: {'avx512_bf16'})
     with pytest.raises(UserError, match='or bfloat16: this CPU has it'):
         distribute.session_config('float16')
     # The CPU has the kernels, but oneDNN is off or kept below them: its first bf16

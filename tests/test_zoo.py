@@ -201,3 +201,35 @@ def test_each_shipped_model_scores_val_as_its_card_says(name, tmp_path):
     evaluate.main(['--model', name, '--data-dir', data, '--output-dir', str(tmp_path)])
     scored = json.loads((tmp_path / 'metrics.json').read_text())
     assert abs(evaluation.key_metric(scored) - figure) <= 0.005, (scored, figure)
+
+
+def test_a_card_writes_absolute_paths_relative_to_the_repository():
+    outside = os.path.join(os.path.dirname(ROOT), 'shared', 'data', 'camvid')
+    command = f'python main.py --data-dir {outside} --runs-dir {ROOT}/runs --config a.json'
+    written = zoo.portable(command)
+    assert written == ('python main.py --data-dir ../shared/data/camvid --runs-dir runs '
+                       '--config a.json')
+    assert zoo.portable("the run's validation images") == "the run's validation images"
+    assert zoo.portable(None) is None
+
+
+def test_tracked_files_hold_no_absolute_path_of_a_machine():
+    """A clone reads right anywhere: no tracked text names this machine's folders."""
+    if not os.path.isdir(os.path.join(ROOT, '.git')):
+        pytest.skip('not a git checkout')
+    import subprocess
+    tracked = subprocess.run(['git', 'ls-files', '-z'], cwd=ROOT, capture_output=True,
+                             check=True).stdout.decode().split('\0')
+    pattern = re.compile(r'(?<![\w.:])/(?:work|home|root|Users)/')
+    found = []
+    for name in filter(None, tracked):
+        path = os.path.join(ROOT, name)
+        if not os.path.isfile(path) or os.path.getsize(path) > 2_000_000:
+            continue
+        with open(path, 'rb') as f:
+            data = f.read()
+        if b'\0' in data:  # binary
+            continue
+        found += [f'{name}: {m.group(0)}' for m in pattern.finditer(data.decode('utf-8',
+                                                                                'replace'))]
+    assert found == []

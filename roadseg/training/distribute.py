@@ -16,6 +16,7 @@ import contextlib
 import json
 import os
 
+from roadseg import cpu
 from roadseg.errors import UserError
 from roadseg.model import ops
 from roadseg.model.ops import tf, tf1
@@ -74,21 +75,11 @@ def gpus():
     return found
 
 
-def cpu_flags():
-    """The CPU's feature flags (Linux), an empty set where they cannot be read."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            return {flag for line in f if line.startswith('flags')
-                    for flag in line.split(':', 1)[1].split()}
-    except OSError:
-        return set()
-
-
 def bfloat16_problem():
     """Why bfloat16 cannot run here, or None. It runs on oneDNN's bf16 kernels: the CPU must
     have them (AVX512-BF16 or AMX), and oneDNN must be on (TF_ENABLE_ONEDNN_OPTS) and allowed
     to use them (ONEDNN_MAX_CPU_ISA), else its convolutions fail at the first step."""
-    if not cpu_flags() & set(BF16_FLAGS):
+    if not cpu.flags() & set(BF16_FLAGS):
         return (f'needs a CPU with AVX512-BF16 or AMX (flags {" or ".join(BF16_FLAGS)}), which '
                 f'this one lacks')
     if os.environ.get('TF_ENABLE_ONEDNN_OPTS', '1').strip() == '0':
