@@ -57,14 +57,14 @@ def parse_args(argv=None):
                         help='how many calibration images, at an even step '
                              '(default: %(default)s)')
     parser.add_argument('--ship', choices=sorted(zoo.SHIPPED), metavar='NAME',
-                        help='rebuild the shipped model NAME in models/ from this run: its int8 '
+                        help='rebuild the shipped model NAME in roadseg/shipped/ from this run: its int8 '
                              'file, replaced only when within tolerance, and its model card '
-                             f'(models/README.md); NAME is one of {", ".join(zoo.SHIPPED)}')
+                             f'(roadseg/shipped/README.md); NAME is one of {", ".join(zoo.SHIPPED)}')
     args = parser.parse_args(argv)
     if args.calibration_images < 1:
         parser.error('argument --calibration-images: must be at least 1')
     if args.ship and (args.output_dir or args.formats):
-        parser.error(f'--ship {args.ship} writes the int8 file into models/{args.ship}/: '
+        parser.error(f'--ship {args.ship} writes the int8 file into roadseg/shipped/{args.ship}/: '
                      f'leave out --output-dir and --formats')
     args.formats = ['int8'] if args.ship else args.formats or list(FILES)
     return args

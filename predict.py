@@ -15,7 +15,7 @@ frames are named `<stem>_<frame number>`. Unreadable inputs are skipped and list
 with its calib/ file): the bird's-eye-view road probability maps in DIR/bev/, zipped into
 DIR/kitti_road_bev.zip (what KITTI's server takes), and the perspective maps in DIR/perspective/.
 --model takes a run folder, a SavedModel, a frozen graph (.pb), a TFLite model (.tflite), or a
-shipped model's name (models/, roadseg.zoo; camvid-road by default). A TFLite model runs
+shipped model's name (roadseg/shipped/, roadseg.zoo; camvid-road by default). A TFLite model runs
 without importing TensorFlow.
 """
 import contextlib

@@ -108,7 +108,7 @@ KINDS = {
                  'label': OPTIONAL_TEXT, 'classes': OPTIONAL_TEXT, 'remap': OPTIONAL_TEXT,
                  'epoch': {'type': ['integer', 'null']}, 'val_iou': FIGURE}},
             'keep the fcn.json that main.py or export.py wrote with the model'),
-    # a shipped model's card (zoo.card), which models/README.md is made from
+    # a shipped model's card (zoo.card), which roadseg/shipped/README.md is made from
     'card': ({'type': 'object',
               'required': ['task', 'command', 'commit', 'trained_on', 'quality', 'input_size',
                            'classes', 'megabytes', 'speed', 'licence'],

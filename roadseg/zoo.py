@@ -1,8 +1,8 @@
 """The models that come with the project, in the repository's models/ folder: their names for
---model NAME, the default one, and their model card (models/README.md).
+--model NAME, the default one, and their model card (roadseg/shipped/README.md).
 
 Each shipped model is a folder models/NAME/ holding an int8 TFLite file with its fcn.json and
-manifest.json (export.py writes them) and card.json, what models/README.md says of it. They are
+manifest.json (export.py writes them) and card.json, what shipped/README.md says of it. They are
 rebuilt from a run with `python export.py --model RUN --ship NAME`.
 """
 import os
@@ -15,7 +15,7 @@ from roadseg import cli, cpu, evaluation, files, metrics
 from roadseg.data import datasets
 from roadseg.errors import UserError
 
-DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'models')
+DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'shipped')
 FILE = 'model_int8.tflite'
 CARD = 'card.json'
 # The data's terms, which a model trained on them carries
@@ -43,7 +43,7 @@ def resolve(model):
     found = path(model)
     if not os.path.isfile(found):
         raise UserError(f'--model {model}: the shipped model {found} is missing; it comes with '
-                        f'a clone of the repository, or rebuild it from a run of '
+                        f'the package (reinstall it), or rebuild it from a run of '
                         f'{SHIPPED[model][1]} with python export.py --model RUN --ship {model}')
     return found
 
@@ -140,13 +140,13 @@ def portable(text):
     so that a card reads right in any clone; None stays None."""
     if text is None:
         return None
-    root = os.path.dirname(DIR)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return re.sub(r'(?<![\w.])/[^\s\'"]+',
                   lambda m: os.path.relpath(m.group(0), root), text)
 
 
 def write_card():
-    """models/README.md from every shipped model's card.json: the model card."""
+    """shipped/README.md from every shipped model's card.json: the model card."""
     cards = {name: files.read_json(os.path.join(DIR, name, CARD), kind='card')
              for name in SHIPPED if os.path.isfile(os.path.join(DIR, name, CARD))}
     lines = ['# Shipped models', '',

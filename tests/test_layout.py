@@ -2,6 +2,11 @@
 in a circle (checked statically, from every import statement, including those inside functions)."""
 import ast
 import os
+import shutil
+import subprocess
+import sys
+
+import pytest
 
 from tests.conftest import ROOT
 
@@ -116,3 +121,50 @@ def test_the_librarys_own_settings_are_inside_the_package():
         assert os.path.commonpath([path, configs.DIR]) == configs.DIR and os.path.exists(path)
     assert os.path.commonpath([configs.DIR, os.path.join(ROOT, 'roadseg')]) == \
         os.path.join(ROOT, 'roadseg')
+
+
+@pytest.mark.slow
+def test_the_installed_package_finds_its_models_page_and_configs(tmp_path):
+    """A wheel of the project, installed into a fresh environment (this one's packages seen
+    through it, the project's own not), finds everything it reads from the package when run
+    away from the source folder: the shipped models whole (their manifests check), the
+    service's page, the default config and the class files."""
+    if not os.path.isdir(os.path.join(ROOT, '.git')):
+        pytest.skip('not a git checkout')
+    source = tmp_path / 'source'  # the tracked files only, as a clean clone has them
+    tracked = subprocess.run(['git', 'ls-files', '-z'], cwd=ROOT, capture_output=True,
+                             check=True).stdout.decode().split('\0')
+    for name in filter(None, tracked):
+        if os.path.isfile(os.path.join(ROOT, name)):
+            os.makedirs(source / os.path.dirname(name), exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, name), source / name)
+    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation',
+                    '-q', '-w', str(tmp_path / 'dist'), str(source)], check=True, timeout=300)
+    (wheel,) = (tmp_path / 'dist').glob('roadseg-*.whl')
+    venv = tmp_path / 'venv'
+    subprocess.run([sys.executable, '-m', 'venv', '--system-site-packages', str(venv)],
+                   check=True, timeout=120)
+    python = str(venv / 'bin' / 'python')
+    subprocess.run([python, '-m', 'pip', 'install', '--no-deps', '-q', str(wheel)], check=True,
+                   timeout=300)
+    away = tmp_path / 'elsewhere'
+    away.mkdir()
+    check = '''
+import os, roadseg
+from roadseg import files, serving, zoo
+from roadseg.data import classes
+from roadseg.training import config
+assert 'site-packages' in roadseg.__file__, roadseg.__file__
+for name in zoo.SHIPPED:
+    folder = os.path.dirname(zoo.resolve(name))
+    assert files.manifest_problem(folder) is None, (name, files.manifest_problem(folder))
+    assert os.path.isfile(os.path.join(folder, zoo.CARD))
+assert os.path.isfile(os.path.join(zoo.DIR, 'README.md'))
+assert open(serving.PAGE).read().startswith('<!')
+assert os.path.isfile(config.DEFAULT_CONFIG) and classes.builtin('camvid11').num_classes == 11
+print('ok')
+'''
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    done = subprocess.run([python, '-c', check], cwd=away, capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == 'ok', done.stderr[-2000:]

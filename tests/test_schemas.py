@@ -73,7 +73,7 @@ def model_info():
             'val_iou': 0.5}
 
 
-CARD = {  # models/camvid-road/card.json, as zoo.card wrote it
+CARD = {  # roadseg/shipped/camvid-road/card.json, as zoo.card wrote it
     'task': 'road against the rest, CamVid', 'command': 'python main.py --config x.json',
     'commit': 'd508357e316dbb92b728795b6e6ab1702114954c',
     'trained_on': '468 labelled images of camvid (every labelled one), 40 epochs, from scratch',

@@ -1,6 +1,6 @@
-"""Shipped models (models/, roadseg.zoo): --model NAME in predict, serve and evaluate, the road
-model by default, export.py --ship rebuilding one from a run with its card, and the commit a
-run records (files.git_commit)."""
+"""Shipped models (roadseg/shipped/, roadseg.zoo): --model NAME in predict, serve and evaluate,
+the road model by default, export.py --ship rebuilding one from a run with its card, and the
+commit a run records (files.git_commit)."""
 import json
 import os
 import re
@@ -136,7 +136,7 @@ def test_ship_rebuilds_a_shipped_model_with_its_card_and_every_command_takes_its
 
 def test_ship_refuses_other_outputs_and_a_model_that_is_not_a_run(tmp_path):
     with pytest.raises(UserError, match='--ship camvid-road writes the int8 file into '
-                                        'models/camvid-road/: leave out --output-dir'):
+                                        'roadseg/shipped/camvid-road/: leave out --output-dir'):
         export.parse_args(['--model', 'x', '--ship', 'camvid-road', '--formats', 'int8'])
     with pytest.raises(UserError, match="argument --ship: invalid choice: 'kitti'"):
         export.parse_args(['--model', 'x', '--ship', 'kitti'])
