@@ -21,8 +21,6 @@ import subprocess
 import sys
 import time
 
-from roadseg import cpu
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (encoder, image shape): (training GFLOP per image, sustained TFLOP/s on one A100)
@@ -109,6 +107,7 @@ def measure(kind, path, batch_size, repeats, recipe=None, against=None, epochs=2
     """The rates of this checkout's pipeline on all cores, and with `against` (another
     checkout) the old input's and this pipeline's on one core, each variant once per repeat
     in turn, so drift in the machine's speed falls on all alike."""
+    from roadseg import cpu  # here, not at the top: a measuring process imports another checkout
     variants = [('new', ROOT, None)]
     if against:
         variants = [('old', os.path.abspath(against), None)] + variants + \
