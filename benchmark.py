@@ -53,11 +53,11 @@ import numpy as np
 
 from benchmarks import video
 from roadseg import cli, files, images
-from roadseg.data import datasets
+from roadseg.data import layouts
 from roadseg.errors import UserError
-from roadseg.model import DECODERS, TIRAMISU_DEPTHS
+from roadseg.model.entries import mobilenetv2, tiramisu
 
-NETWORKS = ('vgg16', 'mobilenetv2', *(f'tiramisu{depth}' for depth in TIRAMISU_DEPTHS))
+NETWORKS = ('vgg16', 'mobilenetv2', *(f'tiramisu{depth}' for depth in tiramisu.DEPTHS))
 
 
 def parse_args(argv=None):
@@ -66,7 +66,7 @@ def parse_args(argv=None):
     parser.add_argument('--encoders', default='vgg16,mobilenetv2',
                         help=f'comma-separated, of {", ".join(NETWORKS)} (tiramisu: FC-DenseNet '
                              f'at that depth) (default: %(default)s)')
-    parser.add_argument('--decoder', choices=sorted(DECODERS), default='fcn8s',
+    parser.add_argument('--decoder', choices=sorted(mobilenetv2.STRIDES), default='fcn8s',
                         help="mobilenetv2's decoder (default: %(default)s)")
     parser.add_argument('--image-shapes', default='160x576,352x480',
                         help='comma-separated HxW, multiples of 32 (default: %(default)s)')
@@ -164,9 +164,9 @@ def parse_args(argv=None):
         raise UserError('--batch-size and --repeats must be at least 1')
     if args.loader is not None:
         kind, _, path = args.loader.partition(':')
-        if kind not in datasets.READERS or not os.path.isdir(path):
+        if kind not in layouts.READERS or not os.path.isdir(path):
             raise UserError(f'--loader {args.loader}: give DATASET:PATH, DATASET one of '
-                            f'{", ".join(sorted(datasets.READERS))}, and PATH its folder')
+                            f'{", ".join(sorted(layouts.READERS))}, and PATH its folder')
         args.loader = (kind, path)
     args.precisions = args.precisions.split(',') if args.precisions else []
     for variant in args.precisions:

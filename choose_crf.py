@@ -34,7 +34,7 @@ def main(argv=None):
     if args.output:
         files.check_writable(os.path.dirname(os.path.abspath(args.output)), '--output')
     from roadseg import crf, evaluation, inference  # load TensorFlow (seconds): options first
-    from roadseg.data import datasets
+    from roadseg.data import reading
     crf.require()
     base = crf.read_parameters()
     with inference.load_model(args.model) as model:
@@ -45,7 +45,7 @@ def main(argv=None):
             files.check_outputs([(args.output, '--output')],
                                 files.files_in(args.model) + [path for pair in pairs
                                                               for path in pair if path])
-        samples = datasets.load_samples(pairs, dataset.read_label)
+        samples = reading.load_samples(pairs, dataset.read_label)
         print(f'scoring {len(list(itertools.product(*crf.GRID.values())))} CRF settings on '
               f'{len(samples)} training images of {args.model}')
         start = time.perf_counter()

@@ -16,11 +16,12 @@ import time
 
 from roadseg import cli, files
 from roadseg.data import groups
-from roadseg.data.settings import DataConfig
 from roadseg.errors import UserError
-from roadseg.training import config, crossval
+from roadseg.training import crossval, options
+from roadseg.training.config import RunConfig, values_of
 
-SET_BY_CROSSVAL = ('--val-groups', '--all-labelled', '--runs-dir', '--resume', '--crossval')
+SET_BY_CROSSVAL = ('--val-groups', '--all-labelled', '--no-all-labelled', '--runs-dir',
+                   '--resume', '--crossval')
 
 
 def parse_args(argv=None):
@@ -49,35 +50,47 @@ def parse_args(argv=None):
 
 
 def start(args, argv):
-    """A new cross-validation: its folder, folds and state, after checking the options."""
-    options = config.parse_args(argv + ['--all-labelled'])
-    sizes = crossval.labelled_groups(DataConfig.of(options))
+    """A new cross-validation: its folder, folds and state (the options as given, `argv`, and
+    the RunConfig they make, in its JSON form), after checking the options."""
+    config = options.parse_args(argv + ['--all-labelled'])
+    sizes = crossval.labelled_groups(config.data)
     folds = [g.strip() for g in args.folds.split(',') if g.strip()] if args.folds \
         else list(sizes)
     groups.check_groups(folds, sizes)
     if len(sizes) < 2:
-        raise UserError(f'{options.data_dir}: its images form {len(sizes)} group; '
+        raise UserError(f'{config.data.data_dir}: its images form {len(sizes)} group; '
                         f'cross-validation needs two or more (--group-by)')
-    cv_dir = args.cv_dir or os.path.join(options.runs_dir, time.strftime('cv-%Y%m%d-%H%M%S'))
+    cv_dir = args.cv_dir or os.path.join(config.run.runs_dir,
+                                         time.strftime('cv-%Y%m%d-%H%M%S'))
     if os.path.exists(os.path.join(cv_dir, crossval.STATE)):
         raise UserError(f'--cv-dir {cv_dir}: holds a cross-validation already; continue it '
                         f'with --resume {cv_dir}, or choose another folder')
     files.check_writable(cv_dir, '--cv-dir')
-    state = {'argv': argv, 'folds': folds, 'sizes': sizes}
+    state = {'argv': argv, 'config': config.to_json(), 'folds': folds, 'sizes': sizes}
     crossval.write_state(cv_dir, state)
-    return cv_dir, state
+    return cv_dir, config, state
+
+
+def resumed(cv_dir):
+    """The RunConfig and state of the cross-validation in `cv_dir`: its recorded config, or
+    for one started before the state held it, the options it was started with."""
+    state = crossval.read_state(cv_dir)
+    if 'config' in state:
+        path = os.path.join(cv_dir, crossval.STATE)
+        return RunConfig.from_values(values_of(state['config'], path)), state
+    return options.parse_args(state['argv'] + ['--all-labelled']), state
 
 
 def main(argv=None):
     args, rest = parse_args(argv)
     if args.resume:
-        cv_dir, state = args.resume, crossval.read_state(args.resume)
+        cv_dir, (config, state) = args.resume, resumed(args.resume)
     else:
-        cv_dir, state = start(args, rest)
+        cv_dir, config, state = start(args, rest)
     held = ', '.join(f'{group} ({state["sizes"][group]} images)' for group in state['folds'])
     print(f'cross-validation in {cv_dir}: {len(state["folds"])} folds, holding out {held}')
-    import main as training  # TensorFlow loads here (seconds): the options are sound
-    runs = crossval.run_folds(state['argv'], cv_dir, state['folds'], training.run)
+    from roadseg.training import train  # TensorFlow loads here (seconds): the options are sound
+    runs = crossval.run_folds(config, cv_dir, state['folds'], train.train, train.resume)
     summary = crossval.summarise(runs, state['sizes'])
     crossval.write_state(cv_dir, {**state, 'summary': summary})
     names = files.read_json(os.path.join(next(iter(runs.values())), 'model', 'fcn.json'),

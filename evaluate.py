@@ -12,8 +12,8 @@ ranks methods; with --save-images, a BEV picture per image in bev/.
 import os
 import sys
 
-from roadseg import bev, cli, crf, evaluation, files, inference, zoo
-from roadseg.data import datasets
+from roadseg import bev, cli, crf, drawing, evaluation, files, inference, zoo
+from roadseg.data import reading
 
 
 def default_output_dir(model, split, flip_tta=False, crf=False):
@@ -62,11 +62,11 @@ def main(argv=None):
         dataset, pairs = evaluation.evaluation_data(args.model, args.data_dir, model.info,
                                                     args.split)
         bev_evaluation = bev.evaluation_for([image for image, _ in pairs], model.num_classes,
-                                            model.info['label'], '--bev') if args.bev else None
-        results = evaluation.evaluate(model, datasets.load_samples(pairs, dataset.read_label),
+                                            model.info.kitti_label, '--bev') if args.bev else None
+        results = evaluation.evaluate(model, reading.load_samples(pairs, dataset.read_label),
                                       output_dir if args.save_images else None,
-                                      inference.overlay_colors(dataset.classes.colors),
-                                      model.info['label'], bev_evaluation)
+                                      drawing.overlay_colors(dataset.classes.colors),
+                                      model.info.kitti_label, bev_evaluation)
     results.update(model=os.path.abspath(args.model), split=args.split, flip_tta=args.flip_tta,
                    crf=args.crf and crf.read_parameters(args.crf), classes=dataset.classes.names)
     print(evaluation.format_table(results, dataset.classes.names))

@@ -131,7 +131,7 @@ def main(argv=None):
                                      else ''))
     if args.kitti_submission and not bad:
         path, counts = media.zip_submission(args.kitti_submission, sources,
-                                            model.info.get('label') or 'road')
+                                            model.info.kitti_label)
         print(f'KITTI submission: {sum(counts.values())} bird\'s-eye-view maps ('
               f'{", ".join(f"{n} {c}" for c, n in sorted(counts.items()))}) in {path}; upload '
               f'that zip to KITTI\'s road benchmark')

@@ -16,14 +16,14 @@ import pytest
 
 import helper
 import main
-from roadseg import cli, inference
+from roadseg import cli, drawing
 from roadseg.data import classes as class_files
-from roadseg.data import datasets
+from roadseg.data import downloads
 from roadseg.data.pipeline import one_hot
 from roadseg.errors import UserError
 from roadseg.model import vgg
 from roadseg.model.ops import tf, tf1
-from roadseg.training import config as options
+from roadseg.training import options
 from tests import conftest
 from tests.conftest import (
     TINY_BLOCKS,
@@ -299,7 +299,7 @@ def test_gen_test_output_yields_each_images_overlay_at_its_own_size(sess, tmp_pa
         road = original[..., 0] > 128
         assert drawn.shape == original.shape
         # the road mask went through a resize to 64x96 and back: only its border may differ
-        assert np.all(drawn == inference.overlay(original, road), axis=-1).mean() > 0.8
+        assert np.all(drawn == drawing.overlay(original, road), axis=-1).mean() > 0.8
         assert not np.array_equal(drawn, original)
 
 
@@ -317,7 +317,7 @@ def test_save_inference_samples_writes_overlays_at_original_size(sess, tmp_path)
         result = iio.imread(os.path.join(out, name + '.png'))
         assert result.shape == shape + (3,)
         road = original[..., 0] > 128
-        expected = inference.overlay(original, road)
+        expected = drawing.overlay(original, road)
         # the road mask went through a resize to 64x96 and back: only its border may differ
         agree = np.all(result == expected, axis=-1)
         assert agree.mean() > 0.8
@@ -419,7 +419,7 @@ def test_main_end_to_end(tiny_data, tmp_path):
                        signature.inputs['keep_prob'].name: 1.0})
     assert probs.shape == (1, 32, 64, 2) and np.allclose(probs.sum(-1), 1, atol=1e-5)
     # the saved run config reproduces the run's options
-    again = options.parse_args(['--config', str(run_dir / 'config.json')])
+    again = options.parse_args(['--config', str(run_dir / 'config.json')]).training
     assert again.image_shape == (32, 64) and again.learning_rate == 0.01
 
 
@@ -487,7 +487,7 @@ def test_main_offline_names_every_missing_download_and_the_alternatives(tmp_path
                                                                        monkeypatch):
     with serve({}) as url:
         pass  # closed: nothing listens there any more
-    monkeypatch.setattr(datasets, 'KITTI_URL', url + '/data_road.zip')
+    monkeypatch.setattr(downloads, 'KITTI_URL', url + '/data_road.zip')
     monkeypatch.setattr(vgg, 'VGG_URL', url + '/vgg.zip')
     (tmp_path / 'data').mkdir()
     assert cli.main_guard(main.run, ['--data-dir', str(tmp_path / 'data'), '--runs-dir',

@@ -18,7 +18,7 @@ then open http://127.0.0.1:8501/ and drop an image. Endpoints (roadseg.serving):
 TFLite model (.tflite, run on LiteRT without importing TensorFlow). Concurrent requests are
 gathered into one model call of up to --max-batch images, waiting at most --batch-timeout-ms
 for more after the first. SIGTERM (or Ctrl-C) answers the requests in flight, then stops.
-What a client can make the server read, build or hold is bounded (roadseg.serving): the body,
+What a client can make the server read, build or hold is bounded (roadseg.serving.limits): the body,
 the JSON answer, the time a request head may take, the open connections.
 """
 import errno
@@ -33,8 +33,10 @@ import sys
 
 import uvicorn
 
-from roadseg import cli, crf, inference, serving, zoo
+from roadseg import cli, crf, inference, zoo
 from roadseg.errors import UserError
+from roadseg.serving import limits
+from roadseg.serving.app import create_app
 
 GRACE_S = 30  # how long a stopping server lets requests in flight finish
 FD_RESERVE = 256  # open files a server process needs beside its connections (model, log, CRF)
@@ -60,18 +62,18 @@ def parse_args(argv=None):
                              '(default: %(default)s)')
     parser.add_argument('--max-pixels', type=int, default=40_000_000,
                         help='larger images are refused with 413 (default: %(default)s)')
-    parser.add_argument('--max-body-bytes', type=int, default=serving.MAX_BODY_BYTES,
+    parser.add_argument('--max-body-bytes', type=int, default=limits.MAX_BODY_BYTES,
                         help='a larger request body is refused with 413 before it is read '
                              '(default: %(default)s)')
-    parser.add_argument('--max-answer-bytes', type=int, default=serving.MAX_ANSWER_BYTES,
+    parser.add_argument('--max-answer-bytes', type=int, default=limits.MAX_ANSWER_BYTES,
                         help='a predict request whose JSON answer would be larger is refused '
                              'with 413 before any image is decoded; the *_png signatures answer '
                              'small PNGs (default: %(default)s)')
-    parser.add_argument('--head-timeout-s', type=float, default=serving.HEAD_TIMEOUT_S,
+    parser.add_argument('--head-timeout-s', type=float, default=limits.HEAD_TIMEOUT_S,
                         help='a connection whose request head has not arrived this long after '
                              'it opened, or after its last answer, is closed (default: '
                              '%(default)s)')
-    parser.add_argument('--max-connections', type=int, default=serving.MAX_CONNECTIONS,
+    parser.add_argument('--max-connections', type=int, default=limits.MAX_CONNECTIONS,
                         help='open connections a server process holds; one more closes the '
                              'one waiting longest for a request head, or is answered 503 '
                              '(default: %(default)s)')
@@ -111,7 +113,7 @@ def check_port(host, port):
 
 def check_file_limit(connections):
     """Raise this process's limit on open files (ulimit -n) to hold `connections`, as many
-    refused ones lingering (serving.LimitedH11Protocol) and FD_RESERVE more, or stop with one
+    refused ones lingering (limits.LimitedH11Protocol) and FD_RESERVE more, or stop with one
     line: accept() failing for want of a file descriptor starves the service and logs a
     traceback a connection."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -148,18 +150,18 @@ def main(argv=None):
           + (f', dense CRF of {args.crf}' if args.crf else '')
           + f') on http://{args.host}:{args.port}/', flush=True)
     common = {'host': args.host, 'port': args.port, 'timeout_graceful_shutdown': GRACE_S,
-              'http': functools.partial(serving.LimitedH11Protocol,
+              'http': functools.partial(limits.LimitedH11Protocol,
                                         head_timeout_s=args.head_timeout_s,
                                         max_connections=args.max_connections)}
     if args.workers == 1:
-        uvicorn.run(serving.create_app(model, **settings, crf_parameters=crf_parameters),
+        uvicorn.run(create_app(model, **settings, crf_parameters=crf_parameters),
                     **common)
-    else:  # each worker process loads the model itself (roadseg.serving.app_from_environment)
+    else:  # each worker process loads the model itself (roadseg.serving.app.app_from_environment)
         model.close()
         os.environ['ROADSEG_SERVE'] = json.dumps({
             'model': os.path.abspath(model_path),
             'crf': args.crf and os.path.abspath(args.crf), **settings})
-        uvicorn.run('roadseg.serving:app_from_environment', factory=True,
+        uvicorn.run('roadseg.serving.app:app_from_environment', factory=True,
                     workers=args.workers, **common)
 
 

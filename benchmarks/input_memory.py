@@ -54,13 +54,13 @@ def make_set(folder, count):
 def train_steps(folder, steps):
     """Train `steps` steps on the folder data set; the peak resident memory in MB (a dict)."""
     sys.path.insert(0, ROOT)
-    from roadseg.data import datasets
+    from roadseg.data import layouts
     from roadseg.data.pipeline import TrainingData
     from roadseg.data.transforms import Augment
+    from roadseg.model.config import NetworkConfig
     from roadseg.model.ops import tf1
-    from roadseg.model.settings import NetworkConfig
     from roadseg.training import graph
-    dataset = datasets.open_dataset('folder', folder)
+    dataset = layouts.open_dataset('folder', folder)
     data = TrainingData(dataset.train, (256, 512), dataset.read_label, 2, Augment(), seed=0)
     with tf1.Graph().as_default(), tf1.Session() as sess:
         pipeline = data.bind(2)

@@ -45,12 +45,12 @@ def one_run(source, kind, path, batch_size, epochs, recipe):
     """Images per second of `epochs` timed epochs of the training input of the project in
     `source`, after one untimed epoch: a dict, printed as JSON by the __main__ block."""
     sys.path.insert(0, source)
-    from roadseg.data import datasets
+    from roadseg.data import layouts
     from roadseg.data.transforms import Augment
     augment, shape, crop, remap = recipe_options(recipe)
-    dataset = datasets.open_dataset(kind, path, 'road', None, remap)
+    dataset = layouts.open_dataset(kind, path, 'road', None, remap)
     shape = tuple(int(v) for v in shape.split('x')) if shape else \
-        datasets.default_image_shape(kind, path)
+        layouts.default_image_shape(kind, path)
     crop = tuple(int(v) for v in crop.split('x')) if crop else None
     pairs = dataset.train + (dataset.val or [])
     args = (pairs, shape, dataset.read_label, dataset.classes.num_classes, Augment(augment, crop))

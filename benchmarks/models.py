@@ -4,6 +4,7 @@ implementations, and a trained model's deployment formats, each timed in a proce
 
 `python -m benchmarks.models MODEL REPEATS` is that child process: it prints time_model's JSON.
 """
+import dataclasses
 import json
 import os
 import re
@@ -17,8 +18,9 @@ import numpy as np
 from benchmarks.service import peak_memory_mb
 from roadseg import cli, export, inference
 from roadseg.errors import UserError
+from roadseg.model.config import NetworkConfig
 from roadseg.model.ops import tf, tf1
-from roadseg.model.settings import NetworkConfig
+from roadseg.model_info import ModelInfo
 from roadseg.training import graph as training_graph
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds predict.py
@@ -40,7 +42,7 @@ def network_options(encoder, decoder):
     depth = 103  # read by tiramisu only
     if encoder.startswith('tiramisu'):
         encoder, decoder, depth = 'tiramisu', 'tiramisu', int(encoder[len('tiramisu'):])
-    return NetworkConfig(encoder, decoder, depth=depth)
+    return NetworkConfig(encoder, decoder, 'none', depth=depth)
 
 
 def build_fcn(encoder, decoder, image_shape, config=None):
@@ -398,12 +400,12 @@ def measure_deploy(run_dir, shapes, calibration_count, repeats, numpy_gflops, fo
     """Freeze and convert the model of `run_dir` at each of `shapes` into `folder`, int8
     calibrated on `calibration_count` training images, and time each format."""
     model_folder = inference.model_folder(run_dir)
-    info = inference.read_info(model_folder, run_dir)
+    info = ModelInfo.read(model_folder, run_dir)
     rows = []
     for shape in shapes:
         size = '{}x{}'.format(*shape)
         print(f'freezing and converting the model at {size} ...')
-        shaped = {**info, 'image_shape': list(shape)}
+        shaped = dataclasses.replace(info, image_shape=shape)
         calibration = export.calibration_images(run_dir, shaped, count=calibration_count)
         paths = export.write_exports(model_folder, shaped, os.path.join(folder, size),
                                      DEPLOY_FORMATS, calibration)

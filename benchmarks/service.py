@@ -27,7 +27,7 @@ from PIL import Image
 
 from benchmarks import video
 from roadseg import cli, images, media
-from roadseg.data.datasets import IMAGE_EXTENSIONS
+from roadseg.data.layouts import IMAGE_EXTENSIONS
 from roadseg.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds serve.py

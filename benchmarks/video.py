@@ -11,8 +11,8 @@ import time
 
 import numpy as np
 
-from roadseg import images, inference, media, metrics, streams, zoo
-from roadseg.data.datasets import IMAGE_EXTENSIONS
+from roadseg import drawing, images, inference, media, metrics, streams, zoo
+from roadseg.data.layouts import IMAGE_EXTENSIONS
 from roadseg.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # holds predict.py
@@ -71,8 +71,8 @@ def stage_times(model_path, video, folder, batch_size=8):
         full, resize_back = timed(lambda: [inference.at_image_size(model, f, p, rows)
                                            for f, p in zip(frames, outputs)])
         threshold = 0.5 if metrics.is_road_model(model.num_classes) else None
-        colors = inference.overlay_colors(model.info['class_colors'])
-        drawn, draw = timed(lambda: [inference.overlay(f, inference.classes_of(p, threshold),
+        colors = drawing.overlay_colors(model.info.class_colors)
+        drawn, draw = timed(lambda: [drawing.overlay(f, inference.classes_of(p, threshold),
                                                        colors) for f, p in zip(frames, full)])
 
     def encode():

@@ -3,15 +3,18 @@
 Modules by role, each importing only those listed before it:
 
     errors, graph_mode, cli     one-line errors, TensorFlow in graph mode, the scripts' plumbing
-    files, images               atomic writes, JSON, downloads, extraction; image reading/resizing
+    settings                    the typed configurations' base: fields that make their flags
+    files, git, downloads, archives, images   atomic writes and bounded reads, the commit,
+                                verified downloads, safe extraction; image reading/resizing
     metrics                     the streaming confusion matrix and KITTI's MaxF/AP
-    data/                       class files, data sets, their groups and split, transforms, batches
+    data/                       config, class files, layouts, splits, groups, transforms, pipeline
     bev                         KITTI's bird's-eye view: calibration, the devkit's warp, scoring
-    model/                      graph ops, the VGG16 and MobileNetV2 encoders, decoders, network
-    inference                   load_model / segment / overlay: the one inference path
+    model/                      config, encoders and decoders by registry, graph ops, network
+    model_info                  fcn.json, typed
+    inference, drawing          load_model / segment: the one inference path; overlays, legends
     evaluation                  scoring a model on labelled images
-    training/                   options, loss, training loop, checkpoints, the run folder
+    training/                   RunConfig, the command line, train(config), loss, loop, run folder
     media                       predict.py's image and video inputs and outputs
     export                      frozen graph, serving SavedModel and TFLite exports, checked
-    serving                     serve.py's HTTP app: TensorFlow Serving's API, the page, batching
+    serving/                    serve.py's HTTP app: limits, TF Serving's API, batching, the app
 """

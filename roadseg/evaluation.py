@@ -7,12 +7,13 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from roadseg import bev, cli, files, inference, metrics
-from roadseg.data import datasets
+from roadseg import bev, cli, drawing, files, inference, metrics
+from roadseg.data import classes as class_files
+from roadseg.data import kitti_names, layouts
 from roadseg.errors import UserError
 
 
-def evaluate(model, samples, output_dir=None, colors=(None, inference.OVERLAY_RGB),
+def evaluate(model, samples, output_dir=None, colors=(None, drawing.OVERLAY_RGB),
              label='road', bev_evaluation=None):
     """Segment each (name, RGB image, class map) sample with `model` (inference.segment),
     score it at the label's own size and return the metrics; with a bev.Evaluation, also in
@@ -25,8 +26,8 @@ def evaluate(model, samples, output_dir=None, colors=(None, inference.OVERLAY_RG
     confusion = metrics.ConfusionMatrix(model.num_classes)
     road = metrics.RoadMetrics() if metrics.is_road_model(model.num_classes) else None
     if output_dir and not road:  # many classes: which colour is which
-        inference.write_legend(os.path.join(output_dir, 'overlays', 'legend.png'),
-                               model.info['class_names'], colors)
+        drawing.write_legend(os.path.join(output_dir, 'overlays', 'legend.png'),
+                               model.info.class_names, colors)
     inference.segment(model, [samples[0][1]])  # warm-up, not timed
     seconds = []
     for name, image, classes in tqdm(samples, desc='Evaluating', leave=False, disable=None):
@@ -45,10 +46,10 @@ def evaluate(model, samples, output_dir=None, colors=(None, inference.OVERLAY_RG
         if output_dir:
             stem = os.path.splitext(name)[0]
             files.write_png(os.path.join(output_dir, 'overlays', stem + '.png'),
-                            inference.overlay(image, prediction, colors))
+                            drawing.overlay(image, prediction, colors))
             if road:
                 files.write_png(os.path.join(output_dir, 'probabilities',
-                                             inference.probability_name(stem, label)),
+                                             kitti_names.probability_name(stem, label)),
                                 metrics.quantize(probabilities[..., 1]))
     results = confusion.results()
     if road:
@@ -139,15 +140,16 @@ def evaluation_data(path, data_dir, info, split):
     validation images or, with `seen`, the training groups' unseen images (split.json), or every
     labelled image (`all`). A model outside a run folder (a shipped model) is scored on the
     data set's own validation images for `val` (CamVid's val/)."""
-    if not info.get('dataset'):  # optional in fcn.json: predict.py and serve.py need it not
+    if not info.dataset:  # optional in fcn.json: predict.py and serve.py need it not
         raise UserError(f'{path}: its fcn.json does not say which data set the model learned '
                         f'("dataset"), so there are no labels to score it on; evaluate a model '
                         f'that main.py or export.py wrote')
-    dataset = datasets.open_dataset(info['dataset'], data_dir, info.get('label') or 'road',
-                                    info.get('classes'), info.get('remap'))
-    if dataset.classes.num_classes != info['num_classes']:
+    classes = info.classes and class_files.load_class_file(info.classes)
+    dataset = layouts.open_dataset(info.dataset, data_dir, info.kitti_label, classes,
+                                   info.remap)
+    if dataset.classes.num_classes != info.num_classes:
         raise UserError(f'{data_dir}: {dataset.classes.num_classes} classes, but the model '
-                        f'predicts {info["num_classes"]}')
+                        f'predicts {info.num_classes}')
     pairs = dataset.train + (dataset.val or [])
     if split == 'all':
         return dataset, pairs

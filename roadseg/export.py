@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 
 from roadseg import evaluation, files, images, inference, media
-from roadseg.data import datasets
+from roadseg.data import layouts, reading
 from roadseg.errors import UserError
 from roadseg.graph_mode import import_tensorflow, quiet_stderr
 
@@ -47,7 +47,7 @@ def frozen_graph(folder, info):
         constants = tf1.graph_util.convert_variables_to_constants(
             sess, graph.as_graph_def(), [output.split(':')[0]])
     with tf.Graph().as_default() as graph:
-        image = tf1.placeholder(tf.float32, [None, *info['image_shape'], 3], 'image')
+        image = tf1.placeholder(tf.float32, [None, *info.image_shape, 3], 'image')
         inputs = {names['image']: image}
         used = {node.name for node in constants.node}
         if 'keep_prob' in names and _producer(names['keep_prob']) in used:  # VGG's dropout
@@ -201,7 +201,7 @@ def write_serving_model(path, graph_def, info):
     layout TensorFlow Serving's server loads (--model_base_path=path)."""
     with tf.Graph().as_default(), tf1.Session() as sess:
         image = tf1.placeholder(tf.uint8, [None, None, None, 3], 'image')
-        small = tf.image.resize(tf.cast(image, tf.float32), info['image_shape'], antialias=True)
+        small = tf.image.resize(tf.cast(image, tf.float32), info.image_shape, antialias=True)
         (probabilities,) = tf.graph_util.import_graph_def(graph_def, {'image:0': small},
                                                           ['probabilities:0'], name='fcn')
         probabilities = tf.identity(tf.image.resize(probabilities, tf.shape(image)[1:3],
@@ -216,7 +216,7 @@ def write_serving_model(path, graph_def, info):
                 sess, [tf1.saved_model.tag_constants.SERVING],
                 signature_def_map={'serving_default': signature}, strip_default_attrs=True)
             builder.save()
-            files.write_json(os.path.join(version, inference.MODEL_INFO), info)
+            info.write(version)
             files.write_manifest(version)
 
 
@@ -285,7 +285,7 @@ def tflite_model(graph_def, info, fmt, calibration=()):
     with tf.Graph().as_default() as graph, tf1.Session() as sess:
         tf.graph_util.import_graph_def(rewritten, name='')
         image = graph.get_tensor_by_name('image:0')
-        image.set_shape([1, *info['image_shape'], 3])
+        image.set_shape([1, *info.image_shape, 3])
         converter = tf1.lite.TFLiteConverter.from_session(
             sess, [image], [graph.get_tensor_by_name('probabilities:0')])
         if fmt == 'tflite16':
@@ -322,7 +322,7 @@ def calibration_images(model, info, calibration_dir=None, count=images.CALIBRATI
     if calibration_dir:
         source = f'--calibration-dir {calibration_dir}'
         paths = [path for path in media.input_files([calibration_dir], {})
-                 if path.lower().endswith(datasets.IMAGE_EXTENSIONS)]
+                 if path.lower().endswith(layouts.IMAGE_EXTENSIONS)]
     else:
         source = f'the training images of {model}'
         hint = 'int8 calibrates on the run\'s training images, or pass --calibration-dir'
@@ -332,7 +332,7 @@ def calibration_images(model, info, calibration_dir=None, count=images.CALIBRATI
                  if os.path.basename(image) in names]
     if not paths:
         raise UserError(f'{source}: no images to calibrate the int8 model on')
-    return images.calibration_images(paths, info['image_shape'], count)
+    return images.calibration_images(paths, info.image_shape, count)
 
 
 def check_samples(model, info, check_dir=None):
@@ -345,7 +345,7 @@ def check_samples(model, info, check_dir=None):
                                   'folder in the layout the model was trained on')
     if not pairs:
         raise UserError('no labelled images to check the exports on; pass --check-dir')
-    return datasets.load_samples(pairs, dataset.read_label)
+    return reading.load_samples(pairs, dataset.read_label)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -394,7 +394,7 @@ def write_exports(folder, info, output_dir, formats, calibration=()):
     paths = {fmt: os.path.join(output_dir, FILES[fmt]) for fmt in formats}
     with files.full_disk(output_dir):  # TensorFlow's writers call a full disk "exhausted"
         if set(formats) - {'savedmodel'}:
-            files.write_json(os.path.join(output_dir, inference.MODEL_INFO), info)
+            info.write(output_dir)
         for fmt, path in paths.items():
             print(f'writing {path}')
             if fmt == 'savedmodel':

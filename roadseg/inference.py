@@ -1,6 +1,6 @@
-"""The one inference path: load any model the project writes, segment images at their own size,
-and draw the result. main.py's samples, evaluate.py, predict.py and export.py's checks all run
-models through `segment`.
+"""The one inference path: load any model the project writes and segment images at their own
+size with it. main.py's samples, evaluate.py, predict.py and export.py's checks all run models
+through `segment`; drawing the result is roadseg.drawing's.
 
 `load_model(path)` opens a run folder, main.py's SavedModel, export.py's serving SavedModel, a
 frozen graph (.pb) or a TFLite model (.tflite); each needs the fcn.json that main.py and
@@ -9,26 +9,21 @@ TensorFlow is imported only to open a SavedModel or a frozen graph: a TFLite mod
 alone, without TensorFlow's 600 MB and seconds of start-up. `session_model` wraps a graph in a
 live session (training) the same way.
 """
-import functools
 import os
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
-from PIL import Image, ImageDraw
 
-from roadseg import files, metrics, streams
-from roadseg.data import kitti_names
+from roadseg import files, streams
 from roadseg.errors import UserError
 from roadseg.graph_mode import import_tensorflow, quiet_stderr
 from roadseg.images import resize_image, resize_probabilities
+from roadseg.model_info import MODEL_INFO, ModelInfo
 
-MODEL_INFO = 'fcn.json'  # the model's training size, classes and data set, beside the model
 # The file each export format is written to (roadseg.export writes them, load_model reads them)
 EXPORT_FILES = {'savedmodel': 'savedmodel', 'frozen': 'model.pb',
                 'tflite32': 'model_float32.tflite', 'tflite16': 'model_float16.tflite',
                 'int8': 'model_int8.tflite'}
-OVERLAY_RGB = (0, 255, 0)
-OVERLAY_ALPHA = 0.5
 
 
 # ----------------------------------------------------------------------------------------------
@@ -41,16 +36,16 @@ class Model:
 
     `kind` is savedmodel (main.py's), serving (export.py's uint8 SavedModel), frozen,
     tflite-float32, tflite-float16, tflite-int8 or session (a graph being trained); `info` is
-    its fcn.json. With `flip` set, each image is also segmented mirrored and the two
-    predictions averaged (test-time augmentation: steadier edges for twice the inference time).
+    its fcn.json, a roadseg.model_info.ModelInfo. With `flip` set, each image is also segmented
+    mirrored and the two predictions averaged (test-time augmentation: steadier edges for twice
+    the inference time).
     With `refine` set, `refine(image, probabilities)` post-processes each image's probabilities
     at its own size (the dense CRF of --crf, roadseg.crf).
     """
 
     def __init__(self, path, kind, info, run, close=lambda: None):
         self.path, self.kind, self.info = path, kind, info
-        self.image_shape = tuple(info['image_shape'])
-        self.num_classes = info['num_classes']
+        self.image_shape, self.num_classes = info.image_shape, info.num_classes
         self.flip, self.refine = False, None
         self._run, self._close = run, close
 
@@ -90,16 +85,6 @@ def model_folder(path):
     raise UserError(f'--model {path}: neither a run folder with model/ nor a SavedModel')
 
 
-def read_info(folder, model_path):
-    """The fcn.json in `folder`: the training size, classes and data set of the model, checked
-    against its schema (roadseg.schemas)."""
-    path = os.path.join(folder, MODEL_INFO)
-    if not os.path.lexists(path):
-        raise UserError(f'--model {model_path}: no {MODEL_INFO} beside it; keep the '
-                        f'{MODEL_INFO} that main.py or export.py wrote with the model')
-    return files.read_json(path, kind='fcn')
-
-
 def load_model(path, flip=False, refine=None):
     """The model at `path`: a run folder (its model/), a SavedModel folder (main.py's, or
     export.py's serving model), a frozen graph `.pb` or a TFLite `.tflite` file, as a Model
@@ -117,7 +102,7 @@ def _load(path):
     if os.path.isdir(path):
         folder = model_folder(path)
         _verify(path, folder)
-        return _saved_model(folder, read_info(folder, path))
+        return _saved_model(folder, ModelInfo.read(folder, path))
     loaders = {'.pb': _frozen_graph, '.tflite': _tflite}
     loader = loaders.get(os.path.splitext(path)[1].lower())
     if loader is None:
@@ -126,7 +111,7 @@ def _load(path):
     files.regular_file(path, files.MAX_MODEL_BYTES, 'model', 'give --model a model file')
     folder = os.path.dirname(path) or '.'
     _verify(path, folder, [os.path.basename(path), MODEL_INFO])
-    return loader(path, read_info(folder, path))
+    return loader(path, ModelInfo.read(folder, path))
 
 
 def _verify(path, folder, names=None):
@@ -141,14 +126,14 @@ def _verify(path, folder, names=None):
 
 def _check(path, info, input_shape, output_shape):
     """Stop when the model's static input size or class count contradicts its fcn.json."""
-    height, width = info['image_shape']
+    height, width = info.image_shape
     if list(input_shape[1:3]) not in ([height, width], [None, None]):
         raise UserError(f'--model {path}: takes {input_shape[1]}x{input_shape[2]} images '
                         f'but its {MODEL_INFO} says {height}x{width}; that {MODEL_INFO} '
                         f'belongs to another model')
-    if output_shape[-1] not in (info['num_classes'], None):
+    if output_shape[-1] not in (info.num_classes, None):
         raise UserError(f'--model {path}: predicts {output_shape[-1]} classes but its '
-                        f'{MODEL_INFO} says {info["num_classes"]}; that {MODEL_INFO} '
+                        f'{MODEL_INFO} says {info.num_classes}; that {MODEL_INFO} '
                         f'belongs to another model')
 
 
@@ -278,7 +263,7 @@ def _dequantize(values, details):
 
 
 # ----------------------------------------------------------------------------------------------
-# Segmentation and drawing
+# Segmentation
 # ----------------------------------------------------------------------------------------------
 
 def segment(model, images, rows=None, flip=None):
@@ -343,47 +328,3 @@ def classes_of(probabilities, threshold=None):
     if threshold is not None and probabilities.shape[-1] == 2:
         return (probabilities[..., 1] >= threshold).astype(np.uint8)
     return probabilities.argmax(-1).astype(np.uint8)
-
-
-def overlay(image, classes, colors=(None, OVERLAY_RGB)):
-    """Blend each class's colour into `image` where the class map `classes` has that class;
-    classes whose colour is None are not drawn (by default: road, class 1, in green). Each
-    blended byte is looked up in a table of every (class, value) pair, one gather per channel:
-    a video frame's overlay in a few milliseconds whatever the number of classes."""
-    table = _blend_table(tuple(None if c is None else tuple(c) for c in colors))
-    index = classes.astype(np.uint16)[..., None] * 256 + image  # at most 256 classes
-    return np.stack([table[:, channel][index[..., channel]] for channel in range(3)], -1)
-
-
-@functools.lru_cache(maxsize=8)
-def _blend_table(colors):
-    """[classes * 256, 3] uint8: row class * 256 + value holds `value` blended with the class's
-    colour (OVERLAY_ALPHA, rounded half to even), or `value` itself for undrawn classes."""
-    values = np.arange(256, dtype=np.float32)[:, None]
-    return np.concatenate([
-        np.broadcast_to(values, (256, 3)) if color is None else
-        ((1 - OVERLAY_ALPHA) * values + OVERLAY_ALPHA * np.array(color, np.float32)).round()
-        for color in colors]).astype(np.uint8)
-
-
-def overlay_colors(class_colors):
-    """What overlays draw: road in green for two classes, every class in its colour for more."""
-    return ((None, OVERLAY_RGB) if metrics.is_road_model(len(class_colors)) else
-            tuple(map(tuple, class_colors)))
-
-
-def write_legend(path, names, colors):
-    """A PNG with a colour swatch and the name of each drawn class."""
-    drawn = [(name, color) for name, color in zip(names, colors) if color is not None]
-    legend = Image.new('RGB', (220, 20 * len(drawn) + 4), 'white')
-    draw = ImageDraw.Draw(legend)
-    for row, (name, color) in enumerate(drawn):
-        draw.rectangle([4, 4 + 20 * row, 36, 20 + 20 * row], fill=tuple(color), outline='black')
-        draw.text((44, 6 + 20 * row), name, fill='black')
-    files.write_png(path, np.asarray(legend))
-
-
-def probability_name(stem, label='road'):
-    """The file name of an 8-bit road-probability PNG: KITTI's submission name for KITTI names
-    (`um_000001` -> `um_road_000001.png`), else `<stem>_prob.png`."""
-    return (kitti_names.labelled_name(stem, label) or f'{stem}_prob') + '.png'

@@ -12,9 +12,9 @@ import zipfile
 import imageio.v2 as iio2
 import imageio.v3 as iio
 
-from roadseg import bev, files, inference, metrics
+from roadseg import bev, drawing, files, inference, metrics
 from roadseg.data import kitti_names
-from roadseg.data.datasets import IMAGE_EXTENSIONS
+from roadseg.data.layouts import IMAGE_EXTENSIONS
 from roadseg.errors import UserError
 from roadseg.images import read_rgb
 
@@ -183,11 +183,11 @@ class Outputs:
 
     def __init__(self, output_dir, wanted, info, bad):
         self.output_dir, self.wanted, self.bad = output_dir, wanted, bad
-        self.colors = inference.overlay_colors(info['class_colors'])
-        self.label = info.get('label') or 'road'
+        self.colors = drawing.overlay_colors(info.class_colors)
+        self.label = info.kitti_label
         self.source, self.writers, self.stack, self.written = None, [], None, set()
         if output_dir and has_legend(info):  # many classes: which colour is which
-            inference.write_legend(self.path('legend.png'), info['class_names'], self.colors)
+            drawing.write_legend(self.path('legend.png'), info.class_names, self.colors)
 
     def write(self, frame, probabilities):
         if frame.source is not self.source:
@@ -195,7 +195,7 @@ class Outputs:
             self.source = frame.source
         wanted = self.wanted
         classes = inference.classes_of(probabilities, wanted.threshold)
-        overlay = inference.overlay(frame.image, classes, self.colors)
+        overlay = drawing.overlay(frame.image, classes, self.colors)
         name, video = frame.source.frame_name(frame.index), frame.source.video
         names = frame_names(wanted, name, video, self.label)
         if 'overlay' in names:
@@ -207,7 +207,7 @@ class Outputs:
                             metrics.quantize(probabilities[..., 1]))
         if wanted.kitti_submission:
             write_submission_maps(wanted.kitti_submission, frame.source.path,
-                                  inference.probability_name(name, self.label),
+                                  kitti_names.probability_name(name, self.label),
                                   metrics.quantize(probabilities[..., 1]))
         if video and (wanted.video or wanted.gif):
             if self.stack is None:
@@ -258,7 +258,7 @@ class Outputs:
 
 def has_legend(info):
     """Whether a model's outputs come with legend.png: more than two classes to tell apart."""
-    return len(info['class_colors']) > 2
+    return len(info.class_colors) > 2
 
 
 def frame_names(wanted, name, video, label):
@@ -269,7 +269,7 @@ def frame_names(wanted, name, video, label):
     if wanted.masks:
         names['mask'] = name + '_mask.png'
     if wanted.probabilities:
-        names['probability'] = inference.probability_name(name, label)
+        names['probability'] = kitti_names.probability_name(name, label)
     return names
 
 
@@ -283,7 +283,7 @@ def planned_outputs(sources, wanted, output_dir, info):
     """Every (path, what writes it) that Outputs and the submission will write for `sources`,
     a video's frames counted by its frame_estimate: what files.check_outputs checks before any
     work."""
-    label, planned = info.get('label') or 'road', []
+    label, planned = info.kitti_label, []
     if output_dir and has_legend(info):
         planned.append((os.path.join(output_dir, 'legend.png'), 'the legend'))
     for source in sources:
@@ -293,7 +293,7 @@ def planned_outputs(sources, wanted, output_dir, info):
             planned += [(os.path.join(output_dir, file), f'the {kind} of {where}')
                         for kind, file in frame_names(wanted, name, source.video, label).items()]
             if wanted.kitti_submission and not source.video:
-                map_name = inference.probability_name(name, label)
+                map_name = kitti_names.probability_name(name, label)
                 planned += [(os.path.join(wanted.kitti_submission, view, map_name),
                              f'the {view} map of {source.path}')
                             for view in ('perspective', 'bev')]
@@ -346,7 +346,7 @@ def submission_zip(folder, label):
 def remove_submission_zip(folder, info):
     """Remove an earlier run's zip, which a failed run must not leave to be uploaded; says so
     (an empty string when there was none)."""
-    path = submission_zip(folder, info.get('label') or 'road')
+    path = submission_zip(folder, info.kitti_label)
     if not os.path.isfile(path):
         return ''
     os.remove(path)
@@ -357,7 +357,7 @@ def zip_submission(folder, sources, label):
     """Zip the BEV maps of every input, at the zip's root as KITTI's server takes them, into
     `folder`/kitti_<label>_bev.zip after checking that every input has its map; returns the zip's
     path and the count per category."""
-    names = [inference.probability_name(source.stem, label) for source in sources]
+    names = [kitti_names.probability_name(source.stem, label) for source in sources]
     missing = [name for name in names if not os.path.isfile(os.path.join(folder, 'bev', name))]
     if missing:
         raise UserError(f'--kitti-submission: {len(missing)} of {len(names)} test images have no '

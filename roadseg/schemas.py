@@ -96,7 +96,8 @@ KINDS = {
         **MANIFEST['properties'], 'epoch': EPOCH,
         'records': {'type': 'array', 'items': RESUMED_RECORD}}},
         'the checkpoint is damaged'),
-    # the model's training size and classes (training.run.model_info)
+    # the model's training size and classes (roadseg.model_info.ModelInfo), as written before
+    # too: every option, those that do not apply to the model included (reading drops them)
     'fcn': ({'type': 'object',
              'required': ['image_shape', 'num_classes', 'class_names', 'class_colors'],
              'properties': {

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from roadseg import cli, cpu, evaluation, files, metrics
-from roadseg.data import datasets
+from roadseg.data import reading
 from roadseg.errors import UserError
 
 DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'shipped')
@@ -84,7 +84,7 @@ def validation_score(model, path, data_dir):
         dataset, pairs = evaluation.evaluation_data(path, data_dir, model.info, 'val')
     except UserError:
         return None
-    results = evaluation.evaluate(model, datasets.load_samples(pairs, dataset.read_label))
+    results = evaluation.evaluate(model, reading.load_samples(pairs, dataset.read_label))
     return evaluation.key_metric(results), len(pairs)
 
 
@@ -96,7 +96,7 @@ def card(name, run_dir, info, checked, milliseconds, model_file, validation=None
     config = files.read_json(os.path.join(run_dir, 'config.json'), kind='config',
                              needs=('dataset', 'epochs'))
     split = files.read_json(os.path.join(run_dir, 'split.json'), kind='split', needs=('train',))
-    metric = metrics.key_metric_name(info['num_classes'])
+    metric = metrics.key_metric_name(info.num_classes)
     expected = os.path.join(run_dir, 'crossval.json')
     if os.path.isfile(expected):
         record = files.read_json(expected, kind='crossval record')
@@ -127,8 +127,8 @@ def card(name, run_dir, info, checked, milliseconds, model_file, validation=None
                                f'{validation[1]} validation images'
                                + (', which it trained on' if final else '')}
                        if validation else {})},
-        'input_size': '{}x{}'.format(*info['image_shape']),
-        'classes': info['class_names'],
+        'input_size': '{}x{}'.format(*info.image_shape),
+        'classes': list(info.class_names),
         'megabytes': os.path.getsize(model_file) / 1e6,
         'speed': f'{milliseconds:.0f} ms per image (LiteRT, one image at a time, on '
                  f'{len(os.sched_getaffinity(0))} cores: {cpu.model()})',

@@ -41,9 +41,9 @@ def main(kind, encoder, steps, init, out, h5=None):
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()]
                                                    * 2)
     from roadseg.model import network, ops
-    from roadseg.model.settings import NetworkConfig
+    from roadseg.model.config import NetworkConfig
     from roadseg.training import distribute, loss
-    from roadseg.training.settings import TrainingConfig
+    from roadseg.training.config import TrainingConfig
     encoder, weighted = encoder.split('+')[0], encoder.endswith('+weighted')
     encoder, _, decoder = encoder.partition(':')
     setup = distribute.setup(TrainingConfig(

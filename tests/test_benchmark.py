@@ -230,3 +230,11 @@ def test_a_peer_that_crashes_runs_once_more_and_its_lost_repeats_are_counted(mon
     assert peer_row['failed_repeats'] == 1
     assert peer_row['inference_peer_over_project'] == [2.0, 3.0]
     assert peer_row['train_peer_over_project'] == [4.0, 3.0]
+
+
+def test_same_weights_names_every_variable_that_differs_or_is_on_one_side():
+    from benchmarks import same_weights
+    old = {'a': np.zeros(2), 'b': np.ones(3), 'gone': np.zeros(1)}
+    new = {'a': np.zeros(2), 'b': np.array([1.0, 1.0, 1.0 + 1e-7]), 'added': np.zeros(1)}
+    assert same_weights.compare(old, new) == (2, ['added', 'gone', 'b'])
+    assert same_weights.compare(old, dict(old)) == (3, [])

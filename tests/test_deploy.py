@@ -24,11 +24,12 @@ import evaluate
 import export
 import plot
 import predict
-from roadseg import cli, inference, media
+from roadseg import cli, drawing, inference, media
 from roadseg import export as formats
 from roadseg.errors import PartlyFailed, UserError
 from roadseg.images import read_rgb, resize_image, resize_probabilities
 from roadseg.model.ops import tf
+from roadseg.model_info import ModelInfo
 from roadseg.training import outputs
 from tests.conftest import (
     COLORS,
@@ -41,6 +42,7 @@ from tests.conftest import (
 )
 
 tf1 = tf.compat.v1
+TWO_CLASSES = ModelInfo(SHAPE, 2, ('not road', 'road'), COLORS[:2])  # a frozen graph's size
 
 
 # ----------------------------------------------------------------------------------------------
@@ -130,7 +132,7 @@ def test_images_give_every_output_at_their_own_size(run_dir, original, inputs, t
         probability, mask = expected(original, image)
         assert 0.1 < mask.mean() < 0.9  # the trained model finds road, and not everywhere
         assert np.array_equal(iio.imread(out / f'{stem}_mask.png'), mask)
-        assert np.array_equal(iio.imread(out / f'{stem}.png'), inference.overlay(image, mask))
+        assert np.array_equal(iio.imread(out / f'{stem}.png'), drawing.overlay(image, mask))
         written = iio.imread(out / probability_png)
         assert written.shape == image.shape[:2] and written.dtype == np.uint8
         assert np.abs(written.astype(int) - probability * 255).max() <= 0.5 + 1e-3
@@ -218,7 +220,7 @@ def test_video_gives_overlaid_video_and_gif_at_its_frame_rate_and_size(run_dir, 
     for index, (frame, written) in enumerate(zip(frames, video)):
         mask = expected(original, frame)[1]
         assert np.array_equal(iio.imread(out / f'drive_{index:06d}_mask.png'), mask)
-        drawn = inference.overlay(frame, mask).astype(int)
+        drawn = drawing.overlay(frame, mask).astype(int)
         assert np.abs(written - drawn).mean() < 8  # H.264 is lossy, the noise costly
         assert written[..., 1][mask == 1].mean() > written[..., 1][mask == 0].mean() + 40  # green
 
@@ -247,7 +249,7 @@ def test_the_pipelined_video_is_the_in_series_output_frame_for_frame(run_dir, or
     with media.open_video(str(reference), 7.5, frames[0].shape[:2]) as writer:
         for index, frame in enumerate(frames):  # one frame at a time, on this thread
             probabilities = inference.segment(original, [frame])[0]
-            drawn = blended(frame, probabilities[..., 1] >= 0.5, (None, inference.OVERLAY_RGB))
+            drawn = blended(frame, probabilities[..., 1] >= 0.5, (None, drawing.OVERLAY_RGB))
             assert np.array_equal(iio.imread(out / f'drive_{index:06d}.png'), drawn), index
             writer.append_data(drawn)
     assert (out / 'drive_overlay.mp4').read_bytes() == reference.read_bytes()
@@ -301,7 +303,7 @@ def test_many_classes_draw_the_palette_and_refuse_road_only_flags(tmp_path, inpu
     assert run_predict('--model', model, inputs / 'street.jpg', '--output-dir',
                        tmp_path / 'out', '--overlay') == 0
     assert np.array_equal(iio.imread(tmp_path / 'out' / 'street.png'),
-                          inference.overlay(image, np.zeros((50, 90)), [tuple(c) for c in COLORS]))
+                          drawing.overlay(image, np.zeros((50, 90)), [tuple(c) for c in COLORS]))
     legend = iio.imread(tmp_path / 'out' / 'legend.png')  # a swatch of each class's colour
     assert [tuple(legend[12 + 20 * row, 20]) for row in range(3)] == [tuple(c) for c in COLORS]
     for flag in (['--probability'], ['--threshold', '0.7']):
@@ -344,7 +346,7 @@ def test_outputs_that_would_collide_or_replace_inputs_are_refused(run_dir, input
 def test_overlay_blends_green_only_on_the_mask():
     image = np.full((2, 2, 3), 100, np.uint8)
     mask = np.array([[True, False], [False, False]])
-    out = inference.overlay(image, mask)
+    out = drawing.overlay(image, mask)
     assert out[0, 0].tolist() == [50, 178, 50]
     assert np.all(out[~mask] == 100)
 
@@ -355,7 +357,7 @@ def test_overlay_tables_blend_every_value_of_every_class_as_the_formula(classes)
     image = np.tile(np.arange(256, dtype=np.uint8)[:, None, None], (1, classes, 3))
     image[..., 1] = image[::-1, :, 1]  # the channels apart
     grid = np.tile(np.arange(classes), (256, 1))
-    assert np.array_equal(inference.overlay(image, grid, colors), blended(image, grid, colors))
+    assert np.array_equal(drawing.overlay(image, grid, colors), blended(image, grid, colors))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -364,7 +366,7 @@ def test_overlay_tables_blend_every_value_of_every_class_as_the_formula(classes)
 
 def test_load_model_run_folder_and_savedmodel_folder(run_dir, original):
     assert original.kind == 'savedmodel' and original.image_shape == SHAPE
-    assert original.num_classes == 2 and original.info['encoder']  # unknown keys kept
+    assert original.num_classes == 2 and original.info.encoder  # one predict.py does not know
     probabilities = original(np.zeros((3, *SHAPE, 3), np.uint8))
     assert probabilities.shape == (3, *SHAPE, 2) and probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(-1), 1, atol=1e-5)
@@ -647,7 +649,7 @@ def test_tf1_dropout_is_removed_too(tmp_path):
         probabilities = tf.nn.softmax(tf.stack([dropped[..., 0], 255 - dropped[..., 0]], -1))
         outputs.save_model(sess, str(tmp_path / 'model'), image, keep_prob, probabilities,
                         {'image_shape': list(SHAPE), 'num_classes': 2})
-    graph_def = formats.frozen_graph(str(tmp_path / 'model'), {'image_shape': list(SHAPE)})
+    graph_def = formats.frozen_graph(str(tmp_path / 'model'), TWO_CLASSES)
     assert not {'RandomUniform', 'Floor'} & {node.op for node in graph_def.node}
     with tf.Graph().as_default(), tf1.Session() as sess:
         tf.graph_util.import_graph_def(graph_def, name='')
@@ -664,7 +666,7 @@ def test_a_model_without_dropout_freezes_without_keep_prob(tmp_path):
         keep_prob = tf1.placeholder(tf.float32, [], 'keep_prob')
         probabilities = tf.nn.softmax(image[..., :2] / 255)
         outputs.save_model(sess, str(tmp_path / 'model'), image, keep_prob, probabilities, {})
-    graph_def = formats.frozen_graph(str(tmp_path / 'model'), {'image_shape': list(SHAPE)})
+    graph_def = formats.frozen_graph(str(tmp_path / 'model'), TWO_CLASSES)
     assert [node.name for node in graph_def.node if node.op == 'Placeholder'] == ['image']
 
 

@@ -18,7 +18,7 @@ from roadseg.data.pipeline import TrainingData
 from roadseg.errors import UserError
 from roadseg.model.ops import tf, tf1
 from roadseg.training import distribute
-from roadseg.training.settings import TrainingConfig
+from roadseg.training.config import TrainingConfig
 from tests.conftest import ROOT, make_kitti, write_keras_h5
 
 TIMEOUT = 300  # seconds any one subprocess may take
@@ -141,8 +141,8 @@ def test_synchronised_batch_norm_takes_the_global_batch(tmp_path):
 
 def test_each_worker_takes_its_share_of_every_global_batch(tmp_path):
     make_kitti(tmp_path, stems=tuple(f'um_{i:06d}' for i in range(11)), size=(20, 30))
-    from roadseg.data import datasets
-    dataset = datasets.open_dataset('kitti', str(tmp_path), 'road', None, None)
+    from roadseg.data import layouts
+    dataset = layouts.open_dataset('kitti', str(tmp_path), 'road', None, None)
     from roadseg.data.transforms import Augment
 
     def epoch(**kw):
@@ -323,9 +323,9 @@ def test_out_of_memory_and_a_silent_worker_are_one_line():
                     reason=f'bfloat16 {distribute.bfloat16_problem()}')
 def test_a_bfloat16_step_runs_and_changes_the_float32_weights():
     from roadseg.model import network
-    from roadseg.model.settings import NetworkConfig
+    from roadseg.model.config import NetworkConfig
     from roadseg.training import loss
-    args = NetworkConfig('mobilenetv2', alpha=0.35)
+    args = NetworkConfig('mobilenetv2', encoder_weights='none', alpha=0.35)
     with tf.Graph().as_default(), tf1.Session(
             config=distribute.session_config('bfloat16')) as sess:
         tf1.set_random_seed(0)

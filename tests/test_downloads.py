@@ -1,4 +1,4 @@
-"""files.download against a local server: a cut-off download resumes where it stopped (HTTP
+"""downloads.download against a local server: a cut-off download resumes where it stopped (HTTP
 Range), a server that ignores Range or a part longer than the file starts it again, and a file
 that fails its digest is deleted; whatever the server does, the result is the file or one
 clear error."""
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roadseg import files
+from roadseg import downloads
 from roadseg.errors import UserError
 from tests.conftest import Handler, serve
 
@@ -20,10 +20,10 @@ def test_a_cut_off_download_resumes_with_a_range_request(tmp_path):
     dest = str(tmp_path / 'w.h5')
     with serve({'/w.h5': BODY}) as url:
         with pytest.raises(UserError, match=r'stopped at \d+ of \d+ bytes; run again to resume'):
-            files.download(url + '/w.h5?truncated', dest)
+            downloads.download(url + '/w.h5?truncated', dest)
         half = os.path.getsize(dest + '.part')
         assert 0 < half < len(BODY) and not os.path.exists(dest)
-        digest = files.download(url + '/w.h5', dest, sha256=hashlib.sha256(BODY).hexdigest(),
+        digest = downloads.download(url + '/w.h5', dest, sha256=hashlib.sha256(BODY).hexdigest(),
                                 md5=hashlib.md5(BODY).hexdigest())
         assert Handler.requests[-1] == ('/w.h5', f'bytes={half}-')
     assert open(dest, 'rb').read() == BODY and digest == hashlib.sha256(BODY).hexdigest()
@@ -36,7 +36,7 @@ def test_a_part_that_cannot_resume_is_downloaded_again(tmp_path, part, mode):
     dest = tmp_path / 'w.h5'
     (tmp_path / 'w.h5.part').write_bytes(part)
     with serve({'/w.h5': BODY}) as url:
-        files.download(url + '/w.h5' + mode, str(dest))
+        downloads.download(url + '/w.h5' + mode, str(dest))
     assert dest.read_bytes() == BODY and os.listdir(tmp_path) == ['w.h5']
 
 
@@ -46,14 +46,14 @@ def test_a_file_failing_its_digest_is_deleted(tmp_path, digest):
     with serve({'/w.h5': BODY}) as url:
         with pytest.raises(UserError, match=fr'{digest.upper().replace("SHA", "SHA-")} '
                                             r'[0-9a-f]+, expected 0+; .*was deleted'):
-            files.download(url + '/w.h5', str(dest), **{digest: '0' * 8})
+            downloads.download(url + '/w.h5', str(dest), **{digest: '0' * 8})
     assert os.listdir(tmp_path) == []
 
 
 def test_a_missing_file_is_one_line_naming_the_url(tmp_path):
     with serve({}) as url:
         with pytest.raises(UserError, match=r'could not download http.*/w.h5 \(HTTP 404'):
-            files.download(url + '/w.h5', str(tmp_path / 'w.h5'))
+            downloads.download(url + '/w.h5', str(tmp_path / 'w.h5'))
     assert os.listdir(tmp_path) == []
 
 
@@ -77,15 +77,15 @@ def test_any_sequence_of_cut_offs_ends_in_the_file(server, tmp_path_factory, att
         (folder / 'w.h5.part').write_bytes(stale)
     for mode in attempts:
         try:
-            files.download(server + '/w.h5' + mode, dest, sha256=sha256)
+            downloads.download(server + '/w.h5' + mode, dest, sha256=sha256)
         except UserError as e:
             assert mode == '?truncated' or 'SHA-256' in str(e), e
             continue
         assert open(dest, 'rb').read() == BODY
         os.remove(dest)
     try:  # a part that began stale fails its digest once, and is deleted
-        files.download(server + '/w.h5', dest, sha256=sha256)
+        downloads.download(server + '/w.h5', dest, sha256=sha256)
     except UserError as e:
         assert 'SHA-256' in str(e) and not os.path.exists(dest + '.part'), e
-        files.download(server + '/w.h5', dest, sha256=sha256)
+        downloads.download(server + '/w.h5', dest, sha256=sha256)
     assert open(dest, 'rb').read() == BODY

@@ -27,11 +27,11 @@ import export
 import main
 import plot
 import predict
-from roadseg import bev, cli, files, inference
+from roadseg import bev, cli, files, inference, settings
 from roadseg.data import classes as class_files
-from roadseg.data import datasets, groups, kitti_names, transforms
+from roadseg.data import groups, kitti_names, layouts, transforms
 from roadseg.errors import UserError
-from roadseg.training import config, inputs
+from roadseg.training import config, inputs, options
 from tests.test_bev import calib_text
 
 
@@ -352,7 +352,7 @@ TEXTS = {'dataset', 'label', 'cache', 'class_weights', 'encoder', 'decoder', 'lr
          'input_norm', 'distribute', 'precision', 'remap', 'augment', 'val_groups'} | PATHS
 OPTIONS = sorted(INTS | FLOATS | BOOLS | SHAPES | TEXTS)
 NEAR = {  # a value of the right kind for each option, often a valid one
-    'dataset': st.sampled_from(sorted(datasets.READERS)),
+    'dataset': st.sampled_from(sorted(layouts.READERS)),
     'label': st.sampled_from(['road', 'lane']),
     'class_weights': st.sampled_from(['none', 'median']),
     'cache': st.sampled_from(['auto', 'memory', 'none', 'disk']),
@@ -396,21 +396,22 @@ def option_values(name):
     return kind | anything
 
 
+OPTIONS_OF = options.parse_args  # main.py's options: the defaults, a --config file, the flags
 config_files = st.lists(st.sampled_from(OPTIONS), unique=True, max_size=8).flatmap(
     lambda names: st.fixed_dictionaries({name: option_values(name) for name in names}))
 
 
 def test_the_fuzzed_options_are_every_option():
-    defaults = config.load_config(config.DEFAULT_CONFIG)
-    assert set(OPTIONS) == set(defaults) | config.OPTIONAL | {'config'}
+    assert set(OPTIONS) == set(config.option_fields()) | {'config', 'resume'}
 
 
-def check_option_types(args):
-    """Every option of a parsed Namespace has its option's type."""
+def check_option_types(run_config):
+    """Every option of a RunConfig has its option's type."""
+    fields, values = config.option_fields(), run_config.values()
     for name in OPTIONS:
-        value = getattr(args, name)
-        if name in config.OPTIONAL and value is None or name == 'train_crop' and value is None:
+        if name not in values or settings.optional(fields[name]) and values[name] is None:
             continue
+        value = values[name]
         if name in INTS:
             assert isinstance(value, int) and not isinstance(value, bool), (name, value)
         elif name in FLOATS:
@@ -422,7 +423,7 @@ def check_option_types(args):
                 isinstance(v, int) and v > 0 and v % 32 == 0 for v in value), (name, value)
         else:
             assert isinstance(value, str), (name, value)
-    assert math.isfinite(args.alpha) and args.alpha > 0 and args.seed >= 0
+    assert math.isfinite(values['alpha']) and values['alpha'] > 0 and values['seed'] >= 0
 
 
 @given(config_files)
@@ -432,29 +433,29 @@ def check_option_types(args):
 @example({'crossval': 'missing.json'})  # read relative to the config file
 def test_config_files_give_typed_options_or_one_line(options):
     with temporary_file(json.dumps(options), 'options.json') as path:
-        expected = dict(options)  # an object: as it is, a relative record beside the file
-        if isinstance(options.get('crossval'), str) and not os.path.isabs(options['crossval']):
-            expected['crossval'] = os.path.normpath(os.path.join(os.path.dirname(path),
-                                                                 options['crossval']))
-        assert json.dumps(config.load_config(path)) == json.dumps(expected)
         try:
-            args = config.parse_args(['--config', path])
+            run_config = OPTIONS_OF(['--config', path])
         except UserError as e:  # naming the file, the flag, or the file the option names
-            given = {**config.load_config(config.DEFAULT_CONFIG), **options}  # defaults too
+            given = {**config.RunConfig.from_values({}).to_json(), **options}  # defaults too
             assert_refusal(e, path, '--', *[v for v in given.values() if isinstance(v, str)])
             return
-    check_option_types(args)
+        crossval = options.get('crossval')
+        if isinstance(crossval, str) and crossval and not os.path.isabs(crossval):
+            # a relative record is read beside the file
+            assert run_config.run.crossval == os.path.normpath(
+                os.path.join(os.path.dirname(path), crossval))
+    check_option_types(run_config)
 
 
 @given(st.one_of(json_values.map(json.dumps), st.text(), st.binary()))
 def test_any_file_as_a_config_file_is_options_or_one_line(content):
     with temporary_file(content, 'options.json') as path:
         try:
-            args = config.parse_args(['--config', path])
+            run_config = OPTIONS_OF(['--config', path])
         except UserError as e:
             assert_refusal(e, path)
             return
-    check_option_types(args)
+    check_option_types(run_config)
 
 
 @pytest.mark.parametrize('argv, message', [
@@ -475,19 +476,19 @@ def test_parse_time_checks_without_val_groups(argv, message):
     only if) the run gets to them: '--group-by (' without --val-groups used to train and record
     the pattern in config.json."""
     with pytest.raises(UserError, match=message) as refused:
-        config.parse_args(argv)
+        OPTIONS_OF(argv)
     assert_refusal(refused.value, '--', '.json')
 
 
 def test_parse_time_checks_pass_good_values(tmp_path):
     table = tmp_path / 'groups.json'
     table.write_text('{"a": "north"}')
-    args = config.parse_args(['--group-by', str(table), '--augment', 'none,flip=0.5',
-                              '--classes', 'roadseg/configs/classes/kitti_road.json'])
-    assert (args.group_by, args.augment) == (str(table), 'none,flip=0.5')
+    data = OPTIONS_OF(['--group-by', str(table), '--augment', 'none,flip=0.5',
+                       '--classes', 'roadseg/configs/classes/kitti_road.json']).data
+    assert (data.group_by, data.augment) == (str(table), 'none,flip=0.5')
     table.write_text('["a"]')
     with pytest.raises(UserError, match='groups.json: a groups file holds one JSON object'):
-        config.parse_args(['--group-by', str(table)])
+        OPTIONS_OF(['--group-by', str(table)])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,6 +19,9 @@ from uvicorn.server import ServerState
 
 from roadseg import images, inference, serving
 from roadseg.errors import UserError
+from roadseg.serving.errors import RequestFailed
+from roadseg.serving.limits import LimitedH11Protocol, declared_length
+from roadseg.serving.protocol import SEGMENT_QUERY, SIGNATURES, answer_bytes
 from tests.conftest import save_tiny_model
 
 PREDICT = '/v1/models/fcn:predict'
@@ -78,7 +81,7 @@ def instance(good=False):
     return pixel_arrays(good) if good else st.one_of(pixel_arrays(), b64, ANY_JSON)
 
 
-SIGNATURE = st.one_of(st.sampled_from(sorted(serving.SIGNATURES)), ANY_JSON)
+SIGNATURE = st.one_of(st.sampled_from(sorted(SIGNATURES)), ANY_JSON)
 
 
 @st.composite
@@ -186,7 +189,7 @@ def test_a_bad_pixel_anywhere_is_a_400_naming_its_place(client, value, where):
 # /segment and the image decoder
 # ----------------------------------------------------------------------------------------------
 
-QUERY_KEYS = st.one_of(st.sampled_from(serving.SEGMENT_QUERY), st.text(min_size=1, max_size=6))
+QUERY_KEYS = st.one_of(st.sampled_from(SEGMENT_QUERY), st.text(min_size=1, max_size=6))
 QUERY_VALUES = st.one_of(st.sampled_from(['overlay', 'mask', 'probability', '1', '0', 'yes',
                                           '10,-5', '0,20', '3,2', '-1,4', 'a,b', '']),
                          st.text(max_size=8))
@@ -298,7 +301,7 @@ def test_any_request_head_reaches_the_app_or_is_refused_in_one_json_line(line, h
     for more, or answers a 4xx of one JSON line; never uvicorn's plain text."""
     loop = asyncio.new_event_loop()
     try:
-        protocol = serving.LimitedH11Protocol(HTTP_CONFIG, ServerState(), {}, _loop=loop)
+        protocol = LimitedH11Protocol(HTTP_CONFIG, ServerState(), {}, _loop=loop)
         transport = Transport()
         protocol.connection_made(transport)
         data = line + b''.join(b'\r\n' + name + b': ' + value for name, value in headers)
@@ -326,8 +329,8 @@ async def cancelled(tasks):
 def test_any_content_length_is_read_as_its_number_or_refused_in_one_line(values):
     headers = [(b'content-length', value) for value in values] + [(b'host', b'x')]
     try:
-        length = serving.declared_length(headers)
-    except serving.RequestFailed as e:
+        length = declared_length(headers)
+    except RequestFailed as e:
         assert e.status == 400 and '\n' not in str(e) and str(e).startswith('Content-Length ')
         return
     if not values:
@@ -349,4 +352,4 @@ def test_the_answer_estimate_is_never_below_the_answer(client, sizes, signature,
     segmented = [(np.zeros((h, w, 3), np.uint8),
                   rng.dirichlet([0.3, 0.3], (h, w)).astype(np.float32)) for h, w in sizes]
     answer = service.answer(signature, columnar, segmented)
-    assert len(answer) <= serving.answer_bytes(signature, sizes, 2)
+    assert len(answer) <= answer_bytes(signature, sizes, 2)

@@ -13,8 +13,8 @@ import main
 from roadseg import cli
 from roadseg.errors import UserError
 from roadseg.model import imagenet, mobilenet, network
+from roadseg.model.config import NetworkConfig
 from roadseg.model.ops import tf, tf1
-from roadseg.model.settings import NetworkConfig
 from tests.conftest import leftovers, serve, write_keras_h5
 
 

@@ -116,8 +116,7 @@ def test_the_librarys_own_settings_are_inside_the_package():
     found from the package, so an installed roadseg has it too."""
     from roadseg import configs, crf
     from roadseg.data import classes
-    from roadseg.training import config
-    for path in (config.DEFAULT_CONFIG, classes.CLASS_DIR, crf.DEFAULT_PARAMETERS):
+    for path in (classes.CLASS_DIR, crf.DEFAULT_PARAMETERS):
         assert os.path.commonpath([path, configs.DIR]) == configs.DIR and os.path.exists(path)
     assert os.path.commonpath([configs.DIR, os.path.join(ROOT, 'roadseg')]) == \
         os.path.join(ROOT, 'roadseg')
@@ -151,17 +150,19 @@ def test_the_installed_package_finds_its_models_page_and_configs(tmp_path):
     away.mkdir()
     check = '''
 import os, roadseg
-from roadseg import files, serving, zoo
+from roadseg import files, zoo
+from roadseg.serving.app import PAGE
 from roadseg.data import classes
-from roadseg.training import config
+from roadseg.training import options
 assert 'site-packages' in roadseg.__file__, roadseg.__file__
 for name in zoo.SHIPPED:
     folder = os.path.dirname(zoo.resolve(name))
     assert files.manifest_problem(folder) is None, (name, files.manifest_problem(folder))
     assert os.path.isfile(os.path.join(folder, zoo.CARD))
 assert os.path.isfile(os.path.join(zoo.DIR, 'README.md'))
-assert open(serving.PAGE).read().startswith('<!')
-assert os.path.isfile(config.DEFAULT_CONFIG) and classes.builtin('camvid11').num_classes == 11
+assert open(PAGE).read().startswith('<!')
+assert options.parse_args([]).training.epochs == 40  # main.py's defaults, in the fields
+assert classes.builtin('camvid11').num_classes == 11
 print('ok')
 '''
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}

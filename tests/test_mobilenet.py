@@ -16,12 +16,11 @@ import export
 import main
 from roadseg.errors import PartlyFailed, UserError
 from roadseg.model import decoders, keras_weights, mobilenet, network, ops, vgg
+from roadseg.model.config import NetworkConfig
 from roadseg.model.ops import tf, tf1
-from roadseg.model.settings import NetworkConfig
-from roadseg.training import checkpoints, loop, monitoring, outputs
-from roadseg.training import config as options
+from roadseg.training import checkpoints, loop, monitoring, options, outputs
+from roadseg.training.config import TrainingConfig
 from roadseg.training.loss import optimize
-from roadseg.training.settings import TrainingConfig
 from tests.conftest import ROOT, make_kitti
 
 ALPHA = 0.1  # 8 channels in most layers: fast, yet every block is built
@@ -29,7 +28,7 @@ ALPHA = 0.1  # 8 channels in most layers: fast, yet every block is built
 
 def network_args(encoder='mobilenetv2', decoder='fcn8s', ema_decay=0.0, input_norm='fixed',
                  aux_loss=0.0):
-    return NetworkConfig(encoder, decoder, alpha=ALPHA, ema_decay=ema_decay,
+    return NetworkConfig(encoder, decoder, 'none', alpha=ALPHA, ema_decay=ema_decay,
                          input_norm=input_norm, aux_loss=aux_loss)
 
 
@@ -413,9 +412,10 @@ def test_main_trains_exports_evaluates_and_resumes_mobilenetv2_through_the_same_
     log = open(os.path.join(run_dir, 'train.log')).read()
     assert 'at 32x64 (training on 32x32 crops), epochs 1..2 (the last 1 on flips only)' in log
     config = os.path.join(run_dir, 'config.json')
-    assert options.parse_args(['--config', config]).train_crop == (32, 32)
-    assert options.parse_args(['--config', config]).plain_epochs == 1
-    assert options.parse_args(['--config', config, '--train-crop', 'none']).train_crop is None
+    again = options.parse_args(['--config', config]).training
+    assert (again.train_crop, again.plain_epochs) == ((32, 32), 1)
+    assert options.parse_args(['--config', config, '--train-crop', 'none']
+                              ).training.train_crop is None
     records = read_metrics(run_dir)
     best = next(r for r in records['epochs'] if r['epoch'] == records['best_epoch'])
     assert all(r['seconds'] > 0 for r in records['epochs'])

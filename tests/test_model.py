@@ -3,6 +3,8 @@ ImageNet weights file."""
 import dataclasses
 import functools
 import re
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -12,7 +14,7 @@ import main
 from roadseg.errors import UserError
 from roadseg.model import decoders, vgg
 from roadseg.model.ops import tf
-from tests.conftest import TINY_FC, value_of, write_keras_h5
+from tests.conftest import ROOT, TINY_FC, value_of, write_keras_h5
 
 
 def test_bilinear_kernel_upsamples_linearly(sess):
@@ -77,8 +79,12 @@ def test_caffe_preprocessing_is_bgr_minus_mean(sess):
 
 
 def test_the_network_config_gives_each_encoder_its_decoder_and_keeps_every_rule():
-    from roadseg.model.settings import RULES, NetworkConfig
-    assert [NetworkConfig(encoder).decoder for encoder in ('vgg16', 'mobilenetv2', 'tiramisu')] \
+    from roadseg.model import registry
+    from roadseg.model.config import RULES, NetworkConfig
+    def made(encoder='vgg16', **fields):  # from scratch unless the fields say otherwise
+        return NetworkConfig(encoder, **{'encoder_weights': 'none', **fields})
+    assert NetworkConfig().encoder_weights == 'udacity'  # main.py's default: Udacity's VGG16
+    assert [made(encoder).decoder for encoder in ('vgg16', 'mobilenetv2', 'tiramisu')] \
         == ['fcn8s', 'fcn8s', 'tiramisu']
     refused = {
         "--decoder fpn is for mobilenetv2; VGG16": dict(decoder='fpn'),
@@ -105,7 +111,35 @@ def test_the_network_config_gives_each_encoder_its_decoder_and_keeps_every_rule(
     }
     for message, fields in refused.items():
         with pytest.raises(UserError, match=re.escape(message)):
-            NetworkConfig(**fields)
-    assert len(RULES) == 17
+            made(**fields)
+    own = [rule for table in (registry.ENCODERS, registry.DECODERS) for entry in table.values()
+           for rule in entry.rules]
+    choices = [field for field in dataclasses.fields(NetworkConfig) if field.metadata['choices']]
+    assert len(RULES) - 1 + len(own) + len(choices) == 17  # CHOSEN stands for the entries' own
     with pytest.raises(dataclasses.FrozenInstanceError):
         NetworkConfig().encoder = 'mobilenetv2'
+
+
+def test_an_encoder_and_a_decoder_are_looked_up_by_name_and_checked_before_tensorflow_loads():
+    """The options' checks, the registry and its entries import no TensorFlow: an entry names
+    its builders, imported when the network is built."""
+    from roadseg.model import registry
+    from roadseg.model.config import NetworkConfig
+    from roadseg.model.entries import load
+    code = ('import sys; from roadseg.model import config; '
+            'config.NetworkConfig("tiramisu", encoder_weights="none", depth=56); '
+            'print("tensorflow" in sys.modules)')
+    shown = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                           check=True, cwd=ROOT).stdout
+    assert shown.split() == ['False']
+    assert list(registry.ENCODERS) == ['vgg16', 'mobilenetv2', 'tiramisu']
+    assert list(registry.DECODERS) == ['fcn8s', 'fcn4s', 'dilated', 'fpn', 'tiramisu']
+    assert load(registry.DECODERS['fpn'].builder) is decoders.fpn_tower
+    assert load(registry.ENCODERS['vgg16'].read_keras) is vgg.read_keras_h5
+    for name, encoder in registry.ENCODERS.items():
+        assert encoder.decoder in encoder.strides and encoder.name == name
+        with pytest.raises(UserError, match='use one of fcn8s, fcn4s, dilated, fpn, tiramisu'):
+            NetworkConfig(name, decoder='fcn2s')
+    with pytest.raises(UserError, match='--encoder resnet50: use one of vgg16, mobilenetv2, '
+                                        'tiramisu'):
+        NetworkConfig('resnet50')

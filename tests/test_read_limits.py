@@ -23,8 +23,8 @@ from roadseg.data import classes as class_files
 from roadseg.data import groups
 from roadseg.errors import UserError
 from roadseg.model.ops import tf, tf1
-from roadseg.training import checkpoints, config, distribute
-from roadseg.training.settings import TrainingConfig
+from roadseg.training import checkpoints, distribute, options
+from roadseg.training.config import TrainingConfig
 from tests.test_crossval import TINY
 from tests.test_fuzz_inputs import assert_refusal
 from tests.test_groups import make_drives
@@ -124,7 +124,7 @@ def test_a_file_that_grows_past_the_cap_while_read_is_refused(tmp_path, monkeypa
 # ----------------------------------------------------------------------------------------------
 
 READERS = {  # name: (file name, read(path), what the line names)
-    'config': ('options.json', lambda p: config.parse_args(['--config', p]), 'JSON file'),
+    'config': ('options.json', lambda p: options.parse_args(['--config', p]), 'JSON file'),
     'crf': ('crf.json', crf.read_parameters, 'CRF parameters'),
     'class file': ('classes.json', class_files.load_class_file, 'class file'),
     'label colours': ('label_colors.txt', class_files.read_label_colors, 'class file'),

@@ -7,6 +7,7 @@ Each property runs the real readers of its file on it (inference.load_model's ch
 a resumed run's records, zoo.write_card, ...), not the schema alone.
 """
 import copy
+import dataclasses
 import functools
 import json
 import os
@@ -22,11 +23,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import plot
-from roadseg import cli, evaluation, files, inference, schemas, zoo
+from roadseg import cli, drawing, evaluation, files, inference, schemas, zoo
 from roadseg.data import classes as class_files
 from roadseg.errors import UserError
 from roadseg.model.ops import tf, tf1
-from roadseg.training import checkpoints, config, inputs, run
+from roadseg.model_info import ModelInfo
+from roadseg.training import checkpoints, inputs, options, run
 from roadseg.training import crossval as folds
 from tests.conftest import make_kitti
 from tests.test_fuzz_inputs import assert_refusal, json_values
@@ -40,8 +42,8 @@ def evaluation_results():
     def run_model(images):
         road = (images[..., 0] > 128).astype(np.float32)
         return np.stack([1 - road, road], -1)
-    model = inference.Model('fake', 'fake', {'image_shape': [32, 64], 'num_classes': 2},
-                            run_model)
+    model = inference.Model('fake', 'fake', ModelInfo.of_classes(
+        (32, 64), class_files.builtin('kitti_road')), run_model)
     rng = np.random.default_rng(0)
     samples = []
     for name in ('a', 'b'):
@@ -60,17 +62,16 @@ def records():
 
 def run_config(folder):
     """The config.json that run.save_config writes for main.py's defaults."""
-    args = config.parse_args(['--data-dir', str(folder / 'data')])
-    args.command = 'python main.py'
-    run.save_config(str(folder), args, None)
+    run.save_config(str(folder), options.parse_args(['--data-dir', str(folder / 'data')]),
+                    None, 'python main.py')
     return json.loads((folder / 'config.json').read_text())
 
 
 def model_info():
     """run.model_info of KITTI Road's defaults: a model's fcn.json."""
-    args = config.parse_args(['--data-dir', 'data'])
-    return {**run.model_info(args, class_files.builtin('kitti_road')), 'epoch': 2,
-            'val_iou': 0.5}
+    defaults = options.parse_args(['--data-dir', 'data'])
+    return dataclasses.replace(run.model_info(defaults, class_files.builtin('kitti_road')),
+                               epoch=2, val_iou=0.5).to_json()
 
 
 CARD = {  # roadseg/shipped/camvid-road/card.json, as zoo.card wrote it
@@ -252,11 +253,13 @@ def test_an_fcn_json_gives_a_model_its_size_and_classes_or_one_line(tmp_path_fac
     folder = tmp_path_factory.mktemp('model')
     info = data.draw(documents('fcn'))
     path = write(folder, 'fcn.json', info)
-    read = refused_in_one_line(lambda: inference.read_info(str(folder), str(folder)), path)
+    read = refused_in_one_line(lambda: ModelInfo.read(str(folder), str(folder)), path)
     if read is None:
         return
-    assert read == info
-    (height, width), count = info['image_shape'], info['num_classes']
+    kept = read.to_json()  # what applies to the model, as the file holds it
+    assert same(kept, {key: info[key] for key in kept}) and same(
+        ModelInfo.from_json(kept).to_json(), kept)
+    (height, width), count = read.image_shape, read.num_classes
     inference._check(str(folder), read, [1, height, width, 3], [1, height, width, count])
     if height * width * count <= 1 << 22:  # not a model of 16384x16384 pixels and 255 classes
         model = inference.Model(str(folder), 'fake', read, lambda images: np.full(
@@ -264,9 +267,8 @@ def test_an_fcn_json_gives_a_model_its_size_and_classes_or_one_line(tmp_path_fac
         image = np.zeros((height // 8, width // 8, 3), np.uint8)
         (probabilities,) = inference.segment(model, [image])
         classes = inference.classes_of(probabilities)
-        inference.overlay(image, classes, inference.overlay_colors(read['class_colors']))
-    inference.write_legend(str(folder / 'legend.png'), read['class_names'],
-                           read['class_colors'])
+        drawing.overlay(image, classes, drawing.overlay_colors(read.class_colors))
+    drawing.write_legend(str(folder / 'legend.png'), read.class_names, read.class_colors)
 
 
 @given(st.data())
@@ -392,8 +394,8 @@ def test_a_runs_crossval_record_gives_the_card_its_figures_or_one_line(tmp_path_
     path = write(folder, 'crossval.json', record)
     checked = {'result': {'iou': 0.9, 'class_agreement': 0.99}, 'original': 0.91, 'images': 2,
                'source': 'val'}
-    card = refused_in_one_line(lambda: zoo.card('camvid-road', str(folder), model_info(),
-                                                checked, 9.0, path), path)
+    card = refused_in_one_line(lambda: zoo.card('camvid-road', str(folder), ModelInfo.from_json(
+        model_info()), checked, 9.0, path), path)
     if card is not None:
         row = record.get('at_epochs') or record['best']
         assert f'{row["mean"]:.3f}' in card['quality']['crossval']
@@ -429,7 +431,7 @@ def copied(model, tmp_path):
 
 def test_an_edited_fcn_json_beside_a_tflite_model_is_refused(tflite_model, tmp_path):
     with inference.load_model(str(tflite_model)) as model:
-        assert model.info['class_names'] == ['not road', 'road']
+        assert model.info.class_names == ('not road', 'road')
     path = copied(tflite_model, tmp_path)
     info = json.loads((path.parent / 'fcn.json').read_text())
     info['class_names'].reverse()
@@ -547,7 +549,8 @@ def test_resume_passes_over_a_checkpoint_whose_manifest_has_the_wrong_shape(coun
 def test_an_fcn_json_without_its_optional_data_set_keys_is_scored_or_one_line(tmp_path, missing):
     """predict.py and serve.py need no data set, so fcn.json may leave its keys out; evaluate.py
     then takes the defaults, or says in one line that it cannot know the labels."""
-    info = {key: value for key, value in model_info().items() if key != missing}
+    info = ModelInfo.from_json({key: value for key, value in model_info().items()
+                                if key != missing})
     data = tmp_path / 'data'
     if missing == 'dataset':
         with pytest.raises(UserError, match='does not say which data set') as refused:

@@ -34,8 +34,14 @@ from fastapi.testclient import TestClient
 import predict
 import serve
 from benchmarks.service import Server, free_port
-from roadseg import cli, inference, serving
+from roadseg import cli, drawing, images, inference, serving
+from roadseg.data import kitti_names
 from roadseg.errors import UserError
+from roadseg.model_info import ModelInfo
+from roadseg.serving.app import DISCONNECTED
+from roadseg.serving.batcher import Batcher
+from roadseg.serving.limits import MAX_ANSWER_BYTES, WARN_EVERY_S, LimitedH11Protocol, _Refusals
+from roadseg.serving.protocol import SIGNATURES, answer_bytes
 from tests.conftest import COLORS, ROOT, save_tiny_model
 
 SCENE = 'um_000007.png'  # a 45x77 PNG of the inputs fixture (and street.jpg, 50x90)
@@ -69,7 +75,7 @@ def predicted(run_dir, image_path, folder, *flags):
     stem = os.path.splitext(os.path.basename(image_path))[0]
     return {'overlay': iio.imread(folder / f'{stem}.png'),
             'mask': iio.imread(folder / f'{stem}_mask.png'),
-            'probability': iio.imread(folder / inference.probability_name(stem))}
+            'probability': iio.imread(folder / kitti_names.probability_name(stem))}
 
 
 def png(response):
@@ -180,14 +186,14 @@ def test_model_status_and_metadata_as_tensorflow_serving(client):
     meta = client.get('/v1/models/fcn/metadata').json()
     assert meta['model_spec'] == {'name': 'fcn', 'signature_name': '', 'version': '1'}
     signatures = meta['metadata']['signature_def']['signature_def']
-    assert set(signatures) == set(serving.SIGNATURES)
+    assert set(signatures) == set(SIGNATURES)
     assert signatures['serving_default']['inputs']['image']['dtype'] == 'DT_STRING'
     assert [d['size'] for d in signatures['serving_default']['outputs']['probabilities']
             ['tensor_shape']['dim']] == ['-1', '-1', '-1', '2']
     fcn = meta['metadata']['fcn']
     assert fcn['format'] == 'savedmodel' and fcn['image_shape'] == [32, 64]
     assert fcn['class_names'] == ['not road', 'road'] and fcn['num_classes'] == 2
-    assert fcn['overlay_colors'] == [None, list(inference.OVERLAY_RGB)]
+    assert fcn['overlay_colors'] == [None, list(drawing.OVERLAY_RGB)]
     assert fcn['max_batch'] == 4 and fcn['max_pixels'] == 40_000_000
 
 
@@ -350,8 +356,7 @@ def test_a_failing_model_is_a_500_json_line_and_the_service_stays_up(inputs, cap
         if images[0, 0, 0, 0] == 0:
             raise RuntimeError('out of memory')
         return np.ones(images.shape[:3] + (2,), np.float32) / 2
-    info = {'image_shape': [32, 64], 'num_classes': 2, 'class_names': ['a', 'b'],
-            'class_colors': COLORS[:2]}
+    info = ModelInfo((32, 64), 2, ('a', 'b'), COLORS[:2])
     with TestClient(serving.create_app(inference.Model('fake', 'fake', info, run))) as c:
         response = c.post(PREDICT, json={'instances': [np.zeros((4, 4, 3), int).tolist()]})
         assert response.status_code == 500
@@ -390,8 +395,7 @@ def fake_model(calls=None):
         if calls is not None:
             calls.append(len(images))
         return np.full(images.shape[:3] + (2,), 0.5, np.float32)
-    info = {'image_shape': [32, 64], 'num_classes': 2, 'class_names': ['a', 'b'],
-            'class_colors': COLORS[:2]}
+    info = ModelInfo((32, 64), 2, ('a', 'b'), COLORS[:2])
     return inference.Model('fake', 'fake', info, run)
 
 
@@ -455,7 +459,7 @@ def test_a_client_gone_mid_body_is_counted_499_without_a_traceback(capsys):
     for path, kind, start in UPLOADS:
         status, _, read = asgi(app, path, {'Content-Type': kind, 'Content-Length': '5000'},
                                [start + b'x' * 1000])
-        assert (status, read) == (serving.DISCONNECTED, 1)
+        assert (status, read) == (DISCONNECTED, 1)
     with TestClient(app) as c:
         text = c.get('/metrics').text
     assert 'fcn_requests_total{endpoint="/segment",status="499"} 2.0' in text
@@ -488,12 +492,12 @@ def test_a_json_answer_over_the_limit_is_413_naming_the_png_alternatives(inputs)
 
 def test_by_default_a_kitti_image_is_answered_and_a_12_megapixel_photo_refused_at_once(
         monkeypatch):
-    assert serving.answer_bytes('serving_default', [(375, 1242)] * 3, 2) < \
-        serving.MAX_ANSWER_BYTES < serving.answer_bytes('serving_default', [(3000, 4000)], 2)
+    assert answer_bytes('serving_default', [(375, 1242)] * 3, 2) < \
+        MAX_ANSWER_BYTES < answer_bytes('serving_default', [(3000, 4000)], 2)
     buffer = io.BytesIO()
     iio.imwrite(buffer, np.full((3000, 4000, 3), 90, np.uint8), extension='.jpg')
     calls = []
-    monkeypatch.setattr(serving.images, 'decode_rgb', lambda *_: calls.append('decoded'))
+    monkeypatch.setattr(images, 'decode_rgb', lambda *_: calls.append('decoded'))
     with TestClient(serving.create_app(fake_model(calls))) as c:
         response = c.post(PREDICT, json={'instances': [
             {'b64': base64.b64encode(buffer.getvalue()).decode()}]})
@@ -503,7 +507,7 @@ def test_by_default_a_kitti_image_is_answered_and_a_12_megapixel_photo_refused_a
 
 
 def test_refusals_are_logged_once_a_window_with_a_count_of_the_rest():
-    refusals = serving._Refusals()
+    refusals = _Refusals()
 
     def record(message, *args, level=logging.WARNING):
         return logging.LogRecord('uvicorn.error', level, __file__, 1, message, args, None)
@@ -513,7 +517,7 @@ def test_refusals_are_logged_once_a_window_with_a_count_of_the_rest():
     assert refusals.filter(record('closed a connection: %g s', 1))  # another kind
     assert refusals.filter(record('Exception in ASGI application', level=logging.ERROR))
     assert not refusals.filter(record('Invalid HTTP request received.'))  # said better
-    refusals.logged['refused a request head: %s'] = (-serving.WARN_EVERY_S, 1000)
+    refusals.logged['refused a request head: %s'] = (-WARN_EVERY_S, 1000)
     line = record('refused a request head: %s', 'b')
     assert refusals.filter(line)
     assert line.getMessage() == 'refused a request head: b (1000 more since the last)'
@@ -524,7 +528,7 @@ def uvicorn_server(app, **limits):
     """`app` under uvicorn with LimitedH11Protocol of `limits`, in this process on a free port
     of 127.0.0.1 (uvicorn's log goes to the root logger: caplog); yields the port."""
     config = uvicorn.Config(app, host='127.0.0.1', port=free_port(), log_config=None,
-                            http=functools.partial(serving.LimitedH11Protocol, **limits),
+                            http=functools.partial(LimitedH11Protocol, **limits),
                             timeout_graceful_shutdown=10)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -688,7 +692,7 @@ class Histogram:
 def batched(model, max_batch, timeout_s, requests):
     """Run `requests` [(delay before queuing, flip)] through a Batcher; returns the outputs."""
     async def go():
-        batcher = serving.Batcher(model, max_batch, timeout_s, Histogram())
+        batcher = Batcher(model, max_batch, timeout_s, Histogram())
         batcher.start()
 
         async def one(index, delay, flip):
@@ -721,7 +725,7 @@ def test_batcher_waits_at_most_the_timeout_and_batches_flips_apart():
 
 def test_batcher_never_blocks_the_event_loop():
     async def go():
-        batcher = serving.Batcher(Recorder(seconds=0.5), 8, 0.001, Histogram())
+        batcher = Batcher(Recorder(seconds=0.5), 8, 0.001, Histogram())
         batcher.start()
         call = asyncio.ensure_future(batcher(np.zeros((2, 2, 3), np.uint8), False))
         await asyncio.sleep(0.05)  # the model is running now

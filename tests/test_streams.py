@@ -9,6 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from roadseg import inference, streams
+from roadseg.data import classes as class_files
+from roadseg.model_info import ModelInfo
 
 
 @given(st.integers(0, 40), st.integers(1, 9))
@@ -84,7 +86,8 @@ def test_segment_stream_gives_what_segment_gives_for_each_frame_in_order():
     def run(images):  # a per-pixel softmax of the colours: every pixel has its own answer
         logits = images.astype(np.float32) / 64 @ weights
         return np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    model = inference.Model('fake', 'session', {'image_shape': [8, 12], 'num_classes': 2}, run)
+    info = ModelInfo.of_classes((8, 12), class_files.builtin('kitti_road'))
+    model = inference.Model('fake', 'session', info, run)
     sizes = [(8, 12), (20, 30), (15, 11), (8, 12), (33, 17), (9, 40), (16, 24)]
     frames = [Frame(rng.integers(0, 256, (*size, 3), dtype=np.uint8),
                     (2, size[0] - 1) if i % 3 == 1 else (0, size[0]))

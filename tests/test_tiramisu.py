@@ -10,15 +10,16 @@ import evaluate
 import export
 import predict
 from roadseg.errors import UserError
-from roadseg.model import TIRAMISU_DEPTHS, network
+from roadseg.model import network
+from roadseg.model.config import NetworkConfig
+from roadseg.model.entries.tiramisu import DEPTHS
 from roadseg.model.ops import tf, tf1
-from roadseg.model.settings import NetworkConfig
-from roadseg.training import config as options
+from roadseg.training import options
 from tests.test_mobilenet import built, images, moving_statistics, train_tiny_run
 
 
 def tiramisu_args(depth=56):
-    return NetworkConfig('tiramisu', depth=depth, weight_decay=1e-4)
+    return NetworkConfig('tiramisu', encoder_weights='none', depth=depth, weight_decay=1e-4)
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def trainable():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('depth', sorted(TIRAMISU_DEPTHS))
+@pytest.mark.parametrize('depth', sorted(DEPTHS))
 def test_each_depth_builds_and_keeps_sizes_that_are_multiples_of_32(depth):
     with tf.Graph().as_default(), tf1.Session() as sess:
         net = network.build_network(sess, tiramisu_args(depth), 3)
@@ -41,7 +42,7 @@ def test_each_depth_builds_and_keeps_sizes_that_are_multiples_of_32(depth):
         # the depth counts the paper's layers: a first convolution, the dense layers, five
         # transitions down, five up and the classifier, each with one kernel
         kernels = [v for v in tf1.trainable_variables() if v.name.endswith('kernel:0')]
-        assert len(kernels) == 1 + sum(TIRAMISU_DEPTHS[depth][1]) + 5 + 5 + 1 == depth
+        assert len(kernels) == 1 + sum(DEPTHS[depth][1]) + 5 + 5 + 1 == depth
 
 
 def parameters(depth, num_classes):
@@ -89,9 +90,9 @@ def test_inference_tower_uses_the_moving_statistics(trainable):
 
 
 def test_encoder_tiramisu_brings_its_own_decoder():
-    args = options.parse_args(['--encoder', 'tiramisu', '--encoder-weights', 'none',
-                               '--depth', '67'])
-    assert (args.decoder, args.depth) == ('tiramisu', 67)
+    network = options.parse_args(['--encoder', 'tiramisu', '--encoder-weights', 'none',
+                                  '--depth', '67']).network
+    assert (network.decoder, network.depth) == ('tiramisu', 67)
     for flags, message in ((['--encoder', 'tiramisu', '--encoder-weights', 'none', '--decoder',
                              'fpn'], 'has its own decoder'),
                            (['--encoder', 'mobilenetv2', '--encoder-weights', 'none',

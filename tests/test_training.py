@@ -14,11 +14,10 @@ import pytest
 import evaluate
 import plot
 from roadseg import cli
-from roadseg.data import datasets
+from roadseg.data import splits
 from roadseg.errors import UserError
 from roadseg.model.ops import tf, tf1
-from roadseg.training import checkpoints, loop
-from roadseg.training import config as options
+from roadseg.training import checkpoints, loop, options
 from tests.conftest import ROOT, make_kitti, save_tiny_vgg
 
 
@@ -26,9 +25,11 @@ def test_config_file_overlays_the_defaults_and_flags_override_it(tmp_path):
     config = tmp_path / 'small.json'
     config.write_text(json.dumps({'epochs': 7, 'encoder': 'mobilenetv2',
                                   'encoder_weights': 'none'}))
-    args = options.parse_args(['--config', str(config), '--batch-size', '3'])
-    assert (args.epochs, args.encoder, args.batch_size) == (7, 'mobilenetv2', 3)
-    assert args.image_shape == (160, 576) and args.learning_rate == 1e-4  # from the defaults
+    given = options.parse_args(['--config', str(config), '--batch-size', '3'])
+    training = given.training
+    assert (training.epochs, given.network.encoder, training.batch_size) == \
+        (7, 'mobilenetv2', 3)
+    assert training.image_shape == (160, 576) and training.learning_rate == 1e-4  # defaults
     config.write_text(json.dumps({'epoch': 7}))
     with pytest.raises(UserError, match=r"small.json: unknown option 'epoch'"):
         options.parse_args(['--config', str(config)])
@@ -92,14 +93,14 @@ def test_a_loss_that_is_not_finite_stops_training_before_the_epoch_ends():
 
 
 def test_the_training_size_follows_the_data_set_unless_given(tmp_path):
-    assert options.parse_args([]).image_shape == (160, 576)  # KITTI
-    assert options.parse_args(['--dataset', 'camvid']).image_shape == (352, 480)
+    def shape(*argv):
+        return options.parse_args(list(argv)).training.image_shape
+    assert shape() == (160, 576)  # KITTI
+    assert shape('--dataset', 'camvid') == (352, 480)
     (tmp_path / 'images').mkdir()
     iio.imwrite(tmp_path / 'images' / 'a.png', np.zeros((100, 200, 3), np.uint8))
-    args = options.parse_args(['--dataset', 'folder', '--data-dir', str(tmp_path)])
-    assert args.image_shape == (96, 192)
-    assert options.parse_args(['--dataset', 'camvid', '--image-shape', '64x64']).image_shape \
-        == (64, 64)
+    assert shape('--dataset', 'folder', '--data-dir', str(tmp_path)) == (96, 192)
+    assert shape('--dataset', 'camvid', '--image-shape', '64x64') == (64, 64)
 
 
 @pytest.mark.parametrize('script', ['main.py', 'export.py', 'benchmark.py', 'evaluate.py',
@@ -123,17 +124,19 @@ def test_help_and_bad_options_answer_without_loading_tensorflow(tmp_path, script
 def test_resume_takes_only_more_epochs_a_moved_data_folder_and_where_it_runs(tmp_path):
     (tmp_path / 'config.json').write_text(json.dumps({'epochs': 3, 'batch_size': 2,
                                                       'distribute': 'multi-worker'}))
-    args = options.options(['--resume', str(tmp_path), '--epochs', '5', '--data-dir=/x'])
-    assert (args.resume, args.epochs, args.batch_size, args.data_dir) == (str(tmp_path), 5, 2,
-                                                                          '/x')
-    assert options.options(['--resume', str(tmp_path)]).epochs == 3
-    args = options.options(['--resume', str(tmp_path), '--distribute', 'none', '--xla',
-                            '--precision', 'bfloat16', '--step-timeout', '20'])
-    assert (args.distribute, args.xla, args.precision, args.step_timeout, args.epochs) == \
-        ('none', True, 'bfloat16', 20, 3)
+    given = options.options(['--resume', str(tmp_path), '--epochs', '5', '--data-dir=/x'])
+    training = given.config.training
+    assert (given.resume, training.epochs, training.batch_size, given.config.data.data_dir) \
+        == (str(tmp_path), 5, 2, '/x')
+    assert options.options(['--resume', str(tmp_path)]).config.training.epochs == 3
+    training = options.options(['--resume', str(tmp_path), '--distribute', 'none', '--xla',
+                                '--precision', 'bfloat16', '--step-timeout', '20']
+                               ).config.training
+    assert (training.distribute, training.xla, training.precision, training.step_timeout,
+            training.epochs) == ('none', True, 'bfloat16', 20, 3)
     (tmp_path / 'config.json').write_text(json.dumps({'epochs': 3, 'xla': True}))
-    assert options.options(['--resume', str(tmp_path), '--no-xla']).xla is False
-    with pytest.raises(UserError, match=r'takes only --epochs, --data-dir, --distribute, '
+    assert options.options(['--resume', str(tmp_path), '--no-xla']).config.training.xla is False
+    with pytest.raises(UserError, match=r'takes only --data-dir, --epochs, --distribute, '
                                         r'--precision, --xla, --no-xla, --step-timeout; '
                                         r'--batch-size would change the run'):
         options.options(['--resume', str(tmp_path), '--batch-size', '4'])
@@ -144,7 +147,7 @@ def test_resume_takes_only_more_epochs_a_moved_data_folder_and_where_it_runs(tmp
 def test_an_older_runs_config_with_the_removed_options_at_no_op_values_still_reads(tmp_path):
     path = tmp_path / 'config.json'
     path.write_text(json.dumps({'epochs': 3, 'lovasz_weight': 0.0, 'hard_pixels': 1.0}))
-    assert options.parse_args(['--config', str(path)]).epochs == 3
+    assert options.parse_args(['--config', str(path)]).training.epochs == 3
     path.write_text(json.dumps({'hard_pixels': 0.25}))
     with pytest.raises(UserError, match=r"config.json: unknown option 'hard_pixels'"):
         options.parse_args(['--config', str(path)])
@@ -152,13 +155,13 @@ def test_an_older_runs_config_with_the_removed_options_at_no_op_values_still_rea
 
 def test_split_is_deterministic_disjoint_and_sized():
     pairs = [(f'um_{i:06d}.png', f'um_road_{i:06d}.png') for i in range(289)]
-    train, val = datasets.split_pairs(pairs, 0.166, seed=0)
+    train, val = splits.split_pairs(pairs, 0.166, seed=0)
     assert len(val) == 48 and len(train) == 241
     assert sorted(train + val) == pairs
-    assert datasets.split_pairs(pairs, 0.166, seed=0) == (train, val)
-    assert datasets.split_pairs(pairs, 0.166, seed=1)[1] != val
+    assert splits.split_pairs(pairs, 0.166, seed=0) == (train, val)
+    assert splits.split_pairs(pairs, 0.166, seed=1)[1] != val
     with pytest.raises(UserError, match='--val-fraction 1.0'):
-        datasets.split_pairs(pairs, 1.0, seed=0)
+        splits.split_pairs(pairs, 1.0, seed=0)
 
 
 @pytest.fixture

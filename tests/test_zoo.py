@@ -1,6 +1,6 @@
 """Shipped models (roadseg/shipped/, roadseg.zoo): --model NAME in predict, serve and evaluate,
 the road model by default, export.py --ship rebuilding one from a run with its card, and the
-commit a run records (files.git_commit)."""
+commit a run records (git.commit)."""
 import json
 import os
 import re
@@ -15,9 +15,10 @@ import evaluate
 import export
 import predict
 import serve
-from roadseg import cli, cpu, evaluation, files, inference, zoo
+from roadseg import cli, cpu, evaluation, files, git, inference, zoo
 from roadseg import export as formats
 from roadseg.errors import PartlyFailed, UserError
+from roadseg.model_info import ModelInfo
 from tests.conftest import ROOT, SHARED_DATA
 from tests.test_mobilenet import train_tiny_run
 
@@ -54,27 +55,27 @@ def test_any_model_text_resolves_or_is_refused_in_one_line(text):
 
 def test_git_commit_reads_loose_packed_detached_and_worktree_heads(tmp_path):
     sha, other = 'a' * 40, 'b' * 40
-    git = tmp_path / 'repo' / '.git'
-    (git / 'refs' / 'heads').mkdir(parents=True)
-    (git / 'HEAD').write_text('ref: refs/heads/main\n')
-    (git / 'refs' / 'heads' / 'main').write_text(sha + '\n')
+    dot_git = tmp_path / 'repo' / '.git'
+    (dot_git / 'refs' / 'heads').mkdir(parents=True)
+    (dot_git / 'HEAD').write_text('ref: refs/heads/main\n')
+    (dot_git / 'refs' / 'heads' / 'main').write_text(sha + '\n')
     (tmp_path / 'repo' / 'pkg').mkdir()
-    assert files.git_commit(tmp_path / 'repo' / 'pkg') == sha
-    (git / 'refs' / 'heads' / 'main').unlink()
-    (git / 'packed-refs').write_text(f'# pack-refs\n{other} refs/heads/dev\n{sha} '
-                                     f'refs/heads/main\n')
-    assert files.git_commit(tmp_path / 'repo') == sha
-    (git / 'HEAD').write_text(other + '\n')
-    assert files.git_commit(tmp_path / 'repo') == other
-    (git / 'worktrees' / 'w').mkdir(parents=True)  # a worktree: .git is a file
-    (git / 'worktrees' / 'w' / 'HEAD').write_text('ref: refs/heads/main\n')
-    (git / 'worktrees' / 'w' / 'commondir').write_text('../..\n')
+    assert git.commit(tmp_path / 'repo' / 'pkg') == sha
+    (dot_git / 'refs' / 'heads' / 'main').unlink()
+    (dot_git / 'packed-refs').write_text(f'# pack-refs\n{other} refs/heads/dev\n{sha} '
+                                         f'refs/heads/main\n')
+    assert git.commit(tmp_path / 'repo') == sha
+    (dot_git / 'HEAD').write_text(other + '\n')
+    assert git.commit(tmp_path / 'repo') == other
+    (dot_git / 'worktrees' / 'w').mkdir(parents=True)  # a worktree: .git is a file
+    (dot_git / 'worktrees' / 'w' / 'HEAD').write_text('ref: refs/heads/main\n')
+    (dot_git / 'worktrees' / 'w' / 'commondir').write_text('../..\n')
     (tmp_path / 'w').mkdir()
-    (tmp_path / 'w' / '.git').write_text(f'gitdir: {git / "worktrees" / "w"}\n')
-    assert files.git_commit(tmp_path / 'w') == sha
-    (git / 'HEAD').write_text('ref: refs/heads/gone\n')
-    assert files.git_commit(tmp_path / 'repo') is None
-    assert files.git_commit('/') is None
+    (tmp_path / 'w' / '.git').write_text(f'gitdir: {dot_git / "worktrees" / "w"}\n')
+    assert git.commit(tmp_path / 'w') == sha
+    (dot_git / 'HEAD').write_text('ref: refs/heads/gone\n')
+    assert git.commit(tmp_path / 'repo') is None
+    assert git.commit('/') is None
 
 
 @pytest.fixture(scope='module')
@@ -92,7 +93,7 @@ def test_ship_rebuilds_a_shipped_model_with_its_card_and_every_command_takes_its
     monkeypatch.setitem(formats.TOLERANCES, 'int8', (None, 1.0))  # int8's own test is elsewhere
     config = json.loads(open(os.path.join(run_dir, 'config.json')).read())
     assert config['command'].startswith('python main.py --data-dir ')
-    assert config['commit'] == files.git_commit(ROOT)
+    assert config['commit'] == git.commit(ROOT)
     export.main(['--model', run_dir, '--ship', 'camvid-road', '--check-dir', str(data),
                  '--calibration-images', '4'])
     shipped = tmp_path / 'models' / 'camvid-road'
@@ -173,7 +174,7 @@ def test_each_shipped_model_loads_checks_and_segments_and_a_damaged_copy_is_one_
     path = shipped_or_skip(name)
     assert files.manifest_problem(os.path.dirname(path), [zoo.FILE]) is None
     with inference.load_model(path) as model:
-        assert model.kind == 'tflite-int8' and model.info == zoo_info(name)
+        assert model.kind == 'tflite-int8' and model.info == ModelInfo.from_json(zoo_info(name))
         image = np.random.default_rng(0).integers(0, 256, (*model.image_shape, 3), np.uint8)
         (probabilities,) = inference.segment(model, [image])
     assert probabilities.shape == (*model.image_shape, model.num_classes)

@@ -1,6 +1,7 @@
-"""The library's own settings, installed with the package: main.py's default options
-(kitti_road.json), the built-in class files (classes/) and the dense CRF's kernels (crf.json).
-The recipes a user passes with --config live in the checkout's configs/."""
+"""The library's own settings, installed with the package: the built-in class files
+(classes/) and the dense CRF's kernels (crf.json). main.py's defaults are the fields of
+training.config.RunConfig; the recipes a user passes with --config live in the checkout's
+configs/."""
 import os
 
 DIR = os.path.dirname(os.path.abspath(__file__))

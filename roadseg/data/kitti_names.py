@@ -1,6 +1,7 @@
 """KITTI Road's file names, in one place: images are `<category>_<number>` (`um_000001`,
 categories um, umm and uu), ground truth and submissions `<category>_<label>_<number>`
-(`um_road_000001`, label road or lane)."""
+(`um_road_000001`, label road or lane); a road-probability PNG is named as KITTI's
+submissions are."""
 import re
 
 NAME = re.compile(r'([a-z]+)_(?:([a-z]+)_)?(\d+)')
@@ -26,3 +27,9 @@ def labelled_name(stem, label):
         return None
     category, _, number = parse(stem)
     return f'{category}_{label}_{number}'
+
+
+def probability_name(stem, label='road'):
+    """The file name of an 8-bit road-probability PNG: KITTI's submission name for KITTI names
+    (`um_000001` -> `um_road_000001.png`), else `<stem>_prob.png`."""
+    return (labelled_name(stem, label) or f'{stem}_prob') + '.png'

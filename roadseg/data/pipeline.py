@@ -22,7 +22,7 @@ not grow with the data set (`cache`: 'auto', 'memory' or 'none').
 import numpy as np
 from tqdm import tqdm
 
-from roadseg.data.datasets import load_pair
+from roadseg.data.reading import load_pair
 from roadseg.errors import UserError
 from roadseg.graph_mode import import_tensorflow
 from roadseg.images import displayed_size, resize_image, resize_label

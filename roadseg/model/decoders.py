@@ -6,12 +6,11 @@ and work for unknown spatial sizes; L2 weight decay goes to REGULARIZATION_LOSSE
 """
 import numpy as np
 
-from roadseg.model import DECODERS, mobilenet, ops
+from roadseg.model import mobilenet, ops
+from roadseg.model.entries import mobilenetv2, vgg16
 
 tf, tf1 = ops.tf, ops.tf1
 
-VGG_STRIDES = (8, 16, 32)  # of pool3, pool4 and fc7
-VGG_SKIP_SCALES = (1e-4, 1e-2)  # pool3's and pool4's, the FCN paper's at-once FCN-8s
 PYRAMID_CHANNELS = 64  # of the 'fpn' decoder's merged features
 
 
@@ -57,8 +56,8 @@ def upsample(x, factor, name, weight_decay, like=None):
         return out
 
 
-def fcn(layer3, layer4, layer7, num_classes, weight_decay=1e-3, strides=VGG_STRIDES,
-        skip_scales=VGG_SKIP_SCALES, finer=()):
+def fcn(layer3, layer4, layer7, num_classes, weight_decay=1e-3, strides=vgg16.STRIDES,
+        skip_scales=vgg16.SKIP_SCALES, finer=()):
     """The FCN-8s decoder ("at-once" variant): score layer 7, 4 and 3 with 1x1 convolutions
     (layers 3 and 4 scaled by `skip_scales` first), upsample with bilinear-initialised transposed
     convolutions from stride to stride, adding the skip scores on the way, to the input's size.
@@ -84,7 +83,7 @@ def fcn(layer3, layer4, layer7, num_classes, weight_decay=1e-3, strides=VGG_STRI
 
 
 def fpn(features, num_classes, training, weight_decay=1e-3,
-        strides=DECODERS['fpn']):
+        strides=mobilenetv2.STRIDES['fpn']):
     """The 'fpn' decoder: the features merged top-down (`pyramid`), scored by a 1x1 convolution
     at the finest stride and upsampled from there to the input's size by a bilinear-initialised
     transposed convolution, as `fcn` ends.
@@ -95,6 +94,24 @@ def fpn(features, num_classes, training, weight_decay=1e-3,
         scores = score(merged, num_classes, 'score', weight_decay)
         return tf.identity(upsample(scores, strides[0], f'upscore{strides[0]}', weight_decay),
                            'fcn_out')
+
+
+def fcn_tower(head, images, training):
+    """The FCN decoders' tower (fcn8s, fcn4s, dilated): `fcn` on the encoder's features of
+    `images` (network.Head), and in a training tower the auxiliary loss with --aux-loss."""
+    config = head.config
+    *finer, layer3, layer4, layer7 = head.features(images, training)
+    logits = fcn(layer3, layer4, layer7, head.num_classes, config.weight_decay, head.strides,
+                 head.skip_scales, finer)
+    if training and config.aux_loss:
+        auxiliary(layer4, logits, head.num_classes, config.aux_loss, config.weight_decay)
+    return logits
+
+
+def fpn_tower(head, images, training):
+    """The 'fpn' decoder's tower: `fpn` on the encoder's features of `images`."""
+    return fpn(head.features(images, training), head.num_classes, training,
+               head.config.weight_decay, head.strides)
 
 
 def auxiliary(features, like, num_classes, weight, weight_decay):

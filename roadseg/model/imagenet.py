@@ -9,7 +9,7 @@ training starts. The SHA-256 of the file used is printed for the record.
 import collections
 import os
 
-from roadseg import files
+from roadseg import downloads
 from roadseg.errors import UserError
 
 FOLDER = 'data'
@@ -25,7 +25,7 @@ WEIGHTS = {
 
 def path(encoder, folder=FOLDER):
     """Where `encoder`'s ImageNet file is kept: data/<Keras's file name>."""
-    return os.path.join(folder, files.url_name(WEIGHTS[encoder].url))
+    return os.path.join(folder, downloads.url_name(WEIGHTS[encoder].url))
 
 
 def fetch(encoder, folder=FOLDER):
@@ -38,7 +38,7 @@ def fetch(encoder, folder=FOLDER):
     print(f'{dest} not found; downloading {published.url}', flush=True)
     try:
         os.makedirs(folder, exist_ok=True)
-        sha256 = files.download(published.url, dest, md5=published.md5)
+        sha256 = downloads.download(published.url, dest, md5=published.md5)
     except (UserError, OSError) as e:
         raise UserError(f'--encoder-weights imagenet: {e}. Offline, download {published.url} '
                         f'by hand into {folder}/, or give --encoder-weights keras-h5:PATH '

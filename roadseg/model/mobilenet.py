@@ -14,7 +14,8 @@ shapes allow), batch normalisation and ReLU6, channel counts scaled by the width
 Images come in as RGB 0..255 and are scaled to -1..1 inside, as MobileNetV2 expects.
 """
 from roadseg.errors import UserError
-from roadseg.model import DECODERS, keras_weights, ops
+from roadseg.model import keras_weights, ops
+from roadseg.model.entries.mobilenetv2 import STRIDES
 
 tf, tf1 = ops.tf, ops.tf1
 
@@ -68,8 +69,8 @@ def inverted_residual(x, expansion, channels, stride, rate, training, name):
 
 def build_encoder(image_input, training, alpha=1.0, decoder='fcn8s'):
     """MobileNetV2 on `image_input`; returns the features for the decoder `decoder`, at its
-    strides in DECODERS (the last, layer 7, is the encoder's output)."""
-    dilate_from = DECODERS[decoder][-1]  # beyond this stride, dilate instead of striding
+    STRIDES (the last, layer 7, is the encoder's output)."""
+    dilate_from = STRIDES[decoder][-1]  # beyond this stride, dilate instead of striding
     with tf1.variable_scope('mobilenetv2'):
         x = conv_bn(image_input / 127.5 - 1, make_divisible(32 * alpha), 3, 2, training, 'conv1')
         stride, rate, skips = 2, 1, {}
@@ -85,7 +86,12 @@ def build_encoder(image_input, training, alpha=1.0, decoder='fcn8s'):
                                       block_stride, rate, training, f'stage{s}_block{b + 1}')
         last = LAST_CHANNELS if alpha <= 1 else make_divisible(LAST_CHANNELS * alpha)
         x = conv_bn(x, last, 1, 1, training, 'conv_last')
-    return (*(skips[stride] for stride in DECODERS[decoder][:-1]), x)
+    return (*(skips[stride] for stride in STRIDES[decoder][:-1]), x)
+
+
+def features(config, keep_prob, keras):
+    """build_network's MobileNetV2 of `config`: features(images, training) for its decoder."""
+    return lambda images, training: build_encoder(images, training, config.alpha, config.decoder)
 
 
 def keras_layers():

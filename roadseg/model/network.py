@@ -1,9 +1,11 @@
-"""The whole network: the encoder chosen by the options, its decoder, and the two towers
-(training and inference) that share their weights, with the optional weight averages."""
+"""The whole network: the encoder and decoder the configuration names, looked up in the
+registry, and the two towers (training and inference) that share their weights, with the
+optional weight averages."""
 import collections
 
 from roadseg.errors import UserError
-from roadseg.model import DECODERS, decoders, keras_weights, mobilenet, ops, tiramisu, vgg
+from roadseg.model import decoders, ops, registry, vgg
+from roadseg.model.entries import load
 
 tf, tf1 = ops.tf, ops.tf1
 
@@ -28,6 +30,9 @@ def probabilities(logits):
 
 Network = collections.namedtuple('Network', 'input_image keep_prob train_output output initialise '
                                             'averaged calibrate')
+# What a decoder's builder is given beside the images: the encoder's features(images, training)
+# (None when the decoder is the whole network), their strides and FCN skip scales, and the rest
+Head = collections.namedtuple('Head', 'features strides skip_scales num_classes keep_prob config')
 
 
 def encoder_weights(config, data_dir):
@@ -38,14 +43,13 @@ def encoder_weights(config, data_dir):
     if config.encoder_weights == 'udacity':
         return vgg.vgg_dir(data_dir)
     if config.keras_file():
-        read = mobilenet.read_keras_h5 if config.encoder == 'mobilenetv2' else vgg.read_keras_h5
-        return read(config.keras_file())
+        return load(registry.ENCODERS[config.encoder].read_keras)(config.keras_file())
     return None
 
 
 def build_network(sess, config, num_classes, input_shape=(None, None, None), weights=None,
                   train_images=None):
-    """The network of `config` (a settings.NetworkConfig): its encoder with its decoder on it,
+    """The network of `config` (a config.NetworkConfig): its encoder with its decoder on it,
     or FC-DenseNet (its own decoder), as a training and an inference tower that share their
     weights. `weights` is encoder_weights(config, ...): no file is read or fetched here.
 
@@ -67,94 +71,120 @@ def build_network(sess, config, num_classes, input_shape=(None, None, None), wei
     them to the statistics of a batch of images run through the averaged weights, and does
     nothing without --ema-decay.
     """
-    restored, averages, calibration = set(), {}, []
-    keras = weights if config.keras_file() else None
     if config.encoder_weights == 'udacity':
-        try:
-            image_input, keep_prob, *features = vgg.load_vgg(sess, weights, train_images)
-        except UserError as e:
-            raise UserError(f'{e}; or train from scratch with --encoder-weights none') \
-                from None
-        restored = {v.name for v in tf1.global_variables()}
-        output = train_output = decoders.fcn(*features, num_classes, config.weight_decay)
-    else:
-        image_input = tf1.placeholder(tf.float32, [*input_shape, 3], 'image_input')
-        keep_prob = tf1.placeholder(tf.float32, [], 'keep_prob')
-        if config.encoder == 'mobilenetv2':
-            strides, skip_scales = DECODERS[config.decoder], (1, 1)
+        return frozen_network(sess, config, num_classes, weights, train_images)
+    image_input = tf1.placeholder(tf.float32, [*input_shape, 3], 'image_input')
+    keep_prob = tf1.placeholder(tf.float32, [], 'keep_prob')
+    keras = weights if config.keras_file() else None
+    tower = make_tower(config, num_classes, keep_prob, keras)
+    train_output = ops.for_each_replica(
+        lambda: tower(ops.replica_share(image_input if train_images is None
+                                        else train_images), True))
+    averages = Averages(config.ema_decay)
+    output = averages.inference_tower(tower, image_input)
+    encoder = registry.ENCODERS[config.encoder]
+    assign_keras = (lambda: load(encoder.assign_keras)(sess, keras)) if keras else None
+    return finished(sess, image_input, keep_prob, train_output, output, set(), averages,
+                    assign_keras)
 
-            def encoder(images, training):
-                return mobilenet.build_encoder(images, training, config.alpha, config.decoder)
-        elif config.encoder == 'vgg16':  # tiramisu has no encoder apart from its decoder
-            blocks, fc_width = vgg.encoder_shape(keras) if keras else (vgg.BLOCKS,
-                                                                         vgg.FC_WIDTH)
-            strides, skip_scales = decoders.VGG_STRIDES, decoders.VGG_SKIP_SCALES
 
-            def encoder(images, training):
-                return vgg.build_encoder(images, keep_prob, blocks, fc_width,
-                                         'caffe' if keras else 'standardize', training)
+def frozen_network(sess, config, num_classes, vgg_path, train_images):
+    """Udacity's VGG16 (--encoder-weights udacity) under FCN-8s: a frozen graph loaded as it
+    is, its one tower training and inferring, dropout set by keep_prob."""
+    try:
+        image_input, keep_prob, *features = vgg.load_vgg(sess, vgg_path, train_images)
+    except UserError as e:
+        raise UserError(f'{e}; or train from scratch with --encoder-weights none') from None
+    restored = {v.name for v in tf1.global_variables()}
+    output = decoders.fcn(*features, num_classes, config.weight_decay)
+    return finished(sess, image_input, keep_prob, output, output, restored, Averages(0))
 
-        def tower(images, training):
-            if config.input_norm == 'image':
-                images = normalised(images)
-            if config.decoder == 'tiramisu':
-                return tiramisu.fc_densenet(images, training, config.depth, num_classes,
-                                            keep_prob, config.weight_decay)
-            if config.decoder == 'fpn':
-                return decoders.fpn(encoder(images, training), num_classes, training,
-                                    config.weight_decay, strides)
-            *finer, layer3, layer4, layer7 = encoder(images, training)
-            logits = decoders.fcn(layer3, layer4, layer7, num_classes, config.weight_decay,
-                                  strides, skip_scales, finer)
-            if training and config.aux_loss:
-                decoders.auxiliary(layer4, logits, num_classes, config.aux_loss,
-                                   config.weight_decay)
-            return logits
-        train_output = ops.for_each_replica(
-            lambda: tower(ops.replica_share(image_input if train_images is None
-                                            else train_images), True))
-        if config.ema_decay:
-            averages = {v.ref(): tf1.get_variable(v.op.name + '/average', v.shape, v.dtype,
-                                                  tf1.zeros_initializer(), trainable=False)
-                        for v in tf1.global_variables()}  # the network's, so far
-            count = tf1.get_variable('average_count', [], tf.float32, tf1.zeros_initializer(),
-                                     trainable=False)
 
-        def averaged_getter(getter, *a, **kw):
-            variable = getter(*a, **kw)
-            return averages.get(variable.ref(), variable)
-        with tf1.variable_scope(tf1.get_variable_scope(), reuse=True,
-                                custom_getter=averaged_getter):
-            output = tower(image_input, False)
-            if averages:  # a training-mode tower on the averages, for its batch statistics
-                known = len(tf1.get_collection(ops.BATCH_STATISTICS))
-                tower(image_input, True)
-                calibration = [moving.assign(batch) for moving, batch
-                               in tf1.get_collection(ops.BATCH_STATISTICS)[known:]]
+def make_tower(config, num_classes, keep_prob, keras):
+    """tower(images, training): the encoder and decoder that `config` names, looked up in the
+    registry, on `images` (first normalised with --input-norm image); `keras`, the encoder's
+    Keras weights, or None."""
+    encoder = registry.ENCODERS[config.encoder]
+    features = load(encoder.builder)(config, keep_prob, keras) if encoder.builder else None
+    head = Head(features, encoder.strides[config.decoder], encoder.skip_scales, num_classes,
+                keep_prob, config)
+    decode = load(registry.DECODERS[config.decoder].builder)
 
+    def tower(images, training):
+        if config.input_norm == 'image':
+            images = normalised(images)
+        return decode(head, images, training)
+    return tower
+
+
+def finished(sess, image_input, keep_prob, train_output, output, restored, averages,
+             assign_keras=None):
+    """The Network of these towers. Its initialise() initialises every variable not
+    `restored` (from a SavedModel), then loads Keras weights (assign_keras()) and starts the
+    averages at the weights."""
     def initialise():
         sess.run(tf1.variables_initializer([v for v in tf1.global_variables()
                                             if v.name not in restored]))
-        if keras and config.encoder == 'mobilenetv2':
-            keras_weights.assign(sess, keras)
-        elif keras:
-            vgg.assign_weights(sess, keras)
-        sess.run([average.assign(v.deref()) for v, average in averages.items()])
+        if assign_keras:
+            assign_keras()
+        averages.start(sess)
 
-    def averaged(train_op):
+    def calibrate(images):
+        averages.calibrate(sess, {image_input: images, keep_prob: 1.0})
+    return Network(image_input, keep_prob, train_output, output, initialise, averages.averaged,
+                   calibrate)
+
+
+class Averages:
+    """--ema-decay's exponential moving averages of the network's weights so far, which the
+    inference tower reads instead of the weights; none with a decay of 0."""
+
+    def __init__(self, decay):
+        self.decay, self.variables, self.count, self.calibration = decay, {}, None, []
+        if decay:
+            self.variables = {v.ref(): tf1.get_variable(v.op.name + '/average', v.shape,
+                                                        v.dtype, tf1.zeros_initializer(),
+                                                        trainable=False)
+                              for v in tf1.global_variables()}
+            self.count = tf1.get_variable('average_count', [], tf.float32,
+                                          tf1.zeros_initializer(), trainable=False)
+
+    def getter(self, getter, *a, **kw):
+        """A custom getter that gives a weight's average in place of the weight."""
+        variable = getter(*a, **kw)
+        return self.variables.get(variable.ref(), variable)
+
+    def inference_tower(self, tower, images):
+        """The inference tower of `images` on the averages; with averages, also a training-mode
+        tower on them, whose batch statistics `calibrate` sets the moving ones to."""
+        with tf1.variable_scope(tf1.get_variable_scope(), reuse=True, custom_getter=self.getter):
+            output = tower(images, False)
+            if self.variables:
+                known = len(tf1.get_collection(ops.BATCH_STATISTICS))
+                tower(images, True)
+                self.calibration = [moving.assign(batch) for moving, batch
+                                    in tf1.get_collection(ops.BATCH_STATISTICS)[known:]]
+        return output
+
+    def start(self, sess):
+        """Set each average to its weight."""
+        sess.run([average.assign(v.deref()) for v, average in self.variables.items()])
+
+    def averaged(self, train_op):
         """After each step, average <- d * average + (1 - d) * weight, where d ramps up as
         min(ema_decay, (1 + n) / (10 + n)) at the n-th step, so early averages follow the
         weights instead of remembering their random start."""
-        if not averages:
+        if not self.variables:
             return train_op
         with tf.control_dependencies([train_op]):
-            n = count.assign_add(1.0)
-            decay = tf.minimum(float(config.ema_decay), (1 + n) / (10 + n))
+            n = self.count.assign_add(1.0)
+            decay = tf.minimum(float(self.decay), (1 + n) / (10 + n))
             return tf.group([average.assign(decay * average + (1 - decay) * v.deref())
-                             for v, average in averages.items() if v.deref().trainable],
+                             for v, average in self.variables.items() if v.deref().trainable],
                             name='train_and_average')
 
-    def calibrate(images):
-        if calibration:
-            sess.run(calibration, {image_input: images, keep_prob: 1.0})
-    return Network(image_input, keep_prob, train_output, output, initialise, averaged, calibrate)
+    def calibrate(self, sess, feed):
+        """Set the inference tower's batch norm statistics to those of the averaged weights on
+        a batch (`feed`); nothing without averages."""
+        if self.calibration:
+            sess.run(self.calibration, feed)

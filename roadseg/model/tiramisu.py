@@ -15,7 +15,8 @@ Five poolings: the input's height and width must be multiples of 32. Dropout (ra
 1 - keep_prob, the paper's 0.2 with --keep-prob 0.8) is in the training tower only; batch norm
 is ops.batch_norm, on the moving statistics in the inference tower.
 """
-from roadseg.model import TIRAMISU_DEPTHS, ops
+from roadseg.model import ops
+from roadseg.model.entries.tiramisu import DEPTHS
 
 tf, tf1 = ops.tf, ops.tf1
 
@@ -76,7 +77,7 @@ def fc_densenet(image_input, training, depth, num_classes, keep_prob, weight_dec
     """FC-DenseNet-`depth` (56, 67 or 103) on RGB 0..255 images (scaled to -1..1 inside).
     :return: [batch, height, width, num_classes] logits, the tensor `fcn_out`
     """
-    growth, layers = TIRAMISU_DEPTHS[depth]
+    growth, layers = DEPTHS[depth]
     pools = len(layers) // 2
     with tf1.variable_scope(f'tiramisu{depth}'):
         x = conv(image_input / 127.5 - 1, FIRST_CHANNELS, 3, 'first_conv', weight_decay)
@@ -94,3 +95,10 @@ def fc_densenet(image_input, training, depth, num_classes, keep_prob, weight_dec
             x, new = dense_block(x, layers[pools + 1 + i], growth, training, keep_prob,
                                  f'up{i + 1}', weight_decay)
         return tf.identity(conv(x, num_classes, 1, 'score', weight_decay), 'fcn_out')
+
+
+def tower(head, images, training):
+    """build_network's tower of --encoder tiramisu: FC-DenseNet at `head.config.depth`."""
+    config = head.config
+    return fc_densenet(images, training, config.depth, head.num_classes, head.keep_prob,
+                       config.weight_decay)

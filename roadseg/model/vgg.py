@@ -17,7 +17,7 @@ make_vgg.py writes it:
 """
 import os
 
-from roadseg import files
+from roadseg import downloads, files
 from roadseg.errors import UserError
 from roadseg.model import keras_weights
 from roadseg.model.ops import tf, tf1
@@ -118,6 +118,15 @@ def encoder_shape(weights):
     return blocks, fc_width
 
 
+def features(config, keep_prob, keras):
+    """build_network's VGG16 built in the graph: features(images, training), pool3, pool4 and
+    fc7; of the shape and preprocessing of Keras's weights `keras` when given."""
+    blocks, fc_width = encoder_shape(keras) if keras else (BLOCKS, FC_WIDTH)
+    preprocessing = 'caffe' if keras else 'standardize'
+    return lambda images, training: build_encoder(images, keep_prob, blocks, fc_width,
+                                                  preprocessing, training)
+
+
 def assign_weights(sess, weights):
     """Load `read_keras_h5`'s weights into the encoder variables of the session's graph."""
     keras_weights.assign(sess, {f'{name}/{part}': value for name, pair in weights.items()
@@ -157,7 +166,7 @@ def vgg_dir(data_dir):
 
 def maybe_download_pretrained_vgg(data_dir, url=VGG_URL, sha256=None):
     """Make `data_dir/vgg` hold Udacity's VGG16 SavedModel, downloading vgg.zip if needed."""
-    return files.maybe_download_and_extract(url, vgg_dir(data_dir), sha256=sha256)
+    return downloads.maybe_download_and_extract(url, vgg_dir(data_dir), sha256=sha256)
 
 
 def load_vgg(sess, vgg_path, images=None):

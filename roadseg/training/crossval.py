@@ -1,7 +1,8 @@
 """Leave-one-group-out cross-validation (crossval.py): choosing a recipe and its number of
 epochs on the mean over every held-out group (CamVid's drives), never on one.
 
-Each fold is a main.py run with `--all-labelled --val-groups GROUP`: it trains on every
+Each fold is a training run (train.train) of the recipe with `all_labelled` and `val_groups`
+GROUP: it trains on every
 labelled image of the other groups (train/ and val/ alike) and validates on all of its own,
 every --val-every epochs. The folds run in turn, each in CV_DIR/GROUP/<run folder>, so an
 interrupted cross-validation resumes where it stopped (a fold's run resumes exactly, as any
@@ -10,6 +11,7 @@ two classes, else mean IoU), their mean, spread and range, and the pooled figure
 confusion matrices summed: folds of unequal size weigh by their pixels), and the epoch with the
 best mean, which the final model (`--all-labelled`, no validation) then trains for.
 """
+import dataclasses
 import os
 
 import numpy as np
@@ -27,11 +29,14 @@ def labelled_groups(data):
     return groups.count(dataset.train + (dataset.val or []), data.grouper())
 
 
-def fold_argv(argv, cv_dir, group):
-    """main.py's options for the fold that holds out `group` (with no --crossval record, which
-    a configured final recipe carries)."""
-    return [*argv, '--all-labelled', '--val-groups', group, '--crossval', '',
-            '--runs-dir', os.path.join(cv_dir, group)]
+def fold_config(config, cv_dir, group):
+    """The RunConfig of the fold that holds out `group`: every other labelled image trains,
+    its run folder goes in CV_DIR/GROUP, and it carries no crossval record (a configured final
+    recipe does)."""
+    return dataclasses.replace(
+        config, data=dataclasses.replace(config.data, all_labelled=True, val_groups=group),
+        run=dataclasses.replace(config.run, runs_dir=os.path.join(cv_dir, group),
+                                crossval=None))
 
 
 def fold_run(cv_dir, group):
@@ -57,9 +62,10 @@ def finished(run_dir):
                for record in files.read_json(path, kind='metrics')['epochs'])
 
 
-def run_folds(argv, cv_dir, folds, train, log=print):
-    """Train each fold not yet finished with `train` (main.run), resuming one that was
-    interrupted; the folds' run folders."""
+def run_folds(config, cv_dir, folds, train, resume, log=print):
+    """Train each fold of the RunConfig `config` not yet finished with `train` (train.train),
+    going on with one that was interrupted with `resume` (train.resume); the folds' run
+    folders."""
     runs = {}
     for number, group in enumerate(folds, 1):
         run_dir = fold_run(cv_dir, group)
@@ -67,10 +73,10 @@ def run_folds(argv, cv_dir, folds, train, log=print):
             log(f'fold {number}/{len(folds)} ({group} held out): done in {run_dir}')
         elif run_dir:
             log(f'fold {number}/{len(folds)} ({group} held out): resuming {run_dir}')
-            train(['--resume', run_dir])
+            resume(run_dir)
         else:
             log(f'fold {number}/{len(folds)} ({group} held out): training')
-            run_dir = train(fold_argv(argv, cv_dir, group))
+            run_dir = train(fold_config(config, cv_dir, group))
         runs[group] = run_dir
     return runs
 

@@ -138,7 +138,7 @@ def read_tf_config():
 
 
 def setup(training, frozen_encoder=False):
-    """The Setup of a settings.TrainingConfig's distribute, precision, xla and step_timeout;
+    """The Setup of a config.TrainingConfig's distribute, precision, xla and step_timeout;
     `frozen_encoder`: the network is Udacity's frozen VGG16, which cannot be replicated. Call it
     before any other TensorFlow work in the process: device settings apply only until
     TensorFlow starts."""

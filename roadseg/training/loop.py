@@ -7,13 +7,13 @@ from tqdm import tqdm
 from roadseg.errors import UserError
 
 
-def train(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_loss, input_image,
+def train(sess, epochs, batch_size, batches, train_op, cross_entropy_loss, input_image,
           correct_label, keep_prob, learning_rate, keep_prob_value=0.5, learning_rate_value=1e-4,
           log=print, start_epoch=1, on_step=None, on_epoch_end=None):
     """Train epochs `start_epoch`..`epochs`, showing a progress bar with the running loss and
     reporting each epoch's mean loss through `log`.
 
-    `get_batches_fn` is the classic generator of fed numpy batches, or a data pipeline
+    `batches` is the classic generator function of fed numpy batches, or a data pipeline
     (pipeline.Pipeline) the graph trains on: then nothing is fed but `keep_prob` and
     `learning_rate`. `learning_rate_value` is a number or a function of the global step
     (0-based, counted from the start of epoch 1). `on_step(loss)` is called after every step and
@@ -22,25 +22,25 @@ def train(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_loss
     ends, so nothing computed from the diverged weights is checkpointed or exported.
     :return: the list of mean losses, one per epoch trained
     """
-    in_graph = hasattr(get_batches_fn, 'start_epoch')
-    batches = steps_per_epoch(get_batches_fn.data if in_graph else get_batches_fn, batch_size)
+    in_graph = hasattr(batches, 'start_epoch')
+    per_epoch = steps_per_epoch(batches.data if in_graph else batches, batch_size)
     rate = learning_rate_value if callable(learning_rate_value) else lambda _: learning_rate_value
-    step = (start_epoch - 1) * (batches or 0)
+    step = (start_epoch - 1) * (per_epoch or 0)
     history = []
     for epoch in range(start_epoch, epochs + 1):
         start, total, seen, waited = time.time(), 0.0, 0, [0.0]
         if in_graph:
-            get_batches_fn.start_epoch(sess)
-            steps, fetches = range(batches), [train_op, cross_entropy_loss, get_batches_fn.size]
+            batches.start_epoch(sess)
+            steps, fetches = range(per_epoch), [train_op, cross_entropy_loss, batches.size]
         else:
-            steps, fetches = timed(get_batches_fn(batch_size), waited), [train_op,
+            steps, fetches = timed(batches(batch_size), waited), [train_op,
                                                                          cross_entropy_loss]
-        with tqdm(steps, total=batches, desc=f'Epoch {epoch}/{epochs}', leave=False,
+        with tqdm(steps, total=per_epoch, desc=f'Epoch {epoch}/{epochs}', leave=False,
                   disable=None) as bar:
             for batch in bar:
                 feeds = {keep_prob: keep_prob_value, learning_rate: rate(step)}
                 if in_graph:
-                    _, loss, size = get_batches_fn.run(sess, fetches, feeds)
+                    _, loss, size = batches.run(sess, fetches, feeds)
                 else:
                     feeds.update({input_image: batch[0], correct_label: batch[1]})
                     (_, loss), size = sess.run(fetches, feeds), len(batch[0])
@@ -65,11 +65,11 @@ def train(sess, epochs, batch_size, get_batches_fn, train_op, cross_entropy_loss
     return history
 
 
-def steps_per_epoch(get_batches_fn, batch_size):
-    """The steps of an epoch of `get_batches_fn` (None where it cannot tell)."""
-    if hasattr(get_batches_fn, 'steps'):
-        return get_batches_fn.steps(batch_size)
-    return -(-len(get_batches_fn) // batch_size) if hasattr(get_batches_fn, '__len__') else None
+def steps_per_epoch(batches, batch_size):
+    """The steps of an epoch of `batches` (None where it cannot tell)."""
+    if hasattr(batches, 'steps'):
+        return batches.steps(batch_size)
+    return -(-len(batches) // batch_size) if hasattr(batches, '__len__') else None
 
 
 def timed(iterable, waited):
@@ -86,7 +86,7 @@ def timed(iterable, waited):
 
 
 def learning_rate_schedule(training, steps_per_epoch):
-    """The learning rate of a settings.TrainingConfig at each global step (0-based): constant,
+    """The learning rate of a config.TrainingConfig at each global step (0-based): constant,
     or DeepLab's 'poly' decay (1 - step / steps) ** 0.9 from its learning rate towards 0 at the
     last step."""
     rate = training.learning_rate

@@ -3,15 +3,17 @@ the best model's export, checkpoints and metrics.json (RunMonitor)."""
 import os
 import time
 
-from roadseg import bev, evaluation, files, images, inference
+from roadseg import bev, drawing, evaluation, files, images, inference
 from roadseg.errors import UserError
 from roadseg.model.ops import tf1
+from roadseg.model_info import MODEL_INFO, ModelInfo
 from roadseg.training import checkpoints
 
 
-def validates(args, epoch):
-    """Whether `epoch` ends with validation: every --val-every epochs, and the last."""
-    return epoch % args.val_every == 0 or epoch == args.epochs
+def validates(config, epoch):
+    """Whether `epoch` ends with validation (RunConfig `config`): every --val-every epochs, and
+    the last."""
+    return epoch % config.run.val_every == 0 or epoch == config.training.epochs
 
 
 class RunMonitor:
@@ -20,19 +22,20 @@ class RunMonitor:
     after every --val-every epochs and the last.
 
     `model` is the inference tower as an inference.Model; `export(epoch, key_metric)` writes it
-    to model/; with `bev_paths` (the validation images' paths, --val-bev) validation scores in
-    KITTI's bird's-eye view too. `seen_samples`, images of the training groups that do not
-    train (data_split), are scored at each validation beside it but never pick the model."""
+    to model/. `data` is the run's inputs.RunData: its validation samples, and with --val-bev
+    their paths (validation scores in KITTI's bird's-eye view too); its in-group samples,
+    images of the training groups that do not train, are scored at each validation beside it
+    but never pick the model."""
 
-    def __init__(self, run_dir, sess, saver, model, export, val_samples, args, log, records,
-                 step, classes, bev_paths=None, seen_samples=()):
-        self.run_dir, self.sess, self.saver, self.classes = run_dir, sess, saver, classes
-        self.bev_paths, self.seen_samples = bev_paths, seen_samples
-        self.model, self.export, self.val_samples = model, export, val_samples
-        self.args, self.log, self.records, self.step_count = args, log, records, step
+    def __init__(self, run_dir, sess, saver, model, export, config, data, log, records, step):
+        self.run_dir, self.sess, self.saver, self.config = run_dir, sess, saver, config
+        self.classes, self.bev_paths = data.dataset.classes, data.bev_paths
+        self.val_samples, self.in_group_samples = data.val_samples, data.in_group_samples
+        self.model, self.export, self.log = model, export, log
+        self.records, self.step_count = records, step
         self.writer = tf1.summary.FileWriter(run_dir)
         self.best = max((r for r in records if 'key_metric' in r),
-                        key=lambda r: r['key_metric'], default=None) if val_samples else None
+                        key=lambda r: r['key_metric'], default=None) if self.val_samples else None
         self.clock = time.time()
 
     def scalars(self, values, step):
@@ -42,7 +45,7 @@ class RunMonitor:
 
     def validates(self, epoch):
         """Whether `epoch` ends with validation (run.validates)."""
-        return validates(self.args, epoch)
+        return validates(self.config, epoch)
 
     def step(self, loss):
         self.step_count += 1
@@ -53,10 +56,10 @@ class RunMonitor:
         import imageio.v3 as iio
         values = []
         for name, image, _ in self.val_samples[:count]:
-            small = images.resize_image(image, self.args.image_shape)
+            small = images.resize_image(image, self.config.training.image_shape)
             classes = inference.classes_of(self.model(small[None])[0])
-            drawn = inference.overlay(small, classes,
-                                      inference.overlay_colors(self.classes.colors))
+            drawn = drawing.overlay(small, classes,
+                                      drawing.overlay_colors(self.classes.colors))
             png = iio.imwrite('<bytes>', drawn, extension='.png')
             values.append(tf1.Summary.Value(tag=f'val/overlay/{name}', image=tf1.Summary.Image(
                 height=small.shape[0], width=small.shape[1], colorspace=3,
@@ -73,7 +76,7 @@ class RunMonitor:
         if validated:
             results = evaluation.evaluate(
                 self.model, self.val_samples, bev_evaluation=bev.Evaluation(
-                    self.bev_paths, self.args.label) if self.bev_paths else None)
+                    self.bev_paths, self.config.data.label) if self.bev_paths else None)
             record.update(val=results, key_metric=evaluation.key_metric(results))
             self.log(f'epoch {epoch}: validation {evaluation.summary_line(results)}')
             kitti = results.get('kitti_road', {})
@@ -84,13 +87,14 @@ class RunMonitor:
                           'val/average_precision': kitti.get('average_precision'),
                           'val/bev_max_f': (evaluation.bev_summary(results) or {})
                           .get('max_f')}, epoch)
-            if self.seen_samples:
-                record['seen'] = evaluation.evaluate(self.model, self.seen_samples)
+            if self.in_group_samples:  # recorded as 'seen' (metrics.json's key since it began)
+                record['seen'] = evaluation.evaluate(self.model, self.in_group_samples)
                 self.log(f'epoch {epoch}: training groups\' unseen images '
                          f'{evaluation.summary_line(record["seen"])}')
                 self.scalars({'seen/mean_iou': record['seen']['mean_iou'],
                               'seen/key_metric': evaluation.key_metric(record['seen'])}, epoch)
-            if epoch % self.args.tb_images_every == 0 or epoch == self.args.epochs:
+            if epoch % self.config.run.tb_images_every == 0 \
+                    or epoch == self.config.training.epochs:
                 self.overlays(epoch)
         if validated and (self.best is None or record['key_metric'] > self.best['key_metric']):
             self.best = record
@@ -111,7 +115,7 @@ class RunMonitor:
     def headline(self):
         """The best epoch's figures in one line: validation (the held-out groups under
         --val-groups) and, beside it, the training groups' unseen images when there are any."""
-        best, held = self.best, self.args.val_groups
+        best, held = self.best, self.config.data.val_groups
         line = (f'best epoch {best["epoch"]}: '
                 + (f'held-out groups {held}' if held else 'validation')
                 + f' {evaluation.summary_line(best["val"])}')
@@ -126,12 +130,12 @@ class RunMonitor:
         self.write_metrics()
         if self.best:
             self.log(self.headline())
-        info = os.path.join(self.run_dir, 'model', inference.MODEL_INFO)
-        exported = files.read_json(info, kind='fcn').get('epoch') if os.path.isfile(info) \
-            else None
+        model = os.path.join(self.run_dir, 'model')
+        exported = ModelInfo.read(model, model).epoch \
+            if os.path.isfile(os.path.join(model, MODEL_INFO)) else None
         if not self.best:
-            if exported != self.args.epochs:
-                self.export(self.args.epochs)
+            if exported != self.config.training.epochs:
+                self.export(self.config.training.epochs)
             return
         if exported == self.best['epoch']:
             return

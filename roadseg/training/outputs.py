@@ -4,7 +4,7 @@ import os
 
 from tqdm import tqdm
 
-from roadseg import files, images, inference
+from roadseg import drawing, files, images, inference
 from roadseg.errors import UserError
 from roadseg.model.ops import tf1
 
@@ -105,5 +105,5 @@ def write_overlays(model, image_paths, output_dir, colors):
         (probabilities,) = inference.segment(model, [image])
         name = os.path.splitext(os.path.basename(path))[0] + '.png'
         files.write_png(os.path.join(output_dir, name),
-                        inference.overlay(image, inference.classes_of(probabilities), colors))
+                        drawing.overlay(image, inference.classes_of(probabilities), colors))
     return bad

@@ -3,21 +3,18 @@ config.json and split.json, train.log, and a resumed run's state; the log lines 
 it and the fcn.json its model carries. inputs.py reads a run's data, monitoring.py keeps its
 records and checkpoints, outputs.py writes its model and overlays.
 """
-import dataclasses
 import os
 import platform
 import time
 
 import numpy as np
 
-from roadseg import cli, files
+from roadseg import cli, files, git
 from roadseg.data import groups
-from roadseg.data.settings import DataConfig
 from roadseg.errors import UserError
 from roadseg.model.ops import tf
-from roadseg.model.settings import NetworkConfig
+from roadseg.model_info import ModelInfo
 from roadseg.training import checkpoints, crossval
-from roadseg.training.settings import TrainingConfig
 
 
 class RunLog:
@@ -47,66 +44,69 @@ def new_run_dir(runs_dir):
     raise UserError(f'{runs_dir}: could not create a new run folder')
 
 
-def save_config(run_dir, args, weights):
-    """Write the run's configuration to run_dir/config.json: the typed data, network and
-    training settings, then the run's own options (validation, dropout, seeds, records), the
-    command that started it, the class weights, the library versions and the commit. It is one
-    flat object of options, as a --config file is, so that --config and --resume read it
-    back."""
-    config = {}
-    for settings in (DataConfig.of(args), NetworkConfig.of(args), TrainingConfig.of(args)):
-        config.update(dataclasses.asdict(settings))
-    config.update({k: v for k, v in vars(args).items()
-                   if k not in config and k not in ('config', 'resume')})
-    config['data_dir'] = os.path.abspath(args.data_dir)  # so the run resumes from anywhere
-    for shape in ('image_shape', 'train_crop'):
-        if config[shape]:
-            config[shape] = '{}x{}'.format(*config[shape])
-    if weights is not None:
-        config['class_weight_values'] = [round(float(w), 6) for w in weights]
-    config['versions'] = {'tensorflow': tf.__version__, 'python': platform.python_version(),
+def save_config(run_dir, config, class_weights, command=None):
+    """Write the RunConfig to run_dir/config.json: its JSON form (one flat object of options,
+    as a recipe is, so that --config and --resume read it back), with the data folder made
+    absolute, then what it derived: the class weights, the command that started it, the
+    library versions and the commit."""
+    record = config.to_json()
+    record['data_dir'] = os.path.abspath(config.data.data_dir)  # so it resumes from anywhere
+    if class_weights is not None:
+        record['class_weight_values'] = [round(float(w), 6) for w in class_weights]
+    record['command'] = command
+    record['versions'] = {'tensorflow': tf.__version__, 'python': platform.python_version(),
                           'numpy': np.__version__}
-    config['commit'] = files.git_commit(os.path.dirname(__file__))  # the code that trained it
-    files.write_json(os.path.join(run_dir, 'config.json'), config)
+    record['commit'] = git.commit(os.path.dirname(__file__))  # the code that trained it
+    files.write_json(os.path.join(run_dir, 'config.json'), record)
 
 
-def start_run(sess, saver, args, split, weights, writes=True):
-    """A new run folder with config.json and split.json, or the resumed run's state restored
-    from its newest sound checkpoint: (run folder, first epoch to train, earlier epoch records).
-    `split` is the (train, validation, seen) pairs of data_split, recorded in split.json.
+def start_run(sess, saver, config, split, class_weights, writes=True, resume=None,
+              command=None):
+    """A new run folder under the RunConfig's runs_dir, with config.json and split.json, or
+    the state of the run folder `resume` restored from its newest sound checkpoint: (run
+    folder, first epoch to train, earlier epoch records). `split` is the (train, validation,
+    in-group) pairs of inputs.data_split, recorded in split.json.
 
     The checkpoint is the commit point of an epoch: its manifest holds the records of every
     epoch up to it, so a run killed between writing the checkpoint and metrics.json, or during
     an export, resumes with its records whole; temporary folders a kill left are removed.
     A worker that is not the chief (`writes` false) makes no folder and only restores."""
     if not writes:
-        done = (checkpoints.restore_latest(sess, saver, os.path.join(args.resume, 'checkpoints'),
-                                           print) if args.resume else 0)
+        done = (checkpoints.restore_latest(sess, saver, os.path.join(resume, 'checkpoints'),
+                                           print) if resume else 0)
         return None, done + 1, []
-    if not args.resume:
-        run_dir = new_run_dir(args.runs_dir)
-        save_config(run_dir, args, weights)
-        record = {key: [os.path.basename(image) for image, _ in pairs]
-                  for key, pairs in zip(('train', 'val', 'seen'), split)}
-        if args.val_groups:
-            group_of = DataConfig.of(args).grouper()
-            record['groups'] = {key: groups.count(pairs, group_of)
-                                for key, pairs in zip(('train', 'val', 'seen'), split)}
-        files.write_json(os.path.join(run_dir, 'split.json'), record)
-        if args.crossval:
-            files.write_json(os.path.join(run_dir, 'crossval.json'),
-                             crossval.expected(args.crossval, args.epochs))
+    if not resume:
+        run_dir = new_run_dir(config.run.runs_dir)
+        save_config(run_dir, config, class_weights, command)
+        write_split(run_dir, config, split)
         return run_dir, 1, []
-    run_dir = args.resume
-    checkpoint_dir = os.path.join(run_dir, 'checkpoints')
-    for folder in (run_dir, checkpoint_dir):
+    checkpoint_dir = os.path.join(resume, 'checkpoints')
+    for folder in (resume, checkpoint_dir):
         files.remove_temporaries(folder)
-    save_config(run_dir, args, weights)  # --epochs and --data-dir may have changed
-    log = RunLog(os.path.join(run_dir, 'train.log'))
+    old = files.read_json(os.path.join(resume, 'config.json'), kind='config')
+    # --epochs, --data-dir and the devices may have changed; the command that started it stays
+    save_config(resume, config, class_weights, old.get('command'))
+    log = RunLog(os.path.join(resume, 'train.log'))
     done = checkpoints.restore_latest(sess, saver, checkpoint_dir, log)
-    log(cli.one_line(f'resuming {run_dir} after epoch {done}' if done else
-                     f'resuming {run_dir}: no usable checkpoint, starting from epoch 1'))
-    return run_dir, done + 1, resumed_records(run_dir, checkpoint_dir, done)
+    log(cli.one_line(f'resuming {resume} after epoch {done}' if done else
+                     f'resuming {resume}: no usable checkpoint, starting from epoch 1'))
+    return resume, done + 1, resumed_records(resume, checkpoint_dir, done)
+
+
+def write_split(run_dir, config, split):
+    """split.json: the file names of the (train, validation, in-group) pairs, recorded as
+    train, val and seen, with their counts per group under --val-groups; and a final model's
+    crossval.json, what its cross-validation expects of it."""
+    record = {key: [os.path.basename(image) for image, _ in pairs]
+              for key, pairs in zip(('train', 'val', 'seen'), split)}
+    if config.data.val_groups:
+        group_of = config.data.grouper()
+        record['groups'] = {key: groups.count(pairs, group_of)
+                            for key, pairs in zip(('train', 'val', 'seen'), split)}
+    files.write_json(os.path.join(run_dir, 'split.json'), record)
+    if config.run.crossval:
+        files.write_json(os.path.join(run_dir, 'crossval.json'),
+                         crossval.expected(config.run.crossval, config.training.epochs))
 
 
 def resumed_records(run_dir, checkpoint_dir, done):
@@ -121,32 +121,33 @@ def resumed_records(run_dir, checkpoint_dir, done):
     return [r for r in records if r['epoch'] <= done]
 
 
-def describe(run_dir, args, classes, split, start_epoch):
+def describe(run_dir, config, classes, split, start_epoch):
     """The run log's line on data, sizes and epochs (a worker that is not the chief has no
-    run folder); `split` is data_split's (train, validation, seen) pairs."""
-    train, val, seen = split
-    crop = args.train_crop
+    run folder); `split` is data_split's (train, validation, in-group) pairs."""
+    (train, val, in_group), data, training = split, config.data, config.training
+    crop, expected = training.train_crop, config.run.crossval
     where = run_dir or '(written by the chief)'
-    held = f' (held-out groups {args.val_groups})' if args.val_groups else ''
+    held = f' (held-out groups {data.val_groups})' if data.val_groups else ''
     images = (f'every one of the {len(train)} labelled images trains; nothing validates '
-              f'(a final model: its last epoch is exported)'
-              if args.all_labelled and not args.val_groups else
+              f'(a final model: its last epoch is exported)' if data.final else
               f'{len(train)} training and {len(val)} validation images{held}')
-    return (f'run {where}: {args.dataset} with {classes.num_classes} classes, {images}'
-            + (f', {len(seen)} unseen images of the training groups scored beside'
-               if seen else '')
-            + f', at {args.image_shape[0]}x{args.image_shape[1]}'
+    return (f'run {where}: {data.dataset} with {classes.num_classes} classes, {images}'
+            + (f', {len(in_group)} unseen images of the training groups scored beside'
+               if in_group else '')
+            + ', at {}x{}'.format(*training.image_shape)
             + (f' (training on {crop[0]}x{crop[1]} crops)' if crop else '')
-            + f', epochs {start_epoch}..{args.epochs}'
-            + (f' (the last {args.plain_epochs} on flips only)' if args.plain_epochs else '')
-            + (f'\n{crossval.expectation_line(crossval.expected(args.crossval, args.epochs))}'
-               if args.crossval else ''))
+            + f', epochs {start_epoch}..{training.epochs}'
+            + (f' (the last {training.plain_epochs} on flips only)'
+               if training.plain_epochs else '')
+            + (f'\n{crossval.expectation_line(crossval.expected(expected, training.epochs))}'
+               if expected else ''))
 
 
-def model_info(args, classes):
-    """The fcn.json of the run's model: what inference needs to use it."""
-    return {'image_shape': list(args.image_shape), 'num_classes': classes.num_classes,
-            'class_names': classes.names, 'class_colors': [list(c) for c in classes.colors],
-            'encoder': args.encoder, 'decoder': args.decoder, 'alpha': args.alpha,
-            'depth': args.depth, 'dataset': args.dataset, 'label': args.label,
-            'classes': args.classes, 'remap': args.remap}
+def model_info(config, classes):
+    """The fcn.json of the run's model, a ModelInfo: what inference needs to use it (the
+    options that do not apply to the model are left out)."""
+    network, data = config.network, config.data
+    return ModelInfo.of_classes(
+        config.training.image_shape, classes, encoder=network.encoder, decoder=network.decoder,
+        alpha=network.alpha, depth=network.depth, dataset=data.dataset, label=data.label,
+        classes=data.classes, remap=data.remap)

