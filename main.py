@@ -6,7 +6,8 @@ batches and writes the trained model and overlaid inference images to a new run 
     python main.py --data-dir ./data --epochs 40 --batch-size 8
     python main.py --config configs/camvid_road_mobilenetv2.json
 
-The five functions of the classic project are here; the library behind them is roadseg/.
+The five functions of the classic project are here; the library behind them is roadseg/, and
+`run` is roadseg/commands/train.py's command, which pip installs as `roadseg-train`.
 """
 import sys
 
@@ -18,9 +19,9 @@ if __name__ == '__main__':  # answer --help and a bad option at once, before Ten
     if status:
         sys.exit(status)
 
+from roadseg.commands import train as command  # noqa: E402
 from roadseg.model import decoders, vgg  # noqa: E402  (these load TensorFlow, seconds)
 from roadseg.training import loop, loss  # noqa: E402
-from roadseg.training.train import train  # noqa: E402
 
 
 def load_vgg(sess, vgg_path):
@@ -73,8 +74,7 @@ def run(argv=None):
     `argv`): read and check the data, build the FCN on the devices of --distribute, train with
     validation and checkpoints (or resume), export the best model and write overlays; the run
     folder (None on a multi-worker worker that is not the chief)."""
-    given = options.options(argv)
-    return train(given.config, given.resume, given.command)
+    return command.main(argv)
 
 
 if __name__ == '__main__':

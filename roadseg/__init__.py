@@ -1,4 +1,5 @@
-"""roadseg: the library behind the top-level scripts (main.py, evaluate.py, predict.py, ...).
+"""roadseg: the library behind the top-level scripts (main.py, evaluate.py, predict.py, ...),
+and a Python API: `roadseg.load('camvid-road').segment('street.jpg')` (api.py).
 
 Modules by role, each importing only those listed before it:
 
@@ -17,4 +18,18 @@ Modules by role, each importing only those listed before it:
     media                       predict.py's image and video inputs and outputs
     export                      frozen graph, serving SavedModel and TFLite exports, checked
     serving/                    serve.py's HTTP app: limits, TF Serving's API, batching, the app
+    commands/, console          each user command's main(argv); the roadseg-* commands pip installs
 """
+
+import importlib
+
+__version__ = '0.10.0'  # CHANGELOG.md says what each version changed
+API = ('load', 'Segmenter')  # roadseg.load(...): the Python API (api.py), imported when used
+
+
+def __getattr__(name):
+    """roadseg.load and roadseg.Segmenter, from api.py on first use: `import roadseg` stays
+    light for the commands, which import the package before anything else."""
+    if name in API:  # by name: the package's face depends on no layer of it
+        return getattr(importlib.import_module('roadseg.api'), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -62,6 +62,20 @@ def folder_of(name):
     return os.path.join(DIR, name)
 
 
+def seen_in_training(name, dataset):
+    """For the shipped model `name` scored on its own data set `dataset`, which it trained on
+    whole: one line saying so, with the figure its card gives for a new street; else None."""
+    if name not in SHIPPED or not os.path.isfile(os.path.join(DIR, name, CARD)):
+        return None
+    card = files.read_json(os.path.join(DIR, name, CARD), kind='card')
+    on_what = card['trained_on'].split(',')[0]  # '468 labelled images of camvid (every ...)'
+    if not on_what.endswith(f' of {dataset} (every labelled one)'):
+        return None
+    return (f'note: {name} trained on every labelled image of {dataset}, these among them, '
+            f'so this figure measures how well it learned them, not what to expect on a new '
+            f'street; for that, its card (cross-validation): {card["quality"]["crossval"]}')
+
+
 def speed(model, image, runs=10):
     """The median milliseconds of `model` (an inference.Model) on one image, after a warm-up."""
     batch = image[None]

@@ -10,10 +10,9 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-import evaluate
 import main
-import predict
 from roadseg import bev, evaluation
+from roadseg.commands import evaluate, predict
 from roadseg.data.classes import VOID
 from roadseg.errors import PartlyFailed, UserError
 from tests.conftest import SHARED_DATA, make_kitti, save_tiny_model

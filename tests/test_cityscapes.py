@@ -7,9 +7,9 @@ import imageio.v2 as iio2
 import numpy as np
 import pytest
 
-import crossval
 import main
 from roadseg import cli
+from roadseg.commands import crossval
 from roadseg.data import classes as class_files
 from roadseg.data import groups, layouts
 from roadseg.errors import UserError

@@ -17,10 +17,8 @@ from fastapi.testclient import TestClient
 from hypothesis import given
 from hypothesis import strategies as st
 
-import choose_crf
-import evaluate
-import predict
 from roadseg import cli, crf, inference, serving
+from roadseg.commands import choose_crf, evaluate, predict
 from roadseg.errors import UserError
 from roadseg.model_info import ModelInfo
 from tests.conftest import make_kitti, save_tiny_model

@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 
-import crossval
 import main
 from roadseg import cli, metrics
+from roadseg.commands import crossval
 from roadseg.data import groups
 from roadseg.errors import UserError
 from roadseg.training import config, monitoring

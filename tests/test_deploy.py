@@ -20,12 +20,9 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-import evaluate
-import export
-import plot
-import predict
 from roadseg import cli, drawing, inference, media
 from roadseg import export as formats
+from roadseg.commands import evaluate, export, plot, predict
 from roadseg.errors import PartlyFailed, UserError
 from roadseg.images import read_rgb, resize_image, resize_probabilities
 from roadseg.model.ops import tf
@@ -542,7 +539,7 @@ def test_tflite_exports_upsample_without_transpose_conv(exports):
 
 
 def test_tflite_models_run_without_importing_tensorflow(exports):
-    code = ('import sys, numpy, predict\n'
+    code = ('import sys, numpy\nfrom roadseg.commands import predict\n'
             'with predict.inference.load_model(sys.argv[1]) as model:\n'
             '    out = model(numpy.zeros((1, *model.image_shape, 3), numpy.uint8))\n'
             'print(out.shape, "tensorflow" in sys.modules)')

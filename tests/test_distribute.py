@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
-import evaluate
 from roadseg import cpu
+from roadseg.commands import evaluate
 from roadseg.data.pipeline import TrainingData
 from roadseg.errors import UserError
 from roadseg.model.ops import tf, tf1

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import predict
 from roadseg import images
+from roadseg.commands import predict
 
 ORIENTATION = images.EXIF_ORIENTATION
 # EXIF orientation -> how the stored pixels are turned to be shown (numpy, on the stored array)

@@ -22,12 +22,9 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-import evaluate
-import export
 import main
-import plot
-import predict
 from roadseg import bev, cli, files, inference, settings
+from roadseg.commands import evaluate, export, plot, predict
 from roadseg.data import classes as class_files
 from roadseg.data import groups, kitti_names, layouts, transforms
 from roadseg.errors import UserError

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-import evaluate
 import main
 from roadseg import evaluation
+from roadseg.commands import evaluate
 from roadseg.data import groups
 from roadseg.data.config import RULES, DataConfig
 from roadseg.errors import UserError

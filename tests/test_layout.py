@@ -6,8 +6,11 @@ import shutil
 import subprocess
 import sys
 
+import imageio.v3 as iio
+import numpy as np
 import pytest
 
+from roadseg import console
 from tests.conftest import ROOT
 
 
@@ -128,7 +131,7 @@ def test_the_installed_package_finds_its_models_page_and_configs(tmp_path):
     through it, the project's own not), finds everything it reads from the package when run
     away from the source folder: the shipped models whole (their manifests check), the
     service's page, the default config and the class files."""
-    if not os.path.isdir(os.path.join(ROOT, '.git')):
+    if not os.path.exists(os.path.join(ROOT, '.git')):  # a folder, or a worktree's file
         pytest.skip('not a git checkout')
     source = tmp_path / 'source'  # the tracked files only, as a clean clone has them
     tracked = subprocess.run(['git', 'ls-files', '-z'], cwd=ROOT, capture_output=True,
@@ -155,6 +158,8 @@ from roadseg.serving.app import PAGE
 from roadseg.data import classes
 from roadseg.training import options
 assert 'site-packages' in roadseg.__file__, roadseg.__file__
+from importlib import metadata
+assert metadata.version('roadseg') == roadseg.__version__, metadata.version('roadseg')
 for name in zoo.SHIPPED:
     folder = os.path.dirname(zoo.resolve(name))
     assert files.manifest_problem(folder) is None, (name, files.manifest_problem(folder))
@@ -163,9 +168,23 @@ assert os.path.isfile(os.path.join(zoo.DIR, 'README.md'))
 assert open(PAGE).read().startswith('<!')
 assert options.parse_args([]).training.epochs == 40  # main.py's defaults, in the fields
 assert classes.builtin('camvid11').num_classes == 11
+assert os.path.isfile(os.path.join(os.path.dirname(roadseg.__file__), 'py.typed'))
+assert roadseg.load('camvid-road').input_size == (352, 480)  # the Python API
 print('ok')
 '''
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
     done = subprocess.run([python, '-c', check], cwd=away, capture_output=True, text=True,
                           env=env, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == 'ok', done.stderr[-2000:]
+    # Every user command is installed on the PATH and answers, away from the source folder.
+    for name in console.NAMES:
+        command = str(venv / 'bin' / f'roadseg-{name.replace("_", "-")}')
+        helped = subprocess.run([command, '--help'], cwd=away, capture_output=True, text=True,
+                                env=env, timeout=120)
+        assert helped.returncode == 0 and 'usage:' in helped.stdout, (name, helped.stderr[-500:])
+    # The shipped road model segments a street image with the installed command.
+    iio.imwrite(away / 'street.png', np.full((60, 80, 3), 100, np.uint8))
+    done = subprocess.run([str(venv / 'bin' / 'roadseg-predict'), 'street.png', '--output-dir',
+                           'out'], cwd=away, capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0 and (away / 'out' / 'street.png').is_file(), done.stderr[-2000:]

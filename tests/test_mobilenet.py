@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
-import evaluate
-import export
 import main
+from roadseg.commands import evaluate, export
 from roadseg.errors import PartlyFailed, UserError
 from roadseg.model import decoders, keras_weights, mobilenet, network, ops, vgg
 from roadseg.model.config import NetworkConfig

@@ -13,9 +13,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-import plot
-import predict
 from roadseg import cli, files
+from roadseg.commands import plot, predict
 from roadseg.errors import UserError
 
 

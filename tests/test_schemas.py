@@ -22,8 +22,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import plot
 from roadseg import cli, drawing, evaluation, files, inference, schemas, zoo
+from roadseg.commands import plot
 from roadseg.data import classes as class_files
 from roadseg.errors import UserError
 from roadseg.model.ops import tf, tf1

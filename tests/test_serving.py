@@ -30,11 +30,12 @@ import numpy as np
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
+from hypothesis import given
+from hypothesis import strategies as st
 
-import predict
-import serve
 from benchmarks.service import Server, free_port
 from roadseg import cli, drawing, images, inference, serving
+from roadseg.commands import predict, serve
 from roadseg.data import kitti_names
 from roadseg.errors import UserError
 from roadseg.model_info import ModelInfo
@@ -311,6 +312,38 @@ def test_bad_requests_are_4xx_with_one_json_line(client, inputs, what, method, p
     error = response.json()['error']
     assert message in error and '\n' not in error and 'Traceback' not in error
     assert client.get('/healthz').json()['status'] == 'ok'  # still up
+
+
+def test_the_model_is_served_under_its_name(run_dir):
+    """A shipped model is served as its name, any model as --model-name's (TensorFlow
+    Serving's flag); a path without one as fcn. The page asks for it by that name."""
+    assert serve.served_name(serve.parse_args([])) == 'camvid-road'
+    assert serve.served_name(serve.parse_args(['--model', 'camvid11'])) == 'camvid11'
+    assert serve.served_name(serve.parse_args(['--model', str(run_dir)])) == 'fcn'
+    assert serve.served_name(serve.parse_args(['--model', 'camvid11', '--model-name',
+                                               'streets'])) == 'streets'
+    app = serving.create_app(inference.load_model(str(run_dir)), model_name='roads-1.0')
+    with TestClient(app) as named:
+        assert named.get('/v1/models/roads-1.0/metadata').json()['model_spec']['name'] == \
+            'roads-1.0'
+        assert named.get('/v1/models/roads-1.0').status_code == 200
+        refused = named.get('/v1/models/fcn/metadata')
+        assert refused.status_code == 404 and refused.json() == {
+            'error': "no model 'fcn'; this server serves 'roads-1.0', version 1"}
+        assert named.get('/healthz').json()['model'] == 'roads-1.0'
+        page = named.get('/').text
+        assert '/v1/models/roads-1.0/metadata' in page and '/v1/models/fcn/' not in page
+
+
+@given(st.text(max_size=120))
+def test_a_model_name_flag_is_a_name_or_one_line(text):
+    try:
+        args = serve.parse_args(['--model-name', text])
+    except UserError as e:
+        assert len(str(e).splitlines()) == 1 and '--model-name' in str(e)
+        return
+    assert re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9._-]*', args.model_name) and \
+        len(args.model_name) <= 100
 
 
 def test_images_over_max_pixels_are_413(run_dir, inputs):
@@ -815,7 +848,8 @@ def test_serve_py_bounds_heads_bodies_and_answers_by_its_flags(run_dir, inputs, 
 def test_the_service_imports_no_tensorflow():
     """A .tflite model runs on LiteRT (test_deploy checks loading one); the server around it
     must not pull TensorFlow in either."""
-    code = 'import sys, serve, uvicorn; from roadseg import serving; ' \
+    code = 'import sys, uvicorn; from roadseg import serving; ' \
+           'from roadseg.commands import serve; ' \
            'print("tensorflow" in sys.modules)'
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                             cwd=ROOT, timeout=60)

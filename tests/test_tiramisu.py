@@ -6,9 +6,7 @@ import os
 import numpy as np
 import pytest
 
-import evaluate
-import export
-import predict
+from roadseg.commands import evaluate, export, predict
 from roadseg.errors import UserError
 from roadseg.model import network
 from roadseg.model.config import NetworkConfig

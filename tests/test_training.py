@@ -11,9 +11,8 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-import evaluate
-import plot
 from roadseg import cli
+from roadseg.commands import evaluate, plot
 from roadseg.data import splits
 from roadseg.errors import UserError
 from roadseg.model.ops import tf, tf1

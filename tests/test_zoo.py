@@ -11,12 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import evaluate
-import export
-import predict
-import serve
 from roadseg import cli, cpu, evaluation, files, git, inference, zoo
 from roadseg import export as formats
+from roadseg.commands import evaluate, export, predict, serve
 from roadseg.errors import PartlyFailed, UserError
 from roadseg.model_info import ModelInfo
 from tests.conftest import ROOT, SHARED_DATA
@@ -238,3 +235,13 @@ def test_tracked_files_hold_no_absolute_path_of_a_machine():
         found += [f'{name}: {m.group(0)}' for m in pattern.finditer(data.decode('utf-8',
                                                                                 'replace'))]
     assert found == []
+
+
+def test_a_shipped_model_scored_on_the_data_it_trained_on_says_so():
+    """evaluate.py --model camvid11 on CamVid scores images the model trained on: the note
+    says so and gives the card's figure for a new street instead."""
+    note = zoo.seen_in_training('camvid11', 'camvid')
+    assert note.startswith('note: camvid11 trained on every labelled image of camvid')
+    assert 'mean IoU 0.419 +- 0.035' in note
+    assert zoo.seen_in_training('camvid-road', 'kitti') is None  # not what it trained on
+    assert zoo.seen_in_training('runs/20261207-120000', 'camvid') is None  # not shipped

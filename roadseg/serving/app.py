@@ -34,13 +34,14 @@ DISCONNECTED = 499  # the status a request whose client went away is counted und
 
 def create_app(model, max_batch=8, batch_timeout_ms=5.0, max_pixels=40_000_000,
                crf_parameters=None, max_body_bytes=MAX_BODY_BYTES,
-               max_answer_bytes=MAX_ANSWER_BYTES):
-    """The FastAPI app serving `model` (an inference.Model, closed when the app stops), its
-    answers refined by a dense CRF of `crf_parameters` (crf.read_parameters) when given."""
+               max_answer_bytes=MAX_ANSWER_BYTES, model_name=MODEL_NAME):
+    """The FastAPI app serving `model` (an inference.Model, closed when the app stops) as
+    `model_name` in TensorFlow Serving's URLs, its answers refined by a dense CRF of
+    `crf_parameters` (crf.read_parameters) when given."""
     service = Service(model, max_batch, batch_timeout_ms, max_pixels, crf_parameters,
-                      max_body_bytes, max_answer_bytes)
-    with open(PAGE, encoding='utf-8') as f:
-        page = f.read()
+                      max_body_bytes, max_answer_bytes, model_name)
+    with open(PAGE, encoding='utf-8') as f:  # the page asks for the model by its name
+        page = f.read().replace('/v1/models/fcn/', f'/v1/models/{model_name}/')
     app = FastAPI(title='FCN road segmentation', lifespan=_lifespan(service), docs_url=None,
                   redoc_url=None, openapi_url=None)
     app.state.service = service
@@ -92,7 +93,8 @@ def _answer_failures(app):
     async def http_error(request, e):
         message = e.detail
         if e.status_code == 404:
-            message = f'no endpoint {request.url.path}; see GET / and GET /v1/models/fcn/metadata'
+            message = (f'no endpoint {request.url.path}; see GET / and GET '
+                       f'/v1/models/{app.state.service.name}/metadata')
         elif e.status_code == 405:
             message = f'{request.method} is not allowed on {request.url.path}'
         return JSONResponse({'error': cli.one_line(message)}, e.status_code)
@@ -134,7 +136,7 @@ def _add_model_routes(app, service):
 
     @app.get('/v1/models/{name}')
     async def status(name: str):
-        return model_status(name)
+        return model_status(name, service.name)
 
     @app.get('/v1/models/{name}/metadata')
     async def metadata(name: str):
@@ -159,7 +161,7 @@ def _add_page_and_probes(app, service, page):
         (crf.IsolatedRefiner.state, which replaces a broken pool), null without one."""
         pool = None if refiner is None else await run_in_threadpool(refiner.state)
         ready = pool is None or pool['ready']
-        return JSONResponse({'status': 'ok' if ready else 'unavailable', 'model': MODEL_NAME,
+        return JSONResponse({'status': 'ok' if ready else 'unavailable', 'model': service.name,
                              'format': service.model.kind, 'crf': pool}, 200 if ready else 503)
 
     @app.get('/metrics')

@@ -14,7 +14,7 @@ from starlette.requests import ClientDisconnect
 from roadseg import cli
 from roadseg.serving.errors import RequestFailed, first_line
 
-MODEL_NAME, MODEL_VERSION = 'fcn', '1'
+MODEL_NAME, MODEL_VERSION = 'fcn', '1'  # the name of a model that is not a shipped one
 SEGMENT_OUTPUTS = ('overlay', 'mask', 'probability')
 SEGMENT_QUERY = ('output', 'crop', 'flip_tta')
 RAW_TYPES = ('', 'application/octet-stream')  # and image/*: a raw image body
@@ -206,26 +206,27 @@ async def upload(request):
                              f'multipart/form-data')
 
 
-def check_servable(name, version=None):
-    """Refuse (404) a model name or version in the URL other than this server's."""
-    if name != MODEL_NAME or version not in (None, MODEL_VERSION):
+def check_servable(name, served, version=None):
+    """Refuse (404) a model name or version in the URL other than this server's (`served`)."""
+    if name != served or version not in (None, MODEL_VERSION):
         which = f'version {version} of ' if version else ''
         raise RequestFailed(404, f'no {which}model {name!r}; this server serves '
-                                 f'{MODEL_NAME!r}, version {MODEL_VERSION}')
+                                 f'{served!r}, version {MODEL_VERSION}')
 
 
-def model_status(name):
-    """TensorFlow Serving's status answer of model `name`."""
-    check_servable(name)
+def model_status(name, served):
+    """TensorFlow Serving's status answer of model `name`, which the server serves as
+    `served`."""
+    check_servable(name, served)
     return {'model_version_status': [{'version': MODEL_VERSION, 'state': 'AVAILABLE',
                                       'status': {'error_code': 'OK', 'error_message': ''}}]}
 
 
-def model_metadata(name, num_classes, two_classes, fcn):
-    """TensorFlow Serving's metadata answer of model `name`: the signatures a model of
-    `num_classes` answers (the road-only ones for two-class models only), each taking an
-    image's bytes, and the service's own details `fcn`."""
-    check_servable(name)
+def model_metadata(name, served, num_classes, two_classes, fcn):
+    """TensorFlow Serving's metadata answer of model `name` (served as `served`): the
+    signatures a model of `num_classes` answers (the road-only ones for two-class models only),
+    each taking an image's bytes, and the service's own details `fcn`."""
+    check_servable(name, served)
     signatures = {
         signature: {
             'inputs': {'image': _tensor('DT_STRING', [-1], 'image')},
@@ -234,7 +235,7 @@ def model_metadata(name, num_classes, two_classes, fcn):
             'method_name': 'tensorflow/serving/predict'}
         for signature, outputs in SIGNATURES.items()
         if two_classes or signature not in ROAD_ONLY}
-    return {'model_spec': {'name': MODEL_NAME, 'signature_name': '', 'version': MODEL_VERSION},
+    return {'model_spec': {'name': served, 'signature_name': '', 'version': MODEL_VERSION},
             'metadata': {'signature_def': {'signature_def': signatures}, 'fcn': fcn}}
 
 

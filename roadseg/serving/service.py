@@ -44,8 +44,9 @@ class Service:
     """The model, its batcher, the request handling and the metrics behind the app."""
 
     def __init__(self, model, max_batch, batch_timeout_ms, max_pixels, crf_parameters,
-                 max_body_bytes, max_answer_bytes):
+                 max_body_bytes, max_answer_bytes, name):
         self.model, self.max_pixels, self.max_answer_bytes = model, max_pixels, max_answer_bytes
+        self.name = name  # the model's name in TensorFlow Serving's URLs
         self.refiner = None
         if crf_parameters is not None:  # at_image_size refines through the worker process
             model.refine = self.refiner = crf.IsolatedRefiner(crf_parameters)
@@ -119,7 +120,7 @@ class Service:
     # Endpoints
 
     async def predict(self, request, name, version=None):
-        check_servable(name, version)
+        check_servable(name, self.name, version)
         signature, columnar, payloads = await run_in_threadpool(parse_predict,
                                                                 await request.body())
         self.check_road_only(signature, f'signature_name {signature!r}')
@@ -171,7 +172,7 @@ class Service:
         """TensorFlow Serving's metadata, the model's details and the service's settings under
         "fcn"."""
         info = self.model.info
-        return model_metadata(name, info.num_classes, self.two_classes, {
+        return model_metadata(name, self.name, info.num_classes, self.two_classes, {
             'format': self.model.kind,
             'image_shape': list(self.model.image_shape),
             'num_classes': info.num_classes,
