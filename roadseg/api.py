@@ -14,7 +14,7 @@ from typing import Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from roadseg import images, inference, metrics, zoo
+from roadseg import images, inference, zoo
 from roadseg.errors import UserError
 
 # What an image may be: HxWx3 uint8 RGB, a PIL image, or the path of an image file
@@ -28,8 +28,7 @@ class Segmenter:
 
     def __init__(self, model: inference.Model, name: str) -> None:
         self.model, self.name = model, name
-        # predict.py's rule: two classes are road where its probability is at least 0.5
-        self.threshold = 0.5 if metrics.is_road_model(model.num_classes) else None
+        self.threshold = inference.default_threshold(model.num_classes)
 
     @property
     def classes(self) -> list[str]:

@@ -14,7 +14,7 @@ import os
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
-from roadseg import files, streams
+from roadseg import files, metrics, streams
 from roadseg.errors import UserError
 from roadseg.graph_mode import import_tensorflow, quiet_stderr
 from roadseg.images import resize_image, resize_probabilities
@@ -320,6 +320,12 @@ def full_size(probabilities, size, rows):
     full[..., 0] = 1
     full[top:bottom] = resize_probabilities(probabilities, (bottom - top, size[1]))
     return full
+
+
+def default_threshold(num_classes):
+    """The road threshold every command and the API use by default: 0.5 for a two-class (road)
+    model, None (the most probable class) for more classes."""
+    return 0.5 if metrics.is_road_model(num_classes) else None
 
 
 def classes_of(probabilities, threshold=None):

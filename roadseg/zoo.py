@@ -48,11 +48,19 @@ def resolve(model):
     return found
 
 
+def shipped_name(model, resolved):
+    """The shipped model's name when --model `model` resolved to one (None: the default), else
+    None (a path, or a local file or folder of a shipped model's name)."""
+    if resolved != model and (model is None or model in SHIPPED):
+        return model or DEFAULT
+    return None
+
+
 def describe(model, resolved):
     """One line naming the model a command uses: the shipped model's name and file, or the
     path given (its line breaks escaped)."""
-    if resolved != model and (model is None or model in SHIPPED):
-        name = model or DEFAULT
+    name = shipped_name(model, resolved)
+    if name:
         return cli.one_line(f'model: {name}, the shipped {SHIPPED[name][0]} ({resolved})')
     return cli.one_line(f'model: {resolved}')
 

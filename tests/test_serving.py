@@ -34,7 +34,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from benchmarks.service import Server, free_port
-from roadseg import cli, drawing, images, inference, serving
+from roadseg import cli, drawing, images, inference, serving, zoo
 from roadseg.commands import predict, serve
 from roadseg.data import kitti_names
 from roadseg.errors import UserError
@@ -317,11 +317,13 @@ def test_bad_requests_are_4xx_with_one_json_line(client, inputs, what, method, p
 def test_the_model_is_served_under_its_name(run_dir):
     """A shipped model is served as its name, any model as --model-name's (TensorFlow
     Serving's flag); a path without one as fcn. The page asks for it by that name."""
-    assert serve.served_name(serve.parse_args([])) == 'camvid-road'
-    assert serve.served_name(serve.parse_args(['--model', 'camvid11'])) == 'camvid11'
-    assert serve.served_name(serve.parse_args(['--model', str(run_dir)])) == 'fcn'
-    assert serve.served_name(serve.parse_args(['--model', 'camvid11', '--model-name',
-                                               'streets'])) == 'streets'
+    def served_name(*argv):
+        args = serve.parse_args(list(argv))
+        return serve.served_name(args, zoo.resolve(args.model))
+    assert served_name() == 'camvid-road'
+    assert served_name('--model', 'camvid11') == 'camvid11'
+    assert served_name('--model', str(run_dir)) == 'fcn'
+    assert served_name('--model', 'camvid11', '--model-name', 'streets') == 'streets'
     app = serving.create_app(inference.load_model(str(run_dir)), model_name='roads-1.0')
     with TestClient(app) as named:
         assert named.get('/v1/models/roads-1.0/metadata').json()['model_spec']['name'] == \

@@ -85,7 +85,8 @@ def wanted(args):
 def check_options(args, model):
     """Options that need a two-class model."""
     if metrics.is_road_model(model.num_classes):
-        args.threshold = 0.5 if args.threshold is None else args.threshold
+        if args.threshold is None:
+            args.threshold = inference.default_threshold(model.num_classes)
     elif args.probability or args.kitti_submission or args.threshold is not None:
         flag = '--probability' if args.probability else '--kitti-submission' \
             if args.kitti_submission else '--threshold'

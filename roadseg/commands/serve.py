@@ -113,13 +113,10 @@ def model_name_arg(text):
     return text
 
 
-def served_name(args):
+def served_name(args, model_path):
     """The model's name in the URLs: --model-name, else the shipped model's name (--model
-    naming one, or none given), else MODEL_NAME."""
-    if args.model_name:
-        return args.model_name
-    shipped = zoo.DEFAULT if args.model is None else args.model
-    return shipped if shipped in zoo.SHIPPED else MODEL_NAME
+    naming one, or none given, resolved to `model_path`), else MODEL_NAME."""
+    return args.model_name or zoo.shipped_name(args.model, model_path) or MODEL_NAME
 
 
 def check_port(host, port):
@@ -166,7 +163,8 @@ def main(argv=None):
     check_file_limit(args.max_connections)
     settings = {'max_batch': args.max_batch, 'batch_timeout_ms': args.batch_timeout_ms,
                 'max_pixels': args.max_pixels, 'max_body_bytes': args.max_body_bytes,
-                'max_answer_bytes': args.max_answer_bytes, 'model_name': served_name(args)}
+                'max_answer_bytes': args.max_answer_bytes,
+                'model_name': served_name(args, model_path)}
     crf_parameters = crf.parameters_for(args.crf)  # a bad file or no pydensecrf2: one line, now
     signal.signal(signal.SIGTERM, stopped)
     model = inference.load_model(model_path)  # one that does not load: one line, now

@@ -51,7 +51,7 @@ class Service:
         if crf_parameters is not None:  # at_image_size refines through the worker process
             model.refine = self.refiner = crf.IsolatedRefiner(crf_parameters)
         self.two_classes = metrics.is_road_model(model.num_classes)
-        self.threshold = 0.5 if self.two_classes else None  # predict.py's default
+        self.threshold = inference.default_threshold(model.num_classes)
         self.colors = drawing.overlay_colors(model.info.class_colors)
         self.registry = prometheus_client.CollectorRegistry()
         self.requests = prometheus_client.Counter(

@@ -187,11 +187,11 @@ def option_fields():
             for field in dataclasses.fields(section)}
 
 
-def read_values(path, text_kind='give a JSON file of options to --config'):
+def read_values(path):
     """{option: Python value} of a JSON config file (a recipe, or a run's config.json, whose
     derived records are dropped), each checked against its field; one line naming the file
     and the option otherwise."""
-    config = files.read_json(path, text_kind)
+    config = files.read_json(path, 'give a JSON file of options to --config')
     if not isinstance(config, dict):
         raise UserError(f'{path}: a config file holds one JSON object of options, '
                         f'{{"option": value, ...}}, not a {type(config).__name__}')
