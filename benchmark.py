@@ -14,10 +14,13 @@ each peer's time over the project's is reported per repeat, with its median:
         --image-shapes 160x576,352x480 --peer-dir PEERS_DIR --json p.json
 
 With --deploy RUN_DIR it times that trained model's deployment formats instead: the frozen
-TensorFlow graph and TFLite float32, float16 and int8 (export.py's code), each frozen and
-converted at every --deploy-shapes size (the network is fully convolutional; KITTI's full
-375x1242 frame runs as 384x1248, the next multiples of 32) and timed in a process of its own, for
-its peak resident memory: latency at batch 1, throughput at batch 8, GFLOP/s. With --video-frames
+TensorFlow graph, TFLite float32, float16 and int8, and ONNX on onnxruntime (export.py's code;
+ONNX when the onnx extra is installed), each frozen and converted at every --deploy-shapes size
+(the network is fully convolutional; KITTI's full 375x1242 frame runs as 384x1248, the next
+multiples of 32) and timed in a process of its own, for its peak resident memory: latency at
+batch 1, throughput at batch 8, GFLOP/s; then int8 and onnxruntime each in alternation with the
+frozen graph and float32 TFLite in one process, for ratios a drifting machine leaves standing.
+The table names the CPU. With --video-frames
 DIR, predict.py then segments a video made of those images with the fastest format, decoding
 and encoding included, and each stage of its work is timed alone for its share; with
 --video MODEL, the same for any model (a path or a shipped name):
@@ -52,7 +55,7 @@ import tempfile
 import numpy as np
 
 from benchmarks import video
-from roadseg import cli, files, images
+from roadseg import cli, cpu, files, images
 from roadseg.data import layouts
 from roadseg.errors import UserError
 from roadseg.model.entries import mobilenetv2, tiramisu
@@ -232,7 +235,7 @@ def main(argv=None):
     from benchmarks import models  # loads TensorFlow (seconds): only once the options are sound
     results = {'batch_size': args.batch_size, 'repeats': args.repeats,
                'tensorflow': models.tf.__version__, 'numpy': np.__version__,
-               'python': platform.python_version(), 'cpus': os.cpu_count(),
+               'python': platform.python_version(), 'cpus': os.cpu_count(), 'cpu': cpu.model(),
                'numpy_gflops_runs': [models.numpy_matmul_gflops()]}
     if args.deploy:
         results['numpy_gflops'] = results['numpy_gflops_runs'][0]

@@ -5,6 +5,7 @@ implementations, and a trained model's deployment formats, each timed in a proce
 `python -m benchmarks.models MODEL REPEATS` is that child process: it prints time_model's JSON.
 """
 import dataclasses
+import importlib.util
 import json
 import os
 import re
@@ -361,7 +362,10 @@ def print_table(results):
 # Deployment formats (--deploy)
 # ----------------------------------------------------------------------------------------------
 
-DEPLOY_FORMATS = ('frozen', 'tflite32', 'tflite16', 'int8')
+DEPLOY_FORMATS = ('frozen', 'tflite32', 'tflite16', 'int8', 'onnx')
+# {format: the formats it is timed against in alternation, in one process}: the int8 model and
+# onnxruntime, each against the float32 TensorFlow graph and float32 LiteRT
+PAIRED = {'int8': ('frozen', 'tflite32'), 'onnx': ('frozen', 'tflite32')}
 
 
 def time_model(path, repeats):
@@ -396,11 +400,21 @@ def frozen_flops(path):
         return count_flops(graph.get_tensor_by_name('probabilities:0'))
 
 
+def deploy_formats():
+    """DEPLOY_FORMATS, without onnx (with a note) when tf2onnx or onnxruntime is missing."""
+    missing = [name for name in export.ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f'note: onnx skipped: no {" and no ".join(missing)} (pip install \'.[onnx]\')')
+        return tuple(fmt for fmt in DEPLOY_FORMATS if fmt != 'onnx')
+    return DEPLOY_FORMATS
+
+
 def measure_deploy(run_dir, shapes, calibration_count, repeats, numpy_gflops, folder):
     """Freeze and convert the model of `run_dir` at each of `shapes` into `folder`, int8
     calibrated on `calibration_count` training images, and time each format."""
     model_folder = inference.model_folder(run_dir)
     info = ModelInfo.read(model_folder, run_dir)
+    formats = deploy_formats()
     rows = []
     for shape in shapes:
         size = '{}x{}'.format(*shape)
@@ -408,7 +422,7 @@ def measure_deploy(run_dir, shapes, calibration_count, repeats, numpy_gflops, fo
         shaped = dataclasses.replace(info, image_shape=shape)
         calibration = export.calibration_images(run_dir, shaped, count=calibration_count)
         paths = export.write_exports(model_folder, shaped, os.path.join(folder, size),
-                                     DEPLOY_FORMATS, calibration)
+                                     formats, calibration)
         gflop = frozen_flops(paths['frozen']) / 1e9
         timed = {}
         for fmt, path in paths.items():
@@ -417,25 +431,27 @@ def measure_deploy(run_dir, shapes, calibration_count, repeats, numpy_gflops, fo
             row.update(format=fmt, path=path, image_shape=list(shape), gflop_per_image=gflop,
                        gflops=gflop / (row['latency_ms'] / 1e3))
             row['vs_numpy_percent'] = 100 * row['gflops'] / numpy_gflops
-        timed['int8']['int8_speedup_paired'] = int8_speedups(paths, repeats)
+        for fmt, references in PAIRED.items():
+            if fmt in timed:
+                timed[fmt]['speedup_paired'] = paired_speedups(paths, fmt, references, repeats)
         rows.extend(timed.values())
     return rows
 
 
-def int8_speedups(paths, repeats):
-    """{reference format: its batch-1 time over the int8 model's}, for the frozen graph and
-    float32 TFLite: each loaded in one process with the int8 model and called in alternation
-    with it (time_paired), so a slow minute of this machine slows both."""
-    speedups = {}
-    with inference.load_model(paths['int8']) as int8:
-        image = np.random.default_rng(0).integers(0, 256, (1, *int8.image_shape, 3),
+def paired_speedups(paths, fmt, references, repeats):
+    """{reference format: its batch-1 time over the `fmt` model's}, for each of `references`:
+    each loaded in one process with the `fmt` model and called in alternation with it
+    (time_paired), so a slow minute of this machine slows both."""
+    ratios = {}
+    with inference.load_model(paths[fmt]) as model:
+        image = np.random.default_rng(0).integers(0, 256, (1, *model.image_shape, 3),
                                                   dtype=np.uint8)
-        for reference in ('frozen', 'tflite32'):
-            print(f'timing {reference} and int8 in alternation ...')
+        for reference in references:
+            print(f'timing {reference} and {fmt} in alternation ...')
             with inference.load_model(paths[reference]) as other:
-                speedups[reference] = time_paired(lambda: int8(image), lambda: other(image),
-                                                  repeats)[1]
-    return speedups
+                ratios[reference] = time_paired(lambda: model(image), lambda: other(image),
+                                                repeats)[1]
+    return ratios
 
 
 def fastest(rows, shape):
@@ -447,8 +463,8 @@ def fastest(rows, shape):
 def print_deploy_table(results):
     """The deployment figures as an aligned table, with the issue's targets."""
     print(f'\n{results["deploy"]}: median of {results["repeats"]} after a warm-up; TensorFlow '
-          f'{results["tensorflow"]}, {results["cpus"]} CPUs; numpy float32 matmul 4096^3: '
-          f'{results["numpy_gflops"]:.1f} GFLOP/s')
+          f'{results["tensorflow"]}, {results["cpus"]} CPUs ({results["cpu"]}); numpy float32 '
+          f'matmul 4096^3: {results["numpy_gflops"]:.1f} GFLOP/s')
     header = ('format', 'HxW', 'GFLOP', 'b1 ms', 'b8 img/s', 'GFLOP/s', '% numpy', 'peak MB')
     rows = [(r['format'], '{}x{}'.format(*r['image_shape']), f'{r["gflop_per_image"]:.2f}',
              f'{r["latency_ms"]:.1f}', f'{r["batch8_images_per_s"]:.1f}', f'{r["gflops"]:.1f}',
@@ -458,13 +474,21 @@ def print_deploy_table(results):
         print('  ' + line)
     for shape in sorted({tuple(r['image_shape']) for r in results['formats']}):
         rows = {r['format']: r for r in results['formats'] if tuple(r['image_shape']) == shape}
-        print(f'  int8 TFLite at {shape[0]}x{shape[1]}: '
-              f'{rows["tflite32"]["latency_ms"] / rows["int8"]["latency_ms"]:.2f}x faster than '
-              f'float32 TFLite by the table, '
-              f'{rows["int8"]["int8_speedup_paired"]["tflite32"]:.2f}x timed in alternation '
-              f'(target >= 1.5x); against the float32 TensorFlow graph '
-              f'{rows["frozen"]["latency_ms"] / rows["int8"]["latency_ms"]:.2f}x and '
-              f'{rows["int8"]["int8_speedup_paired"]["frozen"]:.2f}x (target >= 2x)')
+        size = f'{shape[0]}x{shape[1]}'
+        print(f'  int8 TFLite at {size} over float32 TFLite: {speedups(rows, "int8", "tflite32")} '
+              f'(target >= 1.5x); over the float32 TensorFlow graph: '
+              f'{speedups(rows, "int8", "frozen")} (target >= 2x)')
+        if 'onnx' in rows:
+            print(f'  onnxruntime at {size} over the float32 TensorFlow graph: '
+                  f'{speedups(rows, "onnx", "frozen")}; over float32 TFLite (LiteRT): '
+                  f'{speedups(rows, "onnx", "tflite32")}')
+
+
+def speedups(rows, fmt, reference):
+    """`reference`'s batch-1 time over `fmt`'s (above 1: `fmt` is faster), by the table and
+    timed in alternation."""
+    return (f'{rows[reference]["latency_ms"] / rows[fmt]["latency_ms"]:.2f}x by the table, '
+            f'{rows[fmt]["speedup_paired"][reference]:.2f}x in alternation')
 
 
 if __name__ == '__main__':

@@ -23,7 +23,7 @@ Modules by role, each importing only those listed before it:
 
 import importlib
 
-__version__ = '0.10.0'  # CHANGELOG.md says what each version changed
+__version__ = '0.11.0'  # CHANGELOG.md says what each version changed
 API = ('load', 'Segmenter')  # roadseg.load(...): the Python API (api.py), imported when used
 
 

@@ -1,6 +1,7 @@
 """The Python API: `roadseg.load(name_or_path)` gives a Segmenter, which segments an image (an
 array, a PIL image or a file) at its own size, through the same inference path as predict.py
-and serve.py. A shipped or exported .tflite model runs without TensorFlow.
+and serve.py. A shipped or exported .tflite model runs without TensorFlow, and so does an exported
+.onnx model (on onnxruntime, the onnx extra).
 
     import roadseg
     road = roadseg.load('camvid-road')
@@ -80,9 +81,9 @@ class Segmenter:
 def load(name_or_path: Union[str, 'os.PathLike[str]', None] = None,
          flip: bool = False) -> Segmenter:
     """The model `name_or_path`: a shipped model's name (roadseg.zoo.SHIPPED; None: camvid-road),
-    a run folder, a SavedModel folder, a frozen graph .pb or a .tflite file. With `flip`, each
-    prediction is averaged with its mirror image's. A missing or unreadable model raises
-    ValueError."""
+    a run folder, a SavedModel folder, a frozen graph .pb, a .tflite or a .onnx file. With
+    `flip`, each prediction is averaged with its mirror image's. A missing or unreadable model
+    raises ValueError; a .onnx without onnxruntime installed, ModuleNotFoundError."""
     name = zoo.DEFAULT if name_or_path is None else os.fspath(name_or_path)
     try:
         return Segmenter(inference.load_model(zoo.resolve(name), flip=flip), name)

@@ -3,6 +3,7 @@ line, the guard that turns errors into one line and an exit status, and the size
 arguments."""
 import argparse
 import errno
+import os
 import sys
 
 from roadseg.errors import PartlyFailed, UserError
@@ -38,7 +39,27 @@ def main_guard(fn, *args):
     except KeyboardInterrupt:
         print('interrupted', file=sys.stderr)
         return 130
+    except ModuleNotFoundError as e:
+        if e.name not in EXTRAS:
+            raise
+        print(f'error: {missing_extra(e.name)}', file=sys.stderr)
+        return 2
     return 0
+
+
+# The optional packages, by the extra of pyproject.toml that installs them: the base install
+# predicts, evaluates and serves .tflite models without them.
+EXTRAS = {'tensorflow': ('TensorFlow', 'train'), 'h5py': ('h5py', 'train'),
+          'matplotlib': ('matplotlib', 'train'), 'onnxruntime': ('onnxruntime', 'onnx'),
+          'tf2onnx': ('tf2onnx', 'onnx'), 'onnx': ('onnx', 'onnx'),
+          'pydensecrf': ('pydensecrf2', 'crf')}
+
+
+def missing_extra(module):
+    """One line naming the extra that installs `module`, for the command being run."""
+    package, extra = EXTRAS[module]
+    return (f'{os.path.basename(sys.argv[0]) or "this"} needs {package} here, which is not '
+            f"installed: pip install 'roadseg[{extra}]' (in a clone: pip install '.[{extra}]')")
 
 
 LINE_BREAKS = '\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029'  # where str.splitlines splits

@@ -1,6 +1,6 @@
 """Dense-CRF post-processing (--crf): a fully connected CRF (Krähenbühl and Koltun 2011) on a
 model's softmax probabilities, the image as the bilateral kernel's guide, so that class edges
-move to the image's colour edges. An optional dependency: `pip install pydensecrf2`.
+move to the image's colour edges. An optional dependency: `pip install 'roadseg[crf]'`.
 
 The kernel widths and weights live in roadseg/configs/crf.json, chosen on training images (never on
 a validation split) by `python choose_crf.py --model RUN_DIR`, which scores a grid of them
@@ -50,7 +50,7 @@ def require():
     try:
         from pydensecrf import densecrf
     except ImportError:
-        raise UserError('--crf needs pydensecrf2: pip install pydensecrf2 (it builds from '
+        raise UserError("--crf needs pydensecrf2: pip install 'roadseg[crf]' (it builds from "
                         'source with gcc, in about two minutes)') from None
     return densecrf.DenseCRF2D
 

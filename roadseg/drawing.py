@@ -1,11 +1,12 @@
 """Drawing a segmentation for people to see: its class map blended in colour over the image
 (the overlays of main.py, evaluate.py, predict.py, the service and the training monitor), the
-colours a model's overlays use, and a legend naming them. Kept apart from roadseg.inference,
-which computes the probabilities: every command draws through these few functions."""
+colours a model's overlays use, a legend naming them, and evaluate.py's confusion matrix. Kept
+apart from roadseg.inference, which computes the probabilities: every command draws through
+these few functions. Pillow draws; matplotlib is not needed."""
 import functools
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from roadseg import files, metrics
 
@@ -49,3 +50,79 @@ def write_legend(path, names, colors):
         draw.rectangle([4, 4 + 20 * row, 36, 20 + 20 * row], fill=tuple(color), outline='black')
         draw.text((44, 6 + 20 * row), name, fill='black')
     files.write_png(path, np.asarray(legend))
+
+
+# The confusion matrix picture's layout, in pixels: a square cell per (true, predicted) pair,
+# the class names in a band of LABEL beside and above the cells, TITLE above, COUNTS (each
+# row's pixels) on the right
+CELL, LABEL, TITLE, COUNTS, PAD = 48, 130, 44, 84, 6
+CONFUSION_RGB = (24, 90, 160)  # a row's whole share; none is white
+
+
+@functools.lru_cache(maxsize=1)
+def _font():
+    return ImageFont.load_default(size=14)
+
+
+def _fitted(text, width):
+    """`text`, cut with an ellipsis to fit `width` pixels in the font."""
+    font, cut = _font(), text
+    while cut and font.getlength(cut if cut == text else cut + '…') > width:
+        cut = cut[:-1]
+    return cut if cut == text else cut + '…'
+
+
+def _count(value):
+    return f'{value:,}' if value < 10 ** 6 else f'{value / 10 ** 6:,.1f}M'
+
+
+def _share(fraction):
+    """A fraction as a percentage in a cell: a tenth shown near 0 and near 100, so that
+    neither reads as exact."""
+    if 0 < fraction < 0.0005:
+        return '<0.1'
+    return f'{100 * fraction:.1f}' if 0 < fraction < 0.1 or 0.99 < fraction < 1 else \
+        f'{100 * fraction:.0f}'
+
+
+def confusion_picture(matrix, names):
+    """An RGB picture of a confusion matrix (rows true classes, columns predicted, counts):
+    each cell the percentage of its row's pixels, shaded by it, the class names on both axes
+    and each row's pixel count; a row without pixels is grey. Its size is
+    (TITLE + LABEL + n CELL + PAD) x (LABEL + n CELL + COUNTS) for n classes."""
+    matrix = np.asarray(matrix, np.int64)
+    n, font = len(names), _font()
+    top, left = TITLE + LABEL, LABEL
+    picture = Image.new('RGB', (left + n * CELL + COUNTS, top + n * CELL + PAD), 'white')
+    draw = ImageDraw.Draw(picture)
+    draw.multiline_text((PAD, PAD), 'rows: true class, columns: predicted\ncells: % of the '
+                        'row\'s pixels', fill='black', font=font)
+    draw.text((left + n * CELL + PAD, top - 20), 'pixels', fill='black', font=font)
+    totals = matrix.sum(1)
+    for row, name in enumerate(names):
+        y = top + row * CELL
+        draw.text((PAD, y + CELL // 2), _fitted(name, LABEL - 2 * PAD), fill='black', font=font,
+                  anchor='lm')
+        draw.text((left + n * CELL + PAD, y + CELL // 2), _count(int(totals[row])),
+                  fill='black', font=font, anchor='lm')
+        column = Image.new('L', (LABEL, CELL), 0)
+        ImageDraw.Draw(column).text((PAD, CELL // 2), _fitted(name, LABEL - 2 * PAD), fill=255,
+                                    font=font, anchor='lm')
+        picture.paste('black', (left + row * CELL, TITLE), column.rotate(90, expand=True))
+        for col in range(n):
+            _confusion_cell(draw, (left + col * CELL, y), matrix[row, col], totals[row],
+                            row == col)
+    return np.asarray(picture)
+
+
+def _confusion_cell(draw, corner, count, total, diagonal):
+    """One cell: its share of the row's `total`, shaded, or grey for an empty row."""
+    x, y = corner
+    fraction = count / total if total else None
+    fill = (220, 220, 220) if fraction is None else tuple(
+        round(255 - fraction * (255 - c)) for c in CONFUSION_RGB)
+    draw.rectangle([x, y, x + CELL - 1, y + CELL - 1], fill=fill,
+                   outline='black' if diagonal else (200, 200, 200))
+    draw.text((x + CELL // 2, y + CELL // 2), '-' if fraction is None else _share(fraction),
+              fill='white' if fraction is not None and fraction > 0.55 else 'black',
+              font=_font(), anchor='mm')

@@ -1,6 +1,8 @@
 """Scoring a model on labelled images: per-class accuracy and IoU, pixel accuracy, mean and
 frequency-weighted IoU, for two classes the KITTI road devkit's MaxF/AP figures, and the time per
 image; optionally the overlays and KITTI's 8-bit road-probability PNGs."""
+import csv
+import io
 import os
 import time
 
@@ -9,23 +11,25 @@ from tqdm import tqdm
 
 from roadseg import bev, cli, drawing, files, inference, metrics
 from roadseg.data import classes as class_files
-from roadseg.data import kitti_names, layouts
+from roadseg.data import kitti_names, layouts, matching
 from roadseg.errors import UserError
 
 
 def evaluate(model, samples, output_dir=None, colors=(None, drawing.OVERLAY_RGB),
-             label='road', bev_evaluation=None):
+             label='road', bev_evaluation=None, match=None):
     """Segment each (name, RGB image, class map) sample with `model` (inference.segment),
     score it at the label's own size and return the metrics; with a bev.Evaluation, also in
-    KITTI's bird's-eye view (results['bev']).
+    KITTI's bird's-eye view (results['bev']). With a matching.ClassMatch, the labels are those
+    of another data set's classes, scored in `match.names` as it says; else the model's own.
 
-    With `output_dir`, writes overlays/ (drawn in `colors`) and, for two classes,
+    With `output_dir`, writes overlays/ (drawn in `colors`) and, for two scored classes,
     probabilities/ (8-bit class-1 probability PNGs named as KITTI's `label` ground truth), and
     with a bev.Evaluation bev/ (bev.picture of each calibrated image).
     """
-    confusion = metrics.ConfusionMatrix(model.num_classes)
-    road = metrics.RoadMetrics() if metrics.is_road_model(model.num_classes) else None
-    if output_dir and not road:  # many classes: which colour is which
+    match = match or matching.identity(model.info.class_names)
+    confusion = metrics.ConfusionMatrix(len(match.names))
+    road = metrics.RoadMetrics() if metrics.is_road_model(len(match.names)) else None
+    if output_dir and not metrics.is_road_model(model.num_classes):  # which colour is which
         drawing.write_legend(os.path.join(output_dir, 'overlays', 'legend.png'),
                                model.info.class_names, colors)
     inference.segment(model, [samples[0][1]])  # warm-up, not timed
@@ -35,22 +39,17 @@ def evaluate(model, samples, output_dir=None, colors=(None, drawing.OVERLAY_RGB)
         (probabilities,) = inference.segment(model, [image])
         seconds.append(time.perf_counter() - start)
         prediction = inference.classes_of(probabilities)
-        confusion.update(classes, prediction)
+        classes = match.truth[classes]
+        confusion.update(classes, match.predicted[prediction])
+        road_probability = match.road_probability(probabilities) if \
+            road or bev_evaluation else None
         if road:
-            road.update(classes, probabilities[..., 1])
-        warp = bev_evaluation.update(name, classes, probabilities[..., 1]) \
+            road.update(classes, road_probability)
+        warp = bev_evaluation.update(name, classes, road_probability) \
             if bev_evaluation else None
-        if output_dir and warp:
-            files.write_png(os.path.join(output_dir, 'bev', os.path.splitext(name)[0] + '.png'),
-                            bev.picture(warp, image, probabilities[..., 1], classes))
         if output_dir:
-            stem = os.path.splitext(name)[0]
-            files.write_png(os.path.join(output_dir, 'overlays', stem + '.png'),
-                            drawing.overlay(image, prediction, colors))
-            if road:
-                files.write_png(os.path.join(output_dir, 'probabilities',
-                                             kitti_names.probability_name(stem, label)),
-                                metrics.quantize(probabilities[..., 1]))
+            _write_images(output_dir, name, image, prediction, colors, label, warp,
+                          road_probability if road else None, classes)
     results = confusion.results()
     if road:
         results['kitti_road'] = road.results()
@@ -59,6 +58,22 @@ def evaluate(model, samples, output_dir=None, colors=(None, drawing.OVERLAY_RGB)
     results['ms_per_image'] = 1000 * float(np.median(seconds))
     results['images'] = len(samples)
     return results
+
+
+def _write_images(output_dir, name, image, prediction, colors, label, warp, road_probability,
+                  classes):
+    """evaluate's pictures of one image: its overlay, its BEV picture with a `warp`, and its
+    8-bit road probability when there is one."""
+    stem = os.path.splitext(name)[0]
+    if warp:
+        files.write_png(os.path.join(output_dir, 'bev', stem + '.png'),
+                        bev.picture(warp, image, road_probability, classes))
+    files.write_png(os.path.join(output_dir, 'overlays', stem + '.png'),
+                    drawing.overlay(image, prediction, colors))
+    if road_probability is not None:
+        files.write_png(os.path.join(output_dir, 'probabilities',
+                                     kitti_names.probability_name(stem, label)),
+                        metrics.quantize(road_probability))
 
 
 def key_metric(results):
@@ -135,6 +150,32 @@ def bev_table(results):
     return '\n'.join(lines)
 
 
+def split_file(path):
+    """The split.json of the run that `path` (a run folder, or an export file in the run's
+    export/ folder) came from, or None outside a run."""
+    folders = [path] if os.path.isdir(path) else [os.path.dirname(path) or '.']
+    folders.append(os.path.dirname(os.path.abspath(folders[0])))
+    found = [f for f in (os.path.join(f, 'split.json') for f in folders) if os.path.isfile(f)]
+    return found[0] if found else None
+
+
+def trained_on(path, pairs):
+    """One line when some of the (image, label) `pairs` scored are images the run of the model
+    `path` trained on (its split.json's train), saying how many and where the held-out
+    figures are; else None."""
+    found = split_file(path)
+    if not found:
+        return None
+    trained = set(files.read_json(found, 'use --split all', 'split').get('train', []))
+    count = sum(os.path.basename(image) in trained for image, _ in pairs)
+    if not count:
+        return None
+    return (f'note: {count} of these {len(pairs)} images are among the {len(trained)} the model '
+            f'trained on ({found}), so this figure flatters it; for what to expect on new '
+            f'images, score the images it held out (--split val) or cross-validate '
+            f'(crossval.py)')
+
+
 def evaluation_data(path, data_dir, info, split):
     """The model's data set in `data_dir` and the (image, label) pairs to evaluate: the run's
     validation images or, with `seen`, the training groups' unseen images (split.json), or every
@@ -153,21 +194,61 @@ def evaluation_data(path, data_dir, info, split):
     pairs = dataset.train + (dataset.val or [])
     if split == 'all':
         return dataset, pairs
-    # A run folder holds split.json; an export file lies in the run's export/ folder.
-    folders = [path] if os.path.isdir(path) else [os.path.dirname(path) or '.']
-    folders.append(os.path.dirname(os.path.abspath(folders[0])))
-    found = [f for f in (os.path.join(f, 'split.json') for f in folders) if os.path.isfile(f)]
+    found = split_file(path)
     if not found and split == 'val' and dataset.val:
         return dataset, dataset.val
     if not found:
         raise UserError(f'--split {split} needs a run folder holding split.json, or for val a '
                         f'data set with validation images; {path} has none: use --split all')
-    names = set(files.read_json(found[0], 'use --split all', 'split').get(split, []))
+    names = set(files.read_json(found, 'use --split all', 'split').get(split, []))
     if not names:
-        raise UserError(f'--split {split}: {found[0]} lists no such images (only a run with '
+        raise UserError(f'--split {split}: {found} lists no such images (only a run with '
                         f'--val-groups has unseen images of its training groups)')
     chosen = [pair for pair in pairs if os.path.basename(pair[0]) in names]
     if len(chosen) != len(names):
         raise UserError(f'{data_dir}: {len(names) - len(chosen)} of the run\'s {split} '
                         f'images are missing; is --data-dir the one it trained on?')
     return dataset, chosen
+
+
+def scoring_data(path, data_dir, info, split, dataset=None, label=None, model=None):
+    """evaluate.py's data: (data set, (image, label) pairs, matching.ClassMatch or None).
+    Without `dataset` (--dataset's layout), or with the model's own (for KITTI, and its
+    `label`), the model's own data set as evaluation_data gives it, scored on its classes.
+    With another, that data set in `data_dir` with its own classes (KITTI's named after
+    `label`, by default the model's), matched to those of the model (`model`, as the user named
+    it) by name, and of it every labelled image (`all`) or its own validation images (`val`,
+    CamVid's val/): a run's split.json names images of the data set it trained on."""
+    name = dataset or info.dataset
+    if not name:
+        raise UserError(f'{path}: its fcn.json does not say which data set the model learned '
+                        f'("dataset"); give the layout of the labels to score it on with '
+                        f'--dataset ({", ".join(sorted(layouts.READERS))})')
+    if label and name != 'kitti':
+        raise UserError(f'--label {label}: it chooses KITTI\'s ground truth, and the labels '
+                        f'here are {name}\'s; leave it out, or score on --dataset kitti')
+    label = label or info.kitti_label
+    if name == info.dataset and (name != 'kitti' or label == info.kitti_label):
+        return (*evaluation_data(path, data_dir, info, split), None)
+    data = layouts.open_dataset(name, data_dir, label)
+    where = f'--dataset {name}' + (f' --label {label}' if name == 'kitti' and label != 'road'
+                                   else '')
+    match = matching.match(data.classes.names, info.class_names, where, model or path)
+    if split == 'all':
+        return data, data.train + (data.val or []), match
+    if split == 'val' and data.val:
+        return data, data.val, match
+    raise UserError(f'--split {split} with {where}: a run\'s split names images of the data '
+                    f'set it trained on' + ('' if split == 'seen' else
+                                            f', and {data_dir} has no validation images of '
+                                            f'its own') + '; use --split all')
+
+
+def confusion_csv(matrix, names):
+    """A confusion matrix as CSV text: the class names as the header row and the first column,
+    a row per true class, a column per predicted class, pixel counts."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator='\n')
+    writer.writerow(['true \\ predicted', *names])
+    writer.writerows([name, *(int(count) for count in row)] for name, row in zip(names, matrix))
+    return buffer.getvalue()

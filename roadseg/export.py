@@ -1,8 +1,9 @@
 """Exports of a trained model for deployment, each checked against the original.
 
 Formats (FILES): a TensorFlow Serving SavedModel that takes uint8 images of any size, a frozen
-inference GraphDef, and TFLite float32, float16 and full-integer int8 models whose transposed
-convolutions are rewritten as sub-pixel convolutions. Each export is loaded back with
+inference GraphDef, TFLite float32, float16 and full-integer int8 models whose transposed
+convolutions are rewritten as sub-pixel convolutions, and the frozen graph in ONNX (tf2onnx, the
+onnx extra, imported only for it). Each export is loaded back with
 inference.load_model and scored next to the original (check): the IoU difference, the largest
 probability difference and the share of pixels whose class agrees, against TOLERANCES.
 """
@@ -23,10 +24,14 @@ tf1 = tf.compat.v1
 FILES = inference.EXPORT_FILES
 
 # (largest probability difference, largest IoU difference) each export may show: float32 exports
-# differ from TensorFlow's own kernels by rounding only; float16 weights keep ~3 digits; int8
-# moves probabilities by many 1/256 steps near class boundaries, so only the IoU is bounded
+# differ from TensorFlow's own kernels by rounding only (LiteRT's and onnxruntime's sum in other
+# orders); float16 weights keep ~3 digits; int8 moves probabilities by many 1/256 steps near
+# class boundaries, so only the IoU is bounded
 TOLERANCES = {'savedmodel': (1e-4, 1e-3), 'frozen': (1e-4, 1e-3), 'tflite32': (1e-3, 1e-3),
-              'tflite16': (2e-2, 5e-3), 'int8': (None, 2e-2)}
+              'tflite16': (2e-2, 5e-3), 'int8': (None, 2e-2), 'onnx': (1e-3, 1e-3)}
+ONNX_OPSET = 17  # fixed, so that an export does not change with the tf2onnx installed
+ONNX_INPUT_BYTES = 32 << 20  # constants this large pass the conversion as inputs (onnx_model)
+ONNX_PACKAGES = ('tf2onnx', 'onnxruntime')  # to convert, and to check the result
 SERVING_VERSION = '1'  # the serving SavedModel's version folder, as TensorFlow Serving expects
 RANDOM_OPS = ('RandomUniform', 'RandomStandardNormal', 'TruncatedNormal')
 
@@ -301,6 +306,59 @@ def tflite_model(graph_def, info, fmt, calibration=()):
                             f'({str(e).strip().splitlines()[0]})') from None
 
 
+def onnx_model(graph_def):
+    """The frozen graph as a serialized ONNX model (tf2onnx, opset ONNX_OPSET): `image` (float32
+    RGB 0..255, [N, H, W, 3] at the training size, any N) in, `probabilities` out. The
+    transposed convolutions stay: onnxruntime runs ConvTranspose itself.
+
+    tf2onnx's own steps, without the two of tf2onnx.convert.from_graph_def that copy the whole
+    graph again and again (Grappler's constant folding, and a copy before each ONNX optimizer
+    to fall back on): the graph is frozen already, and an optimizer that fails fails the
+    export. Each ONNX optimizer still copies every constant (protobuf keeps the old copies
+    until the model is freed), so the constants of ONNX_INPUT_BYTES or more (VGG16's fc6 and
+    fc7, 0.45 GB) go through it as inputs and become initializers after: VGG16 converts in
+    10 s and 4 GB, where from_graph_def passed 20 GB and was killed.
+    """
+    import onnx
+    from tf2onnx import optimizer, tfonnx
+    graph_def, weights = constants_as_inputs(graph_def, ONNX_INPUT_BYTES)
+    try:
+        with tf.Graph().as_default() as graph, quiet_stderr():  # TensorFlow's notices
+            tf.graph_util.import_graph_def(graph_def, name='')
+            converted = tfonnx.process_tf_graph(
+                graph, opset=ONNX_OPSET, input_names=['image:0', *weights],
+                output_names=['probabilities:0'],
+                tensors_to_rename={'image:0': 'image', 'probabilities:0': 'probabilities'})
+            model = optimizer.optimize_graph(converted, catch_errors=False).make_model('fcn')
+        inputs = [tensor for tensor in model.graph.input if tensor.name not in weights]
+        if len(inputs) != 1 or len(model.graph.input) != 1 + len(weights):
+            raise ValueError(f'inputs {[tensor.name for tensor in model.graph.input]}')
+        del model.graph.input[:]
+        model.graph.input.extend(inputs)
+        model.graph.initializer.extend(onnx.numpy_helper.from_array(value, name)
+                                       for name, value in weights.items())
+        onnx.checker.check_model(model)
+    except Exception as e:  # tf2onnx raises ValueError, onnx ValidationError and others
+        raise UserError(f'onnx: ONNX conversion failed '
+                        f'({str(e).strip().splitlines()[0]})') from None
+    return model.SerializeToString()
+
+
+def constants_as_inputs(graph_def, min_bytes):
+    """A copy of `graph_def` whose constants of `min_bytes` or more are placeholders instead,
+    and {tensor name: value} of those."""
+    graph_def = tf1.GraphDef.FromString(graph_def.SerializeToString())
+    weights = {}
+    for node in [node for node in graph_def.node if node.op == 'Const']:
+        tensor = node.attr['value'].tensor  # (on another node, this would add the entry)
+        if len(tensor.tensor_content) >= min_bytes:
+            weights[node.name + ':0'] = tf.make_ndarray(tensor)
+            node.op = 'Placeholder'
+            node.attr['shape'].shape.CopyFrom(tensor.tensor_shape)
+            del node.attr['value']
+    return graph_def, weights
+
+
 # ----------------------------------------------------------------------------------------------
 # Data: calibration images and the labelled check set
 # ----------------------------------------------------------------------------------------------
@@ -401,6 +459,8 @@ def write_exports(folder, info, output_dir, formats, calibration=()):
                 write_serving_model(path, graph_def, info)
             elif fmt == 'frozen':
                 files.write_bytes(path, graph_def.SerializeToString())
+            elif fmt == 'onnx':
+                files.write_bytes(path, onnx_model(graph_def))
             else:
                 files.write_bytes(path, tflite_model(graph_def, info, fmt, calibration))
         if set(formats) - {'savedmodel'}:  # the file exports share one manifest and fcn.json

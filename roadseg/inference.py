@@ -3,13 +3,15 @@ size with it. main.py's samples, evaluate.py, predict.py and export.py's checks 
 through `segment`; drawing the result is roadseg.drawing's.
 
 `load_model(path)` opens a run folder, main.py's SavedModel, export.py's serving SavedModel, a
-frozen graph (.pb) or a TFLite model (.tflite); each needs the fcn.json that main.py and
-export.py write beside it (in the SavedModel folder, or in the folder holding the file).
-TensorFlow is imported only to open a SavedModel or a frozen graph: a TFLite model runs on LiteRT
-alone, without TensorFlow's 600 MB and seconds of start-up. `session_model` wraps a graph in a
+frozen graph (.pb), a TFLite model (.tflite) or an ONNX model (.onnx); each needs the fcn.json
+that main.py and export.py write beside it (in the SavedModel folder, or in the folder holding
+the file). TensorFlow is imported only to open a SavedModel or a frozen graph: a TFLite model
+runs on LiteRT alone, and an ONNX model on onnxruntime alone (imported only then: the onnx
+extra), without TensorFlow's 600 MB and seconds of start-up. `session_model` wraps a graph in a
 live session (training) the same way.
 """
 import os
+import re
 
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
@@ -23,7 +25,7 @@ from roadseg.model_info import MODEL_INFO, ModelInfo
 # The file each export format is written to (roadseg.export writes them, load_model reads them)
 EXPORT_FILES = {'savedmodel': 'savedmodel', 'frozen': 'model.pb',
                 'tflite32': 'model_float32.tflite', 'tflite16': 'model_float16.tflite',
-                'int8': 'model_int8.tflite'}
+                'int8': 'model_int8.tflite', 'onnx': 'model.onnx'}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -35,7 +37,7 @@ class Model:
     or float in 0..255) to float32 class probabilities [N, H, W, C].
 
     `kind` is savedmodel (main.py's), serving (export.py's uint8 SavedModel), frozen,
-    tflite-float32, tflite-float16, tflite-int8 or session (a graph being trained); `info` is
+    tflite-float32, tflite-float16, tflite-int8, onnx or session (a graph being trained); `info` is
     its fcn.json, a roadseg.model_info.ModelInfo. With `flip` set, each image is also segmented
     mirrored and the two predictions averaged (test-time augmentation: steadier edges for twice
     the inference time).
@@ -87,9 +89,9 @@ def model_folder(path):
 
 def load_model(path, flip=False, refine=None):
     """The model at `path`: a run folder (its model/), a SavedModel folder (main.py's, or
-    export.py's serving model), a frozen graph `.pb` or a TFLite `.tflite` file, as a Model
-    (averaging each prediction with its mirror image's with `flip`, post-processed by
-    `refine`)."""
+    export.py's serving model), a frozen graph `.pb`, a TFLite `.tflite` or an ONNX `.onnx`
+    file, as a Model (averaging each prediction with its mirror image's with `flip`,
+    post-processed by `refine`)."""
     model = _load(path)
     model.flip, model.refine = flip, refine
     return model
@@ -103,11 +105,12 @@ def _load(path):
         folder = model_folder(path)
         _verify(path, folder)
         return _saved_model(folder, ModelInfo.read(folder, path))
-    loaders = {'.pb': _frozen_graph, '.tflite': _tflite}
+    loaders = {'.pb': _frozen_graph, '.tflite': _tflite, '.onnx': _onnx}
     loader = loaders.get(os.path.splitext(path)[1].lower())
     if loader is None:
         raise UserError(f'--model {path}: not a model; expected a run folder, a '
-                        f'SavedModel folder, a frozen graph (.pb) or a TFLite file (.tflite)')
+                        f'SavedModel folder, a frozen graph (.pb), a TFLite file (.tflite) or an '
+                        f'ONNX file (.onnx)')
     files.regular_file(path, files.MAX_MODEL_BYTES, 'model', 'give --model a model file')
     folder = os.path.dirname(path) or '.'
     _verify(path, folder, [os.path.basename(path), MODEL_INFO])
@@ -238,6 +241,31 @@ def _tflite(path, info):
                                        probabilities))
         return np.concatenate(outputs)
     return Model(path, kind, info, run)
+
+
+def _onnx(path, info):
+    """export.py's ONNX model, on onnxruntime's CPU provider with a thread per core, as LiteRT
+    runs TFLite: `image` (float32 RGB 0..255, any batch) in, `probabilities` out. onnxruntime is
+    imported here only; without it (the onnx extra) ModuleNotFoundError is raised as it is."""
+    import onnxruntime
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count()
+    options.log_severity_level = 3  # errors only: not its notices about unused initializers
+    try:
+        session = onnxruntime.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+        (image,), (probabilities,) = session.get_inputs(), session.get_outputs()
+        if image.type != 'tensor(float)':
+            raise ValueError(f'its input is {image.type}, not tensor(float)')
+    except Exception as e:  # onnxruntime's errors (InvalidProtobuf, Fail, ...) are Exceptions
+        reason = re.sub(r'^\[ONNXRuntimeError\] : \d+ : \w+ : ', '', str(e).splitlines()[0])
+        raise UserError(f'--model {path}: not an ONNX model written by export.py '
+                        f'({reason})') from None
+    _check(path, info, *([n if isinstance(n, int) else None for n in tensor.shape]
+                         for tensor in (image, probabilities)))
+
+    def run(images):
+        return session.run([probabilities.name], {image.name: _as_dtype(images, np.float32)})[0]
+    return Model(path, 'onnx', info, run)
 
 
 def _quantize(values, details):

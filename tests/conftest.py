@@ -20,9 +20,11 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import main
+from roadseg import files
 from roadseg.data.pipeline import one_hot
 from roadseg.model import vgg
 from roadseg.model.ops import tf, tf1
+from roadseg.model_info import MODEL_INFO, ModelInfo
 from roadseg.training import outputs
 
 # Hypothesis (tests/test_fuzz_*.py): `ci`, the default, is small, fast and the same every run;
@@ -164,6 +166,36 @@ def save_tiny_model(path, num_classes=2, steps=0, seed=0):
             'class_names': NAMES[:num_classes], 'class_colors': COLORS[:num_classes],
             'dataset': 'kitti', 'label': 'road', 'classes': None, 'remap': None, 'epoch': 1,
             'val_iou': None, 'encoder': 'a key predict.py does not know'})
+    return path
+
+
+def write_tiny_onnx(folder, num_classes=2, manifest=True):
+    """A tiny ONNX model shaped as export.py writes one, built with onnx's helpers (no
+    TensorFlow, no tf2onnx): `image` [N, *SHAPE, 3] float32 in, `probabilities` out, the
+    softmax of a fixed linear map of each pixel's colour (road where red is high, as in
+    road_scene). fcn.json and, with `manifest`, manifest.json go beside it; returns its path."""
+    onnx = pytest.importorskip('onnx')
+    from onnx import TensorProto, helper, numpy_helper
+    weights = np.zeros((3, num_classes), np.float32)
+    weights[0, :2] = [-0.02, 0.02]  # logits -2.5, 2.5 at red 250; 2.3, -2.3 at red 10
+    bias = np.zeros(num_classes, np.float32)
+    bias[:2] = [2.6, -2.6]
+    graph = helper.make_graph(
+        [helper.make_node('MatMul', ['image', 'weights'], ['logits']),
+         helper.make_node('Add', ['logits', 'bias'], ['shifted']),
+         helper.make_node('Softmax', ['shifted'], ['probabilities'], axis=-1)],
+        'tiny', [helper.make_tensor_value_info('image', TensorProto.FLOAT, ['N', *SHAPE, 3])],
+        [helper.make_tensor_value_info('probabilities', TensorProto.FLOAT,
+                                       ['N', *SHAPE, num_classes])],
+        [numpy_helper.from_array(weights, 'weights'), numpy_helper.from_array(bias, 'bias')])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)])
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, 'model.onnx')
+    onnx.save(model, path)
+    ModelInfo(SHAPE, num_classes, tuple(NAMES[:num_classes]),
+              tuple(map(tuple, COLORS[:num_classes]))).write(folder)
+    if manifest:
+        files.write_manifest(folder, ['model.onnx', MODEL_INFO])
     return path
 
 

@@ -1,5 +1,6 @@
 """The Python API (roadseg.load, Segmenter): the README's example as written, images in every
-form at their own size, the batch form, one-line refusals, and no TensorFlow for a .tflite."""
+form at their own size, the batch form, one-line refusals, and no TensorFlow for a .tflite or
+a .onnx."""
 import os
 import re
 import subprocess
@@ -12,7 +13,7 @@ from PIL import Image
 
 import roadseg
 from roadseg import inference, zoo
-from tests.conftest import ROOT
+from tests.conftest import ROOT, write_tiny_onnx
 
 STREET = np.tile(np.linspace(40, 220, 200, dtype=np.uint8)[None, :, None], (120, 1, 3))
 
@@ -74,13 +75,32 @@ def test_a_model_that_is_not_there_is_one_line_without_the_commands_words(tmp_pa
     assert roadseg.load(None).name == zoo.DEFAULT
 
 
-def test_the_api_runs_a_tflite_model_with_tensorflow_blocked(tmp_path):
-    (tmp_path / 'tensorflow').mkdir()
+def with_tensorflow_blocked(tmp_path, code, *args):
+    """The lines `code` prints in a fresh Python process in which `import tensorflow` fails."""
+    (tmp_path / 'tensorflow').mkdir(parents=True)
     (tmp_path / 'tensorflow' / '__init__.py').write_text('raise ImportError("loaded")')
-    code = ('import numpy, roadseg\n'
-            'road = roadseg.load("camvid-road")\n'
-            'print(road.segment(numpy.zeros((30, 40, 3), numpy.uint8)).shape)')
-    done = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,
+    done = subprocess.run([sys.executable, '-c', code, *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120,
                           env=dict(os.environ, PYTHONPATH=f'{tmp_path}{os.pathsep}{ROOT}'))
-    assert done.returncode == 0 and done.stdout.split() == ['(30,', '40)'], done.stderr[-1000:]
+    assert done.returncode == 0, done.stderr[-1000:]
+    return done.stdout.splitlines()
+
+
+def test_the_api_runs_a_tflite_model_with_tensorflow_blocked(tmp_path):
+    code = ('import sys, numpy, roadseg\n'
+            'road = roadseg.load("camvid-road")\n'
+            'print(road.segment(numpy.zeros((30, 40, 3), numpy.uint8)).shape)\n'
+            'print("onnxruntime" in sys.modules)')  # imported for a .onnx only
+    assert with_tensorflow_blocked(tmp_path, code) == ['(30, 40)', 'False']
+
+
+def test_the_api_runs_an_onnx_model_with_tensorflow_blocked(tmp_path):
+    pytest.importorskip('onnxruntime')
+    path = write_tiny_onnx(tmp_path / 'model')
+    code = ('import sys, numpy, roadseg\n'
+            'road = roadseg.load(sys.argv[1])\n'
+            'street = numpy.zeros((30, 40, 3), numpy.uint8)\n'
+            'street[20:, :, 0] = 250  # the tiny model\'s road: red\n'
+            'classes = road.segment(street)\n'
+            'print(classes.shape, classes[:20].max(), classes[20:].min(), road.model.kind)')
+    assert with_tensorflow_blocked(tmp_path / 'blocked', code, path) == ['(30, 40) 0 1 onnx']

@@ -1,5 +1,6 @@
 """benchmark.py's FLOP count and options (its timings are figures to read, not to assert)."""
 import json
+import re
 import subprocess
 import sys
 
@@ -61,6 +62,53 @@ def test_time_paired_gives_the_median_time_and_the_median_of_per_pair_ratios(mon
                                            lambda: calls.append('reference'), 3)
     assert calls == ['fn', 'reference']  # the warm-up; the timed calls go through seconds()
     assert (seconds, ratio) == (2, 2)  # ratios 2, 3, 1; the medians' ratio would be 1.5
+
+
+def test_onnx_is_timed_in_alternation_with_the_frozen_graph_and_litert(monkeypatch, tmp_path):
+    calls = []
+
+    class Fake:
+        image_shape = (2, 3)
+
+        def __init__(self, path):
+            self.path = path
+
+        def __call__(self, image):
+            calls.append(self.path)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+    monkeypatch.setattr(models, 'PAUSE_S', 0)
+    monkeypatch.setattr(models.inference, 'load_model', Fake)
+    paths = {fmt: fmt + '.file' for fmt in models.DEPLOY_FORMATS}
+    ratios = models.paired_speedups(paths, 'onnx', models.PAIRED['onnx'], 2)
+    assert set(ratios) == {'frozen', 'tflite32'} and all(r > 0 for r in ratios.values())
+    # in one process, each reference in turn with the onnx model: a warm-up, then 2 pairs
+    assert calls == [*['onnx.file', 'frozen.file'] + ['frozen.file', 'onnx.file'] * 2,
+                     *['onnx.file', 'tflite32.file'] + ['tflite32.file', 'onnx.file'] * 2]
+
+
+def test_the_deploy_table_names_the_cpu_and_gives_onnxruntime_its_row_and_ratios(capsys):
+    rows = [{'format': fmt, 'image_shape': [160, 576], 'gflop_per_image': 1.1,
+             'latency_ms': ms, 'batch8_images_per_s': 1e3 / ms, 'gflops': 1.1e3 / ms,
+             'vs_numpy_percent': 50, 'peak_rss_mb': 600}
+            for fmt, ms in (('frozen', 20), ('tflite32', 10), ('tflite16', 12), ('int8', 8),
+                            ('onnx', 5))]
+    rows[3]['speedup_paired'] = {'frozen': 2.4, 'tflite32': 1.3}
+    rows[4]['speedup_paired'] = {'frozen': 3.9, 'tflite32': 2.1}
+    models.print_deploy_table({'deploy': 'RUN', 'repeats': 5, 'tensorflow': '2.x', 'cpus': 2,
+                               'cpu': 'Some CPU @ 2.00GHz', 'numpy_gflops': 100.0,
+                               'formats': rows})
+    out = capsys.readouterr().out
+    assert '2 CPUs (Some CPU @ 2.00GHz)' in out
+    assert re.search(r'onnx +160x576 +1\.10 +5\.0 +200\.0', out)
+    assert ('onnxruntime at 160x576 over the float32 TensorFlow graph: 4.00x by the table, '
+            '3.90x in alternation; over float32 TFLite (LiteRT): 2.00x by the table, 2.10x in '
+            'alternation') in out
+    assert 'int8 TFLite at 160x576 over float32 TFLite: 1.25x by the table, 1.30x' in out
 
 
 @pytest.mark.slow

@@ -74,7 +74,7 @@ def test_search_scores_every_setting_and_the_input_best_first():
 
 def test_crf_without_pydensecrf2_is_one_line_naming_the_package(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, 'pydensecrf', None)  # import fails as if not installed
-    with pytest.raises(UserError, match='--crf needs pydensecrf2: pip install pydensecrf2'):
+    with pytest.raises(UserError, match=r"--crf needs pydensecrf2: pip install 'roadseg\[crf\]'"):
         predict.main(['--model', str(tmp_path), str(tmp_path), '--output-dir',
                       str(tmp_path / 'out'), '--crf'])
 

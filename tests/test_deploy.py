@@ -8,6 +8,7 @@ probabilities are far from uniform and exports have something to disagree about.
 """
 import json
 import os
+import pathlib
 import re
 import shutil
 import subprocess
@@ -36,6 +37,7 @@ from tests.conftest import (
     road_scene,
     save_partial_model,
     save_tiny_model,
+    write_tiny_onnx,
 )
 
 tf1 = tf.compat.v1
@@ -434,7 +436,8 @@ def flipped_byte(exports, tmp_path, name='model_int8.tflite'):
     (lambda run, tmp: tmp, r'neither a run folder with model/ nor a SavedModel'),
     (lambda run, tmp: save_partial_model(str(tmp / 'vgg'), ('serve',)),
      r'vgg: no fcn.json beside it'),
-    (lambda run, tmp: write(tmp / 'model.onnx', b'x'), r'model.onnx: not a model; expected'),
+    (lambda run, tmp: write(tmp / 'model.h5', b'x'), r'model.h5: not a model; expected .* or an '
+                                                     r'ONNX file \(.onnx\)'),
     (lambda run, tmp: write(tmp / 'model.pb', b'garbage', info=run), r'model.pb: not a frozen '
                                                                      r'graph written by export'),
     (lambda run, tmp: write(tmp / 'm.tflite', b'garbage', info=run), r'm.tflite: not a TFLite'),
@@ -542,18 +545,19 @@ def test_tflite_models_run_without_importing_tensorflow(exports):
     code = ('import sys, numpy\nfrom roadseg.commands import predict\n'
             'with predict.inference.load_model(sys.argv[1]) as model:\n'
             '    out = model(numpy.zeros((1, *model.image_shape, 3), numpy.uint8))\n'
-            'print(out.shape, "tensorflow" in sys.modules)')
+            'print(out.shape, "tensorflow" in sys.modules, "onnxruntime" in sys.modules)')
     for kind in ('tflite32', 'int8'):
         done = subprocess.run([sys.executable, '-c', code, str(exports / formats.FILES[kind])],
                               capture_output=True, text=True, check=True, cwd=ROOT)
-        assert done.stdout.splitlines()[-1] == f'(1, {SHAPE[0]}, {SHAPE[1]}, 2) False', kind
+        assert done.stdout.splitlines()[-1] == f'(1, {SHAPE[0]}, {SHAPE[1]}, 2) False False', \
+            kind
 
 
 def test_agreement_json(exports, original):
     agreement = json.loads((exports / 'agreement.json').read_text())
     assert agreement['images'] == 2 and agreement['metric'] == 'road IoU'
     assert 0.5 < agreement['original_iou'] <= 1  # the trained model sees the halves of road
-    assert set(agreement['exports']) == set(formats.FILES)
+    assert set(agreement['exports']) == set(formats.FILES) - {'onnx'}  # onnx: when asked for
     for kind, result in agreement['exports'].items():
         assert result['within_tolerance'], (kind, result)
         assert abs(result['iou'] - agreement['original_iou'] - result['iou_difference']) < 1e-12
@@ -636,6 +640,125 @@ def test_evaluate_scores_an_export(exports, run_data):
     assert results['images'] == 2
 
 
+# ----------------------------------------------------------------------------------------------
+# ONNX: export.py --formats onnx, and inference's onnxruntime backend
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def onnx_exports(run_dir, tmp_path_factory):
+    """export.py --formats frozen,onnx in a folder of its own, checked on the run's validation
+    images."""
+    for package in formats.ONNX_PACKAGES:
+        pytest.importorskip(package)
+    out = tmp_path_factory.mktemp('onnx') / 'export'
+    export.main(['--model', str(run_dir), '--formats', 'frozen,onnx', '--output-dir', str(out)])
+    return out
+
+
+def test_the_onnx_export_agrees_with_the_frozen_graph(onnx_exports):
+    assert sorted(os.listdir(onnx_exports)) == ['agreement.json', 'fcn.json', 'manifest.json',
+                                                'model.onnx', 'model.pb']
+    listed = json.loads((onnx_exports / 'manifest.json').read_text())['files']
+    assert sorted(listed) == ['fcn.json', 'model.onnx', 'model.pb']  # it travels with fcn.json
+    result = json.loads((onnx_exports / 'agreement.json').read_text())['exports']['onnx']
+    assert result['kind'] == 'onnx' and result['within_tolerance']
+    assert result['class_agreement'] == 1 and result['max_probability_difference'] < 1e-5
+    images = np.stack([road_scene(np.random.default_rng(i), *SHAPE)[0] for i in range(4)])
+    with inference.load_model(str(onnx_exports / 'model.onnx')) as onnx, \
+            inference.load_model(str(onnx_exports / 'model.pb')) as frozen:
+        assert onnx.kind == 'onnx' and onnx.info == frozen.info
+        got = onnx(images)  # the whole batch in one call
+        assert got.shape == (4, *SHAPE, 2) and got.dtype == np.float32
+        np.testing.assert_allclose(got, frozen(images), atol=1e-5)
+
+
+def test_large_constants_pass_the_onnx_conversion_as_inputs_and_end_as_weights(
+        run_dir, original, tmp_path, monkeypatch):
+    """VGG16's fc6 and fc7 take that path; here every kernel of 1 kB or more does."""
+    onnx = pytest.importorskip('onnx')
+    pytest.importorskip('tf2onnx')
+    monkeypatch.setattr(formats, 'ONNX_INPUT_BYTES', 1024)
+    graph_def = formats.frozen_graph(str(run_dir / 'model'), original.info)
+    lifted = formats.constants_as_inputs(graph_def, 1024)[1]
+    assert 'fcn/fc6/kernel:0' in lifted and len(lifted) > 5
+    model = onnx.load_from_string(formats.onnx_model(graph_def))
+    assert [tensor.name for tensor in model.graph.input] == ['image']
+    assert set(lifted) <= {tensor.name for tensor in model.graph.initializer}
+    onnx.save(model, tmp_path / 'model.onnx')
+    original.info.write(str(tmp_path))
+    images = np.stack([road_scene(np.random.default_rng(i), *SHAPE)[0] for i in range(2)])
+    with inference.load_model(str(tmp_path / 'model.onnx')) as converted:
+        np.testing.assert_allclose(converted(images), original(images), atol=1e-5)
+
+
+def test_an_onnx_model_segments_and_predicts_like_any_model(onnx_exports, original, inputs,
+                                                           tmp_path, capsys):
+    image = read_rgb(inputs / 'street.jpg')
+    with inference.load_model(str(onnx_exports / 'model.onnx'), flip=True) as onnx:
+        (got,) = inference.segment(onnx, [image])
+    (reference,) = inference.segment(original, [image], flip=True)
+    assert got.shape == (50, 90, 2)
+    np.testing.assert_allclose(got, reference, atol=1e-5)
+    assert run_predict('--model', onnx_exports / 'model.onnx', inputs, '--output-dir', tmp_path,
+                       '--mask') == 0
+    assert '(model onnx)' in capsys.readouterr().out
+    assert np.array_equal(iio.imread(tmp_path / 'street_mask.png'), expected(original, image)[1])
+
+
+def bad_onnx(folder, cut=False, manifest=True, num_classes=2, info=None):
+    """write_tiny_onnx's model in `folder`: cut to its first half with `cut`, of `num_classes`,
+    with the fcn.json of the run `info` instead of its own."""
+    path = pathlib.Path(write_tiny_onnx(folder, num_classes, manifest))
+    if cut:
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    if info:
+        shutil.copy(info / 'model' / 'fcn.json', folder / 'fcn.json')
+    return path
+
+
+@pytest.mark.parametrize('make, message', [
+    (lambda run, tmp: write(tmp / 'm.onnx', b'garbage', info=run),
+     r'm.onnx: not an ONNX model written by export.py \(.*[Pp]rotobuf parsing failed.*\)'),
+    (lambda run, tmp: bad_onnx(tmp / 'cut', cut=True, manifest=False),
+     r'cut/model.onnx: not an ONNX model written by export.py \(.+\)'),
+    (lambda run, tmp: bad_onnx(tmp / 'cut', cut=True),
+     r'cut/model.onnx: model.onnx has \d+ bytes, expected \d+; the model is damaged.*'),
+    (lambda run, tmp: bad_onnx(tmp / 'three', manifest=False, num_classes=3, info=run),
+     r'three/model.onnx: predicts 3 classes but its fcn.json says 2.*'),
+])
+def test_a_bad_onnx_file_is_one_line_naming_it(run_dir, inputs, tmp_path, capfd, make, message):
+    pytest.importorskip('onnxruntime')
+    path = make(run_dir, tmp_path)
+    with pytest.raises(UserError, match=rf'^--model \S*{message}$'):
+        inference.load_model(str(path))
+    capfd.readouterr()
+    assert run_predict('--model', path, inputs, '--output-dir', tmp_path / 'out') == 2
+    err = capfd.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.strip()]
+    assert re.fullmatch(rf'error: --model \S*{message}', line), err
+    assert not (tmp_path / 'out').exists()
+
+
+def test_without_onnxruntime_an_onnx_model_asks_for_the_onnx_extra(inputs, tmp_path, capfd,
+                                                                   monkeypatch):
+    path = write_tiny_onnx(tmp_path / 'model')
+    monkeypatch.setitem(sys.modules, 'onnxruntime', None)  # `import onnxruntime` fails
+    with pytest.raises(ModuleNotFoundError) as raised:
+        inference.load_model(path)
+    assert raised.value.name == 'onnxruntime'  # as it is, for cli.main_guard to name the extra
+    capfd.readouterr()
+    assert run_predict('--model', path, inputs, '--output-dir', tmp_path / 'out') == 2
+    assert "roadseg[onnx]" in capfd.readouterr().err
+
+
+def test_export_to_onnx_without_tf2onnx_stops_before_any_work(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'tf2onnx', None)
+    with pytest.raises(ModuleNotFoundError) as raised:
+        export.main(['--model', str(run_dir), '--formats', 'frozen,onnx', '--output-dir',
+                     str(tmp_path / 'out')])
+    assert raised.value.name == 'tf2onnx' and os.listdir(tmp_path) == []
+
+
 def test_tf1_dropout_is_removed_too(tmp_path):
     """Udacity's VGG graph drops out as x / keep_prob * floor(keep_prob + uniform noise)."""
     with tf.Graph().as_default(), tf1.Session() as sess:
@@ -674,8 +797,8 @@ def test_export_refuses_exports_and_missing_data(exports, tmp_path):
     shutil.copytree(exports.parent / 'model', bare)
     with pytest.raises(UserError, match=r'config.json: cannot read it .*--check-dir'):
         export.main(['--model', str(bare), '--formats', 'frozen'])
-    with pytest.raises(UserError, match=r"--formats: .*'onnx' is not a format"):
-        export.main(['--model', str(bare), '--formats', 'frozen,onnx'])
+    with pytest.raises(UserError, match=r"--formats: .*'coreml' is not a format"):
+        export.main(['--model', str(bare), '--formats', 'frozen,coreml'])
     assert not (tmp_path / 'export').exists()
 
 

@@ -245,3 +245,14 @@ def test_a_shipped_model_scored_on_the_data_it_trained_on_says_so():
     assert 'mean IoU 0.419 +- 0.035' in note
     assert zoo.seen_in_training('camvid-road', 'kitti') is None  # not what it trained on
     assert zoo.seen_in_training('runs/20261207-120000', 'camvid') is None  # not shipped
+
+
+@pytest.mark.parametrize('name', sorted(zoo.SHIPPED))
+def test_a_shipped_fcn_json_holds_only_the_fields_of_its_model(name):
+    """No null and no field of another model (a KITTI label, FC-DenseNet's depth) in what
+    ships: the file is what ModelInfo writes for it."""
+    from roadseg.model_info import ModelInfo
+    folder = os.path.dirname(zoo.resolve(name))
+    written = files.read_json(os.path.join(folder, 'fcn.json'))
+    assert written == ModelInfo.from_json(written).to_json()
+    assert files.manifest_problem(folder, complete=False) is None

@@ -11,6 +11,7 @@ when complete:
 | frozen | model.pb | GraphDef, variables folded to constants, dropout removed: `image` (float32 RGB 0..255 at the training size) in, `probabilities` out |
 | tflite32, tflite16 | model_float32.tflite, model_float16.tflite | TFLite, float32 or float16 weights, one image at a time; transposed convolutions rewritten as sub-pixel convolutions (same results), which XNNPACK runs quantised too |
 | int8 | model_int8.tflite | integer TFLite calibrated on training images: uint8 image in, its preprocessing (and --input-norm image's) in float, the network in int8, uint8 probabilities (scale 1/256) out |
+| onnx | model.onnx | the frozen graph in ONNX (tf2onnx, opset 17), for onnxruntime and other ONNX runtimes: `image` (float32 RGB 0..255 at the training size, any batch) in, `probabilities` out; only when asked for, as it needs the onnx extra (pip install 'roadseg[onnx]') |
 
 The file exports share the fcn.json written beside them; the SavedModel holds its own. Each
 export is loaded back and scored next to the original on labelled images (the run's validation
@@ -21,6 +22,7 @@ exit status 1.
 """
 import argparse
 import contextlib
+import importlib
 import os
 import sys
 
@@ -28,6 +30,7 @@ from roadseg import cli, evaluation, files, images, inference, metrics, zoo
 from roadseg.errors import PartlyFailed, UserError
 
 FILES = inference.EXPORT_FILES
+DEFAULT_FORMATS = [fmt for fmt in FILES if fmt != 'onnx']  # onnx needs an extra: when asked
 
 
 def formats_arg(text):
@@ -46,7 +49,8 @@ def parse_args(argv=None):
                         help="a run folder or main.py's SavedModel folder")
     parser.add_argument('--output-dir', help='where the exports go (default: RUN_DIR/export)')
     parser.add_argument('--formats', type=formats_arg,
-                        help=f'comma-separated, of {",".join(FILES)} (default: all)')
+                        help=f'comma-separated, of {",".join(FILES)} (default: all but onnx, '
+                             f'which needs pip install \'roadseg[onnx]\')')
     parser.add_argument('--check-dir', metavar='DATA_DIR',
                         help="labelled images to check the exports on, in the layout the model "
                              "was trained on (default: the run's validation images)")
@@ -66,13 +70,16 @@ def parse_args(argv=None):
     if args.ship and (args.output_dir or args.formats):
         parser.error(f'--ship {args.ship} writes the int8 file into roadseg/shipped/{args.ship}/: '
                      f'leave out --output-dir and --formats')
-    args.formats = ['int8'] if args.ship else args.formats or list(FILES)
+    args.formats = ['int8'] if args.ship else args.formats or DEFAULT_FORMATS
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     from roadseg import export  # loads TensorFlow (seconds): only once the options are sound
+    if 'onnx' in args.formats:  # a missing package stops it before any work (cli.main_guard)
+        for package in export.ONNX_PACKAGES:
+            importlib.import_module(package)
     with inference.load_model(args.model) as original:
         if original.kind != 'savedmodel':
             raise UserError(f'--model {args.model}: a {original.kind} model; export from a run '

@@ -14,9 +14,10 @@ frames are named `<stem>_<frame number>`. Unreadable inputs are skipped and list
 `--kitti-submission DIR` writes KITTI's road benchmark submission for its testing images (each
 with its calib/ file): the bird's-eye-view road probability maps in DIR/bev/, zipped into
 DIR/kitti_road_bev.zip (what KITTI's server takes), and the perspective maps in DIR/perspective/.
---model takes a run folder, a SavedModel, a frozen graph (.pb), a TFLite model (.tflite), or a
-shipped model's name (roadseg/shipped/, roadseg.zoo; camvid-road by default). A TFLite model runs
-without importing TensorFlow.
+--model takes a run folder, a SavedModel, a frozen graph (.pb), a TFLite model (.tflite), an
+ONNX model (.onnx), or a shipped model's name (roadseg/shipped/, roadseg.zoo; camvid-road by
+default). A TFLite model runs without importing TensorFlow, and an ONNX model too (on
+onnxruntime: pip install 'roadseg[onnx]').
 """
 import contextlib
 import os
@@ -34,7 +35,7 @@ def parse_args(argv=None):
     parser.add_argument('inputs', nargs='+', metavar='INPUT',
                         help='image or video files (.mp4 .avi .mov), folders or globs')
     parser.add_argument('--model', help='a run folder, a SavedModel folder, a frozen graph .pb, '
-                                        'a .tflite, or a shipped model by name: '
+                                        'a .tflite, a .onnx, or a shipped model by name: '
                                         f'{", ".join(zoo.SHIPPED)} (default: {zoo.DEFAULT})')
     parser.add_argument('--output-dir', help='where the outputs are written (default: '
                                              'runs/predict-<time>)')

@@ -14,8 +14,9 @@ then open http://127.0.0.1:8501/ and drop an image. Endpoints (roadseg.serving):
     POST /segment?output=overlay|mask|probability&crop=TOP,BOTTOM&flip_tta=1   image -> PNG
     GET  /  the page;  GET /healthz;  GET /metrics (Prometheus)
 
---model takes whatever predict.py takes: a run folder, a SavedModel, a frozen graph (.pb) or a
-TFLite model (.tflite, run on LiteRT without importing TensorFlow). Concurrent requests are
+--model takes whatever predict.py takes: a run folder, a SavedModel, a frozen graph (.pb), a
+TFLite model (.tflite, run on LiteRT without importing TensorFlow) or an ONNX model (.onnx, on
+onnxruntime, also without TensorFlow). Concurrent requests are
 gathered into one model call of up to --max-batch images, waiting at most --batch-timeout-ms
 for more after the first. SIGTERM (or Ctrl-C) answers the requests in flight, then stops.
 What a client can make the server read, build or hold is bounded (roadseg.serving.limits): the body,
@@ -48,7 +49,7 @@ FD_RESERVE = 256  # open files a server process needs beside its connections (mo
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--model', help='a run folder, a SavedModel folder, a frozen graph .pb, '
-                                        'a .tflite, or a shipped model by name: '
+                                        'a .tflite, a .onnx, or a shipped model by name: '
                                         f'{", ".join(zoo.SHIPPED)} (default: {zoo.DEFAULT})')
     parser.add_argument('--host', default='127.0.0.1',
                         help='address to listen on (default: %(default)s, this machine only; '

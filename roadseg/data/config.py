@@ -10,7 +10,7 @@ from roadseg.data import classes as class_files
 from roadseg.data import groups, layouts, transforms
 from roadseg.settings import Settings, option
 
-LABELS = ('road', 'lane')
+LABELS = layouts.LABELS
 CACHE = ('auto', 'memory', 'none')
 
 

@@ -18,6 +18,7 @@ from roadseg.errors import UserError
 from roadseg.images import read_rgb
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.ppm', '.tif', '.tiff')
+LABELS = ('road', 'lane')  # KITTI's ground truth: the road, or the ego-lane (um only)
 CITYSCAPES_HINT = ('Cityscapes needs a login: register at https://www.cityscapes-dataset.com/, '
                    'download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip, unzip '
                    'both into one folder and give it as --data-dir')
@@ -60,7 +61,11 @@ def kitti_pairs(data_folder, label='road'):
         if named == label:
             labels[f'{category}_{number}'] = path
     if not labels:
-        raise UserError(f'{label_dir}: no *_{label}_*.png ground truth found; check --label')
+        other = next((kind for kind in LABELS if kind != label and glob.glob(
+            os.path.join(label_dir, f'*_{kind}_*.png'))), None)
+        raise UserError(f'{label_dir}: no *_{label}_*.png ground truth found' + (
+            f'; it holds {other} ground truth (--label {other})' if other else
+            '; check --label'))
     orphans = sorted(set(labels) - set(images))
     if orphans:
         raise UserError(f'{labels[orphans[0]]}: label without an image '
@@ -124,13 +129,23 @@ def pair_by_stem(image_dir, label_dir, label_stem=lambda stem: stem):
 
 
 def kitti(data_dir, label='road'):
-    """KITTI Road: data_dir/data_road/training/{image_2, gt_image_2}, downloaded if absent.
-    Its overlays are made for testing/image_2."""
+    """KITTI Road: data_dir/data_road/training/{image_2, gt_image_2}, downloaded if absent, its
+    classes named after `label` (kitti_classes). Its overlays are made for testing/image_2."""
     downloads.maybe_download_kitti(data_dir)
     pairs = kitti_pairs(os.path.join(data_dir, 'data_road', 'training'), label)
     test_images, note = kitti_overlay_images(data_dir)  # said only when overlays are written
-    return Dataset('kitti', class_files.builtin('kitti_road'), pairs, test_images=test_images,
+    return Dataset('kitti', kitti_classes(label), pairs, test_images=test_images,
                    test_note=note)
+
+
+def kitti_classes(label='road'):
+    """KITTI's two classes, named after its ground truth: not road and road, or for the ego-lane
+    truth not lane and lane (kitti_road.json's colours), so that a model is scored on what its
+    classes are named."""
+    classes = class_files.builtin('kitti_road')
+    if label != 'road':
+        classes.names = [f'not {label}', label]
+    return classes
 
 
 def camvid(data_dir, **_):
