@@ -121,9 +121,29 @@ def test_a_recipe_copied_elsewhere_reads_its_crossval_record_beside_it(tmp_path)
     made = config.read(recipe, data_dir=str(tmp_path))
     assert os.path.isfile(made.run.crossval) and made.data.data_dir == str(tmp_path)
     copy = tmp_path / 'recipes'
-    shutil.copytree(os.path.dirname(recipe), copy)
+    copy.mkdir()
+    shutil.copy(recipe, copy)
     with pytest.raises(UserError, match='crossval'):  # its record did not travel with it
         config.read(str(copy / os.path.basename(recipe)))
+    shutil.copytree(os.path.join(os.path.dirname(recipe), 'crossval'), copy / 'crossval')
+    assert config.read(str(copy / os.path.basename(recipe))).run.crossval == \
+        str(copy / 'crossval' / 'camvid_road_mobilenetv2.json')
+
+
+def test_a_recipe_is_taken_by_name_from_any_folder(tmp_path, monkeypatch):
+    """--config NAME (or NAME.json) is the packaged recipe when no such file is here; a file
+    of that name here is the file; an unknown name lists the recipes."""
+    from roadseg import configs
+    by_path = config.read(os.path.join(configs.RECIPES, 'camvid11_mobilenetv2.json'))
+    monkeypatch.chdir(tmp_path)
+    for name in ('camvid11_mobilenetv2', 'camvid11_mobilenetv2.json'):
+        assert config.read(name) == by_path
+    assert options.parse_args(['--config', 'camvid11_mobilenetv2']).training.epochs == \
+        by_path.training.epochs
+    (tmp_path / 'camvid11_mobilenetv2.json').write_text('{"epochs": 3}')
+    assert config.read('camvid11_mobilenetv2.json').training.epochs == 3
+    with pytest.raises(UserError, match=r"recipe's name \(camvid11_mobilenetv2, .*\)$"):
+        config.read('camvid12')
 
 
 def test_the_class_file_and_the_group_pattern_are_read_once_per_run(tmp_path, monkeypatch):

@@ -43,12 +43,14 @@ def wheel(tmp_path_factory):
 
 
 def test_the_wheel_holds_the_package_and_its_data_and_nothing_of_the_checkout(wheel):
-    """The shipped models, the page, the recipes' defaults and class files and py.typed travel
-    in the wheel; the tests, benchmarks, docs and data do not."""
+    """The shipped models, the page, the class files, the recipes with their records and
+    py.typed travel in the wheel; the tests, benchmarks, docs and data do not."""
     import zipfile
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in ('roadseg/py.typed', 'roadseg/serving/page.html', 'roadseg/configs/crf.json',
                  'roadseg/configs/classes/camvid11.json', 'roadseg/shipped/README.md',
+                 'roadseg/configs/recipes/camvid_road_mobilenetv2.json',
+                 'roadseg/configs/recipes/crossval/camvid_road_mobilenetv2.json',
                  *(f'roadseg/shipped/{model}/{part}' for model in zoo.SHIPPED
                    for part in ('model_int8.tflite', 'fcn.json', 'card.json', 'manifest.json'))):
         assert name in names, name
@@ -95,6 +97,8 @@ for name in zoo.SHIPPED:
 assert os.path.isfile(os.path.join(zoo.DIR, 'README.md'))
 assert open(PAGE).read().startswith('<!')
 assert options.parse_args([]).training.epochs == 40  # main.py's defaults, in the fields
+recipe = options.parse_args(['--config', 'camvid_road_mobilenetv2'])  # a recipe by name
+assert recipe.run.crossval.startswith(os.path.dirname(roadseg.__file__)), recipe.run.crossval
 assert classes.builtin('camvid11').num_classes == 11
 assert os.path.isfile(os.path.join(os.path.dirname(roadseg.__file__), 'py.typed'))
 assert roadseg.load('camvid-road').input_size == (352, 480)  # the Python API

@@ -109,11 +109,13 @@ def test_requirements_txt_is_pyprojects_dependencies_and_its_extras_but_crf():
 
 
 def test_the_librarys_own_settings_are_inside_the_package():
-    """configs/ holds only recipes to pass to --config; what the library reads by default is
-    found from the package, so an installed roadseg has it too."""
+    """What the library reads by default, and the recipes --config takes by name (the
+    checkout's configs/ links to them), are found from the package, so an installed roadseg
+    has them too."""
     from roadseg import configs, crf
     from roadseg.data import classes
-    for path in (classes.CLASS_DIR, crf.DEFAULT_PARAMETERS):
+    assert os.path.realpath(os.path.join(ROOT, 'configs')) == configs.RECIPES
+    for path in (classes.CLASS_DIR, crf.DEFAULT_PARAMETERS, configs.RECIPES):
         assert os.path.commonpath([path, configs.DIR]) == configs.DIR and os.path.exists(path)
     assert os.path.commonpath([configs.DIR, os.path.join(ROOT, 'roadseg')]) == \
         os.path.join(ROOT, 'roadseg')

@@ -7,7 +7,7 @@ import math
 import os
 import typing
 
-from roadseg import cli, files, settings
+from roadseg import cli, configs, files, settings
 from roadseg.data import layouts
 from roadseg.data.config import DataConfig
 from roadseg.errors import UserError
@@ -189,9 +189,11 @@ def option_fields():
 
 def read_values(path):
     """{option: Python value} of a JSON config file (a recipe, or a run's config.json, whose
-    derived records are dropped), each checked against its field; one line naming the file
-    and the option otherwise."""
-    config = files.read_json(path, 'give a JSON file of options to --config')
+    derived records are dropped) or of a recipe named (configs.recipe), each checked against
+    its field; one line naming the file and the option otherwise."""
+    path = configs.recipe(path)
+    config = files.read_json(path, f'give --config a JSON file of options or a recipe\'s name '
+                                   f'({", ".join(configs.recipes())})')
     if not isinstance(config, dict):
         raise UserError(f'{path}: a config file holds one JSON object of options, '
                         f'{{"option": value, ...}}, not a {type(config).__name__}')

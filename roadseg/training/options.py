@@ -8,7 +8,7 @@ import os
 import shlex
 import sys
 
-from roadseg import cli, settings
+from roadseg import cli, configs, settings
 from roadseg.errors import UserError
 from roadseg.training.config import SECTIONS, RunConfig, option_fields, read_values
 
@@ -44,8 +44,10 @@ def add_option(group, field, default):
 def parser_for(defaults):
     """main.py's parser, its help showing `defaults` ({option: Python value})."""
     parser = cli.ArgumentParser(description=DESCRIPTION, prog='main.py')
-    parser.add_argument('--config', help='JSON file of options (a recipe, or a run\'s '
-                                         'config.json) over the defaults')
+    parser.add_argument('--config', metavar='FILE_OR_RECIPE',
+                        help='JSON file of options (a recipe, or a run\'s config.json) over the '
+                             'defaults, or a recipe by name, from any folder: '
+                             f'{", ".join(configs.recipes())}')
     parser.add_argument('--resume', metavar='RUN_DIR', help='continue an interrupted run from '
                         'its last checkpoint, with its options and split')
     for name, section in SECTIONS.items():  # the help lists each section's options together
