@@ -15,7 +15,7 @@ from typing import Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
-from roadseg import images, inference, zoo
+from roadseg import cli, images, inference, zoo
 from roadseg.errors import UserError
 
 # What an image may be: HxWx3 uint8 RGB, a PIL image, or the path of an image file
@@ -83,12 +83,18 @@ def load(name_or_path: Union[str, 'os.PathLike[str]', None] = None,
     """The model `name_or_path`: a shipped model's name (roadseg.zoo.SHIPPED; None: camvid-road),
     a run folder, a SavedModel folder, a frozen graph .pb, a .tflite or a .onnx file. With
     `flip`, each prediction is averaged with its mirror image's. A missing or unreadable model
-    raises ValueError; a .onnx without onnxruntime installed, ModuleNotFoundError."""
+    raises ValueError; a model whose runtime is not installed (TensorFlow for a SavedModel or a
+    .pb, onnxruntime for a .onnx), ModuleNotFoundError naming the extra to install."""
     name = zoo.DEFAULT if name_or_path is None else os.fspath(name_or_path)
     try:
         return Segmenter(inference.load_model(zoo.resolve(name), flip=flip), name)
     except UserError as e:  # the commands' wording names their flag; a caller gave an argument
         raise ValueError(str(e).replace(f'--model {name}: ', f'{name}: ')) from None
+    except ModuleNotFoundError as e:  # a SavedModel without TensorFlow, a .onnx without onnx
+        if e.name not in cli.EXTRAS:
+            raise
+        raise ModuleNotFoundError(cli.missing_extra(e.name, f'roadseg.load({name!r})'),
+                                  name=e.name) from None
 
 
 def as_rgb(image: ImageLike) -> np.ndarray:

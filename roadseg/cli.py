@@ -55,11 +55,13 @@ EXTRAS = {'tensorflow': ('TensorFlow', 'train'), 'h5py': ('h5py', 'train'),
           'pydensecrf': ('pydensecrf2', 'crf')}
 
 
-def missing_extra(module):
-    """One line naming the extra that installs `module`, for the command being run."""
+def missing_extra(module, needing=None):
+    """One line naming the extra that installs `module`, for `needing` (by default the command
+    being run)."""
     package, extra = EXTRAS[module]
-    return (f'{os.path.basename(sys.argv[0]) or "this"} needs {package} here, which is not '
-            f"installed: pip install 'roadseg[{extra}]' (in a clone: pip install '.[{extra}]')")
+    return (f'{needing or os.path.basename(sys.argv[0]) or "this"} needs {package} here, which '
+            f"is not installed: pip install 'roadseg[{extra}]' (in a clone: pip install "
+            f"'.[{extra}]')")
 
 
 LINE_BREAKS = '\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029'  # where str.splitlines splits

@@ -159,6 +159,16 @@ def split_file(path):
     return found[0] if found else None
 
 
+def default_split(path):
+    """The images to score a model on when none are asked for: its run's validation images
+    (val), or every labelled image (all) when the run held none out (a final model,
+    --all-labelled)."""
+    found = split_file(path)
+    if found and not files.read_json(found, 'use --split all', 'split').get('val'):
+        return 'all'
+    return 'val'
+
+
 def trained_on(path, pairs):
     """One line when some of the (image, label) `pairs` scored are images the run of the model
     `path` trained on (its split.json's train), saying how many and where the held-out
@@ -166,14 +176,17 @@ def trained_on(path, pairs):
     found = split_file(path)
     if not found:
         return None
-    trained = set(files.read_json(found, 'use --split all', 'split').get('train', []))
+    split = files.read_json(found, 'use --split all', 'split')
+    trained = set(split.get('train', []))
     count = sum(os.path.basename(image) in trained for image, _ in pairs)
     if not count:
         return None
+    elsewhere = ('score the images it held out (--split val) or cross-validate (crossval.py)'
+                 if split.get('val') else 'it held none out, so see the cross-validation that '
+                 'chose its recipe (crossval.py)')
     return (f'note: {count} of these {len(pairs)} images are among the {len(trained)} the model '
             f'trained on ({found}), so this figure flatters it; for what to expect on new '
-            f'images, score the images it held out (--split val) or cross-validate '
-            f'(crossval.py)')
+            f'images, {elsewhere}')
 
 
 def evaluation_data(path, data_dir, info, split):

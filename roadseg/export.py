@@ -395,12 +395,14 @@ def calibration_images(model, info, calibration_dir=None, count=images.CALIBRATI
 
 def check_samples(model, info, check_dir=None):
     """The labelled (name, image, class map) samples the exports are checked on: every
-    labelled image of `check_dir`, or the validation images of the run folder `model`."""
+    labelled image of `check_dir`, or the validation images of the run folder `model` (its
+    training images when it held none out: the check measures agreement, not quality)."""
     if check_dir:
         dataset, pairs = evaluation.evaluation_data(model, check_dir, info, 'all')
     else:
-        dataset, pairs = run_data(model, info, 'val', 'or pass --check-dir, a labelled '
-                                  'folder in the layout the model was trained on')
+        dataset, pairs = run_data(model, info, evaluation.default_split(model), 'or pass '
+                                  '--check-dir, a labelled folder in the layout the model was '
+                                  'trained on')
     if not pairs:
         raise UserError('no labelled images to check the exports on; pass --check-dir')
     return reading.load_samples(pairs, dataset.read_label)

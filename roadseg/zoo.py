@@ -126,6 +126,9 @@ def card(name, run_dir, info, checked, milliseconds, model_file, validation=None
         crossval = (f'{metric} {row["mean"]:.3f} +- {row["std"]:.3f}, the mean over '
                     f'{len(record["folds"])} held-out drives ({", ".join(record["folds"])}) of '
                     f'its recipe\'s leave-one-drive-out cross-validation at epoch {row["epoch"]}')
+        if not record.get('at_epochs'):  # trained for a count the cross-validation did not score
+            crossval = (f'not cross-validated at its {config["epochs"]} epochs; its recipe\'s '
+                        f'best: {crossval}')
     else:
         crossval = 'not cross-validated'
     result = checked['result']

@@ -119,6 +119,24 @@ def test_bad_cross_validation_options_are_one_line(data, argv, message):
         crossval.main(base + argv)
 
 
+def test_without_tensorflow_a_cross_validation_stops_before_writing(data, tmp_path, capsys,
+                                                                  monkeypatch):
+    """The base install has no TensorFlow: one line naming the extra, and no crossval.json
+    that a later run would take for a cross-validation to resume."""
+    import importlib.util
+
+    from roadseg import cli
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec',
+                        lambda name, *rest: None if name == 'tensorflow' else
+                        find_spec(name, *rest))
+    cv_dir = tmp_path / 'cv'
+    argv = [*TINY, '--data-dir', str(data), '--cv-dir', str(cv_dir)]
+    assert cli.main_guard(crossval.main, argv) == 2
+    assert "needs TensorFlow here" in capsys.readouterr().err
+    assert not cv_dir.exists() or os.listdir(cv_dir) == []
+
+
 @pytest.mark.slow
 def test_the_final_model_trains_on_every_labelled_image_and_selects_nothing(data, tmp_path):
     run_dir = main.run([*TINY, '--data-dir', str(data), '--runs-dir', str(tmp_path),

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter
 
+import roadseg
 from roadseg import cli, drawing, inference, media
 from roadseg import export as formats
 from roadseg.commands import evaluate, export, plot, predict
@@ -746,6 +747,9 @@ def test_without_onnxruntime_an_onnx_model_asks_for_the_onnx_extra(inputs, tmp_p
     with pytest.raises(ModuleNotFoundError) as raised:
         inference.load_model(path)
     assert raised.value.name == 'onnxruntime'  # as it is, for cli.main_guard to name the extra
+    with pytest.raises(ModuleNotFoundError, match=r"^roadseg.load\('\S*model.onnx'\) needs "
+                                                  r"onnxruntime here, .* 'roadseg\[onnx\]'"):
+        roadseg.load(path)  # the Python API names the extra too
     capfd.readouterr()
     assert run_predict('--model', path, inputs, '--output-dir', tmp_path / 'out') == 2
     assert "roadseg[onnx]" in capfd.readouterr().err

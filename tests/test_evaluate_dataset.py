@@ -286,3 +286,16 @@ def test_scoring_images_the_run_trained_on_says_how_many(tmp_path):
         assert note.startswith('note: 1 of these 2 images are among the 2 the model trained on')
     assert evaluation.trained_on(str(run), pairs[1:]) is None
     assert evaluation.trained_on(str(tmp_path / 'model.tflite'), pairs) is None
+
+
+def test_a_run_that_held_no_image_out_is_scored_on_every_labelled_image_by_default(tmp_path):
+    """A final model (--all-labelled) has no validation images: evaluate and export's check
+    default to every labelled image, and the note says there is no held-out figure."""
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'split.json').write_text(json.dumps({'train': ['a.png'], 'val': [], 'seen': []}))
+    assert evaluation.default_split(str(run)) == 'all'
+    assert 'it held none out' in evaluation.trained_on(str(run), [('a.png', 'a_label.png')])
+    (run / 'split.json').write_text(json.dumps({'train': ['a.png'], 'val': ['b.png']}))
+    assert evaluation.default_split(str(run)) == 'val'
+    assert evaluation.default_split(str(tmp_path / 'model.tflite')) == 'val'

@@ -256,3 +256,27 @@ def test_a_shipped_fcn_json_holds_only_the_fields_of_its_model(name):
     written = files.read_json(os.path.join(folder, 'fcn.json'))
     assert written == ModelInfo.from_json(written).to_json()
     assert files.manifest_problem(folder, complete=False) is None
+
+
+def test_a_card_gives_no_cross_validated_figure_for_epochs_the_cross_validation_did_not_score(
+        tmp_path):
+    """A run trained for an epoch count its recipe's cross-validation did not validate gets
+    no figure of another epoch as its own: the card says so, and gives the best beside."""
+    from roadseg.model_info import ModelInfo
+    run = tmp_path / 'run'
+    run.mkdir()
+    files.write_json(run / 'config.json', {'dataset': 'camvid', 'epochs': 1,
+                                           'all_labelled': True})
+    files.write_json(run / 'split.json', {'train': ['a.png'], 'val': [], 'seen': []})
+    best = {'epoch': 36, 'mean': 0.8841, 'std': 0.0316}
+    files.write_json(run / 'crossval.json', {'source': 'cv.json', 'metric': 'road IoU',
+                                             'epochs': 1, 'at_epochs': None, 'best': best,
+                                             'folds': {'A': 10, 'B': 12}})
+    (tmp_path / 'model.tflite').write_bytes(b'0')
+    info = ModelInfo((8, 8), 2, ('other', 'road'), ((0, 0, 0), (255, 0, 255)))
+    checked = {'result': {'iou': 0.0, 'class_agreement': 1.0}, 'original': 0.0, 'images': 1,
+               'source': 'x'}
+    card = zoo.card('camvid-road', str(run), info, checked, 5.0, str(tmp_path / 'model.tflite'))
+    assert card['quality']['crossval'].startswith(
+        "not cross-validated at its 1 epochs; its recipe's best: road IoU 0.884 +- 0.032")
+    assert card['quality']['crossval'].endswith('at epoch 36')

@@ -10,6 +10,7 @@ Choose the recipe and its --epochs on the mean over folds (docs/generalisation.m
 the model to ship on every labelled image with main.py --all-labelled for that many epochs.
 Writes CV_DIR/crossval.json (the options, the folds, the summary) and CV_DIR/GROUP/<run>/.
 """
+import importlib.util
 import os
 import sys
 import time
@@ -66,6 +67,8 @@ def start(args, argv):
         raise UserError(f'--cv-dir {cv_dir}: holds a cross-validation already; continue it '
                         f'with --resume {cv_dir}, or choose another folder')
     files.check_writable(cv_dir, '--cv-dir')
+    if importlib.util.find_spec('tensorflow') is None:  # the folds need it: stop before writing
+        raise ModuleNotFoundError("No module named 'tensorflow'", name='tensorflow')
     state = {'argv': argv, 'config': config.to_json(), 'folds': folds, 'sizes': sizes}
     crossval.write_state(cv_dir, state)
     return cv_dir, config, state

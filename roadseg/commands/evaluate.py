@@ -52,10 +52,11 @@ def parser():
                         help="KITTI's ground truth to score on (default: the model's, road); "
                              "the lane truth's classes are lane and not lane, so only a lane "
                              "model is scored on it")
-    parser.add_argument('--split', choices=('val', 'seen', 'all'), default='val',
+    parser.add_argument('--split', choices=('val', 'seen', 'all'),
                         help="the run's validation images (under --val-groups, its held-out "
                              "groups), the unseen images of its training groups (seen), or "
-                             "every labelled image")
+                             "every labelled image (default: val, or all for a run that held "
+                             "none out, saying so)")
     parser.add_argument('--output-dir', help='where metrics.json, confusion.csv and '
                                              'confusion.png (and images) go '
                                              '(default: MODEL/eval-SPLIT, MODEL-eval-SPLIT '
@@ -80,6 +81,7 @@ def main(argv=None):
     args = parser().parse_args(argv)
     name, args.model = args.model, zoo.resolve(args.model)
     print(zoo.describe(name, args.model), flush=True)
+    args.split = args.split or evaluation.default_split(args.model)
     output_dir = args.output_dir or default_output_dir(
         os.path.join('runs', name) if name in zoo.SHIPPED else args.model, args.split,
         args.flip_tta, bool(args.crf))

@@ -53,7 +53,8 @@ def parse_args(argv=None):
                              f'which needs pip install \'roadseg[onnx]\')')
     parser.add_argument('--check-dir', metavar='DATA_DIR',
                         help="labelled images to check the exports on, in the layout the model "
-                             "was trained on (default: the run's validation images)")
+                             "was trained on (default: the run's validation images, or its "
+                             "training images when it held none out)")
     parser.add_argument('--calibration-dir', metavar='DIR',
                         help="images to calibrate the int8 model on (default: the run's "
                              "training images)")
@@ -162,7 +163,9 @@ def ship(args, run_dir, original, result, reference, images_checked, calibration
         milliseconds = zoo.speed(shipped, calibration[0])
         validation = zoo.validation_score(shipped, path, args.check_dir)
     checked = {'result': result, 'original': reference, 'images': images_checked,
-               'source': args.check_dir or "the run's validation images"}
+               'source': args.check_dir or ("the run's validation images" if
+                                            evaluation.default_split(run_dir) == 'val' else
+                                            "the run's training images (it held none out)")}
     card = zoo.card(args.ship, run_dir, original.info, checked, milliseconds, path, validation)
     files.write_json(os.path.join(os.path.dirname(path), zoo.CARD), card)
 
