@@ -15,7 +15,8 @@ from roadseg import cli
 from roadseg.training import options
 
 if __name__ == '__main__':  # answer --help and a bad option at once, before TensorFlow loads
-    status = cli.main_guard(options.options, sys.argv[1:])
+    status = cli.main_guard(options.options, sys.argv[1:]) or \
+        cli.main_guard(cli.require, 'tensorflow')
     if status:
         sys.exit(status)
 

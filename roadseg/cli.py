@@ -3,6 +3,7 @@ line, the guard that turns errors into one line and an exit status, and the size
 arguments."""
 import argparse
 import errno
+import importlib.util
 import os
 import sys
 
@@ -51,8 +52,15 @@ def main_guard(fn, *args):
 # predicts, evaluates and serves .tflite models without them.
 EXTRAS = {'tensorflow': ('TensorFlow', 'train'), 'h5py': ('h5py', 'train'),
           'matplotlib': ('matplotlib', 'train'), 'onnxruntime': ('onnxruntime', 'onnx'),
-          'tf2onnx': ('tf2onnx', 'onnx'), 'onnx': ('onnx', 'onnx'),
-          'pydensecrf': ('pydensecrf2', 'crf')}
+          'tf2onnx': ('tf2onnx', 'onnx'), 'onnx': ('tf2onnx', 'onnx')}  # onnx comes with it
+
+
+def require(*modules):
+    """Stop, before any work, when one of `modules` (of EXTRAS) is not installed: the
+    ModuleNotFoundError that main_guard words as the extra to install."""
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise ModuleNotFoundError(f'No module named {module!r}', name=module)
 
 
 def missing_extra(module, needing=None):

@@ -81,6 +81,8 @@ def _share(fraction):
     neither reads as exact."""
     if 0 < fraction < 0.0005:
         return '<0.1'
+    if 0.9995 <= fraction < 1:
+        return '>99.9'
     return f'{100 * fraction:.1f}' if 0 < fraction < 0.1 or 0.99 < fraction < 1 else \
         f'{100 * fraction:.0f}'
 

@@ -150,6 +150,12 @@ def bev_table(results):
     return '\n'.join(lines)
 
 
+def no_dataset(path, advice):
+    """The error for a model whose fcn.json names no data set, with `advice`."""
+    return UserError(f'{path}: its fcn.json does not say which data set the model learned '
+                     f'("dataset"); {advice}')
+
+
 def split_file(path):
     """The split.json of the run that `path` (a run folder, or an export file in the run's
     export/ folder) came from, or None outside a run."""
@@ -195,9 +201,8 @@ def evaluation_data(path, data_dir, info, split):
     labelled image (`all`). A model outside a run folder (a shipped model) is scored on the
     data set's own validation images for `val` (CamVid's val/)."""
     if not info.dataset:  # optional in fcn.json: predict.py and serve.py need it not
-        raise UserError(f'{path}: its fcn.json does not say which data set the model learned '
-                        f'("dataset"), so there are no labels to score it on; evaluate a model '
-                        f'that main.py or export.py wrote')
+        raise no_dataset(path, 'so there are no labels to score it on; evaluate a model that '
+                               'main.py or export.py wrote')
     classes = info.classes and class_files.load_class_file(info.classes)
     dataset = layouts.open_dataset(info.dataset, data_dir, info.kitti_label, classes,
                                    info.remap)
@@ -224,8 +229,10 @@ def evaluation_data(path, data_dir, info, split):
     return dataset, chosen
 
 
-def scoring_data(path, data_dir, info, split, dataset=None, label=None, model=None):
-    """evaluate.py's data: (data set, (image, label) pairs, matching.ClassMatch or None).
+def scoring_data(path, data_dir, info, split=None, dataset=None, label=None, model=None):
+    """evaluate.py's data: (data set, (image, label) pairs, matching.ClassMatch or None, the
+    split scored). Without a `split`, the model's own validation images (default_split), or
+    another data set's own validation images where it has some, else every labelled image.
     Without `dataset` (--dataset's layout), or with the model's own (for KITTI, and its
     `label`), the model's own data set as evaluation_data gives it, scored on its classes.
     With another, that data set in `data_dir` with its own classes (KITTI's named after
@@ -234,23 +241,24 @@ def scoring_data(path, data_dir, info, split, dataset=None, label=None, model=No
     CamVid's val/): a run's split.json names images of the data set it trained on."""
     name = dataset or info.dataset
     if not name:
-        raise UserError(f'{path}: its fcn.json does not say which data set the model learned '
-                        f'("dataset"); give the layout of the labels to score it on with '
-                        f'--dataset ({", ".join(sorted(layouts.READERS))})')
+        raise no_dataset(path, f'give the layout of the labels to score it on with --dataset '
+                               f'({", ".join(sorted(layouts.READERS))})')
     if label and name != 'kitti':
         raise UserError(f'--label {label}: it chooses KITTI\'s ground truth, and the labels '
                         f'here are {name}\'s; leave it out, or score on --dataset kitti')
     label = label or info.kitti_label
     if name == info.dataset and (name != 'kitti' or label == info.kitti_label):
-        return (*evaluation_data(path, data_dir, info, split), None)
+        split = split or default_split(path)
+        return (*evaluation_data(path, data_dir, info, split), None, split)
     data = layouts.open_dataset(name, data_dir, label)
     where = f'--dataset {name}' + (f' --label {label}' if name == 'kitti' and label != 'road'
                                    else '')
     match = matching.match(data.classes.names, info.class_names, where, model or path)
+    split = split or ('val' if data.val else 'all')
     if split == 'all':
-        return data, data.train + (data.val or []), match
+        return data, data.train + (data.val or []), match, split
     if split == 'val' and data.val:
-        return data, data.val, match
+        return data, data.val, match, split
     raise UserError(f'--split {split} with {where}: a run\'s split names images of the data '
                     f'set it trained on' + ('' if split == 'seen' else
                                             f', and {data_dir} has no validation images of '

@@ -299,3 +299,28 @@ def test_a_run_that_held_no_image_out_is_scored_on_every_labelled_image_by_defau
     (run / 'split.json').write_text(json.dumps({'train': ['a.png'], 'val': ['b.png']}))
     assert evaluation.default_split(str(run)) == 'val'
     assert evaluation.default_split(str(tmp_path / 'model.tflite')) == 'val'
+
+
+NAMES = st.sampled_from(['road', 'Road', 'road_', 'other', 'not road', 'Sky', 'sky', 'car',
+                         'background', 'lane', 'not lane', 'Pedestrian', 'tree'])
+
+
+@given(st.lists(NAMES, min_size=1, max_size=6, unique=True),
+       st.lists(NAMES, min_size=2, max_size=6, unique=True))
+def test_any_two_class_lists_are_matched_consistently_or_refused_in_one_line(data, model):
+    """Whatever the names: a UserError in one line, or scored classes of distinct names whose
+    tables stay in range, each name-matched pair scored as one class."""
+    try:
+        found = matching.match(data, model, '--dataset folder', 'm')
+    except UserError as e:
+        assert '\n' not in str(e) and str(e).startswith(('--dataset folder: ', 'the model m: '))
+        return
+    assert len(set(found.names)) == len(found.names)
+    assert set(found.names) <= set(model) | {'other'}
+    scored = range(len(found.names))
+    assert all(v in scored for v in found.predicted)
+    assert all(v in scored or v == VOID for v in found.truth[:len(data)])
+    assert all(v == VOID for v in found.truth[len(data):])
+    for data_name, model_name in found.pairs:
+        assert found.truth[data.index(data_name)] == found.predicted[model.index(model_name)]
+    assert set(found.record()) == set(data)

@@ -18,27 +18,33 @@ from packaging.requirements import Requirement
 
 from benchmarks.service import free_port
 from roadseg import console, zoo
-from tests.conftest import ROOT
+from tests.conftest import ROOT, make_kitti
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope='module')
-def wheel(tmp_path_factory):
-    """A wheel of the tracked files only, as a clean clone has them."""
+def source(tmp_path_factory):
+    """The tracked files only, as a clean clone has them."""
     if not os.path.exists(os.path.join(ROOT, '.git')):  # a folder, or a worktree's file
         pytest.skip('not a git checkout')
-    tmp_path = tmp_path_factory.mktemp('wheel')
-    source = tmp_path / 'source'
+    source = tmp_path_factory.mktemp('source')
     tracked = subprocess.run(['git', 'ls-files', '-z'], cwd=ROOT, capture_output=True,
                              check=True).stdout.decode().split('\0')
     for name in filter(None, tracked):
         if os.path.isfile(os.path.join(ROOT, name)):
             os.makedirs(source / os.path.dirname(name), exist_ok=True)
             shutil.copy2(os.path.join(ROOT, name), source / name)
+    return source
+
+
+@pytest.fixture(scope='module')
+def wheel(source, tmp_path_factory):
+    """A wheel of the tracked files."""
+    dist = tmp_path_factory.mktemp('dist')
     subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation',
-                    '-q', '-w', str(tmp_path / 'dist'), str(source)], check=True, timeout=300)
-    (built,) = (tmp_path / 'dist').glob('roadseg-*.whl')
+                    '-q', '-w', str(dist), str(source)], check=True, timeout=300)
+    (built,) = dist.glob('roadseg-*.whl')
     return built
 
 
@@ -168,10 +174,12 @@ def get(url):
         return None
 
 
-def test_the_base_install_predicts_and_serves_without_tensorflow(wheel, tmp_path):
+def test_the_base_install_predicts_evaluates_and_serves_without_tensorflow(wheel, source,
+                                                                          tmp_path):
     """The wheel with only its declared dependencies, as `pip install roadseg` brings them: no
-    TensorFlow. The API example and predict run the shipped model, serve serves it under its
-    name, pip finds nothing missing, and train says in one line which extra to install."""
+    TensorFlow. The API example, predict and evaluate run the shipped model, serve serves it
+    under its name, pip finds nothing missing, and training, installed or the clone's main.py,
+    says in one line which extra to install."""
     venv = tmp_path / 'venv'
     python = install(wheel, venv)
     link_base_packages(tmp_path / 'base')
@@ -200,10 +208,16 @@ def test_the_base_install_predicts_and_serves_without_tensorflow(wheel, tmp_path
     iio.imwrite(away / 'street.png', np.full((60, 80, 3), 100, np.uint8))
     done = run(str(venv / 'bin' / 'roadseg-predict'), 'street.png', '--output-dir', 'out')
     assert done.returncode == 0 and (away / 'out' / 'street.png').is_file(), done.stderr[-2000:]
-    done = run(str(venv / 'bin' / 'roadseg-train'), '--data-dir', str(away), '--epochs', '1')
-    (line,) = done.stderr.strip().splitlines()
-    assert done.returncode == 2 and line.startswith('error: roadseg-train needs TensorFlow'), line
-    assert "pip install 'roadseg[train]'" in line
+    make_kitti(away / 'kitti')
+    done = run(str(venv / 'bin' / 'roadseg-evaluate'), '--model', 'camvid-road', '--dataset',
+               'kitti', '--data-dir', 'kitti', '--output-dir', 'scored')
+    assert done.returncode == 0 and (away / 'scored' / 'confusion.png').is_file(), done.stderr
+    for command in ([str(venv / 'bin' / 'roadseg-train')], [python, str(source / 'main.py')]):
+        done = run(*command, '--data-dir', str(away), '--epochs', '1')
+        (line,) = done.stderr.strip().splitlines()
+        name = os.path.basename(command[-1])
+        assert done.returncode == 2 and line.startswith(f'error: {name} needs TensorFlow'), line
+        assert "pip install 'roadseg[train]'" in line
 
     url = f'http://127.0.0.1:{free_port()}'
     with open(tmp_path / 'serve.log', 'w') as log:

@@ -108,6 +108,20 @@ def test_requirements_txt_is_pyprojects_dependencies_and_its_extras_but_crf():
         *(extras[name] for name in ('train', 'onnx', 'test')))
 
 
+def test_each_extra_a_command_names_is_one_of_pyprojects_and_installs_the_package():
+    """cli.EXTRAS tells a user which extra to install for a missing module: that extra exists,
+    and it lists the package."""
+    import tomllib
+
+    from roadseg import cli
+    with open(os.path.join(ROOT, 'pyproject.toml'), 'rb') as f:
+        extras = tomllib.load(f)['project']['optional-dependencies']
+    for module, (package, extra) in cli.EXTRAS.items():
+        listed = [requirement.split('>')[0].split('<')[0].split('=')[0].lower()
+                  for requirement in extras[extra]]
+        assert package.lower() in listed, (module, extra, listed)
+
+
 def test_the_librarys_own_settings_are_inside_the_package():
     """What the library reads by default, and the recipes --config takes by name (the
     checkout's configs/ links to them), are found from the package, so an installed roadseg

@@ -10,7 +10,6 @@ Choose the recipe and its --epochs on the mean over folds (docs/generalisation.m
 the model to ship on every labelled image with main.py --all-labelled for that many epochs.
 Writes CV_DIR/crossval.json (the options, the folds, the summary) and CV_DIR/GROUP/<run>/.
 """
-import importlib.util
 import os
 import sys
 import time
@@ -54,6 +53,7 @@ def start(args, argv):
     """A new cross-validation: its folder, folds and state (the options as given, `argv`, and
     the RunConfig they make, in its JSON form), after checking the options."""
     config = options.parse_args(argv + ['--all-labelled'])
+    cli.require('tensorflow')  # the folds train: stop before reading (or downloading) the data
     sizes = crossval.labelled_groups(config.data)
     folds = [g.strip() for g in args.folds.split(',') if g.strip()] if args.folds \
         else list(sizes)
@@ -67,8 +67,6 @@ def start(args, argv):
         raise UserError(f'--cv-dir {cv_dir}: holds a cross-validation already; continue it '
                         f'with --resume {cv_dir}, or choose another folder')
     files.check_writable(cv_dir, '--cv-dir')
-    if importlib.util.find_spec('tensorflow') is None:  # the folds need it: stop before writing
-        raise ModuleNotFoundError("No module named 'tensorflow'", name='tensorflow')
     state = {'argv': argv, 'config': config.to_json(), 'folds': folds, 'sizes': sizes}
     crossval.write_state(cv_dir, state)
     return cv_dir, config, state

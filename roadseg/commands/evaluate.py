@@ -18,10 +18,12 @@ from roadseg import bev, cli, crf, drawing, evaluation, files, inference, zoo
 from roadseg.data import layouts, reading
 
 
-def default_output_dir(model, split, flip_tta=False, crf=False):
-    """MODEL/eval-SPLIT for a model folder, MODEL-without-extension-eval-SPLIT for a file;
-    with a -flip suffix for --flip-tta and -crf for --crf, so no evaluation replaces another."""
-    name = f'eval-{split}' + ('-flip' if flip_tta else '') + ('-crf' if crf else '')
+def default_output_dir(model, split, flip_tta=False, crf=False, dataset=None):
+    """MODEL/eval-SPLIT for a model folder, MODEL-without-extension-eval-SPLIT for a file,
+    eval-DATASET[-SPLIT] with a --dataset; with a -flip suffix for --flip-tta and -crf for
+    --crf, so no evaluation replaces another."""
+    name = '-'.join(['eval', *filter(None, (dataset, split))]) + ('-flip' if flip_tta else '') \
+        + ('-crf' if crf else '')
     if os.path.isdir(model):
         return os.path.join(model, name)
     return f'{os.path.splitext(model)[0]}-{name}'
@@ -56,7 +58,8 @@ def parser():
                         help="the run's validation images (under --val-groups, its held-out "
                              "groups), the unseen images of its training groups (seen), or "
                              "every labelled image (default: val, or all for a run that held "
-                             "none out, saying so)")
+                             "none out, saying so, and for a --dataset with no validation "
+                             "images)")
     parser.add_argument('--output-dir', help='where metrics.json, confusion.csv and '
                                              'confusion.png (and images) go '
                                              '(default: MODEL/eval-SPLIT, MODEL-eval-SPLIT '
@@ -81,16 +84,16 @@ def main(argv=None):
     args = parser().parse_args(argv)
     name, args.model = args.model, zoo.resolve(args.model)
     print(zoo.describe(name, args.model), flush=True)
-    args.split = args.split or evaluation.default_split(args.model)
     output_dir = args.output_dir or default_output_dir(
-        os.path.join('runs', name) if name in zoo.SHIPPED else args.model, args.split,
-        args.flip_tta, bool(args.crf))
+        os.path.join('runs', name) if name in zoo.SHIPPED else args.model,
+        args.split or (None if args.dataset else evaluation.default_split(args.model)),
+        args.flip_tta, bool(args.crf), args.dataset)
     files.check_writable(output_dir, '--output-dir')
     files.check_outputs([(os.path.join(output_dir, file), what) for file, what in OUTPUTS],
                         folders=[output_dir])
     with inference.load_model(args.model, flip=args.flip_tta,
                               refine=crf.refiner(args.crf)) as model:
-        dataset, pairs, match = evaluation.scoring_data(
+        dataset, pairs, match, args.split = evaluation.scoring_data(
             args.model, args.data_dir, model.info, args.split, args.dataset, args.label, name)
         if match:
             print(cli.one_line(match.describe(f'--dataset {dataset.name}')))
@@ -118,8 +121,8 @@ def score(args, name, model, dataset, pairs, match, output_dir):
                    classes=list(match.names) if match else dataset.classes.names)
     if match:
         results.update(dataset=dataset.name, data_classes=match.record())
-    seen = zoo.seen_in_training(name, dataset.name if match else model.info.dataset) or \
-        (not match and evaluation.trained_on(args.model, pairs))
+    seen = None if match else (zoo.seen_in_training(name, model.info.dataset) or
+                               evaluation.trained_on(args.model, pairs))
     if seen:
         results['note'] = seen
     return results, [note for note in (seen, bev_evaluation and bev_evaluation.note()) if note]

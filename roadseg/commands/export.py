@@ -22,7 +22,6 @@ exit status 1.
 """
 import argparse
 import contextlib
-import importlib
 import os
 import sys
 
@@ -79,8 +78,7 @@ def main(argv=None):
     args = parse_args(argv)
     from roadseg import export  # loads TensorFlow (seconds): only once the options are sound
     if 'onnx' in args.formats:  # a missing package stops it before any work (cli.main_guard)
-        for package in export.ONNX_PACKAGES:
-            importlib.import_module(package)
+        cli.require(*export.ONNX_PACKAGES)
     with inference.load_model(args.model) as original:
         if original.kind != 'savedmodel':
             raise UserError(f'--model {args.model}: a {original.kind} model; export from a run '

@@ -6,12 +6,13 @@ The scored classes are those whose names the two share (case, spaces, `_` and `-
 the model's order, after one for the rest when the model has classes of other names: the
 model's predictions of those, and the labels of the data set's classes of other names, all
 count as the rest. It is named as the model's class when that is one (a road model's `other`
-or `not road`), else `other`; a shared class called other, background or not something is the
-rest itself. So CamVid's road model (other, road) on KITTI (not road, road) scores road as road
+or `not road`, or the first of a two-class model, which is its rest), else `other`; a shared
+class called other, background or not something is the rest itself. So CamVid's road model (other, road) on KITTI (not road, road) scores road as road
 and not road as other, and a CamVid 11-class model on KITTI scores Road and other. A class of
 the data set is void, scored in neither figure, only when the model has no class left to stand
 for it (each of its classes shared). When the two share no class but a rest, there is nothing
-to score: a UserError.
+to score, and when two classes of one side are one name once case, spaces, `_` and `-` are set
+aside, neither can be matched: each a UserError.
 """
 import re
 from dataclasses import dataclass
@@ -87,6 +88,13 @@ def match(data_names, model_names, where, model):
     """The ClassMatch of a data set's classes `data_names` onto the model's `model_names` (see
     the module's docstring); a UserError naming `where` (the flag and the data set) and `model`
     when they share no class but a rest."""
+    for names, whose in ((data_names, where), (model_names, f'the model {model}')):
+        seen = {}
+        for name in names:
+            if seen.setdefault(normal(name), name) != name:
+                raise UserError(f'{whose}: classes {seen[normal(name)]!r} and {name!r} are one '
+                                f'name once case, spaces, _ and - are set aside, so neither can '
+                                f'be matched by name; rename one')
     index = {normal(name): i for i, name in enumerate(model_names)}
     found = {d: index.get(normal(name)) for d, name in enumerate(data_names)}
     shared = sorted({m for m in found.values() if m is not None})
