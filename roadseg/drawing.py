@@ -102,14 +102,12 @@ def confusion_picture(matrix, names):
     draw.text((left + n * CELL + PAD, top - 20), 'pixels', fill='black', font=font)
     totals = matrix.sum(1)
     for row, name in enumerate(names):
-        y = top + row * CELL
-        draw.text((PAD, y + CELL // 2), _fitted(name, LABEL - 2 * PAD), fill='black', font=font,
-                  anchor='lm')
+        y, label = top + row * CELL, _fitted(name, LABEL - 2 * PAD)
+        draw.text((PAD, y + CELL // 2), label, fill='black', font=font, anchor='lm')
         draw.text((left + n * CELL + PAD, y + CELL // 2), _count(int(totals[row])),
                   fill='black', font=font, anchor='lm')
         column = Image.new('L', (LABEL, CELL), 0)
-        ImageDraw.Draw(column).text((PAD, CELL // 2), _fitted(name, LABEL - 2 * PAD), fill=255,
-                                    font=font, anchor='lm')
+        ImageDraw.Draw(column).text((PAD, CELL // 2), label, fill=255, font=font, anchor='lm')
         picture.paste('black', (left + row * CELL, TITLE), column.rotate(90, expand=True))
         for col in range(n):
             _confusion_cell(draw, (left + col * CELL, y), matrix[row, col], totals[row],

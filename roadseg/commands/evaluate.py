@@ -84,9 +84,10 @@ def main(argv=None):
     args = parser().parse_args(argv)
     name, args.model = args.model, zoo.resolve(args.model)
     print(zoo.describe(name, args.model), flush=True)
+    if not args.dataset:  # another data set's default split waits for its listing
+        args.split = args.split or evaluation.default_split(args.model)
     output_dir = args.output_dir or default_output_dir(
-        os.path.join('runs', name) if name in zoo.SHIPPED else args.model,
-        args.split or (None if args.dataset else evaluation.default_split(args.model)),
+        os.path.join('runs', name) if name in zoo.SHIPPED else args.model, args.split,
         args.flip_tta, bool(args.crf), args.dataset)
     files.check_writable(output_dir, '--output-dir')
     files.check_outputs([(os.path.join(output_dir, file), what) for file, what in OUTPUTS],

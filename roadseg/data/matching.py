@@ -7,8 +7,9 @@ the model's order, after one for the rest when the model has classes of other na
 model's predictions of those, and the labels of the data set's classes of other names, all
 count as the rest. It is named as the model's class when that is one (a road model's `other`
 or `not road`, or the first of a two-class model, which is its rest), else `other`; a shared
-class called other, background or not something is the rest itself. So CamVid's road model (other, road) on KITTI (not road, road) scores road as road
-and not road as other, and a CamVid 11-class model on KITTI scores Road and other. A class of
+class called other, background or not something is the rest itself. So CamVid's road model
+(other, road) on KITTI (not road, road) scores road as road and not road as other, and a
+CamVid 11-class model on KITTI scores Road and other. A class of
 the data set is void, scored in neither figure, only when the model has no class left to stand
 for it (each of its classes shared). When the two share no class but a rest, there is nothing
 to score, and when two classes of one side are one name once case, spaces, `_` and `-` are set
